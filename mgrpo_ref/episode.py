@@ -1,0 +1,255 @@
+"""Episodes: the controller that runs the call-return interaction between the agents.
+
+PAPER.md sections 1 and 6: an agent controller drives the multi-turn interaction; the
+main agent's delegation call blocks until the sub-agent returns. One rollout of a question
+is a main trajectory tau_M and d >= 0 sub trajectories tau_S(1..d).
+
+Each episode is written as a Python generator that ``yield``s a generation request
+``(role, context)`` and receives the generated text back. A delegation is ``yield from``
+the sub-agent's generator, which is exactly call-return: the main trajectory cannot go on
+until the sub trajectory has returned. :func:`run_episodes` drives many such generators
+at once and hands the pending requests of each role to its agent as one batch.
+
+Every trajectory records its text as segments marked ``prompt``, ``agent`` or ``env``, so
+a loss can later be masked to the tokens the agent generated itself (section 1).
+
+What happens on bad output (all of it decided here, [ours]):
+
+* a format error (see ``protocol.FORMAT_ERRORS``) ends that agent's trajectory as
+  format-invalid. A failed sub-agent's result reaches the main agent as
+  ``SUB_FAILED``; a main or single agent with a format error gives no answer;
+* an action repeated within a trajectory (the same search, visit or delegation again) is
+  not executed: the environment answers ``REPEATED`` and the turn counts, so a looping
+  agent runs into its turn limit;
+* running out of turns ends the trajectory without a final action: format-invalid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Protocol
+
+from .grading import exact_match, lenient_match
+from .protocol import FINAL_ACTION, FormatError, parse_action, wrap
+from .tools import Tools
+from .world import Question
+
+SUB_FAILED = "error: the sub-agent returned no result"
+REPEATED = "error: repeated action, not executed again"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on every agent's behaviour in an episode."""
+
+    main_turns: int = 6
+    """Turns of the main agent (delegations plus the answer)."""
+    sub_turns: int = 5
+    """Turns of one sub-agent (searches and visits plus the return)."""
+    single_turns: int = 12
+    """Turns of the single agent, which does every hop itself."""
+    max_turn_chars: int = 200
+    """A longer turn is a format error ("overlong"); models are also bounded in tokens."""
+
+    def turns(self, role: str) -> int:
+        return {"main": self.main_turns, "sub": self.sub_turns, "single": self.single_turns}[role]
+
+
+@dataclass
+class Segment:
+    source: str  # "prompt" | "agent" | "env"
+    text: str
+
+
+@dataclass
+class Trajectory:
+    """One agent's side of an episode, as the exact text it saw and wrote."""
+
+    role: str
+    segments: list[Segment]
+    outcome: str = "running"  # "final" | "format_error" | "turn_limit"
+    error: str | None = None  # the FormatError reason, when outcome == "format_error"
+    final: str | None = None  # the answer (main, single) or returned result (sub)
+    actions: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def context(self) -> str:
+        """Everything so far: what the agent conditions on for its next turn."""
+        return "".join(s.text for s in self.segments)
+
+    @property
+    def format_valid(self) -> bool:
+        return self.outcome == "final"
+
+    @property
+    def n_turns(self) -> int:
+        return sum(s.source == "agent" for s in self.segments)
+
+    @property
+    def prompt(self) -> str:
+        return self.segments[0].text
+
+
+@dataclass
+class Episode:
+    """One rollout of one question: a main (or single) trajectory and its sub trajectories."""
+
+    question: Question
+    mode: str  # "multi" | "single"
+    main: Trajectory
+    subs: list[Trajectory]
+    rollout: int = 0
+
+    @property
+    def answer(self) -> str | None:
+        return self.main.final
+
+    @property
+    def correct(self) -> bool:
+        return exact_match(self.answer, self.question.answer)
+
+    @property
+    def lenient(self) -> bool:
+        return lenient_match(self.answer, self.question.answer)
+
+    def to_dict(self) -> dict:
+        return {"qid": self.question.qid, "question": self.question.text, "gold": self.question.answer,
+                "n_hops": self.question.n_hops, "mode": self.mode, "rollout": self.rollout,
+                "answer": self.answer, "correct": self.correct, "lenient": self.lenient,
+                "main": asdict(self.main), "subs": [asdict(s) for s in self.subs]}
+
+
+def transcript(episode: Episode) -> str:
+    """A readable rendering of an episode, sub-agent turns indented under their delegation."""
+    lines = []
+    subs = iter(episode.subs)
+    for seg in episode.main.segments:
+        lines.append(("> " if seg.source == "agent" else "  ") + seg.text.strip())
+        if seg.source == "agent" and seg.text.strip().startswith("<delegate>"):
+            sub = next(subs, None)
+            if sub is not None:  # a repeated delegation ran no sub-agent
+                lines += ["      " + ("> " if s.source == "agent" else "  ") + t
+                          for s in sub.segments[1:] for t in s.text.strip().splitlines()]
+    lines.append(f"gold: {episode.question.answer}   correct: {episode.correct}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Episodes as generators: yield (role, context), receive the generated text.
+
+
+def _agent_turn(traj: Trajectory, text: str, limits: Limits):
+    """Record the agent's text and parse it; returns the Action, or None if the trajectory ended."""
+    traj.segments.append(Segment("agent", text))
+    action = parse_action(traj.role, text, limits.max_turn_chars)
+    if isinstance(action, FormatError):
+        traj.outcome, traj.error = "format_error", action.reason
+        return None
+    if action.kind == FINAL_ACTION[traj.role]:
+        traj.outcome, traj.final = "final", action.argument
+        return None
+    return action
+
+
+def _tool_observation(tools: Tools, kind: str, argument: str) -> str:
+    return tools.search(argument) if kind == "search" else tools.visit(argument)
+
+
+def _tool_trajectory(role: str, prompt: str, tools: Tools, limits: Limits):
+    """A search/visit trajectory that ends with ``<return>`` (sub) or ``<answer>`` (single)."""
+    traj = Trajectory(role, [Segment("prompt", prompt)])
+    for _ in range(limits.turns(role)):
+        text = yield role, traj.context
+        action = _agent_turn(traj, text, limits)
+        if action is None:
+            return traj
+        key = (action.kind, action.argument)
+        observation = REPEATED if key in traj.actions else _tool_observation(tools, *key)
+        traj.actions.append(key)
+        traj.segments.append(Segment("env", "\n" + wrap("obs", observation) + "\n"))
+    traj.outcome = "turn_limit"
+    return traj
+
+
+def sub_episode(subtask: str, tools: Tools, limits: Limits):
+    """One sub-agent call: search and visit until it returns a result."""
+    return (yield from _tool_trajectory("sub", wrap("task", subtask) + "\n", tools, limits))
+
+
+def multi_agent_episode(question: Question, tools: Tools, limits: Limits, rollout: int = 0):
+    """The main agent plans and delegates; each delegation runs a sub-agent to completion."""
+    main = Trajectory("main", [Segment("prompt", wrap("question", question.text) + "\n")])
+    subs: list[Trajectory] = []
+    for _ in range(limits.main_turns):
+        text = yield "main", main.context
+        action = _agent_turn(main, text, limits)
+        if action is None:
+            return Episode(question, "multi", main, subs, rollout)
+        key = (action.kind, action.argument)
+        if key in main.actions:
+            result = REPEATED
+        else:
+            sub = yield from sub_episode(action.argument, tools, limits)  # call-return
+            subs.append(sub)
+            result = sub.final if sub.format_valid else SUB_FAILED
+        main.actions.append(key)
+        main.segments.append(Segment("env", "\n" + wrap("result", result) + "\n"))
+    main.outcome = "turn_limit"
+    return Episode(question, "multi", main, subs, rollout)
+
+
+def single_agent_episode(question: Question, tools: Tools, limits: Limits, rollout: int = 0):
+    """One agent does every hop itself with search and visit, then answers."""
+    traj = yield from _tool_trajectory("single", wrap("question", question.text) + "\n", tools, limits)
+    return Episode(question, "single", traj, [], rollout)
+
+
+# ---------------------------------------------------------------------------
+# The controller
+
+
+class Agent(Protocol):
+    """Anything that writes the next turn for a batch of contexts of one role."""
+
+    def act(self, role: str, contexts: list[str]) -> list[str]: ...
+
+
+def run_episodes(
+    questions: Iterable[Question],
+    tools_for: Callable[[int], Tools],
+    agents: dict[str, Agent],
+    mode: str = "multi",
+    limits: Limits = Limits(),
+    rollouts: int = 1,
+) -> list[Episode]:
+    """Run ``rollouts`` episodes of every question, batching requests per role.
+
+    ``tools_for(world_seed)`` gives the tools of a question's world; ``agents`` maps a role
+    ("main" and "sub", or "single") to its agent. Episodes come back in the order
+    (question, rollout).
+    """
+    if mode not in ("multi", "single"):
+        raise ValueError(f"mode must be 'multi' or 'single', not {mode!r}")
+    needed = ("main", "sub") if mode == "multi" else ("single",)
+    missing = [r for r in needed if r not in agents]
+    if missing:
+        raise ValueError(f"mode {mode!r} needs agents for roles {needed}; missing {missing}")
+    make = multi_agent_episode if mode == "multi" else single_agent_episode
+    gens = [make(q, tools_for(q.world_seed), limits, k) for q in questions for k in range(rollouts)]
+    results: list[Episode | None] = [None] * len(gens)
+    pending = {i: g.send(None) for i, g in enumerate(gens)}  # i -> (role, context)
+    while pending:
+        for role in needed:
+            batch = [i for i, (r, _) in pending.items() if r == role]
+            if not batch:
+                continue
+            texts = agents[role].act(role, [pending[i][1] for i in batch])
+            if len(texts) != len(batch):
+                raise RuntimeError(f"agent for {role!r} returned {len(texts)} texts for {len(batch)} contexts")
+            for i, text in zip(batch, texts):
+                try:
+                    pending[i] = gens[i].send(text)
+                except StopIteration as done:
+                    results[i] = done.value
+                    del pending[i]
+    return results  # type: ignore[return-value]

@@ -1,0 +1,133 @@
+"""The evaluation harness: run agents on a split and report accuracy, as a function and a CLI.
+
+    python -m mgrpo_ref.evaluate --main teacher --sub oracle [--split eval] [--limit N] [--out FILE]
+    python -m mgrpo_ref.evaluate --single teacher
+
+An agent is a scripted one (``oracle``, ``teacher``). Accuracy is exact match after
+normalisation (PAPER.md section 2); the lenient score is reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .episode import Agent, Episode, Limits, run_episodes, transcript
+from .scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
+from .tools import ToolsByWorld
+from .world import DATA_DIR, Question, load_questions
+
+SCRIPTED = ("oracle", "teacher")
+
+
+def make_agent(spec: str, noise: float = 1.0, seed: int = 0) -> Agent:
+    """An agent from its name: ``oracle`` or ``teacher`` (its noise times ``noise``)."""
+    if spec == "oracle":
+        return ScriptedAgent(ORACLE_NOISE, seed)
+    if spec == "teacher":
+        return ScriptedAgent(TeacherNoise().scaled(noise), seed)
+    raise ValueError(f"unknown agent {spec!r}: expected one of {SCRIPTED}")
+
+
+def summarize(episodes: list[Episode]) -> dict:
+    """The report: accuracy, lenient accuracy, format validity, sub calls, accuracy by hops."""
+    n = len(episodes)
+    if n == 0:
+        raise ValueError("no episodes to summarize")
+    by_hops: dict[int, list[bool]] = defaultdict(list)
+    for e in episodes:
+        by_hops[e.question.n_hops].append(e.correct)
+    subs = [s for e in episodes for s in e.subs]
+    errors: dict[str, int] = defaultdict(int)
+    for t in [e.main for e in episodes] + subs:
+        if not t.format_valid:
+            errors[f"{t.role}/{t.error or t.outcome}"] += 1
+    return {
+        "n": n,
+        "accuracy": sum(e.correct for e in episodes) / n,
+        "lenient_accuracy": sum(e.lenient for e in episodes) / n,
+        "format_valid": sum(e.main.format_valid for e in episodes) / n,
+        "sub_format_valid": (sum(s.format_valid for s in subs) / len(subs)) if subs else None,
+        "mean_sub_calls": len(subs) / n,
+        "accuracy_by_hops": {h: sum(v) / len(v) for h, v in sorted(by_hops.items())},
+        "n_by_hops": {h: len(v) for h, v in sorted(by_hops.items())},
+        "format_errors": dict(sorted(errors.items())),
+    }
+
+
+def evaluate(questions: list[Question], agents: dict[str, Agent], mode: str = "multi",
+             limits: Limits = Limits(), data_dir: Path = DATA_DIR,
+             batch_size: int = 64, progress: bool = True) -> tuple[dict, list[Episode]]:
+    """Run one episode per question; return (report, episodes)."""
+    tools_for = ToolsByWorld(data_dir)
+    episodes: list[Episode] = []
+    for start in tqdm(range(0, len(questions), batch_size), desc="evaluate", disable=not progress,
+                      unit="batch"):
+        episodes += run_episodes(questions[start:start + batch_size], tools_for, agents, mode, limits)
+    return summarize(episodes), episodes
+
+
+def format_report(report: dict) -> str:
+    """A short plain-text table of a report."""
+    def pct(x):
+        return "  n/a" if x is None else f"{100 * x:5.1f}%"
+
+    rows = [("accuracy (exact)", pct(report["accuracy"])),
+            ("accuracy (lenient)", pct(report["lenient_accuracy"])),
+            ("format valid (main/single)", pct(report["format_valid"])),
+            ("format valid (sub)", pct(report["sub_format_valid"])),
+            ("mean sub calls", f"{report['mean_sub_calls']:6.2f}")]
+    rows += [(f"accuracy, {h} hop{'s' if h > 1 else ''} (n={report['n_by_hops'][h]})", pct(a))
+             for h, a in report["accuracy_by_hops"].items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.evaluate", description=__doc__.split("\n")[0])
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--main", help=f"main agent: one of {SCRIPTED}")
+    who.add_argument("--single", help=f"single agent (does every hop itself): one of {SCRIPTED}")
+    parser.add_argument("--sub", help=f"sub-agent, with --main: one of {SCRIPTED}")
+    parser.add_argument("--split", default="eval", help="question split (default: eval)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
+    parser.add_argument("--noise", type=float, default=1.0, help="teacher noise factor (default 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scripted agents' mistakes")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--show", type=int, default=0, metavar="N", help="print N episode transcripts")
+    args = parser.parse_args(argv)
+    if args.main and not args.sub:
+        parser.error("--main needs --sub")
+    if args.single and args.sub:
+        parser.error("--sub goes with --main, not with --single")
+    try:
+        if args.main:
+            mode, agents = "multi", {"main": make_agent(args.main, args.noise, args.seed),
+                                     "sub": make_agent(args.sub, args.noise, args.seed + 1)}
+        else:
+            mode, agents = "single", {"single": make_agent(args.single, args.noise, args.seed)}
+        questions = load_questions(args.split, args.data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    if args.limit is not None:
+        questions = questions[: args.limit]
+    report, episodes = evaluate(questions, agents, mode, data_dir=args.data_dir)
+    report.update(split=args.split, mode=mode, agents={r: getattr(args, r) for r in agents})
+    print(format_report(report))
+    for episode in episodes[: args.show]:
+        print("\n" + transcript(episode))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

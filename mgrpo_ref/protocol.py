@@ -1,0 +1,127 @@
+"""The protocol: the text tags each role speaks, and a parser per role.
+
+PAPER.md section 1: the main agent delegates subtasks and writes the final answer; a
+sub-agent receives one subtask, uses tools and returns a result (call-return: the main
+agent waits). Our protocol is plain text tags, which any tokenizer can produce [ours]:
+
+    role    the agent writes (one action a turn)           the environment inserts
+    main    <delegate>sub-question</delegate>              <result>sub-agent's result</result>
+            <answer>final answer</answer>                  (episode ends)
+    sub     <search>query</search>                         <obs>top-k "[d12] Title" lines</obs>
+            <visit>d12</visit>                             <obs>the document</obs>
+            <return>result</return>                        (trajectory ends)
+    single  <search>, <visit> as the sub-agent, then <answer> as the main agent
+
+A trajectory opens with an environment prompt: ``<question>...</question>`` for the main
+and single agents, ``<task>...</task>`` for a sub-agent.
+
+Every turn's text is parsed into exactly one :class:`Action` or a :class:`FormatError`
+with one of the reasons in ``FORMAT_ERRORS``. What happens next is defined in
+``episode.py``: a format error ends that agent's trajectory as format-invalid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROLES = ("main", "sub", "single")
+
+ACTIONS = {
+    "main": ("delegate", "answer"),
+    "sub": ("search", "visit", "return"),
+    "single": ("search", "visit", "answer"),
+}
+"""The action tags each role may write."""
+
+FINAL_ACTION = {"main": "answer", "sub": "return", "single": "answer"}
+"""The action that ends each role's trajectory."""
+
+ENV_TAGS = ("question", "task", "result", "obs")
+"""Tags only the environment writes."""
+
+ALL_TAGS = ("delegate", "answer", "search", "visit", "return") + ENV_TAGS
+
+FORMAT_ERRORS = {
+    "empty": "the turn is empty or only whitespace",
+    "overlong": "the turn is longer than the per-turn limit",
+    "no_action": "no action tag at all",
+    "unclosed": "an action tag is opened but never closed (e.g. generation hit its token limit)",
+    "extra_text": "text outside the single action tag",
+    "multiple_actions": "more than one action in one turn",
+    "wrong_tag": "a tag this role may not write (another role's, or the environment's)",
+    "nested_tag": "a tag inside the action's argument",
+    "empty_argument": "the action tag holds nothing",
+}
+"""Every way a turn can be malformed, with what it means."""
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    argument: str
+
+
+@dataclass(frozen=True)
+class FormatError:
+    reason: str  # a key of FORMAT_ERRORS
+
+    def __post_init__(self):
+        assert self.reason in FORMAT_ERRORS, self.reason
+
+
+def open_tag(tag: str) -> str:
+    return f"<{tag}>"
+
+
+def close_tag(tag: str) -> str:
+    return f"</{tag}>"
+
+
+def wrap(tag: str, content: str) -> str:
+    return f"<{tag}>{content}</{tag}>"
+
+
+def stop_strings(role: str) -> list[str]:
+    """Closing tags at which a sampler should stop generating for ``role``."""
+    return [close_tag(t) for t in ACTIONS[role]]
+
+
+_TAG_RE = re.compile(r"</?([a-z]+)>")
+_BLOCK_RE = re.compile(r"<([a-z]+)>(.*?)</\1>", re.DOTALL)
+
+
+def parse_action(role: str, text: str, max_chars: int = 200) -> Action | FormatError:
+    """Turn one generated turn into an Action, or a FormatError saying what is wrong.
+
+    Only leading and trailing whitespace is tolerated around the one action tag.
+    """
+    if role not in ACTIONS:
+        raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+    body = text.strip()
+    if not body:
+        return FormatError("empty")
+    if len(text) > max_chars:
+        return FormatError("overlong")
+    blocks = list(_BLOCK_RE.finditer(body))
+    if not blocks:
+        opened = _TAG_RE.search(body)
+        return FormatError("unclosed" if opened and not opened.group(0).startswith("</") else "no_action")
+    if len(blocks) > 1:
+        return FormatError("multiple_actions")
+    block = blocks[0]
+    tag, argument = block.group(1), block.group(2)
+    if tag not in ACTIONS[role]:
+        return FormatError("wrong_tag")
+    if block.start() != 0 or block.end() != len(body):
+        return FormatError("extra_text")
+    if _TAG_RE.search(argument) or "<" in argument or ">" in argument:
+        return FormatError("nested_tag")
+    if not argument.strip():
+        return FormatError("empty_argument")
+    return Action(tag, argument.strip())
+
+
+def blocks(context: str) -> list[tuple[str, str]]:
+    """Every complete ``<tag>content</tag>`` block of a context, in order."""
+    return [(m.group(1), m.group(2)) for m in _BLOCK_RE.finditer(context)]
