@@ -113,10 +113,10 @@ def parse_action(role: str, text: str, max_chars: int = 200) -> Action | FormatE
     tag, argument = block.group(1), block.group(2)
     if tag not in ACTIONS[role]:
         return FormatError("wrong_tag")
+    if "<" in argument or ">" in argument:
+        return FormatError("nested_tag")
     if block.start() != 0 or block.end() != len(body):
         return FormatError("extra_text")
-    if _TAG_RE.search(argument) or "<" in argument or ">" in argument:
-        return FormatError("nested_tag")
     if not argument.strip():
         return FormatError("empty_argument")
     return Action(tag, argument.strip())

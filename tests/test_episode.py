@@ -1,0 +1,128 @@
+"""Episodes, the controller and the scripted agents, end to end without any model."""
+
+import pytest
+
+from mgrpo_ref.episode import REPEATED, SUB_FAILED, Limits, run_episodes, transcript
+from mgrpo_ref.evaluate import evaluate, make_agent, summarize
+from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
+from mgrpo_ref.tools import ToolsByWorld
+from mgrpo_ref.world import load_questions
+
+TOOLS = ToolsByWorld()
+
+
+class Replay:
+    """An agent that writes fixed turns, one list per role, in order."""
+
+    def __init__(self, **turns):
+        self.turns = {role: list(t) for role, t in turns.items()}
+
+    def act(self, role, contexts):
+        return [self.turns[role].pop(0) for _ in contexts]
+
+
+def one_question(hops):
+    return next(q for q in load_questions("eval") if q.n_hops == hops)
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_oracle_answers_every_question_of_every_split(split):
+    questions = load_questions(split)
+    oracle = make_agent("oracle")
+    multi, _ = evaluate(questions, {"main": oracle, "sub": oracle}, "multi", progress=False)
+    single, _ = evaluate(questions, {"single": oracle}, "single", progress=False)
+    assert multi["accuracy"] == 1.0 and single["accuracy"] == 1.0
+    assert multi["format_valid"] == 1.0 and multi["sub_format_valid"] == 1.0
+    # the oracle delegates exactly one sub-question per hop
+    assert multi["mean_sub_calls"] == pytest.approx(sum(q.n_hops for q in questions) / len(questions))
+
+
+def test_teacher_accuracy_falls_as_noise_rises():
+    questions = load_questions("eval")
+    accuracies = []
+    for factor in (0.0, 0.5, 1.0, 2.0, 4.0):
+        agents = {"main": make_agent("teacher", factor, 0), "sub": make_agent("teacher", factor, 1)}
+        accuracies.append(evaluate(questions, agents, progress=False)[0]["accuracy"])
+    assert accuracies[0] == 1.0
+    assert all(a > b for a, b in zip(accuracies, accuracies[1:])), accuracies
+    assert 0.3 <= accuracies[2] <= 0.7  # the default teacher: room to learn, not broken
+
+
+def test_teacher_makes_every_kind_of_mistake():
+    questions = load_questions("eval")
+    agents = {"main": make_agent("teacher", 2.0, 0), "sub": make_agent("teacher", 2.0, 1)}
+    report, episodes = evaluate(questions, agents, progress=False)
+    errors = {k.split("/")[1] for k in report["format_errors"]}
+    assert {"unclosed", "no_action", "extra_text", "empty_argument", "wrong_tag"} <= errors
+    delegated = [seg.text for e in episodes for seg in e.main.segments if seg.source == "agent"]
+    gold = {h.question for q in questions for h in q.hops}
+    assert any(t.startswith("<delegate>") and t[10:-11] not in gold for t in delegated)  # wrong relation
+
+
+def test_episode_records_agent_and_environment_text():
+    q = one_question(2)
+    oracle = ScriptedAgent(ORACLE_NOISE)
+    (episode,) = run_episodes([q], TOOLS, {"main": oracle, "sub": oracle})
+    assert [s.source for s in episode.main.segments] == ["prompt", "agent", "env", "agent", "env", "agent"]
+    assert episode.main.context == "".join(s.text for s in episode.main.segments)
+    assert len(episode.subs) == 2
+    for sub, hop in zip(episode.subs, q.hops):
+        assert sub.prompt == f"<task>{hop.question}</task>\n"
+        assert [s.source for s in sub.segments] == ["prompt", "agent", "env", "agent", "env", "agent"]
+        assert sub.final == hop.answer
+    assert episode.correct and "correct: True" in transcript(episode)
+
+
+def test_sub_format_error_reaches_main_as_failure():
+    q = one_question(1)
+    agents = {"main": Replay(main=["<delegate>" + q.hops[0].question + "</delegate>", "<answer>x</answer>"]),
+              "sub": Replay(sub=["<search>oops"])}
+    (episode,) = run_episodes([q], TOOLS, agents)
+    sub = episode.subs[0]
+    assert sub.outcome == "format_error" and sub.error == "unclosed" and not sub.format_valid
+    assert f"<result>{SUB_FAILED}</result>" in episode.main.context
+    assert episode.main.format_valid and not episode.correct
+
+
+def test_main_format_error_ends_the_episode_without_answer():
+    q = one_question(1)
+    agents = {"main": Replay(main=["I would delegate"]), "sub": Replay(sub=[])}
+    (episode,) = run_episodes([q], TOOLS, agents)
+    assert episode.main.outcome == "format_error" and episode.main.error == "no_action"
+    assert episode.answer is None and not episode.correct and episode.subs == []
+
+
+def test_repeated_actions_are_not_executed_and_loops_hit_the_turn_limit():
+    q = one_question(1)
+    limits = Limits(sub_turns=3, main_turns=3)
+    delegate = "<delegate>" + q.hops[0].question + "</delegate>"
+    agents = {"main": Replay(main=[delegate] * 3),
+              "sub": Replay(sub=["<search>ba</search>"] * 3)}
+    (episode,) = run_episodes([q], TOOLS, agents, limits=limits)
+    sub = episode.subs[0]
+    assert sub.outcome == "turn_limit" and not sub.format_valid
+    assert sub.context.count(f"<obs>{REPEATED}</obs>") == 2
+    # the main agent repeated its delegation: no second sub-agent ran
+    assert len(episode.subs) == 1
+    assert episode.main.outcome == "turn_limit" and episode.main.context.count(REPEATED) == 2
+
+
+def test_bad_tool_calls_become_observations():
+    q = one_question(1)
+    agents = {"single": Replay(single=["<visit>d9999</visit>", "<search></search>", "<answer>x</answer>"])}
+    (episode,) = run_episodes([q], TOOLS, agents, mode="single")
+    assert "<obs>error: no document d9999</obs>" in episode.main.context
+    assert episode.main.outcome == "format_error" and episode.main.error == "empty_argument"
+
+
+def test_rollouts_batching_and_bad_arguments():
+    questions = load_questions("eval")[:5]
+    teacher = ScriptedAgent(TeacherNoise(), seed=3)
+    episodes = run_episodes(questions, TOOLS, {"main": teacher, "sub": teacher}, rollouts=4)
+    assert [(e.question.qid, e.rollout) for e in episodes] == [(q.qid, k) for q in questions for k in range(4)]
+    with pytest.raises(ValueError, match="missing"):
+        run_episodes(questions, TOOLS, {"main": teacher}, mode="multi")
+    with pytest.raises(ValueError, match="mode"):
+        run_episodes(questions, TOOLS, {"main": teacher}, mode="solo")
+    with pytest.raises(ValueError):
+        summarize([])

@@ -1,0 +1,38 @@
+"""The evaluation CLI, run as a user would, in a subprocess."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mgrpo_ref.evaluate", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_the_report(tmp_path):
+    out = tmp_path / "report.json"
+    proc = run("--main", "oracle", "--sub", "teacher", "--limit", "40", "--out", str(out), "--show", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy (exact)" in proc.stdout and "<question>" in proc.stdout
+    report = json.loads(out.read_text())
+    for key in ("accuracy", "format_valid", "mean_sub_calls", "accuracy_by_hops"):
+        assert key in report
+    assert report["n"] == 40 and report["mode"] == "multi"
+
+
+def test_cli_single_agent(tmp_path):
+    out = tmp_path / "single.json"
+    proc = run("--single", "oracle", "--split", "train", "--limit", "20", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["accuracy"] == 1.0 and report["mean_sub_calls"] == 0
+
+
+def test_cli_errors_are_clear():
+    proc = run("--main", "oracle")
+    assert proc.returncode == 2 and "--main needs --sub" in proc.stderr
+    proc = run("--main", "wizard", "--sub", "oracle")
+    assert proc.returncode == 2 and "unknown agent 'wizard'" in proc.stderr
+    proc = run("--single", "oracle", "--split", "nope")
+    assert proc.returncode == 2 and "no split 'nope'" in proc.stderr

@@ -1,0 +1,113 @@
+"""The world: seeded generation, committed data, question phrasing and its inverse."""
+
+import filecmp
+from collections import Counter
+
+import pytest
+
+from mgrpo_ref import world as W
+
+
+def test_same_seed_same_world_and_questions():
+    a, b = W.generate_world(7), W.generate_world(7)
+    assert a.entities == b.entities
+    assert W.generate_questions(a, 30) == W.generate_questions(b, 30)
+
+
+def test_new_seed_new_names_over_the_same_syllables():
+    a, b = W.generate_world(7), W.generate_world(8)
+    names_a, names_b = {e.name for e in a.entities}, {e.name for e in b.entities}
+    assert len(names_a & names_b) < 0.1 * len(names_a)
+    syllables = set(W.SYLLABLES)
+    for e in a.entities:
+        word = e.name.split()[0].lower()
+        assert word[:2] in syllables or word[:3] in syllables, e.name
+
+
+def test_committed_data_regenerates_bit_for_bit(tmp_path):
+    written = W.write_data(tmp_path)
+    assert written
+    for path in written:
+        committed = W.DATA_DIR / path.relative_to(tmp_path)
+        assert filecmp.cmp(path, committed, shallow=False), f"{committed} differs from a fresh generation"
+
+
+def test_world_shape():
+    world = W.generate_world(3)
+    kinds = Counter(e.kind for e in world.entities)
+    assert set(kinds) == set(W.KINDS) and all(kinds[k] > 0 for k in W.KINDS)
+    assert len({r.name for r in W.RELATIONS.values()}) >= 5
+    for e in world.entities:
+        # every fact is stated in the document and points at a real entity of the right kind
+        for rel, obj in e.facts.items():
+            assert W.RELATIONS[rel].subject == e.kind
+            assert world.by_name[obj].kind == W.RELATIONS[rel].object
+            assert W.read_fact(e.text, e.name, rel) == obj
+    # a country's capital lies in that country
+    for c in world.of_kind("country"):
+        assert world.follow(c.facts["capital"], "country") == c.name
+
+
+def test_confusable_twins_exist():
+    world = W.generate_world(3)
+    names = [e.name for e in world.entities if e.kind in ("person", "organisation")]
+    # a twin shares all but one word with another name
+    twins = [(a, b) for a in names for b in names if a < b
+             and len(a.split()) == len(b.split())
+             and sum(x != y for x, y in zip(a.split(), b.split())) == 1]
+    assert len(twins) >= 5
+
+
+def test_questions_have_consistent_gold_chains():
+    world = W.generate_world(5)
+    questions = W.generate_questions(world, 200)
+    assert len({q.text for q in questions}) == 200
+    for q in questions:
+        entity = q.hops[0].subject
+        for hop in q.hops:
+            assert hop.subject == entity
+            assert hop.answer == world.follow(entity, hop.relation)
+            assert hop.question == W.question_text([hop.relation], entity)
+            entity = hop.answer
+        assert q.answer == entity
+        relations, subject = W.parse_question(q.text)
+        assert relations == [h.relation for h in q.hops] and subject == q.hops[0].subject
+
+
+def test_hop_mix_is_a_parameter():
+    world = W.generate_world(5)
+    only_three = W.WorldConfig(hop_mix=(0, 0, 1, 0))
+    assert {q.n_hops for q in W.generate_questions(world, 40, only_three)} == {3}
+    counts = Counter(q.n_hops for q in W.generate_questions(world, 300))
+    assert set(counts) == {1, 2, 3, 4}
+
+
+def test_question_phrasing_round_trip():
+    text = W.question_text(["works_for", "headquarters", "country"], "Bako Tumar")
+    assert text == "What is the country of the headquarters of the employer of Bako Tumar?"
+    assert W.parse_question(text) == (["works_for", "headquarters", "country"], "Bako Tumar")
+    assert W.question_text(["founder"], "Velu Labs") == "Who is the founder of Velu Labs?"
+    for bad in ("", "What is Bako?", "Why is the mentor of X?", "What is the colour of X?"):
+        assert W.parse_question(bad) is None
+
+
+def test_eval_world_is_held_out():
+    assert W.EVAL_SEED not in W.TRAIN_SEEDS
+    with pytest.raises(ValueError, match="held-out"):
+        W.check_training_seed(W.EVAL_SEED)
+    train = W.load_questions("train")
+    evals = W.load_questions("eval")
+    assert {q.world_seed for q in evals} == {W.EVAL_SEED}
+    assert W.EVAL_SEED not in {q.world_seed for q in train}
+    train_names = {e.name for s in W.TRAIN_SEEDS for e in W.load_world(s).entities}
+    eval_names = {e.name for e in W.load_world(W.EVAL_SEED).entities}
+    assert len(train_names & eval_names) < 0.1 * len(eval_names)
+
+
+def test_corrupted_jsonl_gives_a_clear_error(tmp_path):
+    (tmp_path / "questions").mkdir()
+    (tmp_path / "questions" / "eval.jsonl").write_text('{"qid": "x"}\n{not json\n')
+    with pytest.raises(ValueError, match=r"eval.jsonl:2: not valid JSON"):
+        W.load_questions("eval", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no split 'dev'"):
+        W.load_questions("dev", tmp_path)
