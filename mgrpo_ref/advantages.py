@@ -122,7 +122,7 @@ def equal_reward_fraction(
         equal = _groups_all_equal(rewards, inverse, n_groups)  # (G,)
     if equal.numel() == 0:
         return 0.0
-    return equal.float().mean().item()
+    return equal.sum().item() / equal.numel()  # python division: 1 of 3 gives exactly 1/3
 
 
 # ----------------------------------------------------------------------------

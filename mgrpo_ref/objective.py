@@ -28,8 +28,9 @@ def k3_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
         k3 = exp(logp_ref - logp) - (logp_ref - logp) - 1
 
     With x = pi_ref / pi_theta it is x - log x - 1 >= 0 (since log x <= x - 1), it is
-    unbiased for the KL when tokens are sampled from pi_theta, and its variance is
-    lower than that of the naive -log x (Schulman, "Approximating KL divergence", 2020).
+    unbiased for the KL when tokens are sampled from pi_theta, and in practice it has
+    a lower variance than the naive -log x (Schulman, "Approximating KL divergence",
+    2020). For a LoRA policy, pi_ref is the same network with the adapter disabled.
     """
     log_ratio = logp_ref - logp  # (...)
     return torch.exp(log_ratio) - log_ratio - 1  # Eq. (5)
