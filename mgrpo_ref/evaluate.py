@@ -3,8 +3,12 @@
     python -m mgrpo_ref.evaluate --main teacher --sub oracle [--split eval] [--limit N] [--out FILE]
     python -m mgrpo_ref.evaluate --single teacher
 
-An agent is a scripted one (``oracle``, ``teacher``). Accuracy is exact match after
-normalisation (PAPER.md section 2); the lenient score is reported beside it.
+    python -m mgrpo_ref.evaluate --main data/base --sub data/base [--temperature 1]
+
+An agent is a scripted one (``oracle``, ``teacher``) or a model directory: a base model
+(for example ``data/base``, or any Hugging Face causal LM) or an adapter saved by a
+policy. Models decode greedily unless ``--temperature`` is above 0. Accuracy is exact
+match after normalisation (PAPER.md section 2); the lenient score is reported beside it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .episode import Agent, Episode, Limits, run_episodes, transcript
+from .policy import SamplingSettings, load_policy
 from .scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
 from .tools import ToolsByWorld
 from .world import DATA_DIR, Question, load_questions
@@ -25,13 +30,16 @@ from .world import DATA_DIR, Question, load_questions
 SCRIPTED = ("oracle", "teacher")
 
 
-def make_agent(spec: str, noise: float = 1.0, seed: int = 0) -> Agent:
-    """An agent from its name: ``oracle`` or ``teacher`` (its noise times ``noise``)."""
+def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingSettings = SamplingSettings(),
+               quantization: str = "nf4") -> Agent:
+    """An agent: ``oracle``, ``teacher`` (its noise times ``noise``) or a model directory."""
     if spec == "oracle":
         return ScriptedAgent(ORACLE_NOISE, seed)
     if spec == "teacher":
         return ScriptedAgent(TeacherNoise().scaled(noise), seed)
-    raise ValueError(f"unknown agent {spec!r}: expected one of {SCRIPTED}")
+    if Path(spec).is_dir():
+        return load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed)
+    raise ValueError(f"unknown agent {spec!r}: expected one of {SCRIPTED} or a model directory")
 
 
 def summarize(episodes: list[Episode]) -> dict:
@@ -91,13 +99,19 @@ def format_report(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.evaluate", description=__doc__.split("\n")[0])
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--main", help=f"main agent: one of {SCRIPTED}")
-    who.add_argument("--single", help=f"single agent (does every hop itself): one of {SCRIPTED}")
-    parser.add_argument("--sub", help=f"sub-agent, with --main: one of {SCRIPTED}")
+    who.add_argument("--main", help=f"main agent: one of {SCRIPTED} or a model directory")
+    who.add_argument("--single", help=f"single agent (does every hop itself): {SCRIPTED} or a model directory")
+    parser.add_argument("--sub", help=f"sub-agent, with --main: one of {SCRIPTED} or a model directory")
     parser.add_argument("--split", default="eval", help="question split (default: eval)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
     parser.add_argument("--noise", type=float, default=1.0, help="teacher noise factor (default 1.0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scripted agents' mistakes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the agents' randomness")
+    parser.add_argument("--temperature", type=float, default=0.0, help="models: 0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="models: nucleus sampling threshold")
+    parser.add_argument("--max-new-tokens", type=int, default=SamplingSettings.max_new_tokens)
+    parser.add_argument("--quantization", choices=("nf4", "none"), default="nf4",
+                        help="models: 4-bit NF4 base (default) or full precision")
+    parser.add_argument("--batch-size", type=int, default=64, help="episodes run (and batched) together")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="print N episode transcripts")
@@ -106,19 +120,27 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--main needs --sub")
     if args.single and args.sub:
         parser.error("--sub goes with --main, not with --single")
+    sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
+
+    def agent(spec: str, seed: int) -> Agent:
+        return make_agent(spec, args.noise, seed, sampling, args.quantization)
+
     try:
         if args.main:
-            mode, agents = "multi", {"main": make_agent(args.main, args.noise, args.seed),
-                                     "sub": make_agent(args.sub, args.noise, args.seed + 1)}
+            main_agent = agent(args.main, args.seed)
+            # One model directory playing both roles is loaded once.
+            sub_agent = main_agent if args.sub == args.main and Path(args.sub).is_dir() else agent(args.sub, args.seed + 1)
+            mode, agents = "multi", {"main": main_agent, "sub": sub_agent}
         else:
-            mode, agents = "single", {"single": make_agent(args.single, args.noise, args.seed)}
+            mode, agents = "single", {"single": agent(args.single, args.seed)}
         questions = load_questions(args.split, args.data_dir)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     if args.limit is not None:
         questions = questions[: args.limit]
-    report, episodes = evaluate(questions, agents, mode, data_dir=args.data_dir)
-    report.update(split=args.split, mode=mode, agents={r: getattr(args, r) for r in agents})
+    report, episodes = evaluate(questions, agents, mode, data_dir=args.data_dir, batch_size=args.batch_size)
+    report.update(split=args.split, mode=mode, agents={r: getattr(args, r) for r in agents},
+                  temperature=args.temperature, seed=args.seed)
     print(format_report(report))
     for episode in episodes[: args.show]:
         print("\n" + transcript(episode))

@@ -1,0 +1,190 @@
+r"""Batch assembly: trajectories to token tensors and a loss mask (PAPER.md sections 1, 4, 5).
+
+Section 1: only the tokens an agent generated itself are trained on [release]. A
+trajectory is stored as text segments marked ``prompt``, ``agent`` or ``env``
+(episode.py); we encode every segment on its own and concatenate the ids, so that a
+segment boundary is always a token boundary, and the loss mask is 1 exactly on the
+tokens of ``agent`` segments. A one-hop main trajectory:
+
+    segment text                                          source   its tokens' loss_mask
+    <question>What is the country of Kaun?</question>\n   prompt   0 0 0 ... 0
+    <delegate>What is the country of Kaun?</delegate>     agent    1 1 1 ... 1
+    \n<result>Rokiora</result>\n                          env      0 0 0 ... 0
+    <answer>Rokiora</answer>                              agent    1 1 1 ... 1
+
+    ids        [ q q q ... q | d d d ... d | r r r ... r | a a a ... a ]   (T_traj,)
+    loss_mask  [ 0 0 0 ... 0 | 1 1 1 ... 1 | 0 0 0 ... 0 | 1 1 1 ... 1 ]   (T_traj,)
+                 prompt        agent         env           agent
+
+The ``env`` segment of the main agent holds the sub-agent's returned result: text
+another agent wrote, which the main agent only reads, so it is masked out of the main
+agent's loss (the sub-agent is trained on it in its own trajectory, where it is
+``agent`` text). A sub trajectory is the same with ``<task>`` as the prompt, tool
+observations ``<obs>...</obs>`` as ``env``, and search / visit / return turns as ``agent``.
+
+The mask marks the tokens themselves. A causal language model predicts token t from
+the positions before it, so the trainer pairs ``logits[:, :-1]`` with
+``input_ids[:, 1:]`` and ``loss_mask[:, 1:]``; the first token is always prompt, so
+the shift loses nothing.
+
+Encoding segment by segment is what keeps the mask exact. It is also what a sampler
+sees if it encodes its context the same way and appends the tokens it generates; then
+the trained tokens are the sampled ones, provided re-encoding a generated turn's text
+gives back the sampled ids (true for a canonical tokenisation; worth a test for any
+tokenizer, since a subword merge across a segment boundary would break it).
+
+The sub-agent's batch has a fixed number of rows, B * K * D (section 4): the N
+distinct sub trajectories are put into slots by ``alignment.align_sub_trajectories``,
+and ``aligned_sub_batch`` builds the tensors in slot order.
+
+Dimension letters: B questions, K rollouts per question, D slots per rollout,
+N sequences (distinct trajectories), T tokens (the longest sequence in the batch).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .alignment import Alignment
+from .episode import Trajectory
+
+TRAINED_SOURCE = "agent"
+"""The segment source whose tokens the loss sees; "prompt" and "env" are masked out."""
+
+Encoded = tuple[list[int], list[int]]
+"""One encoded trajectory: (ids, loss_mask), two lists of the same length."""
+
+
+def encode_trajectory(traj: Trajectory, encode: Callable[[str], list[int]]) -> Encoded:
+    """Token ids of a trajectory and its loss mask (1 on the agent's own tokens).
+
+    Args:
+        traj: one agent's trajectory, as text segments.
+        encode: text -> token ids, without special tokens. For a Hugging Face
+            tokenizer: ``lambda s: tok(s, add_special_tokens=False)["input_ids"]``.
+
+    Returns:
+        (ids, loss_mask): two lists of length T_traj; loss_mask[t] is 1 when token t
+        belongs to a segment of source "agent", else 0.
+    """
+    ids: list[int] = []
+    loss_mask: list[int] = []
+    for segment in traj.segments:
+        piece = list(encode(segment.text))  # encoded alone: its boundary is a token boundary
+        ids += piece
+        loss_mask += [int(segment.source == TRAINED_SOURCE)] * len(piece)
+    return ids, loss_mask
+
+
+def collate(
+    sequences: Sequence[Encoded], pad_id: int, max_len: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad N encoded sequences into one batch.
+
+    Args:
+        sequences: N pairs (ids, loss_mask), as from encode_trajectory.
+        pad_id: the id written into padding positions (they get attention 0, loss 0).
+        max_len: if given, a longer sequence is an error. We never truncate silently:
+            a cut trajectory would train the agent on a turn without its end.
+
+    Returns:
+        input_ids: (N, T) long, T = the longest sequence (so T <= max_len).
+        attention_mask: (N, T) long, 1 on real tokens, 0 on padding.
+        loss_mask: (N, T) float, the sequences' loss masks, 0 on padding.
+        With N = 0 all three are empty tensors of shape (0, 0).
+
+    Raises:
+        ValueError: a sequence is empty, its ids and mask differ in length, its mask is
+            not 0/1, or it is longer than max_len (the message names its index).
+    """
+    for i, (ids, mask) in enumerate(sequences):
+        _check_sequence(i, ids, mask, max_len)
+    n = len(sequences)
+    t = max((len(ids) for ids, _ in sequences), default=0)
+    input_ids = torch.full((n, t), pad_id, dtype=torch.long)  # (N, T)
+    attention_mask = torch.zeros((n, t), dtype=torch.long)  # (N, T)
+    loss_mask = torch.zeros((n, t), dtype=torch.float)  # (N, T)
+    for i, (ids, mask) in enumerate(sequences):
+        length = len(ids)
+        input_ids[i, :length] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, :length] = 1
+        loss_mask[i, :length] = torch.tensor(mask, dtype=torch.float)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def aligned_sub_batch(
+    sub_sequences: Sequence[Encoded],
+    alignment: Alignment,
+    pad_id: int,
+    max_len: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """The sub-agent's fixed-size batch: one row per slot, in slot order.
+
+    Row r is slot (b, k, d) with r = (b * K + k) * D + d, i.e. alignment.source
+    flattened. A slot holding trajectory i is a copy of sequence i (a duplicated
+    trajectory appears in several identical rows). A masked slot (its question has no
+    sub trajectory at all) is a row of padding that carries no loss.
+
+    Args:
+        sub_sequences: N encoded distinct sub trajectories, flat in (question,
+            rollout, call) order: the numbering alignment.source refers to.
+        alignment: from align_sub_trajectories on the same trajectories' counts.
+        pad_id, max_len: as in collate. Only sequences that reach a slot are
+            checked against max_len; a dropped trajectory is never trained on.
+
+    Returns:
+        input_ids: (B*K*D, T) long.
+        attention_mask: (B*K*D, T) long.
+        loss_mask: (B*K*D, T) float; all zeros on masked rows.
+        slot_weight: (B*K*D,) float, 1 for a real slot, 0 for a masked one.
+        source: (B*K*D,) long, the trajectory index in each row, -1 if masked
+            (gather per-trajectory values such as advantages with
+            alignment.gather_slots(values, alignment).reshape(-1)).
+        T is the longest sequence that reaches a slot (1 if none does).
+    """
+    if len(sub_sequences) != alignment.n_distinct:
+        raise ValueError(
+            f"got {len(sub_sequences)} sub sequences but the alignment has "
+            f"{alignment.n_distinct} distinct trajectories"
+        )
+    source = alignment.source.reshape(-1)  # (B*K*D,)
+    for i in sorted(set(source[source >= 0].tolist())):
+        ids, mask = sub_sequences[i]
+        _check_sequence(i, ids, mask, max_len, what="sub trajectory")
+    # A masked slot is one pad token with attention 1 and loss 0. In a row whose
+    # attention mask is all zeros every attention score is masked, and a softmax over
+    # only -inf is NaN (some kernels return 0 instead; we need not care which runs):
+    # a NaN would reach the loss through 0 * NaN = NaN. One attended token avoids it.
+    placeholder: Encoded = ([pad_id], [0])
+    rows = [sub_sequences[i] if i >= 0 else placeholder for i in source.tolist()]
+    batch = collate(rows, pad_id)  # each (B*K*D, T)
+    batch["slot_weight"] = alignment.mask.reshape(-1).to(torch.float)  # (B*K*D,)
+    batch["source"] = source.clone()  # (B*K*D,)
+    return batch
+
+
+# ----------------------------------------------------------------------------
+# helpers
+
+
+def _check_sequence(
+    index: int, ids: Sequence[int], mask: Sequence[int], max_len: int | None,
+    what: str = "sequence",
+) -> None:
+    if len(ids) == 0:
+        # An empty row would have no attended position (NaN in attention); every
+        # trajectory starts with a prompt, so an empty one is a bug upstream.
+        raise ValueError(f"{what} {index} is empty")
+    if len(ids) != len(mask):
+        raise ValueError(
+            f"{what} {index}: {len(ids)} ids but {len(mask)} loss-mask entries"
+        )
+    if any(m not in (0, 1) for m in mask):
+        raise ValueError(f"{what} {index}: loss mask entries must be 0 or 1")
+    if max_len is not None and len(ids) > max_len:
+        raise ValueError(
+            f"{what} {index} has {len(ids)} tokens, more than max_len = {max_len}; "
+            "raise max_len or shorten the episode limits (we do not truncate silently)"
+        )

@@ -1,0 +1,232 @@
+"""A QLoRA policy: a frozen 4-bit base model with a trainable LoRA adapter.
+
+PAPER.md section 1: the main agent and the sub-agent are distinct LLMs. Here each is one
+frozen base model, quantised to 4-bit NF4 by bitsandbytes, with its own LoRA adapter from
+peft [ours, per the design card]. The same code loads our tiny base from ``data/base`` or
+any Hugging Face causal LM from a local directory or a hub name (for example
+``Qwen/Qwen2.5-0.5B-Instruct`` where the internet is available).
+
+What a policy offers the rest of the package:
+
+* :meth:`Policy.act` - batched sampling of one turn per context (KV cache, temperature,
+  top-p, max new tokens, stop at the role's closing tags), left-padded prompts of
+  different lengths; this is the ``Agent`` interface of ``episode.run_episodes``;
+* :meth:`Policy.token_logprobs` - per-token log-probabilities of given sequences under
+  the adapter, or under the reference (the same network with its adapters disabled, so no
+  second copy of the base sits in memory);
+* :meth:`Policy.save_adapter` / :func:`load_policy` on an adapter directory.
+
+Quantisation is explicit: ``quantization="nf4"`` (default) needs bitsandbytes, and when it
+is not usable the error says so and names the opt-in ``quantization="none"``. There is no
+silent fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .protocol import stop_strings
+
+ADAPTER_FILE = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter attached to every linear layer of the base."""
+
+    r: int = 16
+    """Rank of the update B @ A."""
+    alpha: int = 32
+    """Scale: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input (0: on-policy ratios stay exact)."""
+    target_modules: str | tuple[str, ...] = "all-linear"
+    """Which modules get adapters ("all-linear": every linear layer but the output head)."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a turn is sampled."""
+
+    temperature: float = 1.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0: off)."""
+    max_new_tokens: int = 48
+    """Tokens per turn; a turn cut here has no closing tag and parses as "unclosed"."""
+
+
+def token_logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(x_t | x_<t) for every position t >= 1; position 0 gets 0.
+
+    logits (N, T, V), input_ids (N, T) -> (N, T). Aligned with the ids, so a loss mask
+    over the ids (1 on the agent's own tokens) applies to the result as is.
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (N, T-1, V)
+    picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
+    return F.pad(picked, (1, 0))  # (N, T)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _quantization_config(quantization: str, device: str):
+    if quantization == "none":
+        return None
+    if quantization != "nf4":
+        raise ValueError(f"quantization must be 'nf4' or 'none', not {quantization!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as err:  # ImportError, or a broken native library
+        raise RuntimeError(
+            f"4-bit NF4 needs bitsandbytes, which is not usable here ({err}). "
+            "Install it (pip install bitsandbytes), or opt in to full precision explicitly "
+            "with quantization='none' (--quantization none)."
+        ) from err
+    # Compute in bf16 on a GPU; on a CPU, fp32 is the fast and exact choice.
+    compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+
+def _resolve_base(base: str | Path, adapter_dir: Path | None = None) -> str:
+    """A base path as given, or relative to the adapter's directory; else a hub name."""
+    path = Path(base)
+    if path.exists():
+        return str(path)
+    if adapter_dir is not None and (adapter_dir / path).exists():
+        return str(adapter_dir / path)
+    return str(base)
+
+
+class Policy:
+    """A causal LM with one LoRA adapter, able to sample turns and score tokens."""
+
+    def __init__(self, model, tokenizer, device: str, sampling: SamplingSettings = SamplingSettings(),
+                 seed: int = 0):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.sampling = sampling
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._stop_ids = {role: self._single_token_ids(stop_strings(role)) for role in ("main", "sub", "single")}
+
+    # -- encoding --------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens added (the protocol is all text)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _single_token_ids(self, strings: list[str]) -> list[int] | None:
+        """Ids of strings that are each one token in this tokenizer; None if any is not."""
+        ids = [self.encode(s) for s in strings]
+        return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
+
+    # -- sampling ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def act(self, role: str, contexts: list[str]) -> list[str]:
+        """Sample one turn for each context (the ``episode.Agent`` interface)."""
+        if not contexts:
+            return []
+        s = self.sampling
+        self.tokenizer.padding_side = "left"  # generation appends on the right
+        batch = self.tokenizer(contexts, add_special_tokens=False, return_tensors="pt", padding=True)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        stop_ids = self._stop_ids[role]
+        kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if stop_ids is not None:
+            kwargs["eos_token_id"] = stop_ids  # the closing tags are single tokens: stop on their ids
+        else:
+            kwargs.update(stop_strings=stop_strings(role), tokenizer=self.tokenizer)
+        if s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False)
+        # generate() draws from torch's global generator: seed it from ours for reproducibility.
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        out = self.model.generate(**batch, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]  # (N, new tokens)
+        return [self._cut_at_stop(self.tokenizer.decode(row[row != self.tokenizer.pad_token_id]
+                                                        if self.tokenizer.pad_token_id is not None else row,
+                                                        skip_special_tokens=False), role)
+                for row in new]
+
+    @staticmethod
+    def _cut_at_stop(text: str, role: str) -> str:
+        """Keep the text up to and including the first closing tag, if any."""
+        ends = [text.find(t) + len(t) for t in stop_strings(role) if t in text]
+        return text[: min(ends)] if ends else text
+
+    # -- scoring -----------------------------------------------------------------------
+
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       reference: bool = False) -> torch.Tensor:
+        """(N, T) log-probs of the given right-padded ids; under the base alone if ``reference``.
+
+        Gradients flow into the adapter unless called under torch.no_grad() or with
+        ``reference=True`` (the reference is always computed without gradients).
+        """
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if reference:
+            with torch.no_grad(), self.model.disable_adapter():
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return token_logprobs_from_logits(logits, input_ids) * attention_mask  # (N, T)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # -- saving ------------------------------------------------------------------------
+
+    def save_adapter(self, out: str | Path) -> None:
+        """Save the adapter alone (a few hundred kB), plus the tokenizer for convenience."""
+        out = Path(out)
+        self.model.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(str(out))
+
+
+def load_policy(path: str | Path, quantization: str = "nf4", device: str | None = None,
+                lora: LoraSettings = LoraSettings(), sampling: SamplingSettings = SamplingSettings(),
+                trainable: bool = True, seed: int = 0) -> Policy:
+    """Load a base (local directory or hub name) with a fresh adapter, or a saved adapter.
+
+    ``path`` is either a base model (a directory with config.json, or a hub name), which
+    gets a new LoRA adapter, or an adapter directory written by :meth:`Policy.save_adapter`,
+    whose base is loaded first and the adapter loaded onto it.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    path_obj = Path(path)
+    adapter_dir = path_obj if (path_obj / ADAPTER_FILE).exists() else None
+    if adapter_dir is not None:
+        base = _resolve_base(json.loads((adapter_dir / ADAPTER_FILE).read_text())["base_model_name_or_path"],
+                             adapter_dir)
+    else:
+        base = str(path)
+    quant = _quantization_config(quantization, device)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, quantization_config=quant, device_map={"": device},
+        dtype=torch.float32 if quant is None or not device.startswith("cuda") else torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir or base))
+    for p in model.parameters():  # the base is frozen; only adapters train
+        p.requires_grad_(False)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    else:
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora.target_modules if isinstance(lora.target_modules, str)
+                            else list(lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
+    model.config.use_cache = True
+    return Policy(model, tokenizer, device, sampling, seed)

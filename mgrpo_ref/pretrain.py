@@ -1,0 +1,213 @@
+"""Build the tiny base model: a tokenizer and a small Qwen2 trained from scratch on demonstrations.
+
+Nothing can be downloaded on our machines, so the project makes its own base model. It is
+trained on the noisy teacher's demonstrations of all three roles (main, sub, single) over
+training worlds only, with the loss on the tokens the agent wrote (the same mask the RL
+loss uses). It learns to follow the protocol and, imperfectly, to research: room to learn.
+
+    python -m mgrpo_ref.pretrain --out data/base          # the committed default (minutes)
+    python -m mgrpo_ref.pretrain --size tiny --out /tmp/b # a seconds-long smoke build
+
+[ours] The demonstrations come from the teacher with its malformed-turn probability set to
+0: a base should not be taught to break the format on purpose (it will break it on its
+own, sampled at temperature 1), while its content mistakes (distractors, wrong
+attributes, wrong relations, stopping early) are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .batching import collate, encode_trajectory
+from .episode import run_episodes
+from .policy import token_logprobs_from_logits
+from .scripted import ScriptedAgent, TeacherNoise
+from .tokenizer import train_tokenizer
+from .tools import Tools
+from .world import DATA_DIR, check_training_seed, generate_questions, generate_world
+
+DEMO_NOISE = replace(TeacherNoise(), malformed=0.0)
+"""The teacher that writes the demonstrations: every content mistake, no malformed turns."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that decides the base model; saved beside it as pretrain.json."""
+
+    seed: int = 0
+    """Seeds the demonstrations' teacher, the initialisation and the batch order."""
+    first_world: int = 100
+    """Demonstration worlds are seeds first_world .. first_world + n_worlds - 1 (never EVAL_SEED)."""
+    n_worlds: int = 150
+    """How many training worlds the demonstrations come from."""
+    questions_per_world: int = 60
+    """Questions per world; each is played once in multi-agent and once in single-agent mode."""
+    vocab_size: int = 768
+    """BPE vocabulary (the protocol tags come on top)."""
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 1024
+    steps: int = 2000
+    """Optimiser steps."""
+    batch_size: int = 32
+    """Trajectories per step."""
+    lr: float = 3e-3
+    """Peak learning rate (linear warm-up, cosine decay to 10%)."""
+    warmup: int = 100
+    weight_decay: float = 0.01
+
+
+SIZES = {
+    "default": PretrainConfig(),
+    # bitsandbytes' CPU 4-bit kernels need layer inputs of at least 64 features (its block size).
+    "tiny": PretrainConfig(n_worlds=4, questions_per_world=10, vocab_size=400, hidden_size=64,
+                           intermediate_size=128, num_layers=1, num_heads=2, num_kv_heads=1,
+                           steps=20, batch_size=8),
+}
+
+
+def demonstrations(cfg: PretrainConfig) -> list:
+    """The teacher's trajectories (main, sub and single roles) over the demonstration worlds."""
+    teacher = ScriptedAgent(DEMO_NOISE, seed=cfg.seed)
+    trajectories = []
+    for seed in range(cfg.first_world, cfg.first_world + cfg.n_worlds):
+        world = generate_world(check_training_seed(seed))
+        tools = Tools(world)
+        questions = generate_questions(world, cfg.questions_per_world)
+        for mode, agents in (("multi", {"main": teacher, "sub": teacher}), ("single", {"single": teacher})):
+            for episode in run_episodes(questions, lambda _: tools, agents, mode):
+                trajectories += [episode.main] + episode.subs
+    return trajectories
+
+
+def model_config(cfg: PretrainConfig, tokenizer):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+
+
+def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Index batches of similar lengths (little padding), in random order."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def masked_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean negative log-likelihood of the agent's own tokens (loss_mask 1)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logp = token_logprobs_from_logits(logits, batch["input_ids"])  # (N, T)
+    mask = batch["loss_mask"]
+    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True) -> dict:
+    """Build tokenizer and model, train, save both under ``out``; returns a summary."""
+    from transformers import AutoModelForCausalLM
+
+    start = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    trajectories = demonstrations(cfg)
+    tokenizer = train_tokenizer((t.context for t in trajectories), cfg.vocab_size)
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    data = [encode_trajectory(t, encode) for t in trajectories]
+    data = [d for d in data if len(d[0]) <= cfg.max_positions]
+    model = AutoModelForCausalLM.from_config(model_config(cfg, tokenizer))
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress_ = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
+
+    lengths = [len(ids) for ids, _ in data]
+    batches: list[list[int]] = []
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
+    for step in bar:
+        if not batches:
+            batches = _batches(lengths, cfg.batch_size, rng)
+        batch = collate([data[i] for i in batches.pop()], tokenizer.pad_token_id)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = masked_nll(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    summary = {"config": asdict(cfg), "n_parameters": n_params, "n_trajectories": len(data),
+               "n_agent_tokens": int(sum(sum(m) for _, m in data)),
+               "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seconds": round(time.time() - start, 1),
+               "losses": [round(x, 4) for x in losses]}
+    (out / "pretrain.json").write_text(json.dumps(summary) + "\n")
+    plot_losses(losses, out / "loss_curve.png")
+    return summary
+
+
+def plot_losses(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = max(1, len(losses) // 50)
+    smooth = [sum(losses[max(0, i - window):i + 1]) / len(losses[max(0, i - window):i + 1])
+              for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(losses, alpha=0.3, label="per step")
+    ax.plot(smooth, label=f"moving mean ({window})")
+    ax.set(xlabel="step", ylabel="NLL of the agent's tokens", yscale="log", title="Base model pretraining")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.pretrain", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=DATA_DIR / "base")
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="override the number of optimiser steps")
+    args = parser.parse_args(argv)
+    cfg = replace(SIZES[args.size], seed=args.seed)
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    summary = pretrain(cfg, args.out)
+    print(f"{summary['n_parameters']:,} parameters, {summary['n_trajectories']:,} trajectories, "
+          f"final loss {summary['final_loss']:.3f}, {summary['seconds']:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The QLoRA policy: loading, 4-bit layers, log-probs, reference, adapters, sampling."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mgrpo_ref.batching import collate
+from mgrpo_ref.policy import SamplingSettings, load_policy, token_logprobs_from_logits
+from mgrpo_ref.pretrain import SIZES, pretrain
+
+CONTEXTS = [
+    "<question>What is the capital of Veskaland?</question>\n",
+    "<question>Who is the founder of the employer of the mentor of Bako Tumar?</question>\n<delegate>Who is",
+    "<question>What is the country of Kaun?</question>\n<delegate>What is the country of Kaun?</delegate>\n"
+    "<result>Rokiora</result>\n",
+]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny base built by the real pretraining code (seconds)."""
+    out = tmp_path_factory.mktemp("base")
+    pretrain(SIZES["tiny"], out, progress=False)
+    return out
+
+
+def perturb_adapter(policy, seed=0):
+    """Give the adapter non-zero weights (a fresh LoRA has B = 0, i.e. no effect)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def batch_of(policy, texts):
+    return collate([(policy.encode(t), [1] * len(policy.encode(t))) for t in texts], policy.tokenizer.pad_token_id)
+
+
+def test_saved_base_loads_with_auto_classes(base):
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    assert model.config.model_type == "qwen2"
+    ids = tok("<visit>d12</visit>", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens([ids[0], ids[-1]]) == ["<visit>", "</visit>"]
+    assert tok.decode(ids) == "<visit>d12</visit>"
+    assert json.loads((base / "pretrain.json").read_text())["n_parameters"] > 0
+    assert (base / "loss_curve.png").stat().st_size > 0
+
+
+def test_pretrain_command_builds_a_working_model(tmp_path):
+    out = tmp_path / "b"
+    proc = subprocess.run([sys.executable, "-m", "mgrpo_ref.pretrain", "--size", "tiny", "--steps", "5",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    policy = load_policy(out, quantization="none")
+    assert len(policy.act("main", CONTEXTS[:1])) == 1
+
+
+def test_4bit_load_holds_linear4bit_layers(base):
+    import bitsandbytes as bnb
+
+    policy = load_policy(base)
+    kinds = {type(m).__name__ for m in policy.model.modules()}
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.model.modules()), kinds
+    full = load_policy(base, quantization="none")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in full.model.modules())
+    # only adapter weights train
+    assert policy.trainable_parameters() and all("lora_" in n for n, p in policy.model.named_parameters()
+                                                  if p.requires_grad)
+
+
+def test_bad_quantization_is_a_clear_error(base):
+    with pytest.raises(ValueError, match="'nf4' or 'none'"):
+        load_policy(base, quantization="int3")
+
+
+def test_logprobs_equal_a_direct_forward_pass_for_padded_batches(base):
+    policy = load_policy(base)
+    perturb_adapter(policy)
+    batch = batch_of(policy, CONTEXTS)  # three lengths: right padding differs per row
+    with torch.no_grad():
+        got = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])  # (N, T)
+        for i, text in enumerate(CONTEXTS):
+            ids = torch.tensor([policy.encode(text)])
+            logits = policy.model(input_ids=ids).logits
+            want = token_logprobs_from_logits(logits, ids)[0]
+            torch.testing.assert_close(got[i, : ids.shape[1]], want, atol=1e-5, rtol=1e-5)
+            assert torch.all(got[i, ids.shape[1]:] == 0)
+
+
+def test_adapters_disabled_give_the_base_logprobs(base):
+    policy = load_policy(base)
+    perturb_adapter(policy)
+    batch = batch_of(policy, CONTEXTS)
+    plain = load_policy(base)  # fresh adapter, B = 0: exactly the base network
+    with torch.no_grad():
+        ref = policy.token_logprobs(batch["input_ids"], batch["attention_mask"], reference=True)
+        adapted = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
+        base_lp = plain.token_logprobs(batch["input_ids"], batch["attention_mask"])
+        base_ref = plain.token_logprobs(batch["input_ids"], batch["attention_mask"], reference=True)
+    torch.testing.assert_close(ref, base_lp)
+    torch.testing.assert_close(base_ref, base_lp)
+    assert (ref - adapted).abs().max() > 1e-3  # the perturbed adapter really changes the policy
+
+
+def test_adapter_save_and_load_round_trips_exactly(base, tmp_path):
+    policy = load_policy(base)
+    perturb_adapter(policy, seed=3)
+    policy.save_adapter(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert not (tmp_path / "adapter" / "model.safetensors").exists()  # the adapter alone
+    loaded = load_policy(tmp_path / "adapter")
+    batch = batch_of(policy, CONTEXTS)
+    with torch.no_grad():
+        a = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
+        b = loaded.token_logprobs(batch["input_ids"], batch["attention_mask"])
+    assert torch.equal(a, b)
+    assert loaded.trainable_parameters()
+
+
+def test_gradients_reach_only_the_adapter(base):
+    policy = load_policy(base)
+    batch = batch_of(policy, CONTEXTS)
+    logp = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
+    (-logp.sum()).backward()
+    grads = {n: p.grad for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n or "lora_B" in n)
+
+
+def test_left_padded_greedy_sampling_matches_one_by_one(base):
+    policy = load_policy(base, sampling=SamplingSettings(temperature=0.0, max_new_tokens=12))
+    perturb_adapter(policy)
+    together = policy.act("main", CONTEXTS)
+    alone = [policy.act("main", [c])[0] for c in CONTEXTS]
+    assert together == alone
+    for text in together:  # a turn ends at the first closing tag, if it has one
+        closes = [text.find(t) for t in ("</delegate>", "</answer>") if t in text]
+        assert not closes or text.endswith(("</delegate>", "</answer>"))
+
+
+def test_sampling_is_seeded(base):
+    s = SamplingSettings(temperature=1.0, max_new_tokens=10)
+    a = load_policy(base, sampling=s, seed=5).act("sub", CONTEXTS)
+    b = load_policy(base, sampling=s, seed=5).act("sub", CONTEXTS)
+    assert a == b
+
+
+def test_a_second_architecture_with_a_chat_template_takes_the_same_path(tmp_path):
+    """A random tiny Llama with a locally built tokenizer (multi-token tags, a chat template),
+    saved and loaded exactly as a hub model would be."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(CONTEXTS * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<|end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|end|>", pad_token="<|end|>")
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+
+    policy = load_policy(tmp_path / "llama", sampling=SamplingSettings(temperature=1.0, max_new_tokens=8))
+    assert policy.model.config.model_type == "llama"
+    assert policy.tokenizer.chat_template and len(policy.encode("</answer>")) > 1  # stop_strings path
+    texts = policy.act("main", CONTEXTS)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    batch = batch_of(policy, CONTEXTS)
+    with torch.no_grad():
+        lp = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
+    assert lp.shape == batch["input_ids"].shape and torch.isfinite(lp).all()
