@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Protocol
 
 from .grading import exact_match, lenient_match
-from .protocol import FINAL_ACTION, FormatError, parse_action, wrap
+from .protocol import FINAL_ACTION, FormatError, parse_action, prompt, wrap
 from .tools import Tools
 from .world import Question
 
@@ -155,9 +155,9 @@ def _tool_observation(tools: Tools, kind: str, argument: str) -> str:
     return tools.search(argument) if kind == "search" else tools.visit(argument)
 
 
-def _tool_trajectory(role: str, prompt: str, tools: Tools, limits: Limits):
+def _tool_trajectory(role: str, text: str, tools: Tools, limits: Limits):
     """A search/visit trajectory that ends with ``<return>`` (sub) or ``<answer>`` (single)."""
-    traj = Trajectory(role, [Segment("prompt", prompt)])
+    traj = Trajectory(role, [Segment("prompt", prompt(role, text))])
     for _ in range(limits.turns(role)):
         text = yield role, traj.context
         action = _agent_turn(traj, text, limits)
@@ -173,12 +173,12 @@ def _tool_trajectory(role: str, prompt: str, tools: Tools, limits: Limits):
 
 def sub_episode(subtask: str, tools: Tools, limits: Limits):
     """One sub-agent call: search and visit until it returns a result."""
-    return (yield from _tool_trajectory("sub", wrap("task", subtask) + "\n", tools, limits))
+    return (yield from _tool_trajectory("sub", subtask, tools, limits))
 
 
 def multi_agent_episode(question: Question, tools: Tools, limits: Limits, rollout: int = 0):
     """The main agent plans and delegates; each delegation runs a sub-agent to completion."""
-    main = Trajectory("main", [Segment("prompt", wrap("question", question.text) + "\n")])
+    main = Trajectory("main", [Segment("prompt", prompt("main", question.text))])
     subs: list[Trajectory] = []
     for _ in range(limits.main_turns):
         text = yield "main", main.context
@@ -200,7 +200,7 @@ def multi_agent_episode(question: Question, tools: Tools, limits: Limits, rollou
 
 def single_agent_episode(question: Question, tools: Tools, limits: Limits, rollout: int = 0):
     """One agent does every hop itself with search and visit, then answers."""
-    traj = yield from _tool_trajectory("single", wrap("question", question.text) + "\n", tools, limits)
+    traj = yield from _tool_trajectory("single", question.text, tools, limits)
     return Episode(question, "single", traj, [], rollout)
 
 

@@ -59,7 +59,7 @@ class PretrainConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     max_positions: int = 1024
-    steps: int = 2000
+    steps: int = 1500
     """Optimiser steps."""
     batch_size: int = 32
     """Trajectories per step."""

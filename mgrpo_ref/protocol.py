@@ -12,8 +12,10 @@ agent waits). Our protocol is plain text tags, which any tokenizer can produce [
             <return>result</return>                        (trajectory ends)
     single  <search>, <visit> as the sub-agent, then <answer> as the main agent
 
-A trajectory opens with an environment prompt: ``<question>...</question>`` for the main
-and single agents, ``<task>...</task>`` for a sub-agent.
+A trajectory opens with an environment prompt: a one-line instruction naming the role
+(``ROLE_INSTRUCTIONS``; the main and the single agent see the same question, so only this
+line tells them which protocol to speak), then ``<question>...</question>`` for the main
+and single agents or ``<task>...</task>`` for a sub-agent.
 
 Every turn's text is parsed into exactly one :class:`Action` or a :class:`FormatError`
 with one of the reasons in ``FORMAT_ERRORS``. What happens next is defined in
@@ -85,6 +87,21 @@ def wrap(tag: str, content: str) -> str:
 def stop_strings(role: str) -> list[str]:
     """Closing tags at which a sampler should stop generating for ``role``."""
     return [close_tag(t) for t in ACTIONS[role]]
+
+
+ROLE_INSTRUCTIONS = {
+    "main": "You plan: delegate one sub-question per hop, then answer.",
+    "sub": "You research: search, visit, then return the answer.",
+    "single": "You research alone: search and visit for every hop, then answer.",
+}
+"""The first line of every prompt, per role."""
+
+PROMPT_TAG = {"main": "question", "sub": "task", "single": "question"}
+
+
+def prompt(role: str, text: str) -> str:
+    """The environment's opening segment of a ``role`` trajectory about ``text``."""
+    return f"{ROLE_INSTRUCTIONS[role]}\n{wrap(PROMPT_TAG[role], text)}\n"
 
 
 _TAG_RE = re.compile(r"</?([a-z]+)>")

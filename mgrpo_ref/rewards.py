@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .episode import Episode
 from .grading import exact_match, normalize_answer
+from .protocol import blocks
 from .world import Question
 
 
@@ -68,8 +69,7 @@ def verify_sub_result(subtask: str, result: str | None, question: Question) -> b
 
 def subtask_of(sub_trajectory) -> str:
     """The subtask a sub trajectory was given: the content of its ``<task>`` prompt."""
-    prompt = sub_trajectory.prompt
-    return prompt[len("<task>"): prompt.index("</task>")]
+    return next(content for tag, content in blocks(sub_trajectory.prompt) if tag == "task")
 
 
 def episode_rewards(episode: Episode, cfg: RewardConfig = RewardConfig()) -> tuple[float, list[float]]:

@@ -4,6 +4,7 @@ import pytest
 
 from mgrpo_ref.episode import REPEATED, SUB_FAILED, Limits, run_episodes, transcript
 from mgrpo_ref.evaluate import evaluate, make_agent, summarize
+from mgrpo_ref.protocol import prompt
 from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
@@ -67,7 +68,8 @@ def test_episode_records_agent_and_environment_text():
     assert episode.main.context == "".join(s.text for s in episode.main.segments)
     assert len(episode.subs) == 2
     for sub, hop in zip(episode.subs, q.hops):
-        assert sub.prompt == f"<task>{hop.question}</task>\n"
+        assert sub.prompt == prompt("sub", hop.question)
+        assert sub.prompt.endswith(f"<task>{hop.question}</task>\n")
         assert [s.source for s in sub.segments] == ["prompt", "agent", "env", "agent", "env", "agent"]
         assert sub.final == hop.answer
     assert episode.correct and "correct: True" in transcript(episode)
