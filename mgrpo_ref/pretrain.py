@@ -2,8 +2,8 @@
 
 Nothing can be downloaded on our machines, so the project makes its own base model. It is
 trained on the noisy teacher's demonstrations of all three roles (main, sub, single) over
-training worlds only, with the loss on the tokens the agent wrote (the same mask the RL
-loss uses). It learns to follow the protocol and, imperfectly, to research: room to learn.
+training worlds only. The loss weighs the tokens the agent wrote fully and the rest of
+the text (questions, documents, search results) at ``context_weight``. It learns to follow the protocol and, imperfectly, to research: room to learn.
 
     python -m mgrpo_ref.pretrain --out data/base          # the committed default (minutes)
     python -m mgrpo_ref.pretrain --size tiny --out /tmp/b # a seconds-long smoke build
@@ -59,8 +59,12 @@ class PretrainConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     max_positions: int = 1024
-    steps: int = 1500
+    steps: int = 2000
     """Optimiser steps."""
+    context_weight: float = 0.25
+    """Loss weight of the tokens the agent did not write (prompt, tool output, results); the
+    agent's own tokens weigh 1. Modelling documents and search results, where every name
+    recurs, teaches the copying that reading and delegating need [ours]."""
     batch_size: int = 32
     """Trajectories per step."""
     lr: float = 3e-3
@@ -112,12 +116,15 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     return batches
 
 
-def masked_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean negative log-likelihood of the agent's own tokens (loss_mask 1)."""
+def masked_nll(model, batch: dict[str, torch.Tensor], context_weight: float) -> torch.Tensor:
+    """Weighted mean negative log-likelihood: the agent's own tokens weigh 1, the rest
+    ``context_weight`` (the first token of a sequence has no prediction and weighs 0)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logp = token_logprobs_from_logits(logits, batch["input_ids"])  # (N, T)
-    mask = batch["loss_mask"]
-    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+    agent = batch["loss_mask"]  # (N, T)
+    weight = agent + context_weight * (batch["attention_mask"] - agent)  # (N, T)
+    weight[:, 0] = 0.0
+    return -(logp * weight).sum() / weight.sum().clamp(min=1)
 
 
 def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True) -> dict:
@@ -153,7 +160,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True) -> dict:
         batch = collate([data[i] for i in batches.pop()], tokenizer.pad_token_id)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = masked_nll(model, batch)
+        loss = masked_nll(model, batch, cfg.context_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -186,7 +193,7 @@ def plot_losses(losses: list[float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(losses, alpha=0.3, label="per step")
     ax.plot(smooth, label=f"moving mean ({window})")
-    ax.set(xlabel="step", ylabel="NLL of the agent's tokens", yscale="log", title="Base model pretraining")
+    ax.set(xlabel="step", ylabel="weighted NLL per token", yscale="log", title="Base model pretraining")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

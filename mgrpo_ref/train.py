@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .episode import run_episodes
 from .evaluate import evaluate
-from .store import Store
+from .store import Store, StoreError
 from .tools import ToolsByWorld
 from .update import RolloutRecord
 from .worker import step_seed, worker_main
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}\nThe store and the last checkpoint are intact. Continue with:\n"
               f"  python -m mgrpo_ref.train --resume {run_dir}", file=sys.stderr)
         return 1
-    except FileExistsError as err:
+    except (FileExistsError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"held-out accuracy ({'greedy' if cfg.eval_temperature == 0 else f'T={cfg.eval_temperature}'}, "

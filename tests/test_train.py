@@ -1,0 +1,139 @@
+"""The decoupled pipeline end to end: two worker processes, the store, resume after a crash."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mgrpo_ref.config import TrainConfig
+from mgrpo_ref.pretrain import SIZES, pretrain
+from mgrpo_ref.store import Store
+
+SMALL = ["questions_per_step=2", "rollouts=2", "d_max=2", "eval_questions=4", "eval_every=2",
+         "checkpoint_every=1", "max_new_tokens=12", "microbatch=8"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    pretrain(SIZES["tiny"], out, progress=False)
+    return out
+
+
+def train(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "mgrpo_ref.train", "--quiet", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def lora_b(path):
+    weights = load_file(path / "adapter_model.safetensors")
+    return [w for n, w in weights.items() if "lora_B" in n]
+
+
+def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
+    run = tmp_path / "run"
+    proc = train("--variant", "mgrpo", "--run-dir", str(run), f"base={base}", "steps=3", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out accuracy" in proc.stdout and str(run) in proc.stdout
+    cfg = TrainConfig.load(run / "config.json")
+    assert cfg.steps == 3 and cfg.rollouts == 2 and cfg.variant == "mgrpo"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
+    assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[2] and "eval/accuracy" in metrics[3]
+    for key in ("main/reward_mean", "main/loss", "main/clip_frac", "sub/reward_mean", "sub/loss",
+                "sub/align_duplicated_frac", "time/update_wall_s", "time/store_frac", "rollout/mean_sub_calls"):
+        assert key in metrics[1], key
+    store = Store(run / "store.sqlite", readonly=True)
+    assert store.last_finished_step() == 3
+    assert all(len(store.rollouts(s)) == 4 for s in (1, 2, 3))
+    assert {s["agent"] for s in store.stats()} == {"main", "sub"}
+    # what crossed between the agents is scalars: every stored value is a number or a flag
+    for row in store.rollouts(1):
+        assert all(isinstance(v, (int, float)) for k, v in row.items() if k != "qid")
+    ckpt = run / "checkpoints" / "step_00003"
+    assert (ckpt / "controller.json").exists() and (ckpt / "main_state.pt").exists()
+    # the main agent's optimiser stepped once per step (the tiny base's rewards may all be
+    # equal, so its adapter may not move: that is tested with real advantages in test_update)
+    state = torch.load(ckpt / "main_state.pt", weights_only=False)["optimizer"]["state"]
+    assert state and all(int(s["step"]) == 3 for s in state.values())
+
+
+def test_frozen_sub_never_updates_the_sub_adapter(base, tmp_path):
+    run = tmp_path / "frozen"
+    proc = train("--variant", "frozen_sub", "--run-dir", str(run), f"base={base}", "steps=2", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    ckpt = run / "checkpoints" / "step_00002"
+    assert all(w.abs().sum() == 0 for w in lora_b(ckpt / "sub"))  # a fresh LoRA has B = 0
+    stats = Store(run / "store.sqlite", readonly=True).stats("sub")
+    assert stats and not any(s["sub/trained"] for s in stats)
+
+
+@pytest.mark.parametrize("variant,agents", [("single_agent", {"single"}), ("shared", {"shared"})])
+def test_other_variants_run(base, tmp_path, variant, agents):
+    run = tmp_path / variant
+    proc = train("--variant", variant, "--run-dir", str(run), f"base={base}", "steps=1", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    store = Store(run / "store.sqlite", readonly=True)
+    assert {s["agent"] for s in store.stats()} == agents
+    assert set(json.loads((run / "workers.json").read_text())) == agents
+
+
+def test_killed_worker_then_resume_finishes_with_a_consistent_store(base, tmp_path):
+    run = tmp_path / "crash"
+    args = ["--variant", "mgrpo", "--run-dir", str(run), f"base={base}", "steps=5", *SMALL]
+    proc = subprocess.Popen([sys.executable, "-m", "mgrpo_ref.train", "--quiet", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (run / "store.sqlite").exists() and (run / "workers.json").exists():
+            if Store(run / "store.sqlite", readonly=True).last_finished_step() >= 2:
+                break
+        time.sleep(0.2)
+    os.kill(json.loads((run / "workers.json").read_text())["sub"], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "the sub worker" in err and "died" in err and f"--resume {run}" in err
+
+    resumed = train("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    store = Store(run / "store.sqlite", readonly=True)
+    assert store.last_finished_step() == 5
+    assert [s["step"] for s in store.stats("main")] == [1, 2, 3, 4, 5]  # none lost, none repeated
+    assert [s["step"] for s in store.stats("sub")] == [1, 2, 3, 4, 5]
+    assert all(len(store.rollouts(s)) == 4 for s in range(1, 6))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4, 5]
+
+
+def test_bad_runs_are_refused_clearly(base, tmp_path):
+    run = tmp_path / "r"
+    assert train("--run-dir", str(run), f"base={base}", "steps=1", *SMALL).returncode == 0
+    again = train("--run-dir", str(run), f"base={base}", "steps=1", *SMALL)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    bad = train("--run-dir", str(tmp_path / "x"), "variant=solo")
+    assert bad.returncode == 2 and "variant must be one of" in bad.stderr
+    typo = train("--run-dir", str(tmp_path / "y"), "stepz=3")
+    assert typo.returncode == 2 and "unknown config field 'stepz'" in typo.stderr
+    # a corrupted store is refused and left as it was
+    (run / "store.sqlite").write_bytes(b"garbage" * 100)
+    for extra in ("store.sqlite-wal", "store.sqlite-shm"):
+        (run / extra).unlink(missing_ok=True)
+    corrupted = train("--resume", str(run))
+    assert corrupted.returncode != 0 and "not a readable SQLite store" in corrupted.stderr
+    assert (run / "store.sqlite").read_bytes() == b"garbage" * 100
+
+
+def test_config_round_trip_and_overrides():
+    cfg = TrainConfig().override(["steps=7", "reward.b2=0.6", "lora.r=4", "betas=0.8,0.9"])
+    assert cfg.steps == 7 and cfg.reward.b2 == 0.6 and cfg.lora.r == 4 and cfg.betas == (0.8, 0.9)
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ValueError, match="unknown config section"):
+        TrainConfig().override(["steps.x=1"])
+    with pytest.raises(ValueError, match=">= 1"):
+        TrainConfig(rollouts=0)
