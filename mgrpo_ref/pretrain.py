@@ -51,10 +51,12 @@ class PretrainConfig:
     """How many training worlds the demonstrations come from."""
     questions_per_world: int = 60
     """Questions per world; each is played once in multi-agent and once in single-agent mode."""
-    vocab_size: int = 768
-    """BPE vocabulary (the protocol tags come on top)."""
+    vocab_size: int = 2048
+    """BPE vocabulary (the protocol tags come on top). Large enough that most two-syllable name
+    words are one token, even in the unseen evaluation world: copying a name is then copying
+    one or two tokens, which a tiny model learns far sooner than long copies."""
     hidden_size: int = 128
-    intermediate_size: int = 384
+    intermediate_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2

@@ -7,8 +7,8 @@ agent waits). Our protocol is plain text tags, which any tokenizer can produce [
     role    the agent writes (one action a turn)           the environment inserts
     main    <delegate>sub-question</delegate>              <result>sub-agent's result</result>
             <answer>final answer</answer>                  (episode ends)
-    sub     <search>query</search>                         <obs>top-k "[d12] Title" lines</obs>
-            <visit>d12</visit>                             <obs>the document</obs>
+    sub     <search>query</search>                         <obs>top-k "[12] Title" lines</obs>
+            <visit>12</visit>                              <obs>the document</obs>
             <return>result</return>                        (trajectory ends)
     single  <search>, <visit> as the sub-agent, then <answer> as the main agent
 
@@ -81,7 +81,10 @@ def close_tag(tag: str) -> str:
 
 
 def wrap(tag: str, content: str) -> str:
-    return f"<{tag}>{content}</{tag}>"
+    """``<tag> content</tag>``: the space after the opening tag means a word is preceded by a
+    space wherever it appears (in a document, a question, an action), so its tokens are the
+    same everywhere and copying it is copying token ids. Parsers strip it."""
+    return f"<{tag}> {content}</{tag}>"
 
 
 def stop_strings(role: str) -> list[str]:
@@ -141,4 +144,4 @@ def parse_action(role: str, text: str, max_chars: int = 200) -> Action | FormatE
 
 def blocks(context: str) -> list[tuple[str, str]]:
     """Every complete ``<tag>content</tag>`` block of a context, in order."""
-    return [(m.group(1), m.group(2)) for m in _BLOCK_RE.finditer(context)]
+    return [(m.group(1), m.group(2).strip()) for m in _BLOCK_RE.finditer(context)]

@@ -28,12 +28,13 @@ TAG_TOKENS = [t for tag in ALL_TAGS for t in (open_tag(tag), close_tag(tag))]
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on ``texts``; the protocol tags, pad and eos are single tokens."""
     core = Tokenizer(models.BPE())
-    # Every character that is not a letter (space, digit, punctuation) is split off on its
-    # own, so a name or a document id is the same tokens wherever it stands (after a space,
-    # after a tag, inside "[d18]"): copying it from an observation into an action is then
-    # an exact copy of token ids.
+    # Pre-tokens are a word with its leading space (" Turu") or one other character (a digit,
+    # a bracket, a newline). The protocol puts a space after every opening tag, so a name is
+    # the same tokens wherever it stands, and a document id is the same digit tokens in a
+    # search result and in a visit: copying is then an exact copy of token ids, the thing a
+    # small transformer's induction heads learn first.
     core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[^A-Za-z]"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r" ?[A-Za-z]+|[^A-Za-z]"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     core.decoder = decoders.ByteLevel()

@@ -21,7 +21,7 @@ STOPWORDS = frozenset(
     "a an the of is was who what in by for its has and to which where".split()
 )
 _WORD_RE = re.compile(r"[a-z0-9]+")
-_DOC_ID_RE = re.compile(r"^d\d+$")
+_DOC_ID_RE = re.compile(r"^\d+$")
 
 
 def tokenize(text: str) -> list[str]:
@@ -71,11 +71,11 @@ class Tools:
             if score > 0:
                 ranked.append((score, doc_id, title))
         # Highest score first; ties broken by document number so results are deterministic.
-        ranked.sort(key=lambda r: (-r[0], int(r[1][1:])))
+        ranked.sort(key=lambda r: (-r[0], int(r[1])))
         return ranked
 
     def search(self, query: str) -> str:
-        """Top-k results as lines "[d12] Title", or an error observation."""
+        """Top-k results as lines "[12] Title", or an error observation."""
         query = query.strip()
         if not query:
             return "error: empty query"
@@ -90,14 +90,14 @@ class Tools:
         """The document's text, or an error observation for a malformed or unknown id."""
         doc_id = doc_id.strip()
         if not _DOC_ID_RE.match(doc_id):
-            return f"error: {doc_id[:40]!r} is not a document id (ids look like d12)"
+            return f"error: {doc_id[:40]!r} is not a document id (ids are numbers, like 12)"
         entity = self.world.by_id.get(doc_id)
         if entity is None:
             return f"error: no document {doc_id}"
         return entity.text
 
 
-_RESULT_RE = re.compile(r"^\[(d\d+)\] (.+)$", re.MULTILINE)
+_RESULT_RE = re.compile(r"^\[(\d+)\] (.+)$", re.MULTILINE)
 
 
 def parse_search_results(observation: str) -> list[tuple[str, str]]:

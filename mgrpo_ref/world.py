@@ -316,7 +316,7 @@ def generate_world(seed: int, config: WorldConfig = WorldConfig()) -> World:
     names = sorted(facts)  # a stable order, then a seeded permutation of document ids
     ids = list(range(len(names)))
     rng.shuffle(ids)
-    entities = [Entity(f"d{i}", n, kind_of[n], facts[n], _document(rng, n, kind_of[n], facts[n]))
+    entities = [Entity(str(i), n, kind_of[n], facts[n], _document(rng, n, kind_of[n], facts[n]))
                 for i, n in sorted(zip(ids, names))]
     return World(seed, entities)
 

@@ -4,26 +4,16 @@ import pytest
 
 from mgrpo_ref.episode import REPEATED, SUB_FAILED, Limits, run_episodes, transcript
 from mgrpo_ref.evaluate import evaluate, make_agent, summarize
-from mgrpo_ref.protocol import prompt
+from mgrpo_ref.protocol import prompt, wrap
 from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
 
+from helpers import Replay, one_question  # noqa: E402
+
 TOOLS = ToolsByWorld()
 
 
-class Replay:
-    """An agent that writes fixed turns, one list per role, in order."""
-
-    def __init__(self, **turns):
-        self.turns = {role: list(t) for role, t in turns.items()}
-
-    def act(self, role, contexts):
-        return [self.turns[role].pop(0) for _ in contexts]
-
-
-def one_question(hops):
-    return next(q for q in load_questions("eval") if q.n_hops == hops)
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
@@ -69,7 +59,7 @@ def test_episode_records_agent_and_environment_text():
     assert len(episode.subs) == 2
     for sub, hop in zip(episode.subs, q.hops):
         assert sub.prompt == prompt("sub", hop.question)
-        assert sub.prompt.endswith(f"<task>{hop.question}</task>\n")
+        assert sub.prompt.endswith(f"<task> {hop.question}</task>\n")
         assert [s.source for s in sub.segments] == ["prompt", "agent", "env", "agent", "env", "agent"]
         assert sub.final == hop.answer
     assert episode.correct and "correct: True" in transcript(episode)
@@ -82,7 +72,7 @@ def test_sub_format_error_reaches_main_as_failure():
     (episode,) = run_episodes([q], TOOLS, agents)
     sub = episode.subs[0]
     assert sub.outcome == "format_error" and sub.error == "unclosed" and not sub.format_valid
-    assert f"<result>{SUB_FAILED}</result>" in episode.main.context
+    assert wrap("result", SUB_FAILED) in episode.main.context
     assert episode.main.format_valid and not episode.correct
 
 
@@ -103,7 +93,7 @@ def test_repeated_actions_are_not_executed_and_loops_hit_the_turn_limit():
     (episode,) = run_episodes([q], TOOLS, agents, limits=limits)
     sub = episode.subs[0]
     assert sub.outcome == "turn_limit" and not sub.format_valid
-    assert sub.context.count(f"<obs>{REPEATED}</obs>") == 2
+    assert sub.context.count(wrap("obs", REPEATED)) == 2
     # the main agent repeated its delegation: no second sub-agent ran
     assert len(episode.subs) == 1
     assert episode.main.outcome == "turn_limit" and episode.main.context.count(REPEATED) == 2
@@ -111,9 +101,9 @@ def test_repeated_actions_are_not_executed_and_loops_hit_the_turn_limit():
 
 def test_bad_tool_calls_become_observations():
     q = one_question(1)
-    agents = {"single": Replay(single=["<visit>d9999</visit>", "<search></search>", "<answer>x</answer>"])}
+    agents = {"single": Replay(single=["<visit>9999</visit>", "<search></search>", "<answer>x</answer>"])}
     (episode,) = run_episodes([q], TOOLS, agents, mode="single")
-    assert "<obs>error: no document d9999</obs>" in episode.main.context
+    assert "<obs> error: no document 9999</obs>" in episode.main.context
     assert episode.main.outcome == "format_error" and episode.main.error == "empty_argument"
 
 

@@ -45,9 +45,9 @@ def test_saved_base_loads_with_auto_classes(base):
     model = AutoModelForCausalLM.from_pretrained(base)
     tok = AutoTokenizer.from_pretrained(base)
     assert model.config.model_type == "qwen2"
-    ids = tok("<visit>d12</visit>", add_special_tokens=False)["input_ids"]
+    ids = tok("<visit> 12</visit>", add_special_tokens=False)["input_ids"]
     assert tok.convert_ids_to_tokens([ids[0], ids[-1]]) == ["<visit>", "</visit>"]
-    assert tok.decode(ids) == "<visit>d12</visit>"
+    assert tok.decode(ids) == "<visit> 12</visit>"
     assert json.loads((base / "pretrain.json").read_text())["n_parameters"] > 0
     assert (base / "loss_curve.png").stat().st_size > 0
 

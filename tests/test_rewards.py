@@ -15,21 +15,11 @@ from mgrpo_ref.rewards import (RewardConfig, episode_rewards, main_reward, sub_r
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
 
+from helpers import Replay, one_question  # noqa: E402
+
 TOOLS = ToolsByWorld()
 
 
-class Replay:
-    """An agent that writes fixed turns, one list per role, in order."""
-
-    def __init__(self, **turns):
-        self.turns = {role: list(t) for role, t in turns.items()}
-
-    def act(self, role, contexts):
-        return [self.turns[role].pop(0) for _ in contexts]
-
-
-def one_question(hops):
-    return next(q for q in load_questions("eval") if q.n_hops == hops)
 
 
 def delegate(text):

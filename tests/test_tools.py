@@ -36,7 +36,7 @@ def test_bad_calls_are_error_observations():
     assert TOOLS.search("x" * 101).startswith("error: query longer than 100")
     assert TOOLS.search("zzzz qqqq") == "no results"
     assert TOOLS.search("the of is") == "no results"  # only stopwords
-    assert TOOLS.visit("d99999") == "error: no document d99999"
+    assert TOOLS.visit("99999") == "error: no document 99999"
     assert TOOLS.visit("Bako Tumar").startswith("error: 'Bako Tumar' is not a document id")
     assert TOOLS.visit("").startswith("error:")
     assert parse_search_results("error: empty query") == []
