@@ -32,7 +32,7 @@ class TrainConfig:
     """The base model: a local directory or a hub name."""
     quantization: str = "nf4"
     """4-bit NF4 base (QLoRA), or "none" for full precision."""
-    steps: int = 30
+    steps: int = 100
     """Training steps."""
     questions_per_step: int = 8
     """B: questions per step, sampled from the training split."""
@@ -40,7 +40,7 @@ class TrainConfig:
     """K: rollouts per question (the group of the main agent's advantage); 8 in the release."""
     d_max: int = 4
     """D: sub-agent slots per rollout (notebook 03: the 95th percentile of d for the teacher)."""
-    lr: float = 2e-3
+    lr: float = 1e-3
     """Adam learning rate of the adapters (tiny models need far more than the release's 1e-6)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""

@@ -124,7 +124,7 @@ def transcript(episode: Episode) -> str:
     lines = []
     subs = iter(episode.subs)
     for seg in episode.main.segments:
-        lines.append(("> " if seg.source == "agent" else "  ") + seg.text.strip())
+        lines += [("> " if seg.source == "agent" else "  ") + t for t in seg.text.strip().splitlines()]
         if seg.source == "agent" and seg.text.strip().startswith("<delegate>"):
             sub = next(subs, None)
             if sub is not None:  # a repeated delegation ran no sub-agent

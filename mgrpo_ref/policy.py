@@ -229,4 +229,9 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
                             else list(lora.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
     model.config.use_cache = True
+    # Training mode, always. In eval mode bitsandbytes repacks 4-bit weights on the CPU into an
+    # inference-only layout on the first no-grad forward, after which a forward with autograd
+    # fails. Our configs have no dropout (LoRA dropout 0, the base's attention dropout 0), so
+    # training mode computes exactly what eval mode would.
+    model.train()
     return Policy(model, tokenizer, device, sampling, seed)

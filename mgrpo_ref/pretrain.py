@@ -61,7 +61,7 @@ class PretrainConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     max_positions: int = 1024
-    steps: int = 2000
+    steps: int = 3000
     """Optimiser steps."""
     context_weight: float = 0.25
     """Loss weight of the tokens the agent did not write (prompt, tool output, results); the

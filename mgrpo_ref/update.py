@@ -148,12 +148,19 @@ def sub_batch(records: list[RolloutRecord], store_rows: list[dict], encode, pad_
 
 
 def _microbatches(batch: PolicyBatch, size: int):
-    """Row slices of at most ``size``, each trimmed to its own longest sequence."""
+    """Row slices of at most ``size``, each trimmed to its own longest sequence.
+
+    At least two positions are kept: bitsandbytes takes an inference-only kernel when a
+    4-bit layer's input is a single token vector, which fails under autograd (a microbatch
+    of one masked slot is one pad token). The added column is padding: attention 0, loss 0.
+    """
+    pad = torch.nn.functional.pad
     for start in range(0, len(batch), size):
         rows = slice(start, start + size)
-        t = int(batch.attention_mask[rows].sum(dim=1).max())
-        yield (batch.input_ids[rows, :t], batch.attention_mask[rows, :t],
-               batch.loss_mask[rows, :t], batch.advantages[rows])
+        t = max(2, int(batch.attention_mask[rows].sum(dim=1).max()))
+        extra = max(0, t - batch.input_ids.shape[1])
+        yield (pad(batch.input_ids[rows, :t], (0, extra)), pad(batch.attention_mask[rows, :t], (0, extra)),
+               pad(batch.loss_mask[rows, :t], (0, extra)), batch.advantages[rows])
 
 
 def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microbatch: int,

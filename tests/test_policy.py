@@ -126,6 +126,10 @@ def test_adapter_save_and_load_round_trips_exactly(base, tmp_path):
 def test_gradients_reach_only_the_adapter(base):
     policy = load_policy(base)
     batch = batch_of(policy, CONTEXTS)
+    # sampling and a no-grad pass first, as a worker does, must not break the training pass
+    policy.act("main", CONTEXTS[:1])
+    with torch.no_grad():
+        policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
     logp = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
     (-logp.sum()).backward()
     grads = {n: p.grad for n, p in policy.model.named_parameters() if p.requires_grad}

@@ -82,3 +82,15 @@ def test_policy_update_moves_the_adapter_only_with_a_signal(policy):
     policy_update(policy, opt, signal, **kwargs)
     moved = [n for n, p in policy.model.named_parameters() if p.requires_grad and not torch.equal(p, lora[n])]
     assert moved and all("lora_" in n for n in moved)
+
+
+def test_update_on_a_single_one_token_row(policy):
+    """A microbatch holding one masked slot (one pad token) must not hit bitsandbytes'
+    inference-only single-vector kernel under autograd."""
+    pad = policy.tokenizer.pad_token_id
+    batch = PolicyBatch(torch.tensor([[pad]]), torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1),
+                        torch.zeros(1))
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+    stats = policy_update(policy, opt, batch, epochs=1, microbatch=1, eps_low=0.2, eps_high=0.28,
+                          kl_coef=0.0, max_grad_norm=1.0)
+    assert stats["n_tokens"] == 0 and stats["loss"] == 0.0
