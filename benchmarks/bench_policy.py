@@ -5,7 +5,9 @@
 Memory: each (size, quantization) is loaded in a fresh subprocess; we report the model's
 own footprint (``get_memory_footprint``: parameters and buffers) and the process's peak
 resident memory growth over a baseline taken after importing torch and transformers. Sizes:
-the default base (data/base) and a randomly initialised Qwen2 of about 85M parameters.
+the default base (data/base) and a randomly initialised Qwen2 of about 86M parameters.
+The footprint is the steady state; the RSS growth includes the load, where a 4-bit model is
+read in full precision and quantised layer by layer.
 Throughput: tokens generated per second by ``Policy.act`` on the default base in 4-bit,
 at batch 1, 16 and 64, sampling at temperature 1 with no stop tag (so every row runs to
 max_new_tokens).
@@ -38,7 +40,7 @@ def measure_memory(path: str, quantization: str) -> dict:
 
     baseline = peak_rss_mb()
     policy = load_policy(path, quantization=quantization, device="cpu")
-    ids = torch.randint(0, len(policy.tokenizer), (4, 128))
+    ids = torch.randint(0, policy.model.get_input_embeddings().num_embeddings, (4, 128))
     with torch.no_grad():
         policy.token_logprobs(ids, torch.ones_like(ids))
     n_params = sum(p.numel() for p in policy.model.parameters())
@@ -48,11 +50,11 @@ def measure_memory(path: str, quantization: str) -> dict:
 
 
 def make_medium(out: Path, base: Path) -> Path:
-    """A random Qwen2 of ~85M parameters with the default base's tokenizer."""
+    """A random Qwen2 of ~86M parameters with the default base's tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     tok = AutoTokenizer.from_pretrained(base)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                       num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
                       tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
@@ -66,6 +68,7 @@ def throughput(base: Path, batch_sizes=(1, 16, 64), new_tokens: int = 32) -> lis
 
     policy = load_policy(base, sampling=SamplingSettings(temperature=1.0, max_new_tokens=new_tokens))
     policy._stop_ids = {r: [policy.tokenizer.pad_token_id] for r in policy._stop_ids}  # never stop early
+    policy._cut_at_stop = lambda text, role: text  # and count every generated token
     questions = load_questions("eval")
     rows = []
     for b in batch_sizes:

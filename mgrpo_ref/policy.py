@@ -96,13 +96,16 @@ def _quantization_config(quantization: str, device: str):
                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
 def _resolve_base(base: str | Path, adapter_dir: Path | None = None) -> str:
-    """A base path as given, or relative to the adapter's directory; else a hub name."""
+    """A base path as given; else relative to the adapter's directory or to the repository
+    (so the default ``data/base`` works from ``notebooks/`` too); else a hub name."""
     path = Path(base)
-    if path.exists():
-        return str(path)
-    if adapter_dir is not None and (adapter_dir / path).exists():
-        return str(adapter_dir / path)
+    for candidate in (path, *([adapter_dir / path] if adapter_dir else []), REPO_ROOT / path):
+        if (candidate / "config.json").exists():
+            return str(candidate)
     return str(base)
 
 
@@ -213,7 +216,7 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
         base = _resolve_base(json.loads((adapter_dir / ADAPTER_FILE).read_text())["base_model_name_or_path"],
                              adapter_dir)
     else:
-        base = str(path)
+        base = _resolve_base(path)
     quant = _quantization_config(quantization, device)
     model = AutoModelForCausalLM.from_pretrained(
         base, quantization_config=quant, device_map={"": device},
