@@ -23,9 +23,9 @@ agent's loss (the sub-agent is trained on it in its own trajectory, where it is
 observations ``<obs>...</obs>`` as ``env``, and search / visit / return turns as ``agent``.
 
 The mask marks the tokens themselves. A causal language model predicts token t from
-the positions before it, so the trainer pairs ``logits[:, :-1]`` with
-``input_ids[:, 1:]`` and ``loss_mask[:, 1:]``; the first token is always prompt, so
-the shift loses nothing.
+the positions before it; ``policy.token_logprobs_from_logits`` puts log p(x_t | x_<t)
+at position t (and 0 at position 0), so this mask applies to its output unshifted. The
+first token is always prompt, so position 0 never counts.
 
 Encoding segment by segment is what keeps the mask exact. It is also what a sampler
 sees if it encodes its context the same way and appends the tokens it generates; then

@@ -21,7 +21,7 @@ Schema (``SCHEMA_VERSION`` 1):
     agent_stats(step, agent, stats,                 one row per (step, agent): that agent's
                 PRIMARY KEY (step, agent))          training statistics, a JSON object
     steps(step PRIMARY KEY, finished_at)            a step is in the store once both agents
-                                                    have written and the checkpoint is saved
+                                                    have written their records
 
 The file's SQLite header carries ``APPLICATION_ID``, so a foreign SQLite file (or any other
 file) is refused with a clear error and never overwritten.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -94,15 +95,20 @@ class WorkerHandle:
         raise WorkerDied(f"the {self.agent} worker (pid {self.process.pid}) died while {self.doing} "
                          f"(exit code {self.process.exitcode})")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it does not answer in time (it may be stuck
+        waiting for store records that a failed peer will never write)."""
         if self.process.is_alive():
             try:
-                self.request("stop")
-            except (WorkerDied, WorkerFailed):
+                self.conn.send(("stop",))
+                if self.conn.poll(timeout):
+                    self.conn.recv()
+            except (BrokenPipeError, EOFError, OSError):
                 pass
-        self.process.join(timeout=10)
+        self.process.join(timeout=timeout)
         if self.process.is_alive():
             self.process.kill()
+            self.process.join()
 
 
 class WorkerAgent:
@@ -173,9 +179,10 @@ class Trainer:
         store.truncate_after(done)  # steps after the checkpoint are redone, never repeated
         store.close()
         if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= done]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+            # Without a checkpoint the run restarts from the base, step-0 evaluation included.
+            kept = [line for line in _readable_lines(self.metrics_path)
+                    if checkpoint is not None and json.loads(line)["step"] <= done]
+            _write_atomically(self.metrics_path, "".join(line + "\n" for line in kept))
         return checkpoint
 
     @staticmethod
@@ -242,7 +249,7 @@ class Trainer:
         directory.mkdir(parents=True, exist_ok=True)
         for w in self.workers.values():
             w.request("save", directory)
-        (directory / "controller.json").write_text(json.dumps({"step": step, "time": time.time()}))  # last: marks it complete
+        _write_atomically(directory / "controller.json", json.dumps({"step": step, "time": time.time()}))  # last: marks it complete
         for old in sorted((self.run_dir / "checkpoints").glob("step_*"))[:-2]:  # keep the last two
             shutil.rmtree(old)
 
@@ -283,6 +290,25 @@ class Trainer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file, then rename it over ``path``: a reader sees the old or the new file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _readable_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file that parse; a last line cut by a crash is dropped."""
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+            lines.append(line)
+        except json.JSONDecodeError:
+            continue
+    return lines
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -135,7 +135,7 @@ def sub_batch(records: list[RolloutRecord], store_rows: list[dict], encode, pad_
              "verified": verified.float().mean().item() if n else 0.0,
              "format_valid": sum(s.format_valid for r in records for s in r.subs) / max(n, 1),
              "n_trajectories": n,
-             "equal_reward_frac": equal_reward_fraction(rewards, groups) if n else 1.0,
+             "equal_reward_frac": equal_reward_fraction(rewards, groups) if n else 0.0,  # no group
              "align_duplicated_frac": alignment.duplicated_fraction,
              "align_dropped_frac": alignment.dropped_fraction,
              "align_masked_frac": alignment.masked_fraction,

@@ -5,6 +5,7 @@ trainer. Here each is one process (``multiprocess``, spawn start method) that ow
 QLoRA policy and answers the controller's messages over a pipe:
 
     ("act", role, contexts, step, temperature)  ->  ("ok", texts)            generation
+    ("reseed", step, salt)                       ->  ("ok", None)             per-step sampling seed
     ("train", step, payload)                     ->  ("ok", stats)            this agent's update
     ("save", directory)                          ->  ("ok", None)             checkpoint
     ("stop",)                                    ->  the process exits

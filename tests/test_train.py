@@ -137,3 +137,18 @@ def test_config_round_trip_and_overrides():
         TrainConfig().override(["steps.x=1"])
     with pytest.raises(ValueError, match=">= 1"):
         TrainConfig(rollouts=0)
+
+
+def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):
+    run = tmp_path / "nockpt"
+    assert train("--run-dir", str(run), f"base={base}", "steps=2", *SMALL).returncode == 0
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")  # as if killed before the first checkpoint
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "cut by a cra')  # and a last line cut mid-write
+    resumed = train("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]  # the base evaluation once, every step once
+    assert [s["step"] for s in Store(run / "store.sqlite", readonly=True).stats("main")] == [1, 2]
