@@ -70,9 +70,11 @@ def summarize(episodes: list[Episode]) -> dict:
 
 def evaluate(questions: list[Question], agents: dict[str, Agent], mode: str = "multi",
              limits: Limits = Limits(), data_dir: Path = DATA_DIR,
-             batch_size: int = 64, progress: bool = True) -> tuple[dict, list[Episode]]:
-    """Run one episode per question; return (report, episodes)."""
-    tools_for = ToolsByWorld(data_dir)
+             batch_size: int = 64, progress: bool = True,
+             tools_for: ToolsByWorld | None = None) -> tuple[dict, list[Episode]]:
+    """Run one episode per question; return (report, episodes). Pass ``tools_for`` to reuse
+    worlds already loaded (the trainer evaluates many times)."""
+    tools_for = tools_for or ToolsByWorld(data_dir)
     episodes: list[Episode] = []
     for start in tqdm(range(0, len(questions), batch_size), desc="evaluate", disable=not progress,
                       unit="batch"):

@@ -157,9 +157,8 @@ class Policy:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
         out = self.model.generate(**batch, **kwargs)
         new = out[:, batch["input_ids"].shape[1]:]  # (N, new tokens)
-        return [self._cut_at_stop(self.tokenizer.decode(row[row != self.tokenizer.pad_token_id]
-                                                        if self.tokenizer.pad_token_id is not None else row,
-                                                        skip_special_tokens=False), role)
+        pad = self.tokenizer.pad_token_id  # set in __init__, never None
+        return [self._cut_at_stop(self.tokenizer.decode(row[row != pad], skip_special_tokens=False), role)
                 for row in new]
 
     @staticmethod

@@ -150,6 +150,7 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         checkpoint = self._prepare(resume)
         self.start_step = self._checkpoint_step(checkpoint) + 1 if checkpoint else 1
+        self.store = Store(self.run_dir / "store.sqlite")  # the controller's one connection
         self.workers: dict[str, WorkerHandle] = {}
         try:
             for agent in dict.fromkeys(self.roles.values()):
@@ -202,7 +203,8 @@ class Trainer:
         for w in self.workers.values():
             w.request("reseed", step, 99)
         report, _ = evaluate(self.eval_questions, self.agents(step, self.cfg.eval_temperature), self.mode,
-                             self.cfg.limits, batch_size=len(self.eval_questions), progress=False)
+                             self.cfg.limits, batch_size=len(self.eval_questions), progress=False,
+                             tools_for=self.tools_for)
         return {"eval/accuracy": report["accuracy"], "eval/lenient_accuracy": report["lenient_accuracy"],
                 "eval/format_valid": report["format_valid"], "eval/sub_format_valid": report["sub_format_valid"],
                 "eval/mean_sub_calls": report["mean_sub_calls"],
@@ -231,9 +233,7 @@ class Trainer:
             stats.update(w.receive())
         update_wall = time.perf_counter() - t_update
         t = time.perf_counter()
-        store = Store(self.run_dir / "store.sqlite")
-        store.finish_step(step)
-        store.close()
+        self.store.finish_step(step)
         controller_store_s = time.perf_counter() - t
         update_sum = sum(v for k, v in stats.items() if k.endswith("/update_s"))
         store_s = controller_store_s + sum(v for k, v in stats.items() if k.endswith("/store_s"))
@@ -274,7 +274,7 @@ class Trainer:
             if "eval/accuracy" in record:
                 postfix["eval"] = f"{record['eval/accuracy']:.2f}"
             bar.set_postfix(postfix)
-        history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        history = [json.loads(line) for line in _readable_lines(self.metrics_path)]
         evals = [h for h in history if "eval/accuracy" in h]
         return {"run_dir": str(self.run_dir), "base_accuracy": evals[0]["eval/accuracy"] if evals else None,
                 "final_accuracy": evals[-1]["eval/accuracy"] if evals else None, "last": last,
@@ -283,6 +283,7 @@ class Trainer:
     def close(self) -> None:
         for w in self.workers.values():
             w.stop()
+        self.store.close()
 
     def __enter__(self):
         return self
