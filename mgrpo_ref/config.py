@@ -71,7 +71,10 @@ class TrainConfig:
     eval_questions: int = 200
     """Held-out questions per evaluation (the first N of the eval split)."""
     eval_temperature: float = 0.0
-    """Decoding of evaluations: 0 = greedy."""
+    """Decoding of evaluations (metrics ``eval/...``): 0 = greedy."""
+    eval_sampled_temperature: float = 1.0
+    """A second evaluation at each evaluation point, sampled at this temperature (metrics
+    ``eval_sampled/...``): the policy as it is trained, T = 1. 0 turns it off."""
     checkpoint_every: int = 10
     """Save both adapters, optimisers and random states every N steps (and after the last)."""
     lora: LoraSettings = field(default_factory=LoraSettings)

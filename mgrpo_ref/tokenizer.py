@@ -46,7 +46,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     )
     core.train_from_iterator(texts, trainer)
     core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS,
+    # Byte-level BPE never needs an unknown token. Naming one anyway matters: AutoTokenizer
+    # loads this tokenizer as the model type's class (Qwen2Tokenizer), which otherwise adds
+    # its own "<|endoftext|>" as unk, one id beyond the model's embedding matrix.
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=EOS,
                                    padding_side="left", clean_up_tokenization_spaces=False)
 
 

@@ -200,15 +200,23 @@ class Trainer:
         return {role: WorkerAgent(self.workers[agent], step, temperature) for role, agent in self.roles.items()}
 
     def evaluate(self, step: int) -> dict:
+        """Held-out evaluation at ``eval_temperature`` (``eval/...``), and sampled at
+        ``eval_sampled_temperature`` (``eval_sampled/...``) unless that is 0."""
+        record = self._evaluate_at(step, self.cfg.eval_temperature, "eval")
+        if self.cfg.eval_sampled_temperature > 0:
+            record.update(self._evaluate_at(step, self.cfg.eval_sampled_temperature, "eval_sampled"))
+        return record
+
+    def _evaluate_at(self, step: int, temperature: float, prefix: str) -> dict:
         for w in self.workers.values():
             w.request("reseed", step, 99)
-        report, _ = evaluate(self.eval_questions, self.agents(step, self.cfg.eval_temperature), self.mode,
+        report, _ = evaluate(self.eval_questions, self.agents(step, temperature), self.mode,
                              self.cfg.limits, batch_size=len(self.eval_questions), progress=False,
                              tools_for=self.tools_for)
-        return {"eval/accuracy": report["accuracy"], "eval/lenient_accuracy": report["lenient_accuracy"],
-                "eval/format_valid": report["format_valid"], "eval/sub_format_valid": report["sub_format_valid"],
-                "eval/mean_sub_calls": report["mean_sub_calls"],
-                "eval/accuracy_by_hops": {str(h): a for h, a in report["accuracy_by_hops"].items()}}
+        return {f"{prefix}/accuracy": report["accuracy"], f"{prefix}/lenient_accuracy": report["lenient_accuracy"],
+                f"{prefix}/format_valid": report["format_valid"], f"{prefix}/sub_format_valid": report["sub_format_valid"],
+                f"{prefix}/mean_sub_calls": report["mean_sub_calls"],
+                f"{prefix}/accuracy_by_hops": {str(h): a for h, a in report["accuracy_by_hops"].items()}}
 
     def step(self, step: int) -> dict:
         cfg = self.cfg
@@ -271,14 +279,18 @@ class Trainer:
                 self.save_checkpoint(step)
             last = record
             postfix = {k.split("/")[0]: f"{v:.2f}" for k, v in record.items() if k.endswith("reward_mean")}
-            if "eval/accuracy" in record:
-                postfix["eval"] = f"{record['eval/accuracy']:.2f}"
+            for key, name in (("eval/accuracy", "eval"), ("eval_sampled/accuracy", "eval_T")):
+                if key in record:
+                    postfix[name] = f"{record[key]:.2f}"
             bar.set_postfix(postfix)
         history = [json.loads(line) for line in _readable_lines(self.metrics_path)]
         evals = [h for h in history if "eval/accuracy" in h]
+        sampled = [h for h in history if "eval_sampled/accuracy" in h]
         return {"run_dir": str(self.run_dir), "base_accuracy": evals[0]["eval/accuracy"] if evals else None,
-                "final_accuracy": evals[-1]["eval/accuracy"] if evals else None, "last": last,
-                "first_eval": first_eval}
+                "final_accuracy": evals[-1]["eval/accuracy"] if evals else None,
+                "base_sampled_accuracy": sampled[0]["eval_sampled/accuracy"] if sampled else None,
+                "final_sampled_accuracy": sampled[-1]["eval_sampled/accuracy"] if sampled else None,
+                "last": last, "first_eval": first_eval}
 
     def close(self) -> None:
         for w in self.workers.values():
@@ -318,6 +330,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _decoding(temperature: float) -> str:
+    return "greedy" if temperature == 0 else f"sampled, T={temperature:g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.train", description=__doc__.split("\n")[0])
     parser.add_argument("--variant", default=None, help="mgrpo | frozen_sub | single_agent | shared")
@@ -349,9 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"held-out accuracy ({'greedy' if cfg.eval_temperature == 0 else f'T={cfg.eval_temperature}'}, "
-          f"{len(load_questions('eval')[:cfg.eval_questions])} questions): "
+    n = len(load_questions("eval")[: cfg.eval_questions])
+    print(f"held-out accuracy ({_decoding(cfg.eval_temperature)}, {n} questions): "
           f"base {100 * result['base_accuracy']:.1f}% -> final {100 * result['final_accuracy']:.1f}%")
+    if result["final_sampled_accuracy"] is not None:
+        print(f"held-out accuracy ({_decoding(cfg.eval_sampled_temperature)}, {n} questions): "
+              f"base {100 * result['base_sampled_accuracy']:.1f}% -> final {100 * result['final_sampled_accuracy']:.1f}%")
     print(f"run directory: {result['run_dir']}")
     return 0
 

@@ -48,8 +48,16 @@ def test_saved_base_loads_with_auto_classes(base):
     ids = tok("<visit> 12</visit>", add_special_tokens=False)["input_ids"]
     assert tok.convert_ids_to_tokens([ids[0], ids[-1]]) == ["<visit>", "</visit>"]
     assert tok.decode(ids) == "<visit> 12</visit>"
+    assert len(tok) == model.config.vocab_size  # AutoTokenizer adds no token beyond the embeddings
     assert json.loads((base / "pretrain.json").read_text())["n_parameters"] > 0
     assert (base / "loss_curve.png").stat().st_size > 0
+
+
+def test_committed_base_tokenizer_matches_its_embeddings():
+    from mgrpo_ref.policy import REPO_ROOT
+
+    config = json.loads((REPO_ROOT / "data/base/config.json").read_text())
+    assert len(AutoTokenizer.from_pretrained(REPO_ROOT / "data/base")) == config["vocab_size"]
 
 
 def test_pretrain_command_builds_a_working_model(tmp_path):

@@ -46,6 +46,8 @@ def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1, 2, 3]
     assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[2] and "eval/accuracy" in metrics[3]
+    assert all("eval_sampled/accuracy" in metrics[i] for i in (0, 2, 3))  # greedy and T = 1 at each point
+    assert "sampled, T=1" in proc.stdout
     for key in ("main/reward_mean", "main/loss", "main/clip_frac", "sub/reward_mean", "sub/loss",
                 "sub/align_duplicated_frac", "time/update_wall_s", "time/store_frac", "rollout/mean_sub_calls"):
         assert key in metrics[1], key

@@ -1,0 +1,58 @@
+"""How well a base reads: the sub-agent's two decisive turns, given the oracle's context.
+
+    python benchmarks/bench_reading.py [--base data/base] [--n 120]
+
+For oracle sub-agent trajectories on two worlds (a training-range seed the default base
+never saw, 100, and the held-out evaluation world, 1000), the context is cut just before
+the sub-agent's <visit> turn and before its <return> turn, and the base decodes that turn
+greedily. "visit" is the share that opens the right document; "return" the share that copies
+the right fact out of it. This is the measurement behind PretrainConfig.n_worlds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mgrpo_ref.episode import run_episodes  # noqa: E402
+from mgrpo_ref.policy import load_policy  # noqa: E402
+from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent  # noqa: E402
+from mgrpo_ref.tools import Tools  # noqa: E402
+from mgrpo_ref.world import generate_questions, generate_world  # noqa: E402
+
+
+def turn_accuracy(policy, contexts: list[str], tag: str, batch: int = 32) -> float:
+    """Share of contexts where the greedy turn equals the oracle's turn opening with ``tag``."""
+    prompts, gold = [], []
+    for c in contexts:
+        i = c.rfind(tag)
+        prompts.append(c[:i])
+        gold.append(c[i:c.index("</", i) + len(tag) + 1].strip())
+    outs = [o for j in range(0, len(prompts), batch) for o in policy.act("sub", prompts[j:j + batch])]
+    return sum(o.strip() == g for o, g in zip(outs, gold)) / len(gold)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", default="data/base")
+    parser.add_argument("--n", type=int, default=120, help="sub-agent trajectories per world")
+    args = parser.parse_args()
+    policy = load_policy(args.base, quantization="none", trainable=False)
+    policy.sampling = replace(policy.sampling, temperature=0.0)
+    oracle = ScriptedAgent(ORACLE_NOISE)
+    for seed in (100, 1000):
+        world = generate_world(seed)
+        tools = Tools(world)
+        episodes = run_episodes(generate_questions(world, args.n), lambda _: tools,
+                                {"main": oracle, "sub": oracle}, "multi")
+        subs = [s.context for e in episodes for s in e.subs][: args.n]
+        print(f"world {seed:4d} ({len(subs)} sub-tasks): visit {100 * turn_accuracy(policy, subs, '<visit>'):.1f}%  "
+              f"return {100 * turn_accuracy(policy, subs, '<return>'):.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The comparison of issue 6: M-GRPO against its baselines, several seeds, one budget.
+
+    python -m mgrpo_ref.compare                         # the committed CPU comparison
+    python benchmarks/compare_variants.py               # the same (the benchmark entry point)
+    python -m mgrpo_ref.compare --preset gpu            # the GPU-scale configuration
+    python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # seconds (CI)
+
+Every variant (mgrpo, frozen_sub, single_agent, shared) trains with the same budget: the
+same config (questions per step, rollouts, steps, learning rate, seeds, hence the same
+training questions in the same order). The hyper-parameters are the pipeline's defaults
+for all four; none was tuned for one variant more than another.
+
+Each run evaluates on the held-out world every few steps, greedily and sampled at
+temperature 1 (the trainer's ``eval/...`` and ``eval_sampled/...`` metrics); its step-0
+evaluation is the base's. Results go to ``--out``:
+
+    results.json   every run: config, greedy and sampled accuracy (overall, by hops),
+                   learning curves (held-out accuracy, each agent's reward, sub calls),
+                   and a few held-out episodes of the base and of the trained agents
+    table.md       mean and standard deviation across seeds, overall and by hop count
+
+Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
+again and a killed one is resumed, so the comparison can be stopped and restarted at will.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .config import VARIANTS, TrainConfig
+from .episode import transcript
+from .evaluate import evaluate, make_agent
+from .policy import REPO_ROOT, SamplingSettings
+from .tools import ToolsByWorld
+from .train import Trainer, latest_checkpoint, worker_layout
+from .world import load_questions
+
+PRESETS = {
+    # The CPU comparison: 12 runs must fit in about an hour on 2 cores.
+    "cpu": ["steps=30", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
+    # A larger base, batch and step count for one GPU of 24 GB or less (see the README).
+    "gpu": ["base=runs/base-gpu", "quantization=nf4", "steps=200", "questions_per_step=32", "rollouts=8",
+            "eval_every=20", "checkpoint_every=20", "microbatch=64"],
+    # CI: two steps on a handful of questions.
+    "smoke": ["steps=2", "questions_per_step=2", "rollouts=2", "eval_every=1", "checkpoint_every=2",
+              "eval_questions=8", "max_new_tokens=24"],
+}
+EPISODES_SHOWN = 3
+
+
+def run_config(preset: list[str], variant: str, seed: int, extra: list[str]) -> TrainConfig:
+    return replace(TrainConfig().override(preset + extra), variant=variant, seed=seed)
+
+
+def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
+    """Train ``cfg`` in ``run_dir``: skip if finished, resume if killed, else start."""
+    done = latest_checkpoint(run_dir)
+    if done is not None and json.loads((done / "controller.json").read_text())["step"] >= cfg.steps:
+        return
+    resume = (run_dir / "config.json").exists()
+    if resume and TrainConfig.load(run_dir / "config.json") != cfg:
+        raise FileExistsError(f"{run_dir} holds a run with another config; remove it or choose another --runs")
+    with Trainer(cfg, run_dir, resume=resume, progress=progress) as trainer:
+        trainer.run()
+
+
+def episodes_shown(cfg: TrainConfig, adapters: Path | None, tools_for) -> list[str]:
+    """Greedy transcripts of the first few held-out questions, by the final adapters (or the
+    base if ``adapters`` is None). They are decoded in their own small batch."""
+    mode, roles = worker_layout(cfg.variant)
+    sampling = SamplingSettings(0.0, 1.0, cfg.max_new_tokens)
+    loaded = {agent: make_agent(str(adapters / agent) if adapters is not None else cfg.base, seed=cfg.seed,
+                                sampling=sampling, quantization=cfg.quantization)
+              for agent in dict.fromkeys(roles.values())}
+    agents = {role: loaded[agent] for role, agent in roles.items()}
+    _, episodes = evaluate(load_questions("eval")[:EPISODES_SHOWN], agents, mode, cfg.limits, progress=False,
+                           tools_for=tools_for)
+    return [transcript(e) for e in episodes]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def report(record: dict, prefix: str) -> dict:
+    """One evaluation of a metrics record (``eval`` or ``eval_sampled``) as a small report."""
+    keys = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops")
+    return {k: record[f"{prefix}/{k}"] for k in keys}
+
+
+def curves(run_dir: Path) -> dict[str, list]:
+    """Learning-curve data from a run's metrics.jsonl."""
+    out: dict[str, list] = {"eval_step": [], "eval_accuracy": [], "eval_sampled_accuracy": [],
+                            "eval_mean_sub_calls": [], "step": [], "main_reward": [], "sub_reward": [],
+                            "train_sub_calls": []}
+    for r in metrics(run_dir):
+        if "eval/accuracy" in r:
+            out["eval_step"].append(r["step"])
+            out["eval_accuracy"].append(r["eval/accuracy"])
+            out["eval_sampled_accuracy"].append(r.get("eval_sampled/accuracy"))
+            out["eval_mean_sub_calls"].append(r["eval/mean_sub_calls"])
+        if r["step"] > 0:
+            out["step"].append(r["step"])
+            out["main_reward"].append(r.get("main/reward_mean"))  # the single agent's too
+            out["sub_reward"].append(r.get("sub/reward_mean"))
+            out["train_sub_calls"].append(r["rollout/mean_sub_calls"])
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(results: dict) -> str:
+    """Markdown: one row per variant (and the base), mean ± std across seeds, in percent."""
+    hops = sorted({h for r in results["runs"] for h in r["base_greedy"]["accuracy_by_hops"]}, key=int)
+    head = ["variant", "runs", "greedy", f"sampled (T={results['sampled_temperature']:g})"] + [f"greedy, {h} hop{'s' * (h != '1')}" for h in hops]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(values: list[float]) -> str:
+        m, s = mean_std([100 * v for v in values])
+        return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
+
+    modes = {r["mode"] for r in results["runs"]}
+    for mode in sorted(modes):  # the base: every run's step-0 evaluation in this episode mode
+        runs = [r for r in results["runs"] if r["mode"] == mode]
+        row = [f"base ({mode})", str(len(runs)), cell([r["base_greedy"]["accuracy"] for r in runs]),
+               cell([r["base_sampled"]["accuracy"] for r in runs])]
+        row += [cell([r["base_greedy"]["accuracy_by_hops"][h] for r in runs]) for h in hops]
+        lines.append("| " + " | ".join(row) + " |")
+    for variant in results["variants"]:
+        runs = [r for r in results["runs"] if r["variant"] == variant]
+        if not runs:
+            continue
+        row = [variant, str(len(runs)), cell([r["greedy"]["accuracy"] for r in runs]),
+               cell([r["sampled"]["accuracy"] for r in runs])]
+        row += [cell([r["greedy"]["accuracy_by_hops"][h] for r in runs]) for h in hops]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), seeds: list[int] = [0, 1, 2],
+                   runs_dir: Path | None = None, out: Path | None = None, overrides: list[str] = [],
+                   progress: bool = True, command: str = "") -> dict:
+    """Train (or resume, or skip if finished) every variant x seed, evaluate each, and write
+    ``results.json`` and ``table.md`` to ``out`` after every run. Returns the results."""
+    runs_dir = Path(runs_dir or REPO_ROOT / "runs" / f"compare-{preset}")
+    out = Path(out or REPO_ROOT / "benchmarks" / "results" / f"comparison-{preset}")
+    out.mkdir(parents=True, exist_ok=True)
+    tools_for = ToolsByWorld()
+    sampled_t = run_config(PRESETS[preset], "mgrpo", 0, list(overrides)).eval_sampled_temperature
+    if sampled_t <= 0:
+        raise ValueError("the comparison needs the sampled evaluation: eval_sampled_temperature must be > 0")
+    results: dict = {"preset": preset, "overrides": PRESETS[preset] + list(overrides), "variants": list(variants),
+                     "seeds": list(seeds), "sampled_temperature": sampled_t, "command": command,
+                     "base_episodes": {}, "runs": []}
+    start = time.time()
+    for variant in variants:
+        for seed in seeds:
+            cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
+            mode = worker_layout(variant)[0]
+            run_dir = runs_dir / f"{variant}-s{seed}"
+            t = time.time()
+            print(f"[{time.time() - start:6.0f} s] {variant} seed {seed} -> {run_dir}", flush=True)
+            train_run(cfg, run_dir, progress=progress)
+            evals = [r for r in metrics(run_dir) if "eval_sampled/accuracy" in r]
+            first, last = evals[0], evals[-1]
+            if mode not in results["base_episodes"]:
+                results["base_episodes"][mode] = episodes_shown(cfg, None, tools_for)
+            results["runs"].append({
+                "variant": variant, "seed": seed, "mode": mode, "config": asdict(cfg),
+                "base_greedy": report(first, "eval"), "base_sampled": report(first, "eval_sampled"),
+                "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
+                "curves": curves(run_dir), "seconds": round(time.time() - t, 1),
+                "episodes": episodes_shown(cfg, latest_checkpoint(run_dir), tools_for)})
+            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+            (out / "table.md").write_text(table(results))
+            print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",
+                  flush=True)
+    results["seconds"] = round(time.time() - start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--runs", type=Path, help="run directories (default runs/compare-<preset>)")
+    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/comparison-<preset>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
+    args = parser.parse_args(argv)
+    try:
+        for variant in args.variants:  # fail on a bad override before any training
+            run_config(PRESETS[args.preset], variant, args.seeds[0], args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    command = "python -m mgrpo_ref.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = run_comparison(args.preset, args.variants, args.seeds, args.runs, args.out, args.overrides,
+                             progress=not args.quiet, command=command.strip())
+    print(table(results))
+    print(f"{len(results['runs'])} runs in {results['seconds']:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

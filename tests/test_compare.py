@@ -1,0 +1,97 @@
+"""The variant comparison (issue 6): table arithmetic, learning curves, and a tiny real run."""
+
+import json
+
+import pytest
+
+from mgrpo_ref.compare import curves, run_comparison, table, train_run
+from mgrpo_ref.config import TrainConfig
+from mgrpo_ref.pretrain import SIZES, pretrain
+
+TINY = ["questions_per_step=2", "rollouts=2", "d_max=2", "eval_questions=4", "max_new_tokens=12", "microbatch=8"]
+
+
+def report(acc, by_hops):
+    return {"accuracy": acc, "lenient_accuracy": acc, "format_valid": 1.0, "sub_format_valid": 1.0,
+            "mean_sub_calls": 2.0, "accuracy_by_hops": by_hops}
+
+
+def run(variant, mode, base, final):
+    (bg, bs), (fg, fs) = base, final
+    return {"variant": variant, "mode": mode, "base_greedy": report(*bg), "base_sampled": report(*bs),
+            "greedy": report(*fg), "sampled": report(*fs)}
+
+
+def test_table_gives_mean_and_sample_std_across_seeds_per_variant():
+    base = ((0.1, {"1": 0.2, "2": 0.0}), (0.05, {"1": 0.1, "2": 0.0}))
+    results = {
+        "variants": ["mgrpo", "frozen_sub"], "sampled_temperature": 1.0,
+        "runs": [
+            run("mgrpo", "multi", base, ((0.2, {"1": 0.4, "2": 0.0}), (0.1, {"1": 0.2, "2": 0.0}))),
+            run("mgrpo", "multi", base, ((0.4, {"1": 0.6, "2": 0.2}), (0.3, {"1": 0.4, "2": 0.2}))),
+            run("frozen_sub", "multi", base, ((0.3, {"1": 0.5, "2": 0.1}), (0.2, {"1": 0.3, "2": 0.1}))),
+        ],
+    }
+    lines = table(results).splitlines()
+    assert lines[0] == "| variant | runs | greedy | sampled (T=1) | greedy, 1 hop | greedy, 2 hops |"
+    base_row, mgrpo, frozen = lines[2], lines[3], lines[4]
+    # the base row: the step-0 evaluations of the three runs in multi-agent mode
+    assert base_row == "| base (multi) | 3 | 10.0 ± 0.0 | 5.0 ± 0.0 | 20.0 ± 0.0 | 0.0 ± 0.0 |"
+    # mean of 20 and 40 is 30; the sample standard deviation of (20, 40) is 14.1
+    assert mgrpo == "| mgrpo | 2 | 30.0 ± 14.1 | 20.0 ± 14.1 | 50.0 ± 14.1 | 10.0 ± 14.1 |"
+    assert frozen == "| frozen_sub | 1 | 30.0 | 20.0 | 50.0 | 10.0 |"
+
+
+def test_curves_split_evaluations_from_training_steps(tmp_path):
+    rows = [{"step": 0, "eval/accuracy": 0.1, "eval_sampled/accuracy": 0.05, "eval/mean_sub_calls": 2.0},
+            {"step": 1, "main/reward_mean": 0.2, "sub/reward_mean": 0.3, "rollout/mean_sub_calls": 1.5},
+            {"step": 2, "main/reward_mean": 0.4, "rollout/mean_sub_calls": 0.0,
+             "eval/accuracy": 0.3, "eval_sampled/accuracy": 0.2, "eval/mean_sub_calls": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = curves(tmp_path)
+    assert c["eval_step"] == [0, 2] and c["eval_accuracy"] == [0.1, 0.3]
+    assert c["eval_sampled_accuracy"] == [0.05, 0.2]
+    assert c["step"] == [1, 2] and c["main_reward"] == [0.2, 0.4]
+    assert c["sub_reward"] == [0.3, None]  # a variant without a sub-agent has no sub reward
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    pretrain(SIZES["tiny"], out, progress=False)
+    return out
+
+
+def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path):
+    kwargs = dict(preset="smoke", variants=["mgrpo", "single_agent"], seeds=[0, 1], runs_dir=tmp_path / "runs",
+                  out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False)
+    results = run_comparison(**kwargs)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("mgrpo", 1),
+                                                                  ("single_agent", 0), ("single_agent", 1)]
+    assert set(saved["base_episodes"]) == {"multi", "single"}
+    for r in saved["runs"]:
+        assert 0 <= r["greedy"]["accuracy"] <= 1 and 0 <= r["sampled"]["accuracy"] <= 1
+        assert r["curves"]["step"] == [1, 2] and r["curves"]["eval_step"] == [0, 1, 2]
+        assert len(r["episodes"]) == 3 and r["config"]["steps"] == 2
+        # the reports are the run's own first and last evaluations, greedy and sampled
+        evals = [json.loads(line) for line in
+                 (tmp_path / "runs" / f"{r['variant']}-s{r['seed']}" / "metrics.jsonl").read_text().splitlines()]
+        assert r["base_greedy"]["accuracy"] == evals[0]["eval/accuracy"]
+        assert r["sampled"]["accuracy"] == evals[-1]["eval_sampled/accuracy"]
+    single = saved["runs"][2]
+    assert single["curves"]["sub_reward"] == [None, None]  # no sub-agent in single-agent mode
+    assert "<delegate>" in saved["base_episodes"]["multi"][0] and "<delegate>" not in saved["base_episodes"]["single"][0]
+    assert (tmp_path / "out" / "table.md").read_text() == table(results)
+    # a second call trains nothing again: every run is finished
+    before = (tmp_path / "runs" / "mgrpo-s0" / "metrics.jsonl").read_text()
+    run_comparison(**kwargs)
+    assert (tmp_path / "runs" / "mgrpo-s0" / "metrics.jsonl").read_text() == before
+
+
+def test_a_run_directory_with_another_config_is_refused(base, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(TrainConfig(steps=5).to_json())
+    with pytest.raises(FileExistsError, match="another config"):
+        train_run(TrainConfig(steps=6), run, progress=False)
