@@ -3,7 +3,7 @@
     python -m mgrpo_ref.compare                         # the committed CPU comparison
     python benchmarks/compare_variants.py               # the same (the benchmark entry point)
     python -m mgrpo_ref.compare --preset gpu            # the GPU-scale configuration
-    python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # seconds (CI)
+    python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # about a minute (CI)
 
 Every variant (mgrpo, frozen_sub, single_agent, shared) trains with the same budget: the
 same config (questions per step, rollouts, steps, learning rate, seeds, hence the same
@@ -38,7 +38,7 @@ from .episode import transcript
 from .evaluate import evaluate, make_agent
 from .policy import REPO_ROOT, SamplingSettings
 from .tools import ToolsByWorld
-from .train import Trainer, latest_checkpoint, worker_layout
+from .train import Trainer, _readable_lines, latest_checkpoint, worker_layout
 from .world import load_questions
 
 PRESETS = {
@@ -59,14 +59,14 @@ def run_config(preset: list[str], variant: str, seed: int, extra: list[str]) -> 
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
-    """Train ``cfg`` in ``run_dir``: skip if finished, resume if killed, else start."""
+    """Train ``cfg`` in ``run_dir``: skip if finished, resume if killed, else start. A run
+    directory that holds another config is refused, finished or not."""
+    if (run_dir / "config.json").exists() and TrainConfig.load(run_dir / "config.json") != cfg:
+        raise FileExistsError(f"{run_dir} holds a run with another config; remove it or choose another --runs")
     done = latest_checkpoint(run_dir)
     if done is not None and json.loads((done / "controller.json").read_text())["step"] >= cfg.steps:
         return
-    resume = (run_dir / "config.json").exists()
-    if resume and TrainConfig.load(run_dir / "config.json") != cfg:
-        raise FileExistsError(f"{run_dir} holds a run with another config; remove it or choose another --runs")
-    with Trainer(cfg, run_dir, resume=resume, progress=progress) as trainer:
+    with Trainer(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=progress) as trainer:
         trainer.run()
 
 
@@ -85,13 +85,25 @@ def episodes_shown(cfg: TrainConfig, adapters: Path | None, tools_for) -> list[s
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """A run's metrics.jsonl (a last line cut by a crash is dropped, as on resume)."""
+    return [json.loads(line) for line in _readable_lines(Path(run_dir) / "metrics.jsonl")]
 
 
 def report(record: dict, prefix: str) -> dict:
     """One evaluation of a metrics record (``eval`` or ``eval_sampled``) as a small report."""
     keys = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops")
     return {k: record[f"{prefix}/{k}"] for k in keys}
+
+
+def base_and_final(run_dir: Path, steps: int) -> tuple[dict, dict]:
+    """The metrics records of a finished run's step-0 (the base) and last evaluation, each
+    holding both the greedy and the sampled evaluation; a clear error otherwise."""
+    by_step = {r["step"]: r for r in metrics(run_dir) if "eval/accuracy" in r and "eval_sampled/accuracy" in r}
+    missing = [s for s in (0, steps) if s not in by_step]
+    if missing:
+        raise ValueError(f"{run_dir}: no greedy and sampled evaluation at step(s) {missing}; the comparison "
+                         "needs both at step 0 and at the last step (eval_sampled_temperature > 0)")
+    return by_step[0], by_step[steps]
 
 
 def curves(run_dir: Path) -> dict[str, list]:
@@ -127,9 +139,10 @@ def table(results: dict) -> str:
         m, s = mean_std([100 * v for v in values])
         return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
 
-    modes = {r["mode"] for r in results["runs"]}
-    for mode in sorted(modes):  # the base: every run's step-0 evaluation in this episode mode
-        runs = [r for r in results["runs"] if r["mode"] == mode]
+    for mode in sorted({r["mode"] for r in results["runs"]}):
+        # The base: the step-0 evaluation, once per seed (the variants of one mode start from
+        # the same base with the same evaluation seed, so their step-0 evaluations coincide).
+        runs = list({r["seed"]: r for r in reversed(results["runs"]) if r["mode"] == mode}.values())
         row = [f"base ({mode})", str(len(runs)), cell([r["base_greedy"]["accuracy"] for r in runs]),
                cell([r["base_sampled"]["accuracy"] for r in runs])]
         row += [cell([r["base_greedy"]["accuracy_by_hops"][h] for r in runs]) for h in hops]
@@ -157,8 +170,9 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
     sampled_t = run_config(PRESETS[preset], "mgrpo", 0, list(overrides)).eval_sampled_temperature
     if sampled_t <= 0:
         raise ValueError("the comparison needs the sampled evaluation: eval_sampled_temperature must be > 0")
-    results: dict = {"preset": preset, "overrides": PRESETS[preset] + list(overrides), "variants": list(variants),
-                     "seeds": list(seeds), "sampled_temperature": sampled_t, "command": command,
+    variants, seeds = list(dict.fromkeys(variants)), list(dict.fromkeys(seeds))
+    results: dict = {"preset": preset, "overrides": PRESETS[preset] + list(overrides), "variants": variants,
+                     "seeds": seeds, "sampled_temperature": sampled_t, "command": command,
                      "base_episodes": {}, "runs": []}
     start = time.time()
     for variant in variants:
@@ -166,18 +180,18 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
             cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
             mode = worker_layout(variant)[0]
             run_dir = runs_dir / f"{variant}-s{seed}"
-            t = time.time()
             print(f"[{time.time() - start:6.0f} s] {variant} seed {seed} -> {run_dir}", flush=True)
             train_run(cfg, run_dir, progress=progress)
-            evals = [r for r in metrics(run_dir) if "eval_sampled/accuracy" in r]
-            first, last = evals[0], evals[-1]
+            first, last = base_and_final(run_dir, cfg.steps)
             if mode not in results["base_episodes"]:
                 results["base_episodes"][mode] = episodes_shown(cfg, None, tools_for)
             results["runs"].append({
-                "variant": variant, "seed": seed, "mode": mode, "config": asdict(cfg),
+                "variant": variant, "seed": seed, "mode": mode,
+                "config": json.loads((run_dir / "config.json").read_text()),
                 "base_greedy": report(first, "eval"), "base_sampled": report(first, "eval_sampled"),
                 "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
-                "curves": curves(run_dir), "seconds": round(time.time() - t, 1),
+                "curves": curves(run_dir),
+                "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in metrics(run_dir)), 1),
                 "episodes": episodes_shown(cfg, latest_checkpoint(run_dir), tools_for)})
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             (out / "table.md").write_text(table(results))
@@ -198,9 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)
-    try:
-        for variant in args.variants:  # fail on a bad override before any training
-            run_config(PRESETS[args.preset], variant, args.seeds[0], args.overrides)
+    try:  # fail on a bad override before any training
+        if run_config(PRESETS[args.preset], "mgrpo", 0, args.overrides).eval_sampled_temperature <= 0:
+            raise ValueError("the comparison reports sampled accuracy: eval_sampled_temperature must be > 0")
     except ValueError as err:
         parser.error(str(err))
     command = "python -m mgrpo_ref.compare " + " ".join(sys.argv[1:] if argv is None else argv)

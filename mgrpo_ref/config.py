@@ -88,6 +88,9 @@ class TrainConfig:
                      "eval_every", "checkpoint_every", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_temperature", "eval_sampled_temperature", "temperature"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.quantization not in ("nf4", "none"):
             raise ValueError(f"quantization must be 'nf4' or 'none', not {self.quantization!r}")
 

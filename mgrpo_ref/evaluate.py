@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .episode import Agent, Episode, Limits, run_episodes, transcript
-from .policy import SamplingSettings, load_policy
+from .policy import REPO_ROOT, SamplingSettings, load_policy
 from .scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
 from .tools import ToolsByWorld
 from .world import DATA_DIR, Question, load_questions
@@ -32,14 +33,18 @@ SCRIPTED = ("oracle", "teacher")
 
 def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingSettings = SamplingSettings(),
                quantization: str = "nf4") -> Agent:
-    """An agent: ``oracle``, ``teacher`` (its noise times ``noise``) or a model directory."""
+    """An agent: ``oracle``, ``teacher`` (its noise times ``noise``), a model directory (also
+    relative to the repository, like ``data/base``) or a hub name (``Qwen/Qwen2.5-0.5B-Instruct``)."""
     if spec == "oracle":
         return ScriptedAgent(ORACLE_NOISE, seed)
     if spec == "teacher":
         return ScriptedAgent(TeacherNoise().scaled(noise), seed)
-    if Path(spec).is_dir():
-        return load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed)
-    raise ValueError(f"unknown agent {spec!r}: expected one of {SCRIPTED} or a model directory")
+    if Path(spec).is_dir() or (REPO_ROOT / spec).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        try:
+            return load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed)
+        except OSError as err:  # neither a local model nor one the hub could give us
+            raise ValueError(f"cannot load agent {spec!r}: {err}") from err
+    raise ValueError(f"unknown agent {spec!r}: expected one of {SCRIPTED}, a model directory or a hub name")
 
 
 def summarize(episodes: list[Episode]) -> dict:

@@ -81,7 +81,7 @@ class PretrainConfig:
 
 SIZES = {
     "default": PretrainConfig(),
-    # A larger base for one GPU of 24 GB or less (about 30M parameters).
+    # A larger base for one GPU of 24 GB or less (about 26M parameters).
     "gpu": PretrainConfig(n_worlds=4000, questions_per_world=9, vocab_size=4096, hidden_size=512,
                           intermediate_size=1408, num_layers=8, num_heads=8, num_kv_heads=4,
                           steps=20000, batch_size=64, lr=1e-3, warmup=500),

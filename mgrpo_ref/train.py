@@ -284,13 +284,17 @@ class Trainer:
                     postfix[name] = f"{record[key]:.2f}"
             bar.set_postfix(postfix)
         history = [json.loads(line) for line in _readable_lines(self.metrics_path)]
-        evals = [h for h in history if "eval/accuracy" in h]
-        sampled = [h for h in history if "eval_sampled/accuracy" in h]
-        return {"run_dir": str(self.run_dir), "base_accuracy": evals[0]["eval/accuracy"] if evals else None,
-                "final_accuracy": evals[-1]["eval/accuracy"] if evals else None,
-                "base_sampled_accuracy": sampled[0]["eval_sampled/accuracy"] if sampled else None,
-                "final_sampled_accuracy": sampled[-1]["eval_sampled/accuracy"] if sampled else None,
-                "last": last, "first_eval": first_eval}
+
+        def accuracy(key: str, which: int):  # the step-0 (which=0) or the last (-1) evaluation
+            evals = [h for h in history if key in h]
+            if not evals or (which == 0 and evals[0]["step"] != 0):
+                return None
+            return evals[which][key]
+
+        return {"run_dir": str(self.run_dir), "last": last, "first_eval": first_eval,
+                "base_accuracy": accuracy("eval/accuracy", 0), "final_accuracy": accuracy("eval/accuracy", -1),
+                "base_sampled_accuracy": accuracy("eval_sampled/accuracy", 0),
+                "final_sampled_accuracy": accuracy("eval_sampled/accuracy", -1)}
 
     def close(self) -> None:
         for w in self.workers.values():
@@ -366,11 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     n = len(load_questions("eval")[: cfg.eval_questions])
-    print(f"held-out accuracy ({_decoding(cfg.eval_temperature)}, {n} questions): "
-          f"base {100 * result['base_accuracy']:.1f}% -> final {100 * result['final_accuracy']:.1f}%")
-    if result["final_sampled_accuracy"] is not None:
-        print(f"held-out accuracy ({_decoding(cfg.eval_sampled_temperature)}, {n} questions): "
-              f"base {100 * result['base_sampled_accuracy']:.1f}% -> final {100 * result['final_sampled_accuracy']:.1f}%")
+    for name, temperature in (("", cfg.eval_temperature), ("_sampled", cfg.eval_sampled_temperature)):
+        base, final = result[f"base{name}_accuracy"], result[f"final{name}_accuracy"]
+        if base is not None and final is not None:
+            print(f"held-out accuracy ({_decoding(temperature)}, {n} questions): "
+                  f"base {100 * base:.1f}% -> final {100 * final:.1f}%")
     print(f"run directory: {result['run_dir']}")
     return 0
 

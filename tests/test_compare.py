@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from mgrpo_ref.compare import curves, run_comparison, table, train_run
+from mgrpo_ref import compare
+from mgrpo_ref.compare import base_and_final, curves, run_comparison, table, train_run
 from mgrpo_ref.config import TrainConfig
 from mgrpo_ref.pretrain import SIZES, pretrain
+from mgrpo_ref.protocol import ROLE_INSTRUCTIONS
 
 TINY = ["questions_per_step=2", "rollouts=2", "d_max=2", "eval_questions=4", "max_new_tokens=12", "microbatch=8"]
 
@@ -16,9 +18,9 @@ def report(acc, by_hops):
             "mean_sub_calls": 2.0, "accuracy_by_hops": by_hops}
 
 
-def run(variant, mode, base, final):
+def run(variant, seed, mode, base, final):
     (bg, bs), (fg, fs) = base, final
-    return {"variant": variant, "mode": mode, "base_greedy": report(*bg), "base_sampled": report(*bs),
+    return {"variant": variant, "seed": seed, "mode": mode, "base_greedy": report(*bg), "base_sampled": report(*bs),
             "greedy": report(*fg), "sampled": report(*fs)}
 
 
@@ -27,16 +29,16 @@ def test_table_gives_mean_and_sample_std_across_seeds_per_variant():
     results = {
         "variants": ["mgrpo", "frozen_sub"], "sampled_temperature": 1.0,
         "runs": [
-            run("mgrpo", "multi", base, ((0.2, {"1": 0.4, "2": 0.0}), (0.1, {"1": 0.2, "2": 0.0}))),
-            run("mgrpo", "multi", base, ((0.4, {"1": 0.6, "2": 0.2}), (0.3, {"1": 0.4, "2": 0.2}))),
-            run("frozen_sub", "multi", base, ((0.3, {"1": 0.5, "2": 0.1}), (0.2, {"1": 0.3, "2": 0.1}))),
+            run("mgrpo", 0, "multi", base, ((0.2, {"1": 0.4, "2": 0.0}), (0.1, {"1": 0.2, "2": 0.0}))),
+            run("mgrpo", 1, "multi", base, ((0.4, {"1": 0.6, "2": 0.2}), (0.3, {"1": 0.4, "2": 0.2}))),
+            run("frozen_sub", 0, "multi", base, ((0.3, {"1": 0.5, "2": 0.1}), (0.2, {"1": 0.3, "2": 0.1}))),
         ],
     }
     lines = table(results).splitlines()
     assert lines[0] == "| variant | runs | greedy | sampled (T=1) | greedy, 1 hop | greedy, 2 hops |"
     base_row, mgrpo, frozen = lines[2], lines[3], lines[4]
-    # the base row: the step-0 evaluations of the three runs in multi-agent mode
-    assert base_row == "| base (multi) | 3 | 10.0 ± 0.0 | 5.0 ± 0.0 | 20.0 ± 0.0 | 0.0 ± 0.0 |"
+    # the base row: the step-0 evaluations in multi-agent mode, once per seed (0 and 1)
+    assert base_row == "| base (multi) | 2 | 10.0 ± 0.0 | 5.0 ± 0.0 | 20.0 ± 0.0 | 0.0 ± 0.0 |"
     # mean of 20 and 40 is 30; the sample standard deviation of (20, 40) is 14.1
     assert mgrpo == "| mgrpo | 2 | 30.0 ± 14.1 | 20.0 ± 14.1 | 50.0 ± 14.1 | 10.0 ± 14.1 |"
     assert frozen == "| frozen_sub | 1 | 30.0 | 20.0 | 50.0 | 10.0 |"
@@ -62,7 +64,7 @@ def base(tmp_path_factory):
     return out
 
 
-def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path):
+def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path, monkeypatch):
     kwargs = dict(preset="smoke", variants=["mgrpo", "single_agent"], seeds=[0, 1], runs_dir=tmp_path / "runs",
                   out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False)
     results = run_comparison(**kwargs)
@@ -81,17 +83,33 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
         assert r["sampled"]["accuracy"] == evals[-1]["eval_sampled/accuracy"]
     single = saved["runs"][2]
     assert single["curves"]["sub_reward"] == [None, None]  # no sub-agent in single-agent mode
-    assert "<delegate>" in saved["base_episodes"]["multi"][0] and "<delegate>" not in saved["base_episodes"]["single"][0]
+    assert ROLE_INSTRUCTIONS["main"] in saved["base_episodes"]["multi"][0]
+    assert ROLE_INSTRUCTIONS["single"] in saved["base_episodes"]["single"][0]
     assert (tmp_path / "out" / "table.md").read_text() == table(results)
     # a second call trains nothing again: every run is finished
-    before = (tmp_path / "runs" / "mgrpo-s0" / "metrics.jsonl").read_text()
-    run_comparison(**kwargs)
-    assert (tmp_path / "runs" / "mgrpo-s0" / "metrics.jsonl").read_text() == before
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(compare, "Trainer", no_training)
+    again = run_comparison(**kwargs)
+    assert [r["greedy"] for r in again["runs"]] == [r["greedy"] for r in saved["runs"]]
 
 
-def test_a_run_directory_with_another_config_is_refused(base, tmp_path):
+def test_a_run_directory_with_another_config_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(TrainConfig(steps=5).to_json())
     with pytest.raises(FileExistsError, match="another config"):
         train_run(TrainConfig(steps=6), run, progress=False)
+    # finished or not: a finished run of another config is not silently reused either
+    (run / "checkpoints" / "step_00005").mkdir(parents=True)
+    (run / "checkpoints" / "step_00005" / "controller.json").write_text(json.dumps({"step": 5}))
+    with pytest.raises(FileExistsError, match="another config"):
+        train_run(TrainConfig(steps=5, lr=5e-4), run, progress=False)
+
+
+def test_missing_evaluations_are_a_clear_error(tmp_path):
+    rows = [{"step": 0, "eval/accuracy": 0.1}, {"step": 2, "eval/accuracy": 0.3, "eval_sampled/accuracy": 0.2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"step\(s\) \[0\]"):
+        base_and_final(tmp_path, 2)

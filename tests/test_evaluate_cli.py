@@ -1,13 +1,14 @@
 """The evaluation CLI, run as a user would, in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
 
-def run(*args):
+def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "mgrpo_ref.evaluate", *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_cli_writes_the_report(tmp_path):
@@ -34,5 +35,8 @@ def test_cli_errors_are_clear():
     assert proc.returncode == 2 and "--main needs --sub" in proc.stderr
     proc = run("--main", "wizard", "--sub", "oracle")
     assert proc.returncode == 2 and "unknown agent 'wizard'" in proc.stderr
+    # a hub-style name goes to from_pretrained; offline and absent, it is a clear error
+    proc = run("--single", "nobody/no-such-model", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "cannot load agent 'nobody/no-such-model'" in proc.stderr
     proc = run("--single", "oracle", "--split", "nope")
     assert proc.returncode == 2 and "no split 'nope'" in proc.stderr
