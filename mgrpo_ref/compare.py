@@ -16,8 +16,10 @@ evaluation is the base's. Results go to ``--out``:
 
     results.json   every run: config, greedy and sampled accuracy (overall, by hops),
                    learning curves (held-out accuracy, each agent's reward, sub calls),
-                   and a few held-out episodes of the base and of the trained agents
+                   and, for a few held-out questions the base gets wrong, its episodes
+                   and each run's (greedy, before and after training)
     table.md       mean and standard deviation across seeds, overall and by hop count
+    accuracy.png   held-out accuracy over training per variant, greedy and sampled
 
 Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
 again and a killed one is resumed, so the comparison can be stopped and restarted at will.
@@ -70,18 +72,27 @@ def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
         trainer.run()
 
 
-def episodes_shown(cfg: TrainConfig, adapters: Path | None, tools_for) -> list[str]:
-    """Greedy transcripts of the first few held-out questions, by the final adapters (or the
-    base if ``adapters`` is None). They are decoded in their own small batch."""
+def greedy_episodes(cfg: TrainConfig, adapters: Path | None, questions: list, tools_for) -> list:
+    """Greedy episodes on ``questions`` by a run's final adapters (or the base if ``adapters``
+    is None), decoded in one batch of their own."""
     mode, roles = worker_layout(cfg.variant)
     sampling = SamplingSettings(0.0, 1.0, cfg.max_new_tokens)
     loaded = {agent: make_agent(str(adapters / agent) if adapters is not None else cfg.base, seed=cfg.seed,
                                 sampling=sampling, quantization=cfg.quantization)
               for agent in dict.fromkeys(roles.values())}
     agents = {role: loaded[agent] for role, agent in roles.items()}
-    _, episodes = evaluate(load_questions("eval")[:EPISODES_SHOWN], agents, mode, cfg.limits, progress=False,
-                           tools_for=tools_for)
-    return [transcript(e) for e in episodes]
+    _, episodes = evaluate(questions, agents, mode, cfg.limits, progress=False, tools_for=tools_for)
+    return episodes
+
+
+def questions_to_show(cfg: TrainConfig, tools_for, pool: int = 60) -> list:
+    """The held-out questions whose episodes the results keep: the first EPISODES_SHOWN of
+    two hops or more that the base gets wrong (greedy), where training has something to show;
+    topped up with the first questions if there are too few."""
+    questions = load_questions("eval")[: min(pool, cfg.eval_questions)]
+    wrong = [e.question for e in greedy_episodes(cfg, None, questions, tools_for)
+             if not e.correct and e.question.n_hops >= 2]
+    return (wrong + [q for q in questions if q not in wrong])[:EPISODES_SHOWN]
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -127,6 +138,44 @@ def curves(run_dir: Path) -> dict[str, list]:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def band(runs: list[dict], x_key: str, y_key: str, smooth: int = 1) -> tuple[list, list[float], list[float]]:
+    """x, mean and standard deviation across runs of one learning curve; with ``smooth`` > 1
+    each run's curve is first a trailing moving mean over that many points."""
+    ys = []
+    for r in runs:
+        y = [float("nan") if v is None else v for v in r["curves"][y_key]]
+        ys.append([statistics.fmean(y[max(0, i - smooth + 1):i + 1]) for i in range(len(y))])
+    mean = [statistics.fmean(col) for col in zip(*ys)]
+    std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*ys)]
+    return runs[0]["curves"][x_key], mean, std
+
+
+def plot_accuracy(results: dict, path: Path | None = None):
+    """The README's figure: held-out accuracy over training, greedy and sampled, mean ± std
+    across seeds for each variant. Saved to ``path`` if given; returns the figure."""
+    from matplotlib.figure import Figure  # no pyplot: works the same in a script and a notebook
+
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    for variant in results["variants"]:
+        runs = [r for r in results["runs"] if r["variant"] == variant]
+        if not runs:
+            continue
+        color = None
+        for ax, key in zip(axes, ("eval_accuracy", "eval_sampled_accuracy")):
+            x, m, sd = band(runs, "eval_step", key)
+            line, = ax.plot(x, m, "o-", label=f"{variant} ({len(runs)} seeds)", color=color)
+            color = line.get_color()
+            ax.fill_between(x, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15, color=color)
+    axes[0].set(xlabel="training step", ylabel="held-out accuracy", title="greedy")
+    axes[1].set(xlabel="training step", title=f"sampled, T = {results['sampled_temperature']:g}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
 
 
 def table(results: dict) -> str:
@@ -175,6 +224,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                      "seeds": seeds, "sampled_temperature": sampled_t, "command": command,
                      "base_episodes": {}, "runs": []}
     start = time.time()
+    shown = None  # the held-out questions whose episodes are kept, chosen with the first run's base
     for variant in variants:
         for seed in seeds:
             cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
@@ -183,8 +233,11 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
             print(f"[{time.time() - start:6.0f} s] {variant} seed {seed} -> {run_dir}", flush=True)
             train_run(cfg, run_dir, progress=progress)
             first, last = base_and_final(run_dir, cfg.steps)
+            if shown is None:
+                shown = questions_to_show(cfg, tools_for)
+                results["shown_questions"] = [q.qid for q in shown]
             if mode not in results["base_episodes"]:
-                results["base_episodes"][mode] = episodes_shown(cfg, None, tools_for)
+                results["base_episodes"][mode] = [transcript(e) for e in greedy_episodes(cfg, None, shown, tools_for)]
             results["runs"].append({
                 "variant": variant, "seed": seed, "mode": mode,
                 "config": json.loads((run_dir / "config.json").read_text()),
@@ -192,13 +245,14 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                 "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
                 "curves": curves(run_dir),
                 "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in metrics(run_dir)), 1),
-                "episodes": episodes_shown(cfg, latest_checkpoint(run_dir), tools_for)})
+                "episodes": [transcript(e) for e in greedy_episodes(cfg, latest_checkpoint(run_dir), shown, tools_for)]})
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             (out / "table.md").write_text(table(results))
             print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",
                   flush=True)
     results["seconds"] = round(time.time() - start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_accuracy(results, out / "accuracy.png")
     return results
 
 

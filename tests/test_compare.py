@@ -72,6 +72,7 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("mgrpo", 1),
                                                                   ("single_agent", 0), ("single_agent", 1)]
     assert set(saved["base_episodes"]) == {"multi", "single"}
+    assert len(saved["shown_questions"]) == 3 and len(set(saved["shown_questions"])) == 3
     for r in saved["runs"]:
         assert 0 <= r["greedy"]["accuracy"] <= 1 and 0 <= r["sampled"]["accuracy"] <= 1
         assert r["curves"]["step"] == [1, 2] and r["curves"]["eval_step"] == [0, 1, 2]
