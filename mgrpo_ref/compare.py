@@ -40,7 +40,7 @@ from .episode import transcript
 from .evaluate import evaluate, make_agent
 from .policy import REPO_ROOT, SamplingSettings
 from .tools import ToolsByWorld
-from .train import Trainer, _readable_lines, latest_checkpoint, worker_layout
+from .train import EVAL_KEYS, Trainer, _readable_lines, latest_checkpoint, worker_layout
 from .world import load_questions
 
 PRESETS = {
@@ -58,6 +58,15 @@ EPISODES_SHOWN = 3
 
 def run_config(preset: list[str], variant: str, seed: int, extra: list[str]) -> TrainConfig:
     return replace(TrainConfig().override(preset + extra), variant=variant, seed=seed)
+
+
+def sampled_temperature(preset: str, overrides: list[str]) -> float:
+    """The comparison's sampled-evaluation temperature; a ValueError for a bad override or for
+    a config without the sampled evaluation, which the comparison reports."""
+    t = run_config(PRESETS[preset], "mgrpo", 0, list(overrides)).eval_sampled_temperature
+    if t <= 0:
+        raise ValueError("the comparison reports sampled accuracy: eval_sampled_temperature must be > 0")
+    return t
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
@@ -102,8 +111,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def report(record: dict, prefix: str) -> dict:
     """One evaluation of a metrics record (``eval`` or ``eval_sampled``) as a small report."""
-    keys = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops")
-    return {k: record[f"{prefix}/{k}"] for k in keys}
+    return {k: record[f"{prefix}/{k}"] for k in EVAL_KEYS}
 
 
 def base_and_final(run_dir: Path, steps: int) -> tuple[dict, dict]:
@@ -147,9 +155,8 @@ def band(runs: list[dict], x_key: str, y_key: str, smooth: int = 1) -> tuple[lis
     for r in runs:
         y = [float("nan") if v is None else v for v in r["curves"][y_key]]
         ys.append([statistics.fmean(y[max(0, i - smooth + 1):i + 1]) for i in range(len(y))])
-    mean = [statistics.fmean(col) for col in zip(*ys)]
-    std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*ys)]
-    return runs[0]["curves"][x_key], mean, std
+    stats = [mean_std(col) for col in zip(*ys)]
+    return runs[0]["curves"][x_key], [m for m, _ in stats], [sd for _, sd in stats]
 
 
 def plot_accuracy(results: dict, path: Path | None = None):
@@ -216,9 +223,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
     out = Path(out or REPO_ROOT / "benchmarks" / "results" / f"comparison-{preset}")
     out.mkdir(parents=True, exist_ok=True)
     tools_for = ToolsByWorld()
-    sampled_t = run_config(PRESETS[preset], "mgrpo", 0, list(overrides)).eval_sampled_temperature
-    if sampled_t <= 0:
-        raise ValueError("the comparison needs the sampled evaluation: eval_sampled_temperature must be > 0")
+    sampled_t = sampled_temperature(preset, overrides)
     variants, seeds = list(dict.fromkeys(variants)), list(dict.fromkeys(seeds))
     results: dict = {"preset": preset, "overrides": PRESETS[preset] + list(overrides), "variants": variants,
                      "seeds": seeds, "sampled_temperature": sampled_t, "command": command,
@@ -267,8 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)
     try:  # fail on a bad override before any training
-        if run_config(PRESETS[args.preset], "mgrpo", 0, args.overrides).eval_sampled_temperature <= 0:
-            raise ValueError("the comparison reports sampled accuracy: eval_sampled_temperature must be > 0")
+        sampled_temperature(args.preset, args.overrides)
     except ValueError as err:
         parser.error(str(err))
     command = "python -m mgrpo_ref.compare " + " ".join(sys.argv[1:] if argv is None else argv)

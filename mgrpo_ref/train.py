@@ -39,6 +39,9 @@ from .update import RolloutRecord
 from .worker import step_seed, worker_main
 from .world import load_questions
 
+EVAL_KEYS = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops")
+"""What each held-out evaluation logs, as ``eval/<key>`` (and ``eval_sampled/<key>``)."""
+
 MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
 
 
@@ -213,10 +216,8 @@ class Trainer:
         report, _ = evaluate(self.eval_questions, self.agents(step, temperature), self.mode,
                              self.cfg.limits, batch_size=len(self.eval_questions), progress=False,
                              tools_for=self.tools_for)
-        return {f"{prefix}/accuracy": report["accuracy"], f"{prefix}/lenient_accuracy": report["lenient_accuracy"],
-                f"{prefix}/format_valid": report["format_valid"], f"{prefix}/sub_format_valid": report["sub_format_valid"],
-                f"{prefix}/mean_sub_calls": report["mean_sub_calls"],
-                f"{prefix}/accuracy_by_hops": {str(h): a for h, a in report["accuracy_by_hops"].items()}}
+        report["accuracy_by_hops"] = {str(h): a for h, a in report["accuracy_by_hops"].items()}  # JSON keys
+        return {f"{prefix}/{key}": report[key] for key in EVAL_KEYS}
 
     def step(self, step: int) -> dict:
         cfg = self.cfg
