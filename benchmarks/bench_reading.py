@@ -1,12 +1,14 @@
-"""How well a base reads: the sub-agent's two decisive turns, given the oracle's context.
+"""How well a base reads: the sub-agent's three turns, given the oracle's context.
 
-    python benchmarks/bench_reading.py [--base data/base] [--n 120]
+    python benchmarks/bench_reading.py [--base data/base] [--n 120] [--temperatures 0 1]
 
 For oracle sub-agent trajectories on two worlds (a training-range seed the default base
 never saw, 100, and the held-out evaluation world, 1000), the context is cut just before
-the sub-agent's <visit> turn and before its <return> turn, and the base decodes that turn
-greedily. "visit" is the share that opens the right document; "return" the share that copies
-the right fact out of it. This is the measurement behind PretrainConfig.n_worlds.
+the sub-agent's <search>, <visit> and <return> turns, and the base decodes that one turn,
+greedily (T = 0) and sampled (T = 1). "search" is the share that searches the task's entity,
+"visit" the share that opens the right document, "return" the share that copies the right
+fact out of it. A sub-task needs all three, so at T = 1 their product is roughly its
+success rate. This is the measurement behind PretrainConfig.n_worlds and .demo_noise.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mgrpo_ref.world import generate_questions, generate_world  # noqa: E402
 
 
 def turn_accuracy(policy, contexts: list[str], tag: str, batch: int = 32) -> float:
-    """Share of contexts where the greedy turn equals the oracle's turn opening with ``tag``."""
+    """Share of contexts where the policy's turn equals the oracle's turn opening with ``tag``."""
     prompts, gold = [], []
     for c in contexts:
         i = c.rfind(tag)
@@ -40,9 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="data/base")
     parser.add_argument("--n", type=int, default=120, help="sub-agent trajectories per world")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     args = parser.parse_args()
     policy = load_policy(args.base, quantization="none", trainable=False)
-    policy.sampling = replace(policy.sampling, temperature=0.0)
     oracle = ScriptedAgent(ORACLE_NOISE)
     for seed in (100, 1000):
         world = generate_world(seed)
@@ -50,8 +53,12 @@ def main() -> None:
         episodes = run_episodes(generate_questions(world, args.n), lambda _: tools,
                                 {"main": oracle, "sub": oracle}, "multi")
         subs = [s.context for e in episodes for s in e.subs][: args.n]
-        print(f"world {seed:4d} ({len(subs)} sub-tasks): visit {100 * turn_accuracy(policy, subs, '<visit>'):.1f}%  "
-              f"return {100 * turn_accuracy(policy, subs, '<return>'):.1f}%")
+        for temperature in args.temperatures:
+            policy.generator.manual_seed(args.seed)  # the same draws for every turn kind
+            policy.sampling = replace(policy.sampling, temperature=temperature)
+            shares = [100 * turn_accuracy(policy, subs, tag) for tag in ("<search>", "<visit>", "<return>")]
+            print(f"world {seed:4d} ({len(subs)} sub-tasks), T = {temperature:g}: search {shares[0]:.1f}%  "
+                  f"visit {shares[1]:.1f}%  return {shares[2]:.1f}%", flush=True)
 
 
 if __name__ == "__main__":

@@ -276,8 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as err:
         parser.error(str(err))
     command = "python -m mgrpo_ref.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = run_comparison(args.preset, args.variants, args.seeds, args.runs, args.out, args.overrides,
-                             progress=not args.quiet, command=command.strip())
+    try:
+        results = run_comparison(args.preset, args.variants, args.seeds, args.runs, args.out, args.overrides,
+                                 progress=not args.quiet, command=command.strip())
+    except FileExistsError as err:  # a run directory that holds another config: never overwritten
+        parser.exit(2, f"error: {err}\n")
     print(table(results))
     print(f"{len(results['runs'])} runs in {results['seconds']:.0f} s")
     return results

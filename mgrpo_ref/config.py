@@ -88,9 +88,17 @@ class TrainConfig:
                      "eval_every", "checkpoint_every", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_temperature", "eval_sampled_temperature", "temperature"):
+        for name in ("eval_temperature", "eval_sampled_temperature", "temperature", "weight_decay",
+                     "clip_eps_low", "clip_eps_high", "kl_coef", "adv_eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.clip_eps_low >= 1:
+            raise ValueError(f"clip_eps_low must be < 1 (the ratio's lower clip is 1 - eps), got {self.clip_eps_low}")
         if self.quantization not in ("nf4", "none"):
             raise ValueError(f"quantization must be 'nf4' or 'none', not {self.quantization!r}")
 

@@ -36,7 +36,8 @@ from .tools import Tools
 from .world import DATA_DIR, check_training_seed, generate_questions, generate_world
 
 DEMO_NOISE = replace(TeacherNoise(), malformed=0.0)
-"""The teacher that writes the demonstrations: every content mistake, no malformed turns."""
+"""The teacher that writes the demonstrations: every content mistake, no malformed turns
+(scaled by ``PretrainConfig.demo_noise``)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,14 @@ class PretrainConfig:
     right fact from a visited document for 30% of held-out sub-tasks, 1000 x 9 for 62%."""
     questions_per_world: int = 9
     """Questions per world; each is played once in multi-agent and once in single-agent mode."""
+    demo_noise: float = 1.0
+    """Scales the demonstrating teacher's random content mistakes (1: ``DEMO_NOISE``). Less noise
+    gives a sharper base at T = 1 but, at this size, a much stronger one greedily too: measured
+    builds are in the README ("How sharp a base?") and benchmarks/results/base_builds.json."""
+    demo_misread: float = 0.0
+    """The demonstrating teacher's ``misread`` probability: a systematic misconception of three
+    relations. Off: tried at 0.6 (with demo_noise 0.25), it taught the tiny model that any fact
+    of a document may be the answer; it copied the right one for 34% of held-out sub-tasks."""
     vocab_size: int = 2048
     """BPE vocabulary (the protocol tags come on top). Large enough that most two-syllable name
     words are one token, even in the unseen evaluation world: copying a name is then copying
@@ -94,7 +103,7 @@ SIZES = {
 
 def demonstrations(cfg: PretrainConfig) -> list:
     """The teacher's trajectories (main, sub and single roles) over the demonstration worlds."""
-    teacher = ScriptedAgent(DEMO_NOISE, seed=cfg.seed)
+    teacher = ScriptedAgent(replace(DEMO_NOISE.scaled(cfg.demo_noise), misread=cfg.demo_misread), seed=cfg.seed)
     trajectories = []
     for seed in range(cfg.first_world, cfg.first_world + cfg.n_worlds):
         world = generate_world(check_training_seed(seed))
@@ -218,10 +227,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="override the number of optimiser steps")
+    parser.add_argument("--demo-noise", type=float, help="override the demonstrating teacher's noise factor")
+    parser.add_argument("--demo-misread", type=float, help="override the demonstrating teacher's misread probability")
     args = parser.parse_args(argv)
     cfg = replace(SIZES[args.size], seed=args.seed)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
+    for name in ("demo_noise", "demo_misread"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 0:
+                parser.error(f"--{name.replace('_', '-')} must be >= 0")
+            cfg = replace(cfg, **{name: value})
     torch.set_num_threads(max(1, torch.get_num_threads()))
     summary = pretrain(cfg, args.out)
     print(f"{summary['n_parameters']:,} parameters, {summary['n_trajectories']:,} trajectories, "

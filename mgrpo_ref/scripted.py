@@ -34,6 +34,11 @@ class TeacherNoise:
     """Sub/single: copy the object of another sentence of the document."""
     malformed: float = 0.03
     """Any role: write a malformed turn (unclosed, untagged, extra text, empty, wrong tag)."""
+    misread: float = 0.0
+    """Sub/single: asked for a relation that ``MISREADINGS`` names, copy the fact of the
+    relation it is confused with instead. Unlike the mistakes above, which fall anywhere at
+    random, this one is systematic: a misconception a model trained on the teacher learns
+    as one, and which reinforcement learning can then correct [ours]."""
 
     def scaled(self, factor: float) -> "TeacherNoise":
         """Every probability times ``factor`` (capped at 1): a single noise knob."""
@@ -43,6 +48,11 @@ class TeacherNoise:
 
 
 ORACLE_NOISE = TeacherNoise().scaled(0.0)
+
+MISREADINGS = {"mentor": "works_for", "founder": "headquarters", "leader": "capital"}
+"""The misconception behind ``TeacherNoise.misread``: three relations, each confused with
+another fact about the same kind of subject (a person's mentor with their employer, an
+organisation's founder with its headquarters, a country's leader with its capital)."""
 
 UNKNOWN = "unknown"
 
@@ -129,6 +139,10 @@ class ScriptedAgent:
     def _read(self, document: str, relation: str) -> str:
         """The object of ``relation`` in a visited document (or another fact's, by mistake)."""
         facts = all_facts(document)
+        if relation in MISREADINGS and self._chance(self.noise.misread):
+            confused = [o for r, o in facts if r == MISREADINGS[relation]]
+            if confused:
+                return confused[0]
         right = [o for r, o in facts if r == relation]
         wrong = [o for r, o in facts if r != relation]
         if not right or (wrong and self._chance(self.noise.wrong_attribute)):

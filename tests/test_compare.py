@@ -109,6 +109,19 @@ def test_a_run_directory_with_another_config_is_refused(tmp_path):
         train_run(TrainConfig(steps=5, lr=5e-4), run, progress=False)
 
 
+def test_the_cli_refuses_a_run_directory_with_another_config_in_one_line(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    (runs / "mgrpo-s0").mkdir(parents=True)
+    (runs / "mgrpo-s0" / "config.json").write_text(TrainConfig(steps=99).to_json())
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--preset", "smoke", "--seeds", "0", "--variants", "mgrpo", "--runs", str(runs),
+                      "--out", str(tmp_path / "out"), "--quiet"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "another config" in err and "Traceback" not in err
+    assert TrainConfig.from_dict(json.loads((runs / "mgrpo-s0" / "config.json").read_text())).steps == 99
+
+
 def test_missing_evaluations_are_a_clear_error(tmp_path):
     rows = [{"step": 0, "eval/accuracy": 0.1}, {"step": 2, "eval/accuracy": 0.3, "eval_sampled/accuracy": 0.2}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,13 +1,15 @@
 """Episodes, the controller and the scripted agents, end to end without any model."""
 
+from dataclasses import replace
+
 import pytest
 
 from mgrpo_ref.episode import REPEATED, SUB_FAILED, Limits, run_episodes, transcript
 from mgrpo_ref.evaluate import evaluate, make_agent, summarize
 from mgrpo_ref.protocol import prompt, wrap
-from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
+from mgrpo_ref.scripted import MISREADINGS, ORACLE_NOISE, ScriptedAgent, TeacherNoise
 from mgrpo_ref.tools import ToolsByWorld
-from mgrpo_ref.world import load_questions
+from mgrpo_ref.world import EVAL_SEED, generate_world, load_questions
 
 from helpers import Replay, one_question  # noqa: E402
 
@@ -118,3 +120,22 @@ def test_rollouts_batching_and_bad_arguments():
         run_episodes(questions, TOOLS, {"main": teacher}, mode="solo")
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_misread_is_a_systematic_confusion_of_the_named_relations_only():
+    """With misread = 1 and no other noise, the teacher answers every question that asks none
+    of MISREADINGS' relations, and at the first hop that asks one it copies the confused
+    relation's fact. (What follows a wrong hop is the world's business: it rarely, by luck,
+    leads back to the gold answer.)"""
+    questions = load_questions("eval")[:120]
+    teacher = ScriptedAgent(replace(ORACLE_NOISE, misread=1.0))
+    report, episodes = evaluate(questions, {"main": teacher, "sub": teacher}, progress=False)
+    world = generate_world(EVAL_SEED)
+    for q, e in zip(questions, episodes):
+        confused = [h for h in q.hops if h.relation in MISREADINGS]
+        assert e.correct or confused, q.text
+        if confused:  # the hops before it are right, so its sub-agent got the gold subject
+            h = confused[0]
+            assert f"<result> {world.follow(h.subject, MISREADINGS[h.relation])}</result>" in e.main.context
+    n_clear = sum(not any(h.relation in MISREADINGS for h in q.hops) for q in questions)
+    assert 0 < n_clear / len(questions) <= report["accuracy"] < n_clear / len(questions) + 0.05

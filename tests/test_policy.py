@@ -53,6 +53,16 @@ def test_saved_base_loads_with_auto_classes(base):
     assert (base / "loss_curve.png").stat().st_size > 0
 
 
+def test_committed_base_is_the_default_build():
+    """data/base was made by `python -m mgrpo_ref.pretrain` with today's defaults."""
+    from dataclasses import asdict
+
+    from mgrpo_ref.policy import REPO_ROOT
+
+    built = json.loads((REPO_ROOT / "data/base/pretrain.json").read_text())["config"]
+    assert built == asdict(SIZES["default"])
+
+
 def test_committed_base_tokenizer_matches_its_embeddings():
     from mgrpo_ref.policy import REPO_ROOT
 
@@ -63,8 +73,10 @@ def test_committed_base_tokenizer_matches_its_embeddings():
 def test_pretrain_command_builds_a_working_model(tmp_path):
     out = tmp_path / "b"
     proc = subprocess.run([sys.executable, "-m", "mgrpo_ref.pretrain", "--size", "tiny", "--steps", "5",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--demo-noise", "0.5", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "pretrain.json").read_text())["config"]
+    assert (config["steps"], config["demo_noise"]) == (5, 0.5)
     policy = load_policy(out, quantization="none")
     assert len(policy.act("main", CONTEXTS[:1])) == 1
 

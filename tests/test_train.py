@@ -139,6 +139,12 @@ def test_config_round_trip_and_overrides():
         TrainConfig().override(["steps.x=1"])
     with pytest.raises(ValueError, match=">= 1"):
         TrainConfig(rollouts=0)
+    # numbers that would train nothing or diverge are refused where they are set
+    for bad, message in (("lr=0", "lr must be > 0"), ("lr=-1e-3", "lr must be > 0"), ("top_p=0", "top_p"),
+                         ("top_p=1.5", "top_p"), ("clip_eps_low=1", "clip_eps_low must be < 1"),
+                         ("kl_coef=-0.1", "kl_coef must be >= 0"), ("max_grad_norm=0", "max_grad_norm")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig().override([bad])
 
 
 def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):

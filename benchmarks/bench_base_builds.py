@@ -1,0 +1,93 @@
+"""Compare base builds: end-to-end accuracy (greedy and T = 1) and reading, one row per build.
+
+    python benchmarks/bench_base_builds.py data/base runs/base-noise0.5 ... [--out FILE]
+
+Each DIR is a base made by ``python -m mgrpo_ref.pretrain`` (its ``pretrain.json`` says how).
+For each, on the 200 held-out questions: base main + base sub and the base single agent,
+greedy and sampled at T = 1 (the same code as ``python -m mgrpo_ref.evaluate``, 4-bit, seed 0),
+and the sub-agent's <visit> and <return> turns after the oracle's context on the held-out
+world (``bench_reading.py``). This is the measurement behind ``PretrainConfig.demo_noise``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_reading import turn_accuracy  # noqa: E402
+
+from mgrpo_ref.episode import run_episodes  # noqa: E402
+from mgrpo_ref.evaluate import evaluate, make_agent  # noqa: E402
+from mgrpo_ref.policy import SamplingSettings  # noqa: E402
+from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent  # noqa: E402
+from mgrpo_ref.tools import Tools  # noqa: E402
+from mgrpo_ref.world import EVAL_SEED, generate_questions, generate_world, load_questions  # noqa: E402
+
+
+def oracle_sub_contexts(n: int) -> list[str]:
+    """The oracle sub-agent's trajectories on the held-out world (the first ``n``)."""
+    world = generate_world(EVAL_SEED)
+    tools = Tools(world)
+    oracle = ScriptedAgent(ORACLE_NOISE)
+    episodes = run_episodes(generate_questions(world, n), lambda _: tools, {"main": oracle, "sub": oracle}, "multi")
+    return [s.context for e in episodes for s in e.subs][:n]
+
+
+def measure(base: str, questions, subs: list[str]) -> dict:
+    built = json.loads((Path(base) / "pretrain.json").read_text())
+    row = {"base": base, "config": built["config"], "seconds": built["seconds"],
+           "final_loss": round(built["final_loss"], 3)}
+    for temperature in (0.0, 1.0):
+        key = "greedy" if temperature == 0 else "T1"
+        policy = make_agent(base, sampling=SamplingSettings(temperature=temperature))
+        multi, _ = evaluate(questions, {"main": policy, "sub": policy}, "multi", batch_size=200, progress=False)
+        policy.generator.manual_seed(0)
+        single, _ = evaluate(questions, {"single": policy}, "single", batch_size=200, progress=False)
+        row[f"multi_{key}"] = multi
+        row[f"single_{key}"] = single
+        policy.generator.manual_seed(0)
+        row[f"visit_{key}"] = turn_accuracy(policy, subs, "<visit>")
+        row[f"return_{key}"] = turn_accuracy(policy, subs, "<return>")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| base | demo_noise | steps | main + sub greedy / T=1 | single greedy / T=1 | visit greedy / T=1 "
+             "| return greedy / T=1 |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pct = lambda key: f"{100 * r[key]['accuracy']:.1f}"  # noqa: E731
+        share = lambda key: f"{100 * r[key]:.1f}"  # noqa: E731
+        config = r["config"]
+        noise = f"{config.get('demo_noise', 1.0):g}" + (f", misread {config['demo_misread']:g}"
+                                                        if config.get("demo_misread") else "")
+        lines.append(f"| {r['base']} | {noise} | {config['steps']} | {pct('multi_greedy')} / {pct('multi_T1')} "
+                     f"| {pct('single_greedy')} / {pct('single_T1')} | {share('visit_greedy')} / {share('visit_T1')} "
+                     f"| {share('return_greedy')} / {share('return_T1')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("bases", nargs="+", help="base model directories")
+    parser.add_argument("--questions", type=int, default=200, help="held-out questions")
+    parser.add_argument("--subs", type=int, default=300, help="oracle sub-tasks for the reading turns")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args()
+    questions = load_questions("eval")[: args.questions]
+    subs = oracle_sub_contexts(args.subs)
+    rows = []
+    for base in args.bases:
+        rows.append(measure(base, questions, subs))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(table(rows))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
