@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +112,38 @@ def test_killed_worker_then_resume_finishes_with_a_consistent_store(base, tmp_pa
     assert all(len(store.rollouts(s)) == 4 for s in range(1, 6))
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4, 5]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers signal 0 until reaped; it runs nothing
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def test_workers_exit_when_the_controller_is_killed(base, tmp_path):
+    """A controller killed outright (no clean-up code runs) leaves no worker behind: each
+    worker's pipe to it closes, and the worker stops serving."""
+    run = tmp_path / "orphans"
+    args = ["--variant", "mgrpo", "--run-dir", str(run), f"base={base}", "steps=50", *SMALL]
+    proc = subprocess.Popen([sys.executable, "-m", "mgrpo_ref.train", "--quiet", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "store.sqlite").exists():
+        time.sleep(0.2)
+    while time.time() < deadline and Store(run / "store.sqlite", readonly=True).last_finished_step() < 1:
+        time.sleep(0.2)
+    workers = json.loads((run / "workers.json").read_text())
+    assert all(_alive(pid) for pid in workers.values())
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.time() + 120
+    while time.time() < deadline and any(_alive(pid) for pid in workers.values()):
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in workers.values()), workers
 
 
 def test_bad_runs_are_refused_clearly(base, tmp_path):
