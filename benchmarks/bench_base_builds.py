@@ -19,32 +19,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_reading import turn_accuracy  # noqa: E402
+from bench_reading import oracle_sub_contexts, turn_accuracy  # noqa: E402
 
-from mgrpo_ref.episode import run_episodes  # noqa: E402
 from mgrpo_ref.evaluate import evaluate, make_agent  # noqa: E402
 from mgrpo_ref.policy import SamplingSettings  # noqa: E402
-from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent  # noqa: E402
-from mgrpo_ref.tools import Tools  # noqa: E402
-from mgrpo_ref.world import EVAL_SEED, generate_questions, generate_world, load_questions  # noqa: E402
-
-
-def oracle_sub_contexts(n: int) -> list[str]:
-    """The oracle sub-agent's trajectories on the held-out world (the first ``n``)."""
-    world = generate_world(EVAL_SEED)
-    tools = Tools(world)
-    oracle = ScriptedAgent(ORACLE_NOISE)
-    episodes = run_episodes(generate_questions(world, n), lambda _: tools, {"main": oracle, "sub": oracle}, "multi")
-    return [s.context for e in episodes for s in e.subs][:n]
+from mgrpo_ref.world import EVAL_SEED, load_questions  # noqa: E402
 
 
 def measure(base: str, questions, subs: list[str]) -> dict:
     built = json.loads((Path(base) / "pretrain.json").read_text())
     row = {"base": base, "config": built["config"], "seconds": built["seconds"],
            "final_loss": round(built["final_loss"], 3)}
+    policy = make_agent(base)
     for temperature in (0.0, 1.0):
         key = "greedy" if temperature == 0 else "T1"
-        policy = make_agent(base, sampling=SamplingSettings(temperature=temperature))
+        policy.sampling = SamplingSettings(temperature=temperature)
+        policy.generator.manual_seed(0)
         multi, _ = evaluate(questions, {"main": policy, "sub": policy}, "multi", batch_size=200, progress=False)
         policy.generator.manual_seed(0)
         single, _ = evaluate(questions, {"single": policy}, "single", batch_size=200, progress=False)
@@ -79,7 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     questions = load_questions("eval")[: args.questions]
-    subs = oracle_sub_contexts(args.subs)
+    subs = oracle_sub_contexts(EVAL_SEED, args.subs)
     rows = []
     for base in args.bases:
         rows.append(measure(base, questions, subs))

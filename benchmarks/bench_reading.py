@@ -38,6 +38,15 @@ def turn_accuracy(policy, contexts: list[str], tag: str, batch: int = 32) -> flo
     return sum(o.strip() == g for o, g in zip(outs, gold)) / len(gold)
 
 
+def oracle_sub_contexts(seed: int, n: int) -> list[str]:
+    """The contexts of the oracle sub-agent's first ``n`` trajectories on world ``seed``."""
+    world = generate_world(seed)
+    tools = Tools(world)
+    oracle = ScriptedAgent(ORACLE_NOISE)
+    episodes = run_episodes(generate_questions(world, n), lambda _: tools, {"main": oracle, "sub": oracle}, "multi")
+    return [s.context for e in episodes for s in e.subs][:n]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="data/base")
@@ -46,13 +55,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     args = parser.parse_args()
     policy = load_policy(args.base, quantization="none", trainable=False)
-    oracle = ScriptedAgent(ORACLE_NOISE)
     for seed in (100, 1000):
-        world = generate_world(seed)
-        tools = Tools(world)
-        episodes = run_episodes(generate_questions(world, args.n), lambda _: tools,
-                                {"main": oracle, "sub": oracle}, "multi")
-        subs = [s.context for e in episodes for s in e.subs][: args.n]
+        subs = oracle_sub_contexts(seed, args.n)
         for temperature in args.temperatures:
             policy.generator.manual_seed(args.seed)  # the same draws for every turn kind
             policy.sampling = replace(policy.sampling, temperature=temperature)

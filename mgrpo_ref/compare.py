@@ -114,10 +114,10 @@ def report(record: dict, prefix: str) -> dict:
     return {k: record[f"{prefix}/{k}"] for k in EVAL_KEYS}
 
 
-def base_and_final(run_dir: Path, steps: int) -> tuple[dict, dict]:
-    """The metrics records of a finished run's step-0 (the base) and last evaluation, each
-    holding both the greedy and the sampled evaluation; a clear error otherwise."""
-    by_step = {r["step"]: r for r in metrics(run_dir) if "eval/accuracy" in r and "eval_sampled/accuracy" in r}
+def base_and_final(records: list[dict], steps: int, run_dir: Path) -> tuple[dict, dict]:
+    """The metrics records (of the run in ``run_dir``) of its step-0 (the base) and last
+    evaluation, each holding both the greedy and the sampled evaluation; a clear error otherwise."""
+    by_step = {r["step"]: r for r in records if "eval/accuracy" in r and "eval_sampled/accuracy" in r}
     missing = [s for s in (0, steps) if s not in by_step]
     if missing:
         raise ValueError(f"{run_dir}: no greedy and sampled evaluation at step(s) {missing}; the comparison "
@@ -125,12 +125,12 @@ def base_and_final(run_dir: Path, steps: int) -> tuple[dict, dict]:
     return by_step[0], by_step[steps]
 
 
-def curves(run_dir: Path) -> dict[str, list]:
-    """Learning-curve data from a run's metrics.jsonl."""
+def curves(records: list[dict]) -> dict[str, list]:
+    """Learning-curve data from a run's metrics records."""
     out: dict[str, list] = {"eval_step": [], "eval_accuracy": [], "eval_sampled_accuracy": [],
                             "eval_mean_sub_calls": [], "step": [], "main_reward": [], "sub_reward": [],
                             "train_sub_calls": []}
-    for r in metrics(run_dir):
+    for r in records:
         if "eval/accuracy" in r:
             out["eval_step"].append(r["step"])
             out["eval_accuracy"].append(r["eval/accuracy"])
@@ -237,7 +237,8 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
             run_dir = runs_dir / f"{variant}-s{seed}"
             print(f"[{time.time() - start:6.0f} s] {variant} seed {seed} -> {run_dir}", flush=True)
             train_run(cfg, run_dir, progress=progress)
-            first, last = base_and_final(run_dir, cfg.steps)
+            records = metrics(run_dir)
+            first, last = base_and_final(records, cfg.steps, run_dir)
             if shown is None:
                 shown = questions_to_show(cfg, tools_for)
                 results["shown_questions"] = [q.qid for q in shown]
@@ -248,8 +249,8 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                 "config": json.loads((run_dir / "config.json").read_text()),
                 "base_greedy": report(first, "eval"), "base_sampled": report(first, "eval_sampled"),
                 "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
-                "curves": curves(run_dir),
-                "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in metrics(run_dir)), 1),
+                "curves": curves(records),
+                "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in records), 1),
                 "episodes": [transcript(e) for e in greedy_episodes(cfg, latest_checkpoint(run_dir), shown, tools_for)]})
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             (out / "table.md").write_text(table(results))

@@ -87,6 +87,11 @@ class PretrainConfig:
     warmup: int = 100
     weight_decay: float = 0.01
 
+    def __post_init__(self):
+        for name in ("demo_noise", "demo_misread"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
 
 SIZES = {
     "default": PretrainConfig(),
@@ -233,12 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = replace(SIZES[args.size], seed=args.seed)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
-    for name in ("demo_noise", "demo_misread"):
-        value = getattr(args, name)
-        if value is not None:
-            if value < 0:
-                parser.error(f"--{name.replace('_', '-')} must be >= 0")
-            cfg = replace(cfg, **{name: value})
+    try:
+        cfg = replace(cfg, **{name: getattr(args, name) for name in ("demo_noise", "demo_misread")
+                              if getattr(args, name) is not None})
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     summary = pretrain(cfg, args.out)
     print(f"{summary['n_parameters']:,} parameters, {summary['n_trajectories']:,} trajectories, "

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mgrpo_ref import compare
-from mgrpo_ref.compare import base_and_final, curves, run_comparison, table, train_run
+from mgrpo_ref.compare import base_and_final, curves, metrics, run_comparison, table, train_run
 from mgrpo_ref.config import TrainConfig
 from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.protocol import ROLE_INSTRUCTIONS
@@ -50,7 +50,7 @@ def test_curves_split_evaluations_from_training_steps(tmp_path):
             {"step": 2, "main/reward_mean": 0.4, "rollout/mean_sub_calls": 0.0,
              "eval/accuracy": 0.3, "eval_sampled/accuracy": 0.2, "eval/mean_sub_calls": 1.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    c = curves(tmp_path)
+    c = curves(metrics(tmp_path))
     assert c["eval_step"] == [0, 2] and c["eval_accuracy"] == [0.1, 0.3]
     assert c["eval_sampled_accuracy"] == [0.05, 0.2]
     assert c["step"] == [1, 2] and c["main_reward"] == [0.2, 0.4]
@@ -126,4 +126,4 @@ def test_missing_evaluations_are_a_clear_error(tmp_path):
     rows = [{"step": 0, "eval/accuracy": 0.1}, {"step": 2, "eval/accuracy": 0.3, "eval_sampled/accuracy": 0.2}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"step\(s\) \[0\]"):
-        base_and_final(tmp_path, 2)
+        base_and_final(metrics(tmp_path), 2, tmp_path)

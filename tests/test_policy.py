@@ -77,6 +77,10 @@ def test_pretrain_command_builds_a_working_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     config = json.loads((out / "pretrain.json").read_text())["config"]
     assert (config["steps"], config["demo_noise"]) == (5, 0.5)
+    refused = subprocess.run([sys.executable, "-m", "mgrpo_ref.pretrain", "--size", "tiny", "--demo-misread", "-1",
+                              "--out", str(tmp_path / "never")], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "demo_misread must be >= 0" in refused.stderr
+    assert not (tmp_path / "never").exists()
     policy = load_policy(out, quantization="none")
     assert len(policy.act("main", CONTEXTS[:1])) == 1
 
