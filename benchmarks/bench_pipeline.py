@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py timing  [--run-dir runs/mgrpo-s0]
     python benchmarks/bench_pipeline.py sub-flat [--base data/base]
+    python benchmarks/bench_pipeline.py threads  [--base data/base]
 
 timing   reads a finished run's metrics.jsonl and prints, per step and in total: step time,
          the share of it spent in store reads and writes (target <= 2%), and the update
@@ -10,6 +11,10 @@ sub-flat times the sub-agent's update (update.sub_batch + update.policy_update, 
          its worker runs) on batches whose distribution of sub-agent calls d differs (all
          d = 1, all d = 4, all d = 6, a realistic mix, half the rollouts d = 0) at a fixed
          D_max = 4: the aligned batch is always B*K*D rows, so the time should stay flat.
+threads  runs the main agent's and the sub-agent's updates at the same time, each in its own
+         process as in training (default B, K, D_max; the teacher's episodes), with several
+         splits of the threads between them, and prints the update phase's wall time for each:
+         the measurement behind worker.update_threads.
 """
 
 from __future__ import annotations
@@ -50,10 +55,12 @@ def sub_flat(base: Path, repeats: int = 3) -> None:
     from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
     from mgrpo_ref.tools import ToolsByWorld
     from mgrpo_ref.update import RolloutRecord, policy_update, sub_batch
+    from mgrpo_ref.worker import update_threads
     from mgrpo_ref.world import load_questions
 
-    torch.set_num_threads(1)  # as in a worker during the update phase
     cfg = TrainConfig()
+    threads = update_threads("sub", torch.get_num_threads(), cfg.d_max)
+    torch.set_num_threads(threads)  # as in the sub worker during the update phase
     b, k, d_max = cfg.questions_per_step, cfg.rollouts, cfg.d_max
     questions = load_questions("train")[:b]
     teacher = ScriptedAgent(TeacherNoise(), seed=0)
@@ -64,7 +71,7 @@ def sub_flat(base: Path, repeats: int = 3) -> None:
     rng = random.Random(0)
     shapes = {"all d=1": lambda: 1, "all d=4": lambda: 4, "all d=6": lambda: 6,
               "mix 0-6": lambda: rng.choice([0, 1, 1, 2, 2, 3, 4, 6]), "half d=0": lambda: rng.choice([0, 4])}
-    print(f"B={b} K={k} D_max={d_max}: sub batch is always {b * k * d_max} rows")
+    print(f"B={b} K={k} D_max={d_max}: sub batch is always {b * k * d_max} rows; {threads} threads")
     for name, draw in shapes.items():
         records = [RolloutRecord(q, r, questions[q], None, [rng.choice(pool[q]) for _ in range(draw())])
                    for q in range(b) for r in range(k)]
@@ -82,13 +89,96 @@ def sub_flat(base: Path, repeats: int = 3) -> None:
               f"{statistics.median(times):6.2f} s (median of {repeats})")
 
 
+def _teacher_batches(base: Path):
+    """The default config's main and sub batches, built from the teacher's episodes."""
+    import random
+
+    from mgrpo_ref.config import TrainConfig
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.policy import load_policy
+    from mgrpo_ref.rewards import RewardConfig
+    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
+    from mgrpo_ref.tools import ToolsByWorld
+    from mgrpo_ref.update import RolloutRecord, main_batch, main_rewards, sub_batch
+    from mgrpo_ref.world import load_questions
+
+    cfg = TrainConfig()
+    b, k = cfg.questions_per_step, cfg.rollouts
+    questions = load_questions("train")[:b]
+    teacher = ScriptedAgent(TeacherNoise(), seed=0)
+    episodes = run_episodes(questions, ToolsByWorld(), {"main": teacher, "sub": teacher}, rollouts=k)
+    records = [RolloutRecord(i // k, i % k, e.question, e.main, e.subs) for i, e in enumerate(episodes)]
+    rows = main_rewards(records, RewardConfig())
+    rng = random.Random(0)  # the teacher is rarely right: flip some rows so advantages vary
+    rows = [dict(r, correct=r["correct"] or rng.random() < 0.3) for r in rows]
+    policy = load_policy(base, quantization=cfg.quantization)
+    pad = policy.tokenizer.pad_token_id
+    main, _ = main_batch(records, rows, policy.encode, pad, b, k, cfg.adv_eps)
+    sub, _ = sub_batch(records, rows, policy.encode, pad, b, k, cfg.d_max, 0, RewardConfig(), cfg.adv_eps)
+    return cfg, policy, {"main": main, "sub": sub}
+
+
+def _timed_updates(agent: str, threads: int, repeats: int, base: str, barrier, queue) -> None:
+    """One process: this agent's update, ``repeats`` times, each started with the other's."""
+    import torch
+
+    from mgrpo_ref.update import policy_update
+
+    cfg, policy, batches = _teacher_batches(Path(base))
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)  # lr 0: the same batch each time
+    torch.set_num_threads(threads)
+    spans = []
+    for _ in range(repeats):
+        barrier.wait()
+        start = time.time()  # wall clock: comparable across the two processes
+        policy_update(policy, optimizer, batches[agent], epochs=cfg.epochs, microbatch=cfg.microbatch,
+                      eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
+                      max_grad_norm=cfg.max_grad_norm)
+        spans.append((start, time.time()))
+    queue.put((agent, spans))
+
+
+def threads(base: Path, repeats: int = 5) -> None:
+    import multiprocessing
+
+    import torch
+
+    from mgrpo_ref.config import TrainConfig
+    from mgrpo_ref.worker import update_threads
+
+    cores, d_max = torch.get_num_threads(), TrainConfig().d_max
+    auto = (update_threads("main", cores, d_max), update_threads("sub", cores, d_max))
+    splits = sorted({(1, 1), (1, cores), (cores, cores), auto})
+    ctx = multiprocessing.get_context("spawn")
+    print(f"{cores} cores; worker.update_threads gives main {auto[0]}, sub {auto[1]}")
+    print(f"{'main':>4} {'sub':>4} {'main s':>7} {'sub s':>7} {'phase wall s':>12}   (median of {repeats})")
+    for n_main, n_sub in splits:
+        barrier, queue = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_timed_updates, args=(agent, n, repeats, str(base), barrier, queue))
+                 for agent, n in (("main", n_main), ("sub", n_sub))]
+        for proc in procs:
+            proc.start()
+        spans = dict(queue.get() for _ in procs)
+        for proc in procs:
+            proc.join()
+        own = {a: statistics.median(e - s for s, e in spans[a]) for a in spans}
+        wall = statistics.median(max(m[1], s[1]) - min(m[0], s[0]) for m, s in zip(spans["main"], spans["sub"]))
+        mark = "  <- update_threads" if (n_main, n_sub) == auto else ""
+        print(f"{n_main:4d} {n_sub:4d} {own['main']:7.2f} {own['sub']:7.2f} {wall:12.2f}{mark}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("timing", "sub-flat"))
+    parser.add_argument("what", choices=("timing", "sub-flat", "threads"))
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "mgrpo-s0")
     parser.add_argument("--base", type=Path, default=ROOT / "data" / "base")
     args = parser.parse_args()
-    timing(args.run_dir) if args.what == "timing" else sub_flat(args.base)
+    if args.what == "timing":
+        timing(args.run_dir)
+    elif args.what == "sub-flat":
+        sub_flat(args.base)
+    else:
+        threads(args.base)
 
 
 if __name__ == "__main__":

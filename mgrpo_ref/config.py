@@ -16,6 +16,23 @@ from .policy import LoraSettings
 from .rewards import RewardConfig
 
 VARIANTS = ("mgrpo", "frozen_sub", "single_agent", "shared")
+LR_SCHEDULES = ("constant", "linear")
+
+
+def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
+    """The adapters' learning rate at training step ``step`` (1 .. steps).
+
+    constant: ``lr`` at every step. linear: lr * (steps - step + 1) / steps, so step 1 uses
+    ``lr`` and the last step lr / steps. It depends on the step alone, so a resumed run
+    needs no scheduler state to continue exactly.
+    """
+    if not 1 <= step <= steps:
+        raise ValueError(f"step must be in 1..{steps}, got {step}")
+    if schedule == "constant":
+        return lr
+    if schedule == "linear":
+        return lr * (steps - step + 1) / steps
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,9 @@ class TrainConfig:
     """D: sub-agent slots per rollout (notebook 03: the 95th percentile of d for the teacher)."""
     lr: float = 1e-3
     """Adam learning rate of the adapters (tiny models need far more than the release's 1e-6)."""
+    lr_schedule: str = "constant"
+    """"constant", or "linear": decays from ``lr`` at step 1 towards 0 after the last step
+    (see ``learning_rate``)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.98)
@@ -99,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.clip_eps_low >= 1:
             raise ValueError(f"clip_eps_low must be < 1 (the ratio's lower clip is 1 - eps), got {self.clip_eps_low}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
         if self.quantization not in ("nf4", "none"):
             raise ValueError(f"quantization must be 'nf4' or 'none', not {self.quantization!r}")
 

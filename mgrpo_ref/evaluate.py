@@ -23,7 +23,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .episode import Agent, Episode, Limits, run_episodes, transcript
+from .grading import normalize_answer
 from .policy import REPO_ROOT, SamplingSettings, load_policy
+from .rewards import subtask_of, verify_sub_result
 from .scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
 from .tools import ToolsByWorld
 from .world import DATA_DIR, Question, load_questions
@@ -71,6 +73,37 @@ def summarize(episodes: list[Episode]) -> dict:
         "n_by_hops": {h: len(v) for h, v in sorted(by_hops.items())},
         "format_errors": dict(sorted(errors.items())),
     }
+
+
+FAILURE_KINDS = ("correct", "main format", "off the gold chain", "sub failed a gold hop", "wrong final answer")
+
+
+def failure_kind(episode: Episode) -> str:
+    """Where a multi-agent episode went wrong: its first step off the gold chain, in call order.
+
+    - ``correct``: nothing went wrong.
+    - ``main format``: the main agent broke the protocol.
+    - ``off the gold chain``: the main agent delegated a subtask that is no gold hop's
+      sub-question (another relation, or a subject that an earlier wrong result led to).
+    - ``sub failed a gold hop``: the main agent delegated a gold hop's sub-question and the
+      sub-agent did not return that hop's answer (a wrong document, a wrong fact, a broken turn).
+    - ``wrong final answer``: every delegation was a gold hop, answered right, and the final
+      answer is still wrong (answered too early, or not what the sub-agent returned).
+    """
+    if episode.mode != "multi":
+        raise ValueError("failure_kind reads a main agent's delegations: multi-agent episodes only")
+    if episode.correct:
+        return "correct"
+    if not episode.main.format_valid:
+        return "main format"
+    gold = {normalize_answer(hop.question) for hop in episode.question.hops}
+    for sub in episode.subs:
+        task = subtask_of(sub)
+        if normalize_answer(task) not in gold:
+            return "off the gold chain"
+        if not verify_sub_result(task, sub.final, episode.question):
+            return "sub failed a gold hop"
+    return "wrong final answer"
 
 
 def evaluate(questions: list[Question], agents: dict[str, Agent], mode: str = "multi",

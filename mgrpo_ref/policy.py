@@ -203,7 +203,8 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
 
     ``path`` is either a base model (a directory with config.json, or a hub name), which
     gets a new LoRA adapter, or an adapter directory written by :meth:`Policy.save_adapter`,
-    whose base is loaded first and the adapter loaded onto it.
+    whose base is loaded first and the adapter loaded onto it. ``seed`` seeds the new
+    adapter's initialisation and the policy's sampling, so one seed gives one run.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -229,7 +230,9 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=lora.target_modules if isinstance(lora.target_modules, str)
                             else list(lora.target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)
+        with torch.random.fork_rng(devices=[]):  # a seeded init; the global CPU RNG is restored after
+            torch.manual_seed(seed)
+            model = get_peft_model(model, config)  # LoRA A: random (seeded); B: zeros
     model.config.use_cache = True
     # Training mode, always. In eval mode bitsandbytes repacks 4-bit weights on the CPU into an
     # inference-only layout on the first no-grad forward, after which a forward with autograd

@@ -172,22 +172,30 @@ def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microba
     the accumulated gradient is that of one token-level mean over every unmasked token of
     the batch. ``train=False`` computes the same statistics without changing the adapter
     (the frozen sub-agent).
+
+    pi_old is the policy that sampled the batch. With more than one epoch it needs a pass of
+    its own before the first optimiser step. With one pass the adapter has not moved when the
+    loss is computed, so pi_old's log-probs are the current ones, detached: the ratio is
+    exactly 1 and the gradient is unchanged, at one forward pass fewer (tested).
     """
     start = time.perf_counter()
     n_tokens = batch.loss_mask.sum().item()
-    with torch.no_grad():  # pi_old: the policy that sampled the batch
-        old = [policy.token_logprobs(ids, att) for ids, att, _, _ in _microbatches(batch, microbatch)]
+    passes = epochs if train else 1
+    with torch.no_grad():
+        old = ([policy.token_logprobs(ids, att) for ids, att, _, _ in _microbatches(batch, microbatch)]
+               if passes > 1 else None)
         ref = ([policy.token_logprobs(ids, att, reference=True) for ids, att, _, _ in _microbatches(batch, microbatch)]
                if kl_coef > 0 else None)
     totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0}
     grad_norm = 0.0
-    for _ in range(epochs if train else 1):
+    for _ in range(passes):
         optimizer.zero_grad(set_to_none=True)
         for i, (ids, att, mask, adv) in enumerate(_microbatches(batch, microbatch)):
             share = mask.sum().item() / max(n_tokens, 1.0)
             with torch.set_grad_enabled(train):
                 logp = policy.token_logprobs(ids, att)  # (m, t)
-                loss, diag = clipped_surrogate_loss(logp, old[i], adv, mask, eps_low, eps_high, kl_coef,
+                logp_old = old[i] if old is not None else logp.detach()  # pi_old, see above
+                loss, diag = clipped_surrogate_loss(logp, logp_old, adv, mask, eps_low, eps_high, kl_coef,
                                                     ref[i] if ref is not None else None)
                 if train:
                     (loss * share).backward()
@@ -197,8 +205,7 @@ def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microba
         if train:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm))
             optimizer.step()
-    epochs_run = epochs if train else 1
-    stats = {k: v / epochs_run for k, v in totals.items()}
+    stats = {k: v / passes for k, v in totals.items()}
     stats.update(grad_norm=grad_norm, n_tokens=n_tokens, n_rows=len(batch),
                  update_s=time.perf_counter() - start, trained=train)
     return stats

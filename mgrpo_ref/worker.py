@@ -35,6 +35,21 @@ def step_seed(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7919 + salt) % (2**31 - 1)
 
 
+def update_threads(agent: str, cores: int, d_max: int) -> int:
+    """Threads of a worker's update phase, in which the main and the sub worker run at once.
+
+    The sub batch holds D_max rows per rollout against the main batch's one, so the sub
+    worker gets every core and the main worker a 1/(D_max + 1) share of them, at least one.
+    The two overlap a little on purpose: on 2 cores (D_max = 4: main 1, sub 2) that beat one
+    core each by 13% of the update phase's wall time, where two threads each lost 39% to
+    contention (README, "Measured on this machine"). A worker that updates alone (single,
+    shared) gets every core.
+    """
+    if agent == "main":
+        return max(1, round(cores / (d_max + 1)))
+    return cores
+
+
 class AgentWorker:
     """The state a worker process holds; ``serve`` is its message loop."""
 
@@ -43,6 +58,7 @@ class AgentWorker:
         from .store import Store
 
         self.agent, self.cfg, self.run_dir = agent, cfg, Path(run_dir)
+        self.cores = torch.get_num_threads()  # torch's default: the machine's physical cores
         source = checkpoint / agent if checkpoint is not None else cfg.base
         self.policy = load_policy(source, quantization=cfg.quantization, lora=cfg.lora,
                                   sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens),
@@ -60,7 +76,7 @@ class AgentWorker:
     # -- messages ----------------------------------------------------------------------
 
     def act(self, role: str, contexts: list[str], step: int, temperature: float) -> list[str]:
-        torch.set_num_threads(2)  # generation runs one worker at a time: use both cores
+        torch.set_num_threads(self.cores)  # generation runs one worker at a time: every core
         self.policy.sampling = replace(self.policy.sampling, temperature=temperature)
         return self.policy.act(role, contexts)
 
@@ -71,8 +87,13 @@ class AgentWorker:
         """This agent's update for ``step`` (see update.py for the math)."""
         from .update import concat_batches, main_batch, main_rewards, policy_update, sub_batch
 
-        torch.set_num_threads(1)  # both workers update at once: one core each
+        from .config import learning_rate
+
+        torch.set_num_threads(update_threads(self.agent, self.cores, self.cfg.d_max))
         cfg, records = self.cfg, payload["records"]
+        lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         b, k, pad = payload["n_questions"], payload["n_rollouts"], self.policy.tokenizer.pad_token_id
         stats: dict = {}
         store_s = 0.0
@@ -97,7 +118,7 @@ class AgentWorker:
         update = policy_update(self.policy, self.optimizer, batch, epochs=cfg.epochs, microbatch=cfg.microbatch,
                                eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
                                max_grad_norm=cfg.max_grad_norm, train=payload.get("train", True))
-        stats.update({f"{self.agent}/{key}": v for key, v in update.items()})
+        stats.update({f"{self.agent}/{key}": v for key, v in update.items()}, **{f"{self.agent}/lr": lr})
         t = time.perf_counter()
         self.store.write_stats(step, self.agent, stats)
         store_s += time.perf_counter() - t

@@ -139,3 +139,38 @@ def test_misread_is_a_systematic_confusion_of_the_named_relations_only():
             assert f"<result> {world.follow(h.subject, MISREADINGS[h.relation])}</result>" in e.main.context
     n_clear = sum(not any(h.relation in MISREADINGS for h in q.hops) for q in questions)
     assert 0 < n_clear / len(questions) <= report["accuracy"] < n_clear / len(questions) + 0.05
+
+
+def test_failure_kind_names_the_first_step_off_the_gold_chain():
+    from copy import deepcopy
+
+    from mgrpo_ref.episode import Segment
+    from mgrpo_ref.evaluate import failure_kind
+
+    oracle = ScriptedAgent(ORACLE_NOISE)
+    (good,) = run_episodes([one_question(2)], TOOLS, {"main": oracle, "sub": oracle})
+    assert failure_kind(good) == "correct" and len(good.subs) == 2
+
+    def broken(**changes):
+        e = deepcopy(good)
+        e.main.final = "nobody at all"  # every broken copy also answers wrongly
+        for what, value in changes.items():
+            if what == "main_outcome":
+                e.main.outcome = value
+            elif what == "sub_result":
+                e.subs[value].final = "nobody at all"
+            elif what == "sub_task":
+                first = e.subs[value].segments[0]
+                e.subs[value].segments[0] = Segment(first.source, first.text.replace(
+                    good.question.hops[value].question, "Who founded the moon?"))
+        return e
+
+    assert failure_kind(broken()) == "wrong final answer"
+    assert failure_kind(broken(main_outcome="format_error")) == "main format"
+    assert failure_kind(broken(sub_result=0)) == "sub failed a gold hop"
+    assert failure_kind(broken(sub_result=1)) == "sub failed a gold hop"
+    assert failure_kind(broken(sub_task=1)) == "off the gold chain"
+    assert failure_kind(broken(sub_task=0, sub_result=1)) == "off the gold chain"  # the first step decides
+    (single,) = run_episodes([one_question(1)], TOOLS, {"single": oracle}, "single")
+    with pytest.raises(ValueError, match="multi-agent episodes only"):
+        failure_kind(single)

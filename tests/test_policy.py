@@ -178,6 +178,19 @@ def test_sampling_is_seeded(base):
     assert a == b
 
 
+def test_a_new_adapter_is_initialised_from_the_seed(base):
+    """One seed, one run: the adapter's random init (LoRA A) comes from ``seed``, not from
+    whatever the process's global RNG holds, and the global RNG is left as it was."""
+    def lora_a(policy):
+        return {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_A" in n}
+
+    state = torch.get_rng_state()
+    first, again, other = (lora_a(load_policy(base, seed=s)) for s in (3, 3, 4))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first)
+
+
 def test_a_second_architecture_with_a_chat_template_takes_the_same_path(tmp_path):
     """A random tiny Llama with a locally built tokenizer (multi-token tags, a chat template),
     saved and loaded exactly as a hub model would be."""

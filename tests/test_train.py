@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mgrpo_ref.config import TrainConfig
+from mgrpo_ref.config import TrainConfig, learning_rate
 from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.store import Store
 
@@ -175,14 +175,15 @@ def test_config_round_trip_and_overrides():
     # numbers that would train nothing or diverge are refused where they are set
     for bad, message in (("lr=0", "lr must be > 0"), ("lr=-1e-3", "lr must be > 0"), ("top_p=0", "top_p"),
                          ("top_p=1.5", "top_p"), ("clip_eps_low=1", "clip_eps_low must be < 1"),
-                         ("kl_coef=-0.1", "kl_coef must be >= 0"), ("max_grad_norm=0", "max_grad_norm")):
+                         ("kl_coef=-0.1", "kl_coef must be >= 0"), ("max_grad_norm=0", "max_grad_norm"),
+                         ("lr_schedule=cosine", "lr_schedule must be one of")):
         with pytest.raises(ValueError, match=message):
             TrainConfig().override([bad])
 
 
 def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):
     run = tmp_path / "nockpt"
-    assert train("--run-dir", str(run), f"base={base}", "steps=2", *SMALL).returncode == 0
+    assert train("--run-dir", str(run), f"base={base}", "steps=2", "lr_schedule=linear", *SMALL).returncode == 0
     import shutil
 
     shutil.rmtree(run / "checkpoints")  # as if killed before the first checkpoint
@@ -192,4 +193,49 @@ def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]  # the base evaluation once, every step once
-    assert [s["step"] for s in Store(run / "store.sqlite", readonly=True).stats("main")] == [1, 2]
+    stats = Store(run / "store.sqlite", readonly=True).stats("main")
+    assert [s["step"] for s in stats] == [1, 2]
+    # the linear schedule, a function of the step alone, holds across the restart
+    assert [s["main/lr"] for s in stats] == pytest.approx([1e-3, 5e-4])
+
+
+def test_update_threads_give_the_sub_worker_every_core():
+    from mgrpo_ref.worker import update_threads
+
+    # the sub batch is D_max times the main batch: the sub gets every core, the main a share
+    assert [update_threads("sub", c, 4) for c in (1, 2, 16)] == [1, 2, 16]
+    assert [update_threads("main", c, 4) for c in (1, 2, 16)] == [1, 1, 3]
+    assert update_threads("main", 16, 1) == 8  # D_max = 1: equal batches, equal shares
+    # a worker that updates alone (single agent, shared adapter) uses the whole machine
+    assert update_threads("single", 2, 4) == 2 and update_threads("shared", 16, 4) == 16
+
+
+def test_learning_rate_schedules():
+    assert [learning_rate(1e-3, "constant", s, 4) for s in (1, 4)] == [1e-3, 1e-3]
+    linear = [learning_rate(1e-3, "linear", s, 4) for s in range(1, 5)]
+    assert linear == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])  # first step lr, last lr / steps
+    with pytest.raises(ValueError, match="step must be in 1..4"):
+        learning_rate(1e-3, "linear", 5, 4)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        learning_rate(1e-3, "cosine", 1, 4)
+
+
+def test_one_seed_gives_one_run(tmp_path):
+    """Two runs with the same seed log the same numbers (timings aside): question sampling,
+    every agent's sampling, alignment and the adapters' initialisation all come from it."""
+    def numbers(run):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in m.items() if not k.startswith("time/") and not k.endswith(("update_s", "store_s"))}
+                for m in lines]
+
+    runs = [tmp_path / name for name in ("a", "b")]
+    for run in runs:  # the committed base: its rewards vary, so both adapters really move
+        done = train("--run-dir", str(run), "base=data/base", "steps=2", *SMALL, "rollouts=4", "max_new_tokens=48")
+        assert done.returncode == 0, done.stderr
+    first, second = map(numbers, runs)
+    assert len(first) == 3 and first == second
+    assert all(any(m.get(f"{a}/grad_norm", 0) > 0 for m in first) for a in ("main", "sub"))
+    assert all(lora_b(runs[0] / "checkpoints" / "step_00002" / a) and all(
+        torch.equal(x, y) for x, y in zip(lora_b(runs[0] / "checkpoints" / "step_00002" / a),
+                                          lora_b(runs[1] / "checkpoints" / "step_00002" / a)))
+               for a in ("main", "sub"))

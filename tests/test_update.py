@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mgrpo_ref.episode import run_episodes
+from mgrpo_ref.objective import clipped_surrogate_loss
 from mgrpo_ref.policy import load_policy
 from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.rewards import RewardConfig
@@ -94,3 +95,42 @@ def test_update_on_a_single_one_token_row(policy):
     stats = policy_update(policy, opt, batch, epochs=1, microbatch=1, eps_low=0.2, eps_high=0.28,
                           kl_coef=0.0, max_grad_norm=1.0)
     assert stats["n_tokens"] == 0 and stats["loss"] == 0.0
+
+
+def test_one_epoch_update_equals_the_textbook_one_with_a_separate_pi_old_pass(policy):
+    """With one epoch, policy_update reuses the current log-probs (detached) as pi_old. The
+    adapter must land where the textbook recipe puts it: a no-grad pi_old pass first, then
+    the clipped loss, backward, clipping and one optimiser step."""
+    rows = [policy.encode(t) for t in ("<answer>Kaun</answer>", "<answer>Mira Sol</answer>", "<task>who is it</task>")]
+    ids = torch.tensor([r[:min(map(len, rows))] for r in rows])  # (3, T): equal lengths, no padding
+    mask = torch.ones(ids.shape)
+    mask[2, :3] = 0.0  # a row with part of its tokens out of the loss
+    batch = PolicyBatch(ids, torch.ones_like(ids), mask, torch.tensor([1.5, -0.5, 0.7]))
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+
+    def fresh_optimizer():
+        for p, s in zip(params, start):
+            p.data.copy_(s)
+        return torch.optim.AdamW(policy.trainable_parameters(), lr=5e-2, weight_decay=0.0)
+
+    stats = policy_update(policy, fresh_optimizer(), batch, epochs=1, microbatch=8, eps_low=0.2,
+                          eps_high=0.28, kl_coef=0.0, max_grad_norm=0.5)
+    fast = [p.detach().clone() for p in params]
+
+    optimizer = fresh_optimizer()
+    with torch.no_grad():
+        old = policy.token_logprobs(batch.input_ids, batch.attention_mask)  # pi_old, its own pass
+    optimizer.zero_grad()
+    logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
+    loss, _ = clipped_surrogate_loss(logp, old, batch.advantages, batch.loss_mask, 0.2, 0.28)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 0.5)
+    optimizer.step()
+
+    assert stats["loss"] == pytest.approx(loss.item(), abs=1e-6) and stats["mean_ratio"] == 1.0
+    assert any(not torch.equal(f, s) for f, s in zip(fast, start))  # the update did move the adapter
+    for f, p in zip(fast, params):
+        torch.testing.assert_close(f, p.detach())
+    for p, s in zip(params, start):  # leave the shared fixture as it was
+        p.data.copy_(s)
