@@ -45,26 +45,33 @@ def timing(run_dir: Path) -> None:
           f" (overlap saves {100 * (1 - wall / both):.0f}%)")
 
 
+def _teacher_episodes(cfg):
+    """The teacher's K rollouts of each of the first B training questions (both benchmarks' data)."""
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
+    from mgrpo_ref.tools import ToolsByWorld
+    from mgrpo_ref.world import load_questions
+
+    questions = load_questions("train")[:cfg.questions_per_step]
+    teacher = ScriptedAgent(TeacherNoise(), seed=0)
+    return questions, run_episodes(questions, ToolsByWorld(), {"main": teacher, "sub": teacher},
+                                   rollouts=cfg.rollouts)
+
+
 def sub_flat(base: Path, repeats: int = 3) -> None:
     import torch
 
     from mgrpo_ref.config import TrainConfig
-    from mgrpo_ref.episode import run_episodes
     from mgrpo_ref.policy import load_policy
     from mgrpo_ref.rewards import RewardConfig
-    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
-    from mgrpo_ref.tools import ToolsByWorld
     from mgrpo_ref.update import RolloutRecord, policy_update, sub_batch
     from mgrpo_ref.worker import update_threads
-    from mgrpo_ref.world import load_questions
 
     cfg = TrainConfig()
     threads = update_threads("sub", torch.get_num_threads(), cfg.d_max)
     torch.set_num_threads(threads)  # as in the sub worker during the update phase
     b, k, d_max = cfg.questions_per_step, cfg.rollouts, cfg.d_max
-    questions = load_questions("train")[:b]
-    teacher = ScriptedAgent(TeacherNoise(), seed=0)
-    episodes = run_episodes(questions, ToolsByWorld(), {"main": teacher, "sub": teacher}, rollouts=k)
+    questions, episodes = _teacher_episodes(cfg)
     pool = {i: [s for e in episodes[i * k:(i + 1) * k] for s in e.subs] for i in range(b)}  # per question
     policy = load_policy(base, quantization=cfg.quantization)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)  # lr 0: time without drifting
@@ -91,22 +98,14 @@ def sub_flat(base: Path, repeats: int = 3) -> None:
 
 def _teacher_batches(base: Path):
     """The default config's main and sub batches, built from the teacher's episodes."""
-    import random
-
     from mgrpo_ref.config import TrainConfig
-    from mgrpo_ref.episode import run_episodes
     from mgrpo_ref.policy import load_policy
     from mgrpo_ref.rewards import RewardConfig
-    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
-    from mgrpo_ref.tools import ToolsByWorld
     from mgrpo_ref.update import RolloutRecord, main_batch, main_rewards, sub_batch
-    from mgrpo_ref.world import load_questions
 
     cfg = TrainConfig()
     b, k = cfg.questions_per_step, cfg.rollouts
-    questions = load_questions("train")[:b]
-    teacher = ScriptedAgent(TeacherNoise(), seed=0)
-    episodes = run_episodes(questions, ToolsByWorld(), {"main": teacher, "sub": teacher}, rollouts=k)
+    _, episodes = _teacher_episodes(cfg)
     records = [RolloutRecord(i // k, i % k, e.question, e.main, e.subs) for i, e in enumerate(episodes)]
     rows = main_rewards(records, RewardConfig())
     rng = random.Random(0)  # the teacher is rarely right: flip some rows so advantages vary
