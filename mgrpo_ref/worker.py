@@ -40,10 +40,11 @@ def update_threads(agent: str, cores: int, d_max: int) -> int:
 
     The sub batch holds D_max rows per rollout against the main batch's one, so the sub
     worker gets every core and the main worker a 1/(D_max + 1) share of them, at least one.
-    The two overlap a little on purpose. On 2 cores (D_max = 4: main 1, sub 2), the update
-    phase took 2.88 s against 2.99 s with one core each, and 3.51 s with two threads each
-    (``python benchmarks/bench_pipeline.py threads``). A worker that updates alone (single,
-    shared) gets every core.
+    The two overlap a little on purpose. On 2 cores (D_max = 4: main 1, sub 2) the update
+    phase took 2.88 s and, in a second run, 3.16 s, against 2.99 s both times with one core
+    each: no clear difference in ``python benchmarks/bench_pipeline.py threads``; in 12-step
+    training runs, an update phase of 3.0 s against 3.4 s. Two threads each is clearly worse (3.5-5.3 s).
+    A worker that updates alone (single, shared) gets every core.
     """
     if agent == "main":
         return max(1, round(cores / (d_max + 1)))
