@@ -53,8 +53,8 @@ def table(rows: list[dict]) -> str:
         pct = lambda key: f"{100 * r[key]['accuracy']:.1f}"  # noqa: E731
         share = lambda key: f"{100 * r[key]:.1f}"  # noqa: E731
         config = r["config"]
-        noise = f"{config.get('demo_noise', 1.0):g}" + (f", misread {config['demo_misread']:g}"
-                                                        if config.get("demo_misread") else "")
+        noise = f"{config.get('demo_noise', 1.0):g}" + "".join(
+            f", {kind} {config['demo_' + kind]:g}" for kind in ("misread", "hasty") if config.get("demo_" + kind))
         lines.append(f"| {r['base']} | {noise} | {config['steps']} | {pct('multi_greedy')} / {pct('multi_T1')} "
                      f"| {pct('single_greedy')} / {pct('single_T1')} | {share('visit_greedy')} / {share('visit_T1')} "
                      f"| {share('return_greedy')} / {share('return_T1')} |")

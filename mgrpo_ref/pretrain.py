@@ -64,6 +64,9 @@ class PretrainConfig:
     """The demonstrating teacher's ``misread`` probability: a systematic misconception of three
     relations. Off: tried at 0.6 (with demo_noise 0.25), it taught the tiny model that any fact
     of a document may be the answer; it copied the right one for 34% of held-out sub-tasks."""
+    demo_hasty: float = 0.0
+    """The demonstrating teacher's ``hasty`` probability: its main and single agents answer a
+    multi-hop question after its first hop."""
     vocab_size: int = 2048
     """BPE vocabulary (the protocol tags come on top). Large enough that most two-syllable name
     words are one token, even in the unseen evaluation world: copying a name is then copying
@@ -88,7 +91,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
 
     def __post_init__(self):
-        for name in ("demo_noise", "demo_misread"):
+        for name in ("demo_noise", "demo_misread", "demo_hasty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -108,7 +111,7 @@ SIZES = {
 
 def demonstrations(cfg: PretrainConfig) -> list:
     """The teacher's trajectories (main, sub and single roles) over the demonstration worlds."""
-    teacher = ScriptedAgent(replace(DEMO_NOISE.scaled(cfg.demo_noise), misread=cfg.demo_misread), seed=cfg.seed)
+    teacher = ScriptedAgent(replace(DEMO_NOISE.scaled(cfg.demo_noise), misread=cfg.demo_misread, hasty=cfg.demo_hasty), seed=cfg.seed)
     trajectories = []
     for seed in range(cfg.first_world, cfg.first_world + cfg.n_worlds):
         world = generate_world(check_training_seed(seed))
@@ -234,12 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="override the number of optimiser steps")
     parser.add_argument("--demo-noise", type=float, help="override the demonstrating teacher's noise factor")
     parser.add_argument("--demo-misread", type=float, help="override the demonstrating teacher's misread probability")
+    parser.add_argument("--demo-hasty", type=float, help="override the demonstrating teacher's hasty probability")
     args = parser.parse_args(argv)
     cfg = replace(SIZES[args.size], seed=args.seed)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     try:
-        cfg = replace(cfg, **{name: getattr(args, name) for name in ("demo_noise", "demo_misread")
+        cfg = replace(cfg, **{name: getattr(args, name) for name in ("demo_noise", "demo_misread", "demo_hasty")
                               if getattr(args, name) is not None})
     except ValueError as err:
         parser.error(str(err))

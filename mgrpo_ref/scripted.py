@@ -39,6 +39,11 @@ class TeacherNoise:
     relation it is confused with instead. Unlike the mistakes above, which fall anywhere at
     random, this one is systematic: a misconception a model trained on the teacher learns
     as one, and which reinforcement learning can then correct [ours]."""
+    hasty: float = 0.0
+    """Main/single: after the first hop of a multi-hop question, answer with its result
+    instead of going on. Systematic too, and a planner's mistake rather than a reader's: a
+    base that learns it at more than even odds stops after one hop greedily, and at T = 1
+    still goes on often enough for reinforcement learning to find out that going on pays [ours]."""
 
     def scaled(self, factor: float) -> "TeacherNoise":
         """Every probability times ``factor`` (capped at 1): a single noise knob."""
@@ -100,7 +105,8 @@ class ScriptedAgent:
         results = [c for t, c in history if t == "result"]
         hop = len(results)
         current = results[-1] if results else subject
-        if hop >= len(relations) or (0 < hop and self._chance(self.noise.stop_early)):
+        if (hop >= len(relations) or (0 < hop and self._chance(self.noise.stop_early))
+                or (hop == 1 and self._chance(self.noise.hasty))):
             return wrap("answer", current)
         relation = relations[hop]
         if self._chance(self.noise.wrong_relation):
@@ -163,7 +169,8 @@ class ScriptedAgent:
         last_action = next((t for t, _ in reversed(history) if t in ("search", "visit")), None)
         if last_action == "visit":  # hop finished: read it, then answer or start the next hop
             found = self._read(history[-1][1], relations[hop])
-            if hop + 1 >= len(relations) or self._chance(self.noise.stop_early):
+            if (hop + 1 >= len(relations) or self._chance(self.noise.stop_early)
+                    or (hop == 0 and self._chance(self.noise.hasty))):
                 return wrap("answer", found)
             return wrap("search", found)
         current = subject if hop == 0 else [c for t, c in history if t == "search"][-1]

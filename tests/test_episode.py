@@ -141,6 +141,24 @@ def test_misread_is_a_systematic_confusion_of_the_named_relations_only():
     assert 0 < n_clear / len(questions) <= report["accuracy"] < n_clear / len(questions) + 0.05
 
 
+@pytest.mark.parametrize("mode", ["multi", "single"])
+def test_hasty_answers_a_multi_hop_question_after_its_first_hop(mode):
+    """With hasty = 1 and no other noise, one-hop questions are answered right and every
+    multi-hop question is answered with its first hop's answer, by the main or single agent."""
+    questions = load_questions("eval")[:80]
+    teacher = ScriptedAgent(replace(ORACLE_NOISE, hasty=1.0))
+    agents = {"main": teacher, "sub": teacher} if mode == "multi" else {"single": teacher}
+    report, episodes = evaluate(questions, agents, mode, progress=False)
+    n_one_hop = sum(len(q.hops) == 1 for q in questions)
+    assert 0 < n_one_hop < len(questions)
+    for q, e in zip(questions, episodes):
+        assert e.correct == (len(q.hops) == 1), q.text
+        assert e.main.context.rstrip().endswith(f"<answer> {q.hops[0].answer}</answer>"), q.text
+        if mode == "multi":
+            assert len(e.subs) == 1
+    assert report["accuracy"] == n_one_hop / len(questions)
+
+
 def test_failure_kind_names_the_first_step_off_the_gold_chain():
     from copy import deepcopy
 
