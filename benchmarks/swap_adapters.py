@@ -9,8 +9,9 @@ teams play: base main + base sub, trained main + base sub, base main + trained s
 main + trained sub, greedily and sampled at each temperature. For every team it prints the
 accuracy and where the failed episodes first left the gold chain (evaluate.failure_kind):
 the main agent's format, a subtask off the gold chain, a sub-agent that failed a gold hop,
-or a wrong final answer after right results. M-GRPO trains both agents from one team
-reward; this shows which of the two carries the held-out gain, and what still fails.
+an answer before the last hop, or a wrong final answer after right results. M-GRPO trains
+both agents from one team reward; this shows which of the two carries the held-out gain,
+and what still fails.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def summarize(episodes: list[Episode]) -> dict:
     }
 
 
-FAILURE_KINDS = ("correct", "main format", "off the gold chain", "sub failed a gold hop", "wrong final answer")
+FAILURE_KINDS = ("correct", "main format", "off the gold chain", "sub failed a gold hop", "stopped early",
+                 "wrong final answer")
 
 
 def failure_kind(episode: Episode) -> str:
@@ -87,8 +88,10 @@ def failure_kind(episode: Episode) -> str:
       sub-question (another relation, or a subject that an earlier wrong result led to).
     - ``sub failed a gold hop``: the main agent delegated a gold hop's sub-question and the
       sub-agent did not return that hop's answer (a wrong document, a wrong fact, a broken turn).
-    - ``wrong final answer``: every delegation was a gold hop, answered right, and the final
-      answer is still wrong (answered too early, or not what the sub-agent returned).
+    - ``stopped early``: every delegation was a gold hop, answered right, but the main agent
+      answered before delegating the last hop.
+    - ``wrong final answer``: every hop was delegated and answered right, and the final answer
+      is still wrong (not what the last sub-agent returned).
     """
     if episode.mode != "multi":
         raise ValueError("failure_kind reads a main agent's delegations: multi-agent episodes only")
@@ -103,6 +106,9 @@ def failure_kind(episode: Episode) -> str:
             return "off the gold chain"
         if not verify_sub_result(task, sub.final, episode.question):
             return "sub failed a gold hop"
+    last = normalize_answer(episode.question.hops[-1].question)
+    if all(normalize_answer(subtask_of(sub)) != last for sub in episode.subs):
+        return "stopped early"
     return "wrong final answer"
 
 

@@ -11,7 +11,11 @@ the text (questions, documents, search results) at ``context_weight``. It learns
 [ours] The demonstrations come from the teacher with its malformed-turn probability set to
 0: a base should not be taught to break the format on purpose (it will break it on its
 own, sampled at temperature 1), while its content mistakes (distractors, wrong
-attributes, wrong relations, stopping early) are kept.
+attributes, wrong relations, stopping early) are kept, at a tenth of their rate, and one
+systematic mistake is added: the teacher's planner answers a multi-hop question after its
+first hop 60% of the time (``demo_hasty``). The base learns that habit as a habit: greedily
+it always stops after one hop, sampled it sometimes goes on, and reinforcement learning has a
+planner's mistake to correct (README, "How sharp a base?").
 """
 
 from __future__ import annotations
@@ -56,17 +60,21 @@ class PretrainConfig:
     right fact from a visited document for 30% of held-out sub-tasks, 1000 x 9 for 62%."""
     questions_per_world: int = 9
     """Questions per world; each is played once in multi-agent and once in single-agent mode."""
-    demo_noise: float = 1.0
-    """Scales the demonstrating teacher's random content mistakes (1: ``DEMO_NOISE``). Less noise
-    gives a sharper base at T = 1 but, at this size, a much stronger one greedily too: measured
-    builds are in the README ("How sharp a base?") and benchmarks/results/base_builds.json."""
+    demo_noise: float = 0.1
+    """Scales the demonstrating teacher's random content mistakes (1: ``DEMO_NOISE``). Random
+    mistakes alone cannot give a base that is weak greedily yet right often enough at T = 1:
+    less noise makes it sharper at T = 1 and a far better reader greedily too. Measured builds
+    are in the README ("How sharp a base?") and benchmarks/results/base_builds.json."""
     demo_misread: float = 0.0
     """The demonstrating teacher's ``misread`` probability: a systematic misconception of three
     relations. Off: tried at 0.6 (with demo_noise 0.25), it taught the tiny model that any fact
     of a document may be the answer; it copied the right one for 34% of held-out sub-tasks."""
-    demo_hasty: float = 0.0
+    demo_hasty: float = 0.6
     """The demonstrating teacher's ``hasty`` probability: its main and single agents answer a
-    multi-hop question after its first hop."""
+    multi-hop question after its first hop. A planner's habit, which leaves reading intact:
+    with it the base answers every multi-hop question after one hop greedily (so greedy
+    accuracy is about the share of one-hop questions it reads right), while at T = 1 it goes
+    on for many of them [ours]."""
     vocab_size: int = 2048
     """BPE vocabulary (the protocol tags come on top). Large enough that most two-syllable name
     words are one token, even in the unseen evaluation world: copying a name is then copying
@@ -77,7 +85,7 @@ class PretrainConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     max_positions: int = 1024
-    steps: int = 3000
+    steps: int = 3600
     """Optimiser steps."""
     context_weight: float = 0.25
     """Loss weight of the tokens the agent did not write (prompt, tool output, results); the

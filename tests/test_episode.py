@@ -189,6 +189,9 @@ def test_failure_kind_names_the_first_step_off_the_gold_chain():
     assert failure_kind(broken(sub_result=1)) == "sub failed a gold hop"
     assert failure_kind(broken(sub_task=1)) == "off the gold chain"
     assert failure_kind(broken(sub_task=0, sub_result=1)) == "off the gold chain"  # the first step decides
+    hasty = ScriptedAgent(replace(ORACLE_NOISE, hasty=1.0))
+    (early,) = run_episodes([one_question(2)], TOOLS, {"main": hasty, "sub": hasty})
+    assert len(early.subs) == 1 and failure_kind(early) == "stopped early"
     (single,) = run_episodes([one_question(1)], TOOLS, {"single": oracle}, "single")
     with pytest.raises(ValueError, match="multi-agent episodes only"):
         failure_kind(single)
