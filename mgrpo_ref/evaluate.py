@@ -100,16 +100,17 @@ def failure_kind(episode: Episode) -> str:
     if not episode.main.format_valid:
         return "main format"
     gold = {normalize_answer(hop.question) for hop in episode.question.hops}
+    last = normalize_answer(episode.question.hops[-1].question)
+    reached_last = False
     for sub in episode.subs:
         task = subtask_of(sub)
-        if normalize_answer(task) not in gold:
+        asked = normalize_answer(task)
+        if asked not in gold:
             return "off the gold chain"
         if not verify_sub_result(task, sub.final, episode.question):
             return "sub failed a gold hop"
-    last = normalize_answer(episode.question.hops[-1].question)
-    if all(normalize_answer(subtask_of(sub)) != last for sub in episode.subs):
-        return "stopped early"
-    return "wrong final answer"
+        reached_last = reached_last or asked == last
+    return "wrong final answer" if reached_last else "stopped early"
 
 
 def evaluate(questions: list[Question], agents: dict[str, Agent], mode: str = "multi",

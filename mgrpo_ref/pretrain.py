@@ -43,6 +43,9 @@ DEMO_NOISE = replace(TeacherNoise(), malformed=0.0)
 """The teacher that writes the demonstrations: every content mistake, no malformed turns
 (scaled by ``PretrainConfig.demo_noise``)."""
 
+TEACHER_KNOBS = ("demo_noise", "demo_misread", "demo_hasty")
+"""The ``PretrainConfig`` fields that set the demonstrating teacher (each >= 0; each a CLI flag)."""
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -99,7 +102,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
 
     def __post_init__(self):
-        for name in ("demo_noise", "demo_misread", "demo_hasty"):
+        for name in TEACHER_KNOBS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -119,7 +122,8 @@ SIZES = {
 
 def demonstrations(cfg: PretrainConfig) -> list:
     """The teacher's trajectories (main, sub and single roles) over the demonstration worlds."""
-    teacher = ScriptedAgent(replace(DEMO_NOISE.scaled(cfg.demo_noise), misread=cfg.demo_misread, hasty=cfg.demo_hasty), seed=cfg.seed)
+    noise = replace(DEMO_NOISE.scaled(cfg.demo_noise), misread=cfg.demo_misread, hasty=cfg.demo_hasty)
+    teacher = ScriptedAgent(noise, seed=cfg.seed)
     trajectories = []
     for seed in range(cfg.first_world, cfg.first_world + cfg.n_worlds):
         world = generate_world(check_training_seed(seed))
@@ -251,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     try:
-        cfg = replace(cfg, **{name: getattr(args, name) for name in ("demo_noise", "demo_misread", "demo_hasty")
-                              if getattr(args, name) is not None})
+        cfg = replace(cfg, **{name: getattr(args, name) for name in TEACHER_KNOBS if getattr(args, name) is not None})
     except ValueError as err:
         parser.error(str(err))
     torch.set_num_threads(max(1, torch.get_num_threads()))
