@@ -49,8 +49,8 @@ class Alignment:
 
     source: torch.Tensor
     """(B, K, D) long: flat index (0..N-1) of the trajectory in each slot, -1 if masked."""
-    mask: torch.Tensor
-    """(B, K, D) bool: True for a real slot, False for a masked one (loss weight 0)."""
+    filled: torch.Tensor
+    """(B, K, D) bool: True for a slot holding a trajectory, False for a masked one (loss weight 0)."""
     n_distinct: int
     """N, the number of distinct sub trajectories that were aligned."""
     n_slots: int
@@ -94,7 +94,7 @@ def align_sub_trajectories(counts: list[list[int]], d_max: int, seed: int) -> Al
             give the same alignment, whatever else uses the global RNG.
 
     Returns:
-        An Alignment with source and mask of shape (B, K, D) and the counts to log.
+        An Alignment with source and filled of shape (B, K, D) and the counts to log.
     """
     _validate(counts, d_max)
     rng = random.Random(seed)
@@ -133,7 +133,7 @@ def align_sub_trajectories(counts: list[list[int]], d_max: int, seed: int) -> Al
 
     return Alignment(
         source=source,
-        mask=source >= 0,  # (B, K, D)
+        filled=source >= 0,  # (B, K, D)
         n_distinct=start,
         n_slots=source.numel(),
         n_duplicated=n_duplicated,
@@ -166,7 +166,7 @@ def gather_slots(
             f"{alignment.n_distinct} distinct trajectories"
         )
     out = values.new_full(alignment.source.shape + values.shape[1:], fill)  # (B, K, D, ...)
-    out[alignment.mask] = values[alignment.source[alignment.mask]]
+    out[alignment.filled] = values[alignment.source[alignment.filled]]
     return out
 
 

@@ -37,17 +37,23 @@ The sub-agent's batch has a fixed number of rows, B * K * D (section 4): the N
 distinct sub trajectories are put into slots by ``alignment.align_sub_trajectories``,
 and ``aligned_sub_batch`` builds the tensors in slot order.
 
+What an agent finally trains on is a ``PolicyBatch``: rows of ids with one advantage
+each and a float weight per token (the loss mask times the row's slot weight), which is
+what the objective's token-level mean (objective.py, Eq. 6) is weighted by.
+
 Dimension letters: B questions, K rollouts per question, D slots per rollout,
-N sequences (distinct trajectories), T tokens (the longest sequence in the batch).
+N sequences (distinct trajectories), M rows of a policy batch, T tokens (the longest
+sequence in the batch).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from .alignment import Alignment
+from .alignment import Alignment, gather_slots
 from .episode import Trajectory
 
 TRAINED_SOURCE = "agent"
@@ -160,9 +166,67 @@ def aligned_sub_batch(
     placeholder: Encoded = ([pad_id], [0])
     rows = [sub_sequences[i] if i >= 0 else placeholder for i in source.tolist()]
     batch = collate(rows, pad_id)  # each (B*K*D, T)
-    batch["slot_weight"] = alignment.mask.reshape(-1).to(torch.float)  # (B*K*D,)
+    batch["slot_weight"] = alignment.filled.reshape(-1).to(torch.float)  # (B*K*D,)
     batch["source"] = source.clone()  # (B*K*D,)
     return batch
+
+
+@dataclass
+class PolicyBatch:
+    """The rows one agent trains on, with everything the objective weighs them by."""
+
+    input_ids: torch.Tensor
+    """(M, T) long, right-padded."""
+    attention_mask: torch.Tensor
+    """(M, T) long, 1 on real tokens."""
+    token_weights: torch.Tensor
+    """(M, T) float: w_t of Eq. (6); 0 off the agent's own tokens, on padding and on masked slots."""
+    advantages: torch.Tensor
+    """(M,) float: the advantage of each row's trajectory."""
+
+    def __post_init__(self):
+        m, t = self.input_ids.shape
+        for name in ("attention_mask", "token_weights"):
+            if getattr(self, name).shape != (m, t):
+                raise ValueError(f"{name} must be (M, T) = {(m, t)}, got {tuple(getattr(self, name).shape)}")
+        if self.advantages.shape != (m,):
+            raise ValueError(f"advantages must be (M,) = ({m},), got {tuple(self.advantages.shape)}")
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def trajectory_batch(sequences: Sequence[Encoded], advantages: torch.Tensor, pad_id: int) -> PolicyBatch:
+    """One row per trajectory (the main agent's batch): weights are the loss masks."""
+    batch = collate(sequences, pad_id)  # each (M, T)
+    return PolicyBatch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], advantages)
+
+
+def slot_batch(sub_sequences: Sequence[Encoded], advantages: torch.Tensor, alignment: Alignment,
+               pad_id: int) -> PolicyBatch:
+    """One row per aligned slot (the sub-agent's batch, B*K*D rows).
+
+    ``advantages`` (N,) are per distinct trajectory; each slot gets a copy of its
+    trajectory's, so alignment never moves a group's baseline. A masked slot weighs 0.
+    """
+    slots = aligned_sub_batch(sub_sequences, alignment, pad_id)  # (B*K*D, T)
+    slot_advantages = gather_slots(advantages, alignment).flatten()  # (B*K*D,)
+    weights = slots["loss_mask"] * slots["slot_weight"][:, None]  # (B*K*D, T)
+    return PolicyBatch(slots["input_ids"], slots["attention_mask"], weights, slot_advantages)
+
+
+def concat_batches(batches: Sequence[PolicyBatch], pad_id: int) -> PolicyBatch:
+    """Stack batches of different T, right-padding to the longest (one adapter trained on
+    both roles' rows: the ``shared`` variant)."""
+    t = max(b.input_ids.shape[1] for b in batches)
+
+    def pad(x, value):
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+    return PolicyBatch(torch.cat([pad(b.input_ids, pad_id) for b in batches]),
+                       torch.cat([pad(b.attention_mask, 0) for b in batches]),
+                       torch.cat([pad(b.token_weights, 0.0) for b in batches]),
+                       torch.cat([b.advantages for b in batches]))
 
 
 # ----------------------------------------------------------------------------

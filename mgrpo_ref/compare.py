@@ -35,12 +35,15 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from .cli import nonnegative_int, one_line, output_dir
 from .config import VARIANTS, TrainConfig
 from .episode import transcript
 from .evaluate import evaluate, make_agent
-from .policy import REPO_ROOT, SamplingSettings
+from .policy import REPO_ROOT, SamplingSettings, model_location
 from .tools import ToolsByWorld
-from .train import EVAL_KEYS, Trainer, _readable_lines, latest_checkpoint, worker_layout
+from .rundir import latest_checkpoint, read_jsonl
+from .step import LAYOUTS
+from .train import EVAL_KEYS, Trainer
 from .world import load_questions
 
 PRESETS = {
@@ -84,13 +87,13 @@ def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
 def greedy_episodes(cfg: TrainConfig, adapters: Path | None, questions: list, tools_for) -> list:
     """Greedy episodes on ``questions`` by a run's final adapters (or the base if ``adapters``
     is None), decoded in one batch of their own."""
-    mode, roles = worker_layout(cfg.variant)
+    layout = LAYOUTS[cfg.variant]
     sampling = SamplingSettings(0.0, 1.0, cfg.max_new_tokens)
     loaded = {agent: make_agent(str(adapters / agent) if adapters is not None else cfg.base, seed=cfg.seed,
                                 sampling=sampling, quantization=cfg.quantization)
-              for agent in dict.fromkeys(roles.values())}
-    agents = {role: loaded[agent] for role, agent in roles.items()}
-    _, episodes = evaluate(questions, agents, mode, cfg.limits, progress=False, tools_for=tools_for)
+              for agent in dict.fromkeys(layout.learners.values())}
+    agents = {role: loaded[agent] for role, agent in layout.learners.items()}
+    _, episodes = evaluate(questions, agents, layout.mode, cfg.limits, progress=False, tools_for=tools_for)
     return episodes
 
 
@@ -106,7 +109,7 @@ def questions_to_show(cfg: TrainConfig, tools_for, pool: int = 60) -> list:
 
 def metrics(run_dir: Path) -> list[dict]:
     """A run's metrics.jsonl (a last line cut by a crash is dropped, as on resume)."""
-    return [json.loads(line) for line in _readable_lines(Path(run_dir) / "metrics.jsonl")]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def report(record: dict, prefix: str) -> dict:
@@ -233,7 +236,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
     for variant in variants:
         for seed in seeds:
             cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
-            mode = worker_layout(variant)[0]
+            mode = LAYOUTS[variant].mode
             run_dir = runs_dir / f"{variant}-s{seed}"
             print(f"[{time.time() - start:6.0f} s] {variant} seed {seed} -> {run_dir}", flush=True)
             train_run(cfg, run_dir, progress=progress)
@@ -263,25 +266,29 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The CLI. Bad input (a negative seed, an unknown preset, a bad key=value override, a
+    missing local base model, an --out or --runs that cannot be a directory) is one ``error:``
+    line and exit status 2, before anything is trained or written."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--runs", type=Path, help="run directories (default runs/compare-<preset>)")
-    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/comparison-<preset>)")
+    parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2])
+    parser.add_argument("--runs", type=output_dir, help="run directories (default runs/compare-<preset>)")
+    parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)
-    try:  # fail on a bad override before any training
+    try:  # fail on a bad override or a missing local base before any training
         sampled_temperature(args.preset, args.overrides)
-    except ValueError as err:
-        parser.error(str(err))
+        model_location(run_config(PRESETS[args.preset], "mgrpo", 0, list(args.overrides)).base)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(one_line(err))
     command = "python -m mgrpo_ref.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         results = run_comparison(args.preset, args.variants, args.seeds, args.runs, args.out, args.overrides,
                                  progress=not args.quiet, command=command.strip())
     except FileExistsError as err:  # a run directory that holds another config: never overwritten
-        parser.exit(2, f"error: {err}\n")
+        parser.error(one_line(err))
     print(table(results))
     print(f"{len(results['runs'])} runs in {results['seconds']:.0f} s")
     return results

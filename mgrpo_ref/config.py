@@ -8,9 +8,10 @@ command line as ``key=value``, nested ones as ``reward.b2=0.6``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .checks import ConfigError, check_choice, check_int, check_number, check_text
 from .episode import Limits
 from .policy import LoraSettings
 from .rewards import RewardConfig
@@ -102,27 +103,31 @@ class TrainConfig:
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
-        for name in ("steps", "questions_per_step", "rollouts", "d_max", "epochs", "microbatch",
-                     "eval_every", "checkpoint_every", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_temperature", "eval_sampled_temperature", "temperature", "weight_decay",
-                     "clip_eps_low", "clip_eps_high", "kl_coef", "adv_eps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_choice("variant", self.variant, VARIANTS)
+        check_int("seed", self.seed, minimum=0)
+        check_text("base", self.base)
+        check_choice("quantization", self.quantization, ("nf4", "none"))
+        for name in ("steps", "questions_per_step", "d_max", "epochs", "microbatch", "max_new_tokens",
+                     "eval_every", "eval_questions", "checkpoint_every"):
+            check_int(name, getattr(self, name), minimum=1)
+        # A group of one rollout is its own baseline: its advantage is always 0.
+        check_int("rollouts", self.rollouts, minimum=2)
         for name in ("lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.clip_eps_low >= 1:
-            raise ValueError(f"clip_eps_low must be < 1 (the ratio's lower clip is 1 - eps), got {self.clip_eps_low}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
-        if self.quantization not in ("nf4", "none"):
-            raise ValueError(f"quantization must be 'nf4' or 'none', not {self.quantization!r}")
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        for name in ("weight_decay", "clip_eps_high", "kl_coef", "adv_eps", "temperature",
+                     "eval_temperature", "eval_sampled_temperature"):
+            check_number(name, getattr(self, name), low=0)
+        check_number("clip_eps_low", self.clip_eps_low, low=0, high=1, high_open=True)  # 1 - eps > 0
+        check_number("top_p", self.top_p, low=0, high=1, low_open=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
+            raise ConfigError("betas", self.betas, "must be two numbers in [0, 1), e.g. betas=0.9,0.98")
+        for beta in self.betas:
+            check_number("betas", beta, low=0, high=1, high_open=True)
+        for name, kind in SECTIONS.items():
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(name, getattr(self, name),
+                                  f"is a section: set its fields one by one ({name}.<field>=value)")
 
     # -- (de)serialisation ---------------------------------------------------------------
 
@@ -135,50 +140,90 @@ class TrainConfig:
 
     @staticmethod
     def load(path: Path) -> "TrainConfig":
-        return TrainConfig.from_dict(json.loads(Path(path).read_text()))
+        """The config saved in ``path``; a ValueError naming the file if it is missing or bad."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields, got {type(d).__name__}")
+        try:
+            return TrainConfig.from_dict(d)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def override(self, assignments: list[str]) -> "TrainConfig":
         """Apply ``key=value`` strings (``reward.b2=0.6`` for nested fields)."""
         d = asdict(self)
         for item in assignments:
-            if "=" not in item:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
                 raise ValueError(f"override {item!r} is not key=value")
-            key, raw = item.split("=", 1)
-            target, parts = d, key.split(".")
+            target, parts, cls = d, key.split("."), TrainConfig
             for part in parts[:-1]:
-                if not isinstance(target.get(part), dict):
+                if part not in SECTIONS or not isinstance(target.get(part), dict):
                     raise ValueError(f"unknown config section {part!r} in {key!r}")
-                target = target[part]
-            if parts[-1] not in target:
+                target, cls = target[part], SECTIONS[part]
+            name = parts[-1]
+            if name not in target:
                 raise ValueError(f"unknown config field {key!r}")
-            target[parts[-1]] = _parse(raw, target[parts[-1]])
+            if isinstance(target[name], dict):
+                raise ValueError(f"{key} is a section: set its fields one by one ({key}.<field>=value)")
+            target[name] = _parse(key, raw, target[name], _field_type(cls, name))
         return TrainConfig.from_dict(d)
 
 
-def _parse(raw: str, current):
-    """A value of the same type as ``current``, from a command-line string."""
-    if isinstance(current, bool):
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true/false, got {raw!r}")
-        return raw.lower() in ("true", "1")
-    if isinstance(current, (int, float)):
-        return type(current)(raw)
-    if isinstance(current, (list, tuple)):
-        return [type(current[0])(x) for x in raw.split(",")]
+SECTIONS = {"lora": LoraSettings, "reward": RewardConfig, "limits": Limits}
+"""The nested sections of TrainConfig, each a dataclass that checks its own fields."""
+
+
+def _field_type(cls, name: str) -> str:
+    return next(str(f.type) for f in fields(cls) if f.name == name)
+
+
+def _parse(key: str, raw: str, current, annotation: str):
+    """A value of ``current``'s type, from a command-line string; the config checks its range."""
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, tuple):
+            return tuple(type(current[0])(x) for x in raw.split(","))
+    except ValueError:
+        if isinstance(current, tuple):
+            kind = f"comma-separated {type(current[0]).__name__}s"
+        else:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}[type(current)]
+        raise ConfigError(key, raw, f"must be {kind}") from None
+    if "tuple" in annotation and "," in raw:  # a list of names, e.g. lora.target_modules=q_proj,v_proj
+        return tuple(x.strip() for x in raw.split(","))
     return raw
 
 
 def _build(cls, d: dict):
+    """``cls`` from a dict (nested sections from nested dicts); one-line errors name the field."""
     known = {f.name: f for f in fields(cls)}
-    unknown = set(d) - set(known)
+    unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        raise ValueError(f"unknown config field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     kwargs = {}
     for name, value in d.items():
-        default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
-        if is_dataclass(default) and isinstance(value, dict):
-            value = _build(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
+        if cls is TrainConfig and name in SECTIONS and isinstance(value, dict):
+            try:
+                value = _build(SECTIONS[name], value)
+            except ConfigError as err:
+                raise err.within(name) from None
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        elif isinstance(value, list):  # JSON has no tuples
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)

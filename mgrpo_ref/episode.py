@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Protocol
 
+from .checks import check_int
 from .grading import exact_match, lenient_match
 from .protocol import FINAL_ACTION, FormatError, parse_action, prompt, wrap
 from .tools import Tools
@@ -51,6 +52,10 @@ class Limits:
     max_turn_chars: int = 200
     """A longer turn is a format error ("overlong"); models are also bounded in tokens."""
 
+    def __post_init__(self):
+        for name in ("main_turns", "sub_turns", "single_turns", "max_turn_chars"):
+            check_int(name, getattr(self, name), minimum=1)
+
     def turns(self, role: str) -> int:
         return {"main": self.main_turns, "sub": self.sub_turns, "single": self.single_turns}[role]
 
@@ -70,7 +75,8 @@ class Trajectory:
     outcome: str = "running"  # "final" | "format_error" | "turn_limit"
     error: str | None = None  # the FormatError reason, when outcome == "format_error"
     final: str | None = None  # the answer (main, single) or returned result (sub)
-    actions: list[tuple[str, str]] = field(default_factory=list)
+    actions: list[tuple[str, str]] = field(default_factory=list)  # (kind, argument) of each executed turn
+    subtask: str | None = None  # the subtask a sub-agent was given (None for main and single)
 
     @property
     def context(self) -> str:
@@ -106,7 +112,9 @@ class Episode:
 
     @property
     def correct(self) -> bool:
-        return exact_match(self.answer, self.question.answer)
+        """correct(M): a well-formed main (or single) trajectory whose answer is an exact match.
+        The one definition of correctness: rewards, training statistics and evaluation read it."""
+        return self.main.format_valid and exact_match(self.answer, self.question.answer)
 
     @property
     def lenient(self) -> bool:
@@ -120,16 +128,26 @@ class Episode:
 
 
 def transcript(episode: Episode) -> str:
-    """A readable rendering of an episode, sub-agent turns indented under their delegation."""
+    """A readable rendering of an episode, sub-agent turns indented under their delegation.
+
+    A main-agent turn followed by an environment segment is an executed delegation; a repeated
+    one (its (kind, argument) seen before) ran no sub-agent and gets none drawn under it.
+    """
     lines = []
-    subs = iter(episode.subs)
-    for seg in episode.main.segments:
+    subs, actions, seen = iter(episode.subs), iter(episode.main.actions), set()
+    segments = episode.main.segments
+    for i, seg in enumerate(segments):
         lines += [("> " if seg.source == "agent" else "  ") + t for t in seg.text.strip().splitlines()]
-        if seg.source == "agent" and seg.text.strip().startswith("<delegate>"):
-            sub = next(subs, None)
-            if sub is not None:  # a repeated delegation ran no sub-agent
-                lines += ["      " + ("> " if s.source == "agent" else "  ") + t
-                          for s in sub.segments[1:] for t in s.text.strip().splitlines()]
+        executed = seg.source == "agent" and i + 1 < len(segments) and segments[i + 1].source == "env"
+        if episode.mode != "multi" or not executed:
+            continue
+        action = next(actions)
+        if action in seen:  # a repeated delegation: the environment answered REPEATED
+            continue
+        seen.add(action)
+        sub = next(subs)
+        lines += ["      " + ("> " if s.source == "agent" else "  ") + t
+                  for s in sub.segments[1:] for t in s.text.strip().splitlines()]
     lines.append(f"gold: {episode.question.answer}   correct: {episode.correct}")
     return "\n".join(lines)
 
@@ -157,7 +175,7 @@ def _tool_observation(tools: Tools, kind: str, argument: str) -> str:
 
 def _tool_trajectory(role: str, text: str, tools: Tools, limits: Limits):
     """A search/visit trajectory that ends with ``<return>`` (sub) or ``<answer>`` (single)."""
-    traj = Trajectory(role, [Segment("prompt", prompt(role, text))])
+    traj = Trajectory(role, [Segment("prompt", prompt(role, text))], subtask=text if role == "sub" else None)
     for _ in range(limits.turns(role)):
         text = yield role, traj.context
         action = _agent_turn(traj, text, limits)

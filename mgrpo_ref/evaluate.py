@@ -22,10 +22,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .cli import nonnegative_float, nonnegative_int, one_line, output_file, positive_fraction, positive_int
 from .episode import Agent, Episode, Limits, run_episodes, transcript
 from .grading import normalize_answer
-from .policy import REPO_ROOT, SamplingSettings, load_policy
-from .rewards import subtask_of, verify_sub_result
+from .policy import REPO_ROOT, SamplingSettings, is_local_path, load_policy
+from .rewards import verify_sub_result
 from .scripted import ORACLE_NOISE, ScriptedAgent, TeacherNoise
 from .tools import ToolsByWorld
 from .world import DATA_DIR, Question, load_questions
@@ -41,11 +42,14 @@ def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingS
         return ScriptedAgent(ORACLE_NOISE, seed)
     if spec == "teacher":
         return ScriptedAgent(TeacherNoise().scaled(noise), seed)
-    if Path(spec).is_dir() or (REPO_ROOT / spec).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+    is_dir = Path(spec).expanduser().is_dir() or (REPO_ROOT / spec).is_dir()
+    if not is_dir and is_local_path(spec):  # data/nope, ./nope, ~/nope: never a hub name
+        raise ValueError(f"no model directory at {spec}")
+    if is_dir or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         try:
             return load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed)
-        except OSError as err:  # neither a local model nor one the hub could give us
-            raise ValueError(f"cannot load agent {spec!r}: {err}") from err
+        except OSError as err:  # not a model directory, or a hub name neither cached nor reachable
+            raise ValueError(f"cannot load agent {spec!r}: {one_line(err)}") from err
     raise ValueError(f"unknown agent {spec!r}: expected one of {SCRIPTED}, a model directory or a hub name")
 
 
@@ -103,11 +107,10 @@ def failure_kind(episode: Episode) -> str:
     last = normalize_answer(episode.question.hops[-1].question)
     reached_last = False
     for sub in episode.subs:
-        task = subtask_of(sub)
-        asked = normalize_answer(task)
+        asked = normalize_answer(sub.subtask)
         if asked not in gold:
             return "off the gold chain"
-        if not verify_sub_result(task, sub.final, episode.question):
+        if not verify_sub_result(sub.subtask, sub.final, episode.question):
             return "sub failed a gold hop"
         reached_last = reached_last or asked == last
     return "wrong final answer" if reached_last else "stopped early"
@@ -144,24 +147,26 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The CLI. Bad input (an option's value, a split, an agent that cannot be loaded) is one
+    ``error:`` line and exit status 2, before anything is written."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.evaluate", description=__doc__.split("\n")[0])
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--main", help=f"main agent: one of {SCRIPTED} or a model directory")
     who.add_argument("--single", help=f"single agent (does every hop itself): {SCRIPTED} or a model directory")
     parser.add_argument("--sub", help=f"sub-agent, with --main: one of {SCRIPTED} or a model directory")
-    parser.add_argument("--split", default="eval", help="question split (default: eval)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
-    parser.add_argument("--noise", type=float, default=1.0, help="teacher noise factor (default 1.0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the agents' randomness")
-    parser.add_argument("--temperature", type=float, default=0.0, help="models: 0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="models: nucleus sampling threshold")
-    parser.add_argument("--max-new-tokens", type=int, default=SamplingSettings.max_new_tokens)
+    parser.add_argument("--split", default="eval", help="question split, a file name in DATA_DIR/questions (default: eval)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N questions only")
+    parser.add_argument("--noise", type=nonnegative_float, default=1.0, help="teacher noise factor (default 1.0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the agents' randomness")
+    parser.add_argument("--temperature", type=nonnegative_float, default=0.0, help="models: 0 = greedy (default)")
+    parser.add_argument("--top-p", type=positive_fraction, default=1.0, help="models: nucleus sampling threshold, in (0, 1]")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens)
     parser.add_argument("--quantization", choices=("nf4", "none"), default="nf4",
                         help="models: 4-bit NF4 base (default) or full precision")
-    parser.add_argument("--batch-size", type=int, default=64, help="episodes run (and batched) together")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="episodes run (and batched) together")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
-    parser.add_argument("--out", type=Path, help="write the report as JSON here")
-    parser.add_argument("--show", type=int, default=0, metavar="N", help="print N episode transcripts")
+    parser.add_argument("--out", type=output_file, help="write the report as JSON here")
+    parser.add_argument("--show", type=nonnegative_int, default=0, metavar="N", help="print N episode transcripts")
     args = parser.parse_args(argv)
     if args.main and not args.sub:
         parser.error("--main needs --sub")
@@ -172,19 +177,19 @@ def main(argv: list[str] | None = None) -> dict:
     def agent(spec: str, seed: int) -> Agent:
         return make_agent(spec, args.noise, seed, sampling, args.quantization)
 
-    try:
+    try:  # the questions first: a bad split is refused before any model is loaded
+        questions = load_questions(args.split, args.data_dir)[: args.limit]
+        if not questions:
+            raise ValueError(f"split {args.split!r} in {args.data_dir} has no questions")
         if args.main:
             main_agent = agent(args.main, args.seed)
             # One model directory playing both roles is loaded once.
-            sub_agent = main_agent if args.sub == args.main and Path(args.sub).is_dir() else agent(args.sub, args.seed + 1)
+            sub_agent = main_agent if args.sub == args.main and args.sub not in SCRIPTED else agent(args.sub, args.seed + 1)
             mode, agents = "multi", {"main": main_agent, "sub": sub_agent}
         else:
             mode, agents = "single", {"single": agent(args.single, args.seed)}
-        questions = load_questions(args.split, args.data_dir)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
-    if args.limit is not None:
-        questions = questions[: args.limit]
+    except (ValueError, OSError) as err:
+        parser.error(one_line(err))
     report, episodes = evaluate(questions, agents, mode, data_dir=args.data_dir, batch_size=args.batch_size)
     report.update(split=args.split, mode=mode, agents={r: getattr(args, r) for r in agents},
                   temperature=args.temperature, seed=args.seed)

@@ -40,7 +40,7 @@ def clipped_surrogate_loss(
     logp: torch.Tensor,
     logp_old: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
+    weights: torch.Tensor,
     eps_low: float = 0.2,
     eps_high: float = 0.28,
     kl_coef: float = 0.0,
@@ -58,7 +58,7 @@ def clipped_surrogate_loss(
         logp: (N, T) log-probs of the sampled tokens under the policy being trained.
         logp_old: (N, T) log-probs under the policy that sampled them (a constant).
         advantages: (N,) one advantage per sequence.
-        mask: (N, T) bool or float loss weights w_t (0 = no effect on the loss).
+        weights: (N, T) bool or float loss weights w_t (0 = no effect on the loss).
         eps_low, eps_high: the clip range is [1 - eps_low, 1 + eps_high].
         kl_coef: beta in Eq. (6); 0 turns the KL term off (the default, as in the release).
         logp_ref: (N, T) log-probs under the reference (base) model; required when
@@ -71,11 +71,11 @@ def clipped_surrogate_loss(
             approx_kl (k3 against pi_old: mean of (r - 1) - log r), mean_ratio,
             kl_ref (mean k3 against pi_ref; 0.0 without logp_ref), n_tokens (sum of w).
     """
-    _check_shapes(logp, logp_old, advantages, mask, logp_ref)
+    _check_shapes(logp, logp_old, advantages, weights, logp_ref)
     if kl_coef > 0 and logp_ref is None:
         raise ValueError("kl_coef > 0 needs logp_ref, the reference model's log-probs")
 
-    weight = mask.to(logp.dtype)  # (N, T)
+    weight = weights.to(logp.dtype)  # (N, T)
     active = weight != 0  # (N, T)
     # Padding positions often hold garbage such as -inf. Zero every log-prob there
     # before any exp, so that neither the loss nor its gradient can turn into NaN.
@@ -129,10 +129,10 @@ def _token_mean(values: torch.Tensor, weight: torch.Tensor) -> float:
     return ((values * weight).sum() / total).item()
 
 
-def _check_shapes(logp, logp_old, advantages, mask, logp_ref) -> None:
+def _check_shapes(logp, logp_old, advantages, weights, logp_ref) -> None:
     if logp.ndim != 2:
         raise ValueError(f"logp must be (N, T), got shape {tuple(logp.shape)}")
-    named = {"logp_old": logp_old, "mask": mask}
+    named = {"logp_old": logp_old, "weights": weights}
     if logp_ref is not None:
         named["logp_ref"] = logp_ref
     for name, tensor in named.items():

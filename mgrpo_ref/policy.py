@@ -24,12 +24,15 @@ silent fallback.
 from __future__ import annotations
 
 import json
+import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .checks import ConfigError, check_int, check_number
 from .protocol import stop_strings
 
 ADAPTER_FILE = "adapter_config.json"
@@ -47,6 +50,15 @@ class LoraSettings:
     """Dropout on the adapter's input (0: on-policy ratios stay exact)."""
     target_modules: str | tuple[str, ...] = "all-linear"
     """Which modules get adapters ("all-linear": every linear layer but the output head)."""
+
+    def __post_init__(self):
+        check_int("r", self.r, minimum=1)
+        check_number("alpha", self.alpha, low=0, low_open=True)
+        check_number("dropout", self.dropout, low=0, high=1, high_open=True)
+        names = (self.target_modules,) if isinstance(self.target_modules, str) else self.target_modules
+        if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ConfigError("target_modules", self.target_modules,
+                              'must be "all-linear" or a tuple of module names')
 
 
 @dataclass(frozen=True)
@@ -99,14 +111,104 @@ def _quantization_config(quantization: str, device: str):
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+"""A Hugging Face hub model id: ``owner/name`` (or a legacy bare ``name`` such as ``gpt2``)."""
+
+
+def is_local_path(spec: str | Path, roots: tuple[Path, ...] = ()) -> bool:
+    """Whether ``spec`` can only mean a local path, never a hub name: a ``Path`` object; text
+    that starts with ``.``, ``/`` or ``~``; text that is no hub id (three parts, spaces, ``..``);
+    or ``owner/name`` where a folder ``owner`` exists here (in the working directory, under one
+    of ``roots`` or in the repository), so ``data/no_such_model`` is a missing local directory
+    while ``Qwen/Qwen2.5-0.5B-Instruct`` is a hub name."""
+    if isinstance(spec, Path):
+        return True
+    if spec.startswith((".", "/", "~")) or not HUB_NAME.fullmatch(spec) or ".." in spec:
+        return True
+    owner = Path(spec).parent
+    return owner != Path(".") and any((root / owner).is_dir() for root in (Path(), *roots, REPO_ROOT))
+
+
 def _resolve_base(base: str | Path, adapter_dir: Path | None = None) -> str:
-    """A base path as given; else relative to the adapter's directory or to the repository
-    (so the default ``data/base`` works from ``notebooks/`` too); else a hub name."""
-    path = Path(base)
-    for candidate in (path, *([adapter_dir / path] if adapter_dir else []), REPO_ROOT / path):
-        if (candidate / "config.json").exists():
+    """Where to load ``base`` from: a model directory (config.json, or an adapter's
+    adapter_config.json) at the path as given, else relative to the adapter's directory or to
+    the repository (so the default ``data/base`` works from ``notebooks/`` too); else the hub
+    name it is. A local path (see :func:`is_local_path`) with no model directory is a
+    FileNotFoundError at once, never tried on the hub."""
+    path = Path(base).expanduser()
+    roots = (*([adapter_dir] if adapter_dir else []), REPO_ROOT)
+    candidates = [path] if path.is_absolute() else [path, *(root / path for root in roots)]
+    for candidate in candidates:
+        if (candidate / "config.json").exists() or (candidate / ADAPTER_FILE).exists():
             return str(candidate)
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is not None:
+        raise FileNotFoundError(f"{base} is not a model directory: no config.json or {ADAPTER_FILE} in {found}")
+    if is_local_path(base, roots):
+        raise FileNotFoundError(f"no model directory at {base}")
     return str(base)
+
+
+def model_location(spec: str | Path) -> str:
+    """Where :func:`load_policy` would load ``spec`` from (a local model or adapter directory, or
+    a hub name), found without loading anything or using the network; a FileNotFoundError for a
+    local path with no model there. Lets a command check its model before it writes anything."""
+    return _resolve_base(spec)
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    """The base model an adapter directory belongs to: its adapter_config.json's
+    ``base_model_name_or_path``; a ValueError naming the file if it is unreadable or lacks it."""
+    file = adapter_dir / ADAPTER_FILE
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not a readable JSON file ({err})") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"{file}: no base_model_name_or_path (the base model the adapter belongs to)")
+    return base
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now, or None if it answers: offline mode
+    (``HF_HUB_OFFLINE=1``), or no answer below HTTP 500 to one HEAD request of its endpoint within
+    ``timeout`` seconds. One try, through the hub library's own HTTP session (its proxies and
+    certificates), in a thread so that a name lookup that hangs is bounded too."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    answer: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            status = get_session().head(constants.ENDPOINT, timeout=timeout).status_code
+            answer.append(None if status < 500 else f"{constants.ENDPOINT} answered HTTP {status}")
+        except Exception as err:  # any failure to connect: DNS, refused, timeout, proxy, TLS
+            answer.append(f"{constants.ENDPOINT}: {type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return answer[0] if answer else f"no answer from {constants.ENDPOINT} within {timeout:g} s"
+
+
+def _from_pretrained(cls, name: str, **kwargs):
+    """``cls.from_pretrained(name, **kwargs)``. A local directory loads as is. A hub name loads
+    from the local Hugging Face cache when it is there, else from the hub only if the hub answers
+    now (:func:`_hub_unreachable`): a model neither cached nor reachable is one OSError within
+    seconds, not a minute of download retries."""
+    if Path(name).is_dir():
+        return cls.from_pretrained(name, **kwargs)
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)
+    except OSError as not_cached:
+        why = _hub_unreachable()
+        if why is not None:
+            raise OSError(f"{name} is neither a local directory nor in the Hugging Face cache, "
+                          f"and the hub cannot be reached ({why})") from not_cached
+    return cls.from_pretrained(name, **kwargs)
 
 
 class Policy:
@@ -122,6 +224,11 @@ class Policy:
         self._stop_ids = {role: self._single_token_ids(stop_strings(role)) for role in ("main", "sub", "single")}
 
     # -- encoding --------------------------------------------------------------------
+
+    @property
+    def pad_id(self) -> int:
+        """The id written into padding positions (the pad token, or EOS when there is none)."""
+        return self.tokenizer.pad_token_id
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special tokens added (the protocol is all text)."""
@@ -205,23 +312,26 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
     gets a new LoRA adapter, or an adapter directory written by :meth:`Policy.save_adapter`,
     whose base is loaded first and the adapter loaded onto it. ``seed`` seeds the new
     adapter's initialisation and the policy's sampling, so one seed gives one run.
+
+    A local path (see :func:`is_local_path`) with no model there is a FileNotFoundError at once;
+    an adapter_config.json without its base is a ValueError naming the file; a hub name that is
+    neither cached nor reachable is an OSError within seconds (:func:`_from_pretrained`).
     """
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or default_device()
-    path_obj = Path(path)
-    adapter_dir = path_obj if (path_obj / ADAPTER_FILE).exists() else None
-    if adapter_dir is not None:
-        base = _resolve_base(json.loads((adapter_dir / ADAPTER_FILE).read_text())["base_model_name_or_path"],
-                             adapter_dir)
-    else:
-        base = _resolve_base(path)
+    where = _resolve_base(path)  # a local model or adapter directory, or a hub name
+    adapter_dir = Path(where) if (Path(where) / ADAPTER_FILE).exists() else None
+    base = _resolve_base(_adapter_base(adapter_dir), adapter_dir) if adapter_dir is not None else where
     quant = _quantization_config(quantization, device)
-    model = AutoModelForCausalLM.from_pretrained(
-        base, quantization_config=quant, device_map={"": device},
-        dtype=torch.float32 if quant is None or not device.startswith("cuda") else torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir or base))
+    # transformers looks for an adapter in a hub base's repository without passing local_files_only
+    # on to that lookup: keep it off the network (a saved adapter is loaded by peft, below).
+    model = _from_pretrained(
+        AutoModelForCausalLM, base, quantization_config=quant, device_map={"": device},
+        dtype=torch.float32 if quant is None or not device.startswith("cuda") else torch.bfloat16,
+        adapter_kwargs={"local_files_only": True})
+    tokenizer = _from_pretrained(AutoTokenizer, str(adapter_dir or base))
     for p in model.parameters():  # the base is frozen; only adapters train
         p.requires_grad_(False)
     if adapter_dir is not None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .episode import Episode
+from .checks import check_number
+from .episode import Episode, Trajectory
 from .grading import exact_match, normalize_answer
-from .protocol import blocks
 from .world import Question
 
 
@@ -41,6 +41,10 @@ class RewardConfig:
     b3: float = 0.4
     """Sub: weight of the offline verifier of its own result; keeps a local signal when the main
     agent fails for reasons that are not the sub-agent's fault (and vice versa)."""
+
+    def __post_init__(self):
+        for name in ("a1", "a2", "b1", "b2", "b3"):
+            check_number(name, getattr(self, name), low=0)
 
 
 def main_reward(format_valid: bool, correct: bool, cfg: RewardConfig = RewardConfig()) -> float:
@@ -67,16 +71,27 @@ def verify_sub_result(subtask: str, result: str | None, question: Question) -> b
     return False
 
 
-def subtask_of(sub_trajectory) -> str:
-    """The subtask a sub trajectory was given: the content of its ``<task>`` prompt."""
-    return next(content for tag, content in blocks(sub_trajectory.prompt) if tag == "task")
+def rollout_main_reward(episode: Episode, cfg: RewardConfig = RewardConfig()) -> float:
+    """Eq. (R1) of one rollout, from its main (or single) trajectory and correct(M)."""
+    return main_reward(episode.main.format_valid, episode.correct, cfg)
+
+
+def rollout_sub_rewards(question: Question, subs: list[Trajectory], main_correct: bool,
+                        cfg: RewardConfig = RewardConfig()) -> tuple[list[float], list[bool]]:
+    """Eq. (R2) of each sub trajectory of one rollout, and r_eval of each.
+
+    ``main_correct`` is correct(M) of the rollout: the sub-agent's trainer reads it from the
+    store, never from the main trajectory, which it does not see.
+    """
+    verified = [verify_sub_result(s.subtask, s.final, question) for s in subs]
+    rewards = [sub_reward(s.format_valid, main_correct, ok, cfg) for s, ok in zip(subs, verified)]
+    return rewards, verified
 
 
 def episode_rewards(episode: Episode, cfg: RewardConfig = RewardConfig()) -> tuple[float, list[float]]:
-    """(R_M, [R_S for each sub trajectory]) of one rollout. A single agent gets Eq. (R1)."""
-    correct = episode.main.format_valid and episode.correct
-    r_main = main_reward(episode.main.format_valid, correct, cfg)
-    r_subs = [sub_reward(s.format_valid, correct,
-                         verify_sub_result(subtask_of(s), s.final, episode.question), cfg)
-              for s in episode.subs]
-    return r_main, r_subs
+    """(R_M, [R_S for each sub trajectory]) of one rollout; a single agent gets Eq. (R1) alone.
+
+    The same two functions the training step calls (``step.py``), composed in one process.
+    """
+    r_subs, _ = rollout_sub_rewards(episode.question, episode.subs, episode.correct, cfg)
+    return rollout_main_reward(episode, cfg), r_subs

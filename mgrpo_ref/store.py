@@ -11,100 +11,190 @@ scalars. Ours is one SQLite file in the run directory, in WAL mode [ours]:
   back when the file is next opened);
 * a notebook can open the same file read-only during a run.
 
-Schema (``SCHEMA_VERSION`` 1):
+Schema (``SCHEMA_VERSION`` 2):
 
     meta(key TEXT PRIMARY KEY, value TEXT)          run identity: schema version, variant, seed
-    rollouts(step, question, rollout,               one row per (step, question, rollout),
-             qid, main_reward, correct,             written by the main agent's worker
-             format_valid, n_sub,
-             PRIMARY KEY (step, question, rollout))
+    rollouts(step, question_index, rollout,         one row per (step, question_index, rollout),
+             qid, main_reward, correct,             written by the main agent's worker;
+             format_valid, n_sub,                   question_index is the question's index b
+             PRIMARY KEY (step, question_index,     within the step, qid its identity
+                          rollout))
     agent_stats(step, agent, stats,                 one row per (step, agent): that agent's
                 PRIMARY KEY (step, agent))          training statistics, a JSON object
     steps(step PRIMARY KEY, finished_at)            a step is in the store once both agents
                                                     have written their records
 
 The file's SQLite header carries ``APPLICATION_ID``, so a foreign SQLite file (or any other
-file) is refused with a clear error and never overwritten.
+file) is refused with a clear error and never written to. ``create=True`` writes the schema
+only into a file that does not exist yet or is zero bytes long. A store opened for writing
+is checked to be writable when it is opened. Every SQLite error leaves a ``Store`` as a
+``StoreError`` whose one-line message names the file and what failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 
 APPLICATION_ID = 0x4D475250  # "MGRP" in the SQLite header's application_id field
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rollouts (
-    step INTEGER NOT NULL, question INTEGER NOT NULL, rollout INTEGER NOT NULL,
+    step INTEGER NOT NULL, question_index INTEGER NOT NULL, rollout INTEGER NOT NULL,
     qid TEXT NOT NULL, main_reward REAL NOT NULL, correct INTEGER NOT NULL,
     format_valid INTEGER NOT NULL, n_sub INTEGER NOT NULL,
-    PRIMARY KEY (step, question, rollout));
+    PRIMARY KEY (step, question_index, rollout));
 CREATE TABLE IF NOT EXISTS agent_stats (
     step INTEGER NOT NULL, agent TEXT NOT NULL, stats TEXT NOT NULL,
     PRIMARY KEY (step, agent));
 CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, finished_at REAL NOT NULL);
 """
 
+ROLLOUT_FIELDS = ("question_index", "rollout", "qid", "main_reward", "correct", "format_valid", "n_sub")
+
 
 class StoreError(RuntimeError):
-    """The file is not a store of this project (or is damaged); nothing was written to it."""
+    """The store cannot be opened, read or written; the message names the file and the cause."""
+
+
+def _uri(path: Path, mode: str) -> str:
+    """The SQLite URI of ``path`` opened in ``mode`` (ro, rw, rwc); '#', '?' and '%' are escaped."""
+    return f"{path.resolve().as_uri()}?mode={mode}"
+
+
+def _failing_as(action: str):
+    """Decorate a ``Store`` method so that a sqlite3 error leaves it as ``cannot <action> <path>``."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapped(self, *args, **kwargs):
+            with self._errors(action):
+                return method(self, *args, **kwargs)
+        return wrapped
+    return decorate
 
 
 class Store:
-    """A connection to the run's store. Open one per process; each method is one transaction."""
+    """A connection to the run's store. Open one per process; each method is one transaction.
+
+    ``create=True`` makes a new store if the file does not exist or is empty; ``readonly=True``
+    opens an existing store for reading only (the two cannot be combined).
+    """
 
     def __init__(self, path: str | Path, create: bool = False, readonly: bool = False, timeout: float = 30.0):
+        if create and readonly:
+            raise ValueError("Store: create=True and readonly=True cannot be combined")
         self.path = Path(path)
-        if not self.path.exists() and not create:
-            raise StoreError(f"no store at {self.path}")
-        if readonly:
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=timeout)
-        else:
-            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self._check_path(create, readonly)
+        fresh = create and (not self.path.exists() or self.path.stat().st_size == 0)
+        self.conn = self._connect("ro" if readonly else "rwc" if fresh else "rw", timeout)
         try:
-            self._check_or_init(create and not readonly)
-        except sqlite3.DatabaseError as err:
+            if fresh:
+                self._init_schema()
+            self._check_identity()
+            if not readonly:
+                self._check_writable()
+        except BaseException:
             self.conn.close()
-            raise StoreError(f"{self.path} is not a readable SQLite store ({err}); "
-                             "it was left untouched") from None
+            raise
 
-    def _check_or_init(self, create: bool) -> None:
-        app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if app_id == 0 and not tables and create:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            with self.transaction():
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self.conn.execute(statement)
-                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    # -- opening -------------------------------------------------------------------------
+
+    def _check_path(self, create: bool, readonly: bool) -> None:
+        """Refuse, before SQLite sees it, a path that cannot hold a store opened this way."""
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise StoreError(f"cannot open {self.path}: directory {parent} does not exist")
+        if self.path.is_dir():
+            raise StoreError(f"cannot open {self.path}: it is a directory, not a store file")
+        if not self.path.exists() and not create:
+            raise StoreError(f"cannot open {self.path}: no such file, so no store there "
+                             "(create=True makes one)")
+        if readonly:
             return
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise StoreError(f"cannot write to {self.path}: the file is write-protected "
+                             "(readonly=True opens it for reading)")
+        if not os.access(parent, os.W_OK):
+            raise StoreError(f"cannot write to {self.path}: its directory is write-protected and SQLite "
+                             "keeps its -wal and -shm files there (readonly=True opens it for reading)")
+
+    def _connect(self, mode: str, timeout: float) -> sqlite3.Connection:
+        with self._errors("open"):
+            return sqlite3.connect(_uri(self.path, mode), uri=True, timeout=timeout, isolation_level=None)
+
+    @_failing_as("create a store at")
+    def _init_schema(self) -> None:
+        """Write the schema into the new, empty file (unless another process just did)."""
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        with self.transaction():
+            if self._tables():
+                return
+            self.conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self.conn.execute(statement)
+            self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _check_identity(self) -> None:
+        """Refuse any file that is not a store of ``SCHEMA_VERSION``; only reads it."""
+        try:
+            app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = self._tables()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is not a readable SQLite store ({err}); it was left untouched") from err
         if app_id != APPLICATION_ID:
-            self.conn.close()
-            raise StoreError(f"{self.path} is an SQLite file but not an mgrpo_ref store "
-                             f"(application_id {app_id:#x}); it was left untouched")
+            what = "an empty file" if self.path.stat().st_size == 0 else "an SQLite file"
+            raise StoreError(f"{self.path} is {what} but not an mgrpo_ref store (application_id {app_id:#x}, "
+                             f"{len(tables)} tables); it was left untouched")
         version = self.meta().get("schema_version")
         if version != str(SCHEMA_VERSION):
-            self.conn.close()
-            raise StoreError(f"{self.path} has store schema {version}, this code reads {SCHEMA_VERSION}")
+            raise StoreError(f"{self.path} is a store of schema version {version}, this code reads "
+                             f"schema version {SCHEMA_VERSION}; it was left untouched")
+
+    @_failing_as("write to")
+    def _check_writable(self) -> None:
+        """Start a write (the header's own application_id, unchanged) and roll it back."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        finally:
+            self.conn.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def _errors(self, action: str):
+        """Turn a sqlite3 error inside the block into ``StoreError('cannot <action> <path>: ...')``."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot {action} {self.path}: {err}") from err
 
     def transaction(self):
-        """``with store.transaction():`` - BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
-        return _Transaction(self.conn)
+        """``with store.transaction():`` - BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
 
+        A sqlite3 error inside the block leaves it as a ``StoreError``.
+        """
+        return _Transaction(self)
+
+    @_failing_as("close")
     def close(self) -> None:
         self.conn.close()
 
     # -- meta ----------------------------------------------------------------------------
 
+    @_failing_as("read")
     def meta(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, value FROM meta"))
 
+    @_failing_as("write to")
     def set_meta(self, **values) -> None:
         with self.transaction():
             self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -112,23 +202,36 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------
 
+    @_failing_as("write to")
     def write_rollouts(self, step: int, rows: list[dict]) -> None:
-        """All rollouts of one step in one transaction (the main agent's results)."""
+        """All rollouts of one step in one transaction (the main agent's results).
+
+        Each row has the keys ``ROLLOUT_FIELDS``; a row that lacks one is refused with a
+        ``ValueError`` before anything is written.
+        """
+        for i, row in enumerate(rows):
+            missing = [key for key in ROLLOUT_FIELDS if key not in row]
+            if missing:
+                raise ValueError(f"rollout record {i} of step {step} lacks {', '.join(missing)} "
+                                 f"(a record has {', '.join(ROLLOUT_FIELDS)})")
         with self.transaction():
             self.conn.executemany(
-                "INSERT OR REPLACE INTO rollouts VALUES (:step, :question, :rollout, :qid, :main_reward,"
+                "INSERT OR REPLACE INTO rollouts VALUES (:step, :question_index, :rollout, :qid, :main_reward,"
                 " :correct, :format_valid, :n_sub)",
                 [dict(r, step=step, correct=int(r["correct"]), format_valid=int(r["format_valid"])) for r in rows])
 
+    @_failing_as("write to")
     def write_stats(self, step: int, agent: str, stats: dict) -> None:
         with self.transaction():
             self.conn.execute("INSERT OR REPLACE INTO agent_stats VALUES (?, ?, ?)",
                               (step, agent, json.dumps(stats, sort_keys=True)))
 
+    @_failing_as("write to")
     def finish_step(self, step: int) -> None:
         with self.transaction():
             self.conn.execute("INSERT OR REPLACE INTO steps VALUES (?, ?)", (step, time.time()))
 
+    @_failing_as("write to")
     def truncate_after(self, step: int) -> None:
         """Remove every record of steps after ``step`` (what a killed run left half done)."""
         with self.transaction():
@@ -137,22 +240,29 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------
 
+    @_failing_as("read")
     def rollouts(self, step: int) -> list[dict]:
-        cur = self.conn.execute("SELECT * FROM rollouts WHERE step = ? ORDER BY question, rollout", (step,))
+        """The rollout records of ``step``, ordered by question_index, then rollout."""
+        cur = self.conn.execute("SELECT * FROM rollouts WHERE step = ? ORDER BY question_index, rollout", (step,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
     def wait_rollouts(self, step: int, expected: int, timeout: float = 600.0, poll: float = 0.01) -> list[dict]:
-        """Block until the main agent's ``expected`` rollout records of ``step`` are in."""
+        """Block until the main agent's ``expected`` rollout records of ``step`` are in.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, and ``StoreError`` as ``rollouts`` does.
+        """
         deadline = time.monotonic() + timeout
         while True:
             rows = self.rollouts(step)
             if len(rows) >= expected:
                 return rows
             if time.monotonic() > deadline:
-                raise TimeoutError(f"store: only {len(rows)} of {expected} rollout records of step {step}")
+                raise TimeoutError(f"store {self.path}: only {len(rows)} of {expected} rollout records "
+                                   f"of step {step}")
             time.sleep(poll)
 
+    @_failing_as("read")
     def stats(self, agent: str | None = None) -> list[dict]:
         query = "SELECT step, agent, stats FROM agent_stats"
         args: tuple = ()
@@ -160,6 +270,7 @@ class Store:
             query, args = query + " WHERE agent = ?", (agent,)
         return [{"step": s, "agent": a, **json.loads(j)} for s, a, j in self.conn.execute(query + " ORDER BY step", args)]
 
+    @_failing_as("read")
     def last_finished_step(self) -> int:
         """The last step fully in the store; -1 before the first."""
         (step,) = self.conn.execute("SELECT COALESCE(MAX(step), -1) FROM steps").fetchone()
@@ -167,13 +278,34 @@ class Store:
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
+    """BEGIN IMMEDIATE on entry; COMMIT on a clean exit, ROLLBACK otherwise.
 
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+    A sqlite3 error, from the block or from these statements, leaves as a ``StoreError``.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.conn = store.conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        with self.store._errors("write to"):
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        with self.store._errors("write to"):
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+                return False
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise exc
         return False
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")

@@ -1,144 +1,61 @@
-"""Training: the controller of the decoupled pipeline, and its CLI.
+"""Training: the loop of the decoupled pipeline, and its CLI.
 
     python -m mgrpo_ref.train --variant mgrpo --seed 0 [key=value ...]
     python -m mgrpo_ref.train --resume runs/mgrpo-s0
 
 PAPER.md section 6. The controller (this process: the CLI, or a notebook kernel) runs the
 world and its tools and drives the call-return interaction; every generation request goes
-to the worker process of the agent that must answer, batched across rollouts. A step:
+to the worker process of the learner that must answer, batched across rollouts. A step:
 
     1. sample B training questions (seeded by the step);
     2. K rollouts each: main turns -> delegations -> sub-agent turns with tools -> results;
-    3. send each worker its own trajectories; the workers update in parallel: the main
-       agent writes its rewards to the store, the sub-agent reads them from there;
+    3. send each worker its episodes; the workers run their halves of step.py in parallel:
+       the main agent writes correct(M) to the store, the sub-agent reads it from there;
     4. log one metrics line; every N steps evaluate on the held-out world and checkpoint.
 
-Variants (one config field): mgrpo, frozen_sub, single_agent, shared (see config.py).
+The pieces live by job: step.py (the math of one step), worker.py (the processes),
+rundir.py (the run directory, checkpoints, resume), this file (the loop and the CLI).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from . import rundir
 from .config import TrainConfig
 from .episode import run_episodes
 from .evaluate import evaluate
+from .seeding import SALT_EVALUATION, SALT_QUESTIONS, SALT_ROLLOUTS, step_seed
+from .step import LAYOUTS
 from .store import Store, StoreError
 from .tools import ToolsByWorld
-from .update import RolloutRecord
-from .worker import step_seed, worker_main
+from .worker import WorkerAgent, WorkerDied, WorkerFailed, WorkerHandle
 from .world import load_questions
 
 EVAL_KEYS = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops")
 """What each held-out evaluation logs, as ``eval/<key>`` (and ``eval_sampled/<key>``)."""
 
-MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
+
+def sample_questions(pool: list, questions_per_step: int, seed: int, step: int) -> list:
+    """The step's B training questions, drawn without replacement (the same on resume)."""
+    return random.Random(step_seed(seed, step, SALT_QUESTIONS)).sample(pool, questions_per_step)
 
 
-class WorkerDied(RuntimeError):
-    """A worker process ended while the controller waited for it."""
-
-
-class WorkerFailed(RuntimeError):
-    """A worker raised an exception; its traceback is in the message."""
-
-
-class WorkerHandle:
-    """The controller's end of one worker process."""
-
-    def __init__(self, agent: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
-        import multiprocess
-
-        ctx = multiprocess.get_context(MP_START_METHOD)
-        self.agent = agent
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, name=f"mgrpo-{agent}", daemon=True,
-                                   args=(child, agent, asdict(cfg), str(run_dir),
-                                         str(checkpoint) if checkpoint else None))
-        self.process.start()
-        child.close()
-        self.doing = "starting"
-        self.receive()
-
-    def send(self, *message) -> None:
-        self.doing = message[0]
-        try:
-            self.conn.send(message)
-        except (BrokenPipeError, OSError):
-            self._died()
-
-    def receive(self):
-        while not self.conn.poll(0.05):
-            if not self.process.is_alive():
-                self._died()
-        try:
-            status, value = self.conn.recv()
-        except (EOFError, OSError):
-            self._died()
-        if status == "error":
-            raise WorkerFailed(f"the {self.agent} worker failed while {self.doing}:\n{value}")
-        return value
-
-    def request(self, *message):
-        self.send(*message)
-        return self.receive()
-
-    def _died(self):
-        self.process.join(timeout=1)
-        raise WorkerDied(f"the {self.agent} worker (pid {self.process.pid}) died while {self.doing} "
-                         f"(exit code {self.process.exitcode})")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to exit; kill it if it does not answer in time (it may be stuck
-        waiting for store records that a failed peer will never write)."""
-        if self.process.is_alive():
-            try:
-                self.conn.send(("stop",))
-                if self.conn.poll(timeout):
-                    self.conn.recv()
-            except (BrokenPipeError, EOFError, OSError):
-                pass
-        self.process.join(timeout=timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-
-
-class WorkerAgent:
-    """The ``episode.Agent`` interface over a worker: one batched request per call."""
-
-    def __init__(self, handle: WorkerHandle, step: int, temperature: float):
-        self.handle, self.step, self.temperature = handle, step, temperature
-
-    def act(self, role: str, contexts: list[str]) -> list[str]:
-        return self.handle.request("act", role, contexts, self.step, self.temperature)
-
-
-# ---------------------------------------------------------------------------
-
-
-def worker_layout(variant: str) -> tuple[str, dict[str, str]]:
-    """(episode mode, role -> worker agent name) of a variant."""
-    return {
-        "mgrpo": ("multi", {"main": "main", "sub": "sub"}),
-        "frozen_sub": ("multi", {"main": "main", "sub": "sub"}),
-        "single_agent": ("single", {"single": "single"}),
-        "shared": ("multi", {"main": "shared", "sub": "shared"}),
-    }[variant]
-
-
-def sample_questions(pool: list, n: int, seed: int, step: int) -> list:
-    return random.Random(step_seed(seed, step, 1)).sample(pool, n)
+def held_out_questions(cfg: TrainConfig) -> list:
+    """The first ``eval_questions`` of the eval split; a clear error if it has fewer."""
+    questions = load_questions("eval")
+    if cfg.eval_questions > len(questions):
+        raise ValueError(f"eval_questions={cfg.eval_questions} is invalid: the eval split has "
+                         f"{len(questions)} questions")
+    return questions[: cfg.eval_questions]
 
 
 class Trainer:
@@ -146,61 +63,40 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.mode, self.roles = worker_layout(cfg.variant)
-        self.tools_for = ToolsByWorld()
+        self.layout = LAYOUTS[cfg.variant]
+        self.eval_questions = held_out_questions(cfg)  # checked before anything is written
         self.train_pool = load_questions("train")
-        self.eval_questions = load_questions("eval")[: cfg.eval_questions]
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        checkpoint = self._prepare(resume)
-        self.start_step = self._checkpoint_step(checkpoint) + 1 if checkpoint else 1
-        self.store = Store(self.run_dir / "store.sqlite")  # the controller's one connection
+        if cfg.questions_per_step > len(self.train_pool):
+            raise ValueError(f"questions_per_step={cfg.questions_per_step} is invalid: the train split has "
+                             f"{len(self.train_pool)} questions")
+        self.tools_for = ToolsByWorld()
+        self.metrics_path = self.run_dir / rundir.METRICS
+        if resume:
+            checkpoint = rundir.resume(self.run_dir)
+        else:
+            rundir.start(self.run_dir, cfg)
+            checkpoint = None
+        self.start_step = rundir.checkpoint_step(checkpoint) + 1 if checkpoint else 1
+        self.store = Store(self.run_dir / rundir.STORE)  # the controller's one connection
         self.workers: dict[str, WorkerHandle] = {}
         try:
-            for agent in dict.fromkeys(self.roles.values()):
-                self.workers[agent] = WorkerHandle(agent, cfg, self.run_dir, checkpoint)
+            for learner in dict.fromkeys(self.layout.learners.values()):
+                self.workers[learner] = WorkerHandle(learner, cfg, self.run_dir, checkpoint)
         except BaseException:
             self.close()
             raise
-        (self.run_dir / "workers.json").write_text(json.dumps({a: w.process.pid for a, w in self.workers.items()}))
+        pids = {learner: w.process.pid for learner, w in self.workers.items()}
+        rundir.write_atomically(self.run_dir / "workers.json", json.dumps(pids))
 
-    # -- run directory -----------------------------------------------------------------
+    def agents(self, temperature: float) -> dict[str, WorkerAgent]:
+        """role -> the agent that answers it, sampling at ``temperature``."""
+        return {role: WorkerAgent(self.workers[learner], temperature) for role, learner in self.layout.learners.items()}
 
-    def _prepare(self, resume: bool) -> Path | None:
-        """Create the run directory, or on resume cut the store and metrics back to the checkpoint."""
-        if not resume:
-            if (self.run_dir / "store.sqlite").exists() or (self.run_dir / "config.json").exists():
-                raise FileExistsError(f"{self.run_dir} already holds a run: resume it with --resume, "
-                                      "or choose another --run-dir")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.cfg.to_json())
-            store = Store(self.run_dir / "store.sqlite", create=True)
-            store.set_meta(variant=self.cfg.variant, seed=self.cfg.seed)
-            store.close()
-            return None
-        checkpoint = latest_checkpoint(self.run_dir)
-        done = self._checkpoint_step(checkpoint) if checkpoint else 0
-        store = Store(self.run_dir / "store.sqlite")
-        store.truncate_after(done)  # steps after the checkpoint are redone, never repeated
-        store.close()
-        if self.metrics_path.exists():
-            # Without a checkpoint the run restarts from the base, step-0 evaluation included.
-            kept = [line for line in _readable_lines(self.metrics_path)
-                    if checkpoint is not None and json.loads(line)["step"] <= done]
-            _write_atomically(self.metrics_path, "".join(line + "\n" for line in kept))
-        return checkpoint
+    def reseed(self, step: int, salt: int, per_worker: bool) -> None:
+        for i, w in enumerate(self.workers.values()):
+            w.request("reseed", step, salt + i if per_worker else salt)
 
-    @staticmethod
-    def _checkpoint_step(checkpoint: Path) -> int:
-        return json.loads((checkpoint / "controller.json").read_text())["step"]
-
-    def log(self, record: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-
-    # -- the loop ------------------------------------------------------------------------
-
-    def agents(self, step: int, temperature: float) -> dict[str, WorkerAgent]:
-        return {role: WorkerAgent(self.workers[agent], step, temperature) for role, agent in self.roles.items()}
+    # -- evaluation ----------------------------------------------------------------------
 
     def evaluate(self, step: int) -> dict:
         """Held-out evaluation at ``eval_temperature`` (``eval/...``), and sampled at
@@ -211,96 +107,74 @@ class Trainer:
         return record
 
     def _evaluate_at(self, step: int, temperature: float, prefix: str) -> dict:
-        for w in self.workers.values():
-            w.request("reseed", step, 99)
-        report, _ = evaluate(self.eval_questions, self.agents(step, temperature), self.mode,
-                             self.cfg.limits, batch_size=len(self.eval_questions), progress=False,
-                             tools_for=self.tools_for)
+        self.reseed(step, SALT_EVALUATION, per_worker=False)
+        report, _ = evaluate(self.eval_questions, self.agents(temperature), self.layout.mode, self.cfg.limits,
+                             batch_size=len(self.eval_questions), progress=False, tools_for=self.tools_for)
         report["accuracy_by_hops"] = {str(h): a for h, a in report["accuracy_by_hops"].items()}  # JSON keys
         return {f"{prefix}/{key}": report[key] for key in EVAL_KEYS}
 
+    # -- one step ------------------------------------------------------------------------
+
     def step(self, step: int) -> dict:
+        """Rollouts, then every worker's half and update of step.py; returns the metrics line."""
         cfg = self.cfg
         t_step = time.perf_counter()
         questions = sample_questions(self.train_pool, cfg.questions_per_step, cfg.seed, step)
-        for i, w in enumerate(self.workers.values()):
-            w.request("reseed", step, 3 + i)
-        episodes = run_episodes(questions, self.tools_for, self.agents(step, cfg.temperature), self.mode,
+        self.reseed(step, SALT_ROLLOUTS, per_worker=True)
+        episodes = run_episodes(questions, self.tools_for, self.agents(cfg.temperature), self.layout.mode,
                                 cfg.limits, rollouts=cfg.rollouts)
         rollout_s = time.perf_counter() - t_step
-        records = [RolloutRecord(i // cfg.rollouts, i % cfg.rollouts, e.question, e.main, e.subs)
-                   for i, e in enumerate(episodes)]
         t_update = time.perf_counter()
-        for agent, w in self.workers.items():
-            payload = {"records": records, "n_questions": cfg.questions_per_step, "n_rollouts": cfg.rollouts,
-                       "train": not (agent == "sub" and cfg.variant == "frozen_sub")}
-            if agent == "sub":  # the sub-agent gets its own trajectories, not the main agent's
-                payload["records"] = [replace(r, main=None) for r in records]
-            w.send("train", step, payload)
+        for learner, w in self.workers.items():
+            mine = episodes
+            if learner != self.layout.main_learner:  # the sub-agent never sees the main trajectories
+                mine = [replace(e, main=None) for e in episodes]
+            w.send("train", step, mine)
         stats: dict = {}
         for w in self.workers.values():
             stats.update(w.receive())
         update_wall = time.perf_counter() - t_update
         t = time.perf_counter()
         self.store.finish_step(step)
-        controller_store_s = time.perf_counter() - t
-        update_sum = sum(v for k, v in stats.items() if k.endswith("/update_s"))
-        store_s = controller_store_s + sum(v for k, v in stats.items() if k.endswith("/store_s"))
+        store_s = time.perf_counter() - t + sum(v for k, v in stats.items() if k.endswith("/store_s"))
         step_s = time.perf_counter() - t_step
         stats.update({"step": step, "rollout/mean_sub_calls": sum(len(e.subs) for e in episodes) / len(episodes),
                       "time/rollout_s": rollout_s, "time/update_wall_s": update_wall,
-                      "time/update_sum_s": update_sum, "time/store_s": store_s, "time/step_s": step_s,
-                      "time/store_frac": store_s / step_s})
+                      "time/update_sum_s": sum(v for k, v in stats.items() if k.endswith("/update_s")),
+                      "time/store_s": store_s, "time/step_s": step_s, "time/store_frac": store_s / step_s})
         return stats
 
     def save_checkpoint(self, step: int) -> None:
-        directory = self.run_dir / "checkpoints" / f"step_{step:05d}"
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = rundir.new_checkpoint(self.run_dir, step)
         for w in self.workers.values():
             w.request("save", directory)
-        _write_atomically(directory / "controller.json", json.dumps({"step": step, "time": time.time()}))  # last: marks it complete
-        for old in sorted((self.run_dir / "checkpoints").glob("step_*"))[:-2]:  # keep the last two
-            shutil.rmtree(old)
+        rundir.complete_checkpoint(directory, step, time.time())
+
+    # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """Steps ``start_step .. steps``, evaluating and checkpointing on schedule; returns
+        the run directory and the base's (step 0) and the last held-out accuracies."""
         cfg = self.cfg
-        first_eval = None
         if self.start_step == 1:
-            first_eval = self.evaluate(0)
-            self.log({"step": 0, **first_eval})
+            rundir.append_jsonl(self.metrics_path, {"step": 0, **self.evaluate(0)})
         bar = tqdm(range(self.start_step, cfg.steps + 1), desc=f"train {cfg.variant}", disable=not self.progress,
                    initial=self.start_step - 1, total=cfg.steps)
-        last = None
         for step in bar:
             record = self.step(step)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record.update(self.evaluate(step))
-            self.log(record)
+            rundir.append_jsonl(self.metrics_path, record)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 self.save_checkpoint(step)
-            last = record
-            postfix = {k.split("/")[0]: f"{v:.2f}" for k, v in record.items() if k.endswith("reward_mean")}
-            for key, name in (("eval/accuracy", "eval"), ("eval_sampled/accuracy", "eval_T")):
-                if key in record:
-                    postfix[name] = f"{record[key]:.2f}"
-            bar.set_postfix(postfix)
-        history = [json.loads(line) for line in _readable_lines(self.metrics_path)]
-
-        def accuracy(key: str, which: int):  # the step-0 (which=0) or the last (-1) evaluation
-            evals = [h for h in history if key in h]
-            if not evals or (which == 0 and evals[0]["step"] != 0):
-                return None
-            return evals[which][key]
-
-        return {"run_dir": str(self.run_dir), "last": last, "first_eval": first_eval,
-                "base_accuracy": accuracy("eval/accuracy", 0), "final_accuracy": accuracy("eval/accuracy", -1),
-                "base_sampled_accuracy": accuracy("eval_sampled/accuracy", 0),
-                "final_sampled_accuracy": accuracy("eval_sampled/accuracy", -1)}
+            bar.set_postfix(_postfix(record))
+        return {"run_dir": str(self.run_dir), **first_and_last_accuracy(rundir.read_jsonl(self.metrics_path))}
 
     def close(self) -> None:
         for w in self.workers.values():
             w.stop()
-        self.store.close()
+        if hasattr(self, "store"):
+            self.store.close()
 
     def __enter__(self):
         return self
@@ -310,39 +184,35 @@ class Trainer:
         return False
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write a temporary file, then rename it over ``path``: a reader sees the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _postfix(record: dict) -> dict:
+    postfix = {k.split("/")[0]: f"{v:.2f}" for k, v in record.items() if k.endswith("reward_mean")}
+    for key, name in (("eval/accuracy", "eval"), ("eval_sampled/accuracy", "eval_T")):
+        if key in record:
+            postfix[name] = f"{record[key]:.2f}"
+    return postfix
 
 
-def _readable_lines(path: Path) -> list[str]:
-    """The lines of a JSONL file that parse; a last line cut by a crash is dropped."""
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            json.loads(line)
-            lines.append(line)
-        except json.JSONDecodeError:
-            continue
-    return lines
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (its controller.json written last), or None."""
-    done = [d for d in sorted((Path(run_dir) / "checkpoints").glob("step_*")) if (d / "controller.json").exists()]
-    return done[-1] if done else None
+def first_and_last_accuracy(history: list[dict]) -> dict:
+    """Held-out accuracy at step 0 (the base) and at the last evaluation, greedy and sampled;
+    None where the history lacks it (a resumed run's step 0 is kept, so it has it)."""
+    out = {}
+    for name, key in (("", "eval/accuracy"), ("_sampled", "eval_sampled/accuracy")):
+        evals = [h for h in history if key in h]
+        out[f"base{name}_accuracy"] = evals[0][key] if evals and evals[0]["step"] == 0 else None
+        out[f"final{name}_accuracy"] = evals[-1][key] if evals else None
+    return out
 
 
 def _decoding(temperature: float) -> str:
     return "greedy" if temperature == 0 else f"sampled, T={temperature:g}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path, bool, bool]:
+    """(config, run directory, resume, quiet) from the command line; exits 2 with one
+    ``error:`` line on bad input, before anything is written."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.train", description=__doc__.split("\n")[0])
     parser.add_argument("--variant", default=None, help="mgrpo | frozen_sub | single_agent | shared")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", default=None, help="the run's seed (an integer >= 0)")
     parser.add_argument("--run-dir", type=Path, help="default: runs/<variant>-s<seed>")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -350,31 +220,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            if args.variant or args.seed is not None or args.overrides:
-                parser.error("--resume takes the run's own config.json; no other options")
-            run_dir, resume = args.resume, True
-            cfg = TrainConfig.load(run_dir / "config.json")
-        else:
-            cfg = TrainConfig().override(args.overrides)
-            cfg = replace(cfg, variant=args.variant or cfg.variant, seed=cfg.seed if args.seed is None else args.seed)
-            run_dir, resume = args.run_dir or Path("runs") / f"{cfg.variant}-s{cfg.seed}", False
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+            if args.variant or args.seed is not None or args.overrides or args.run_dir:
+                raise ValueError("--resume takes the run's own config.json; no other options")
+            return TrainConfig.load(args.resume / rundir.CONFIG), args.resume, True, args.quiet
+        named = [f"variant={args.variant}"] if args.variant is not None else []
+        named += [f"seed={args.seed}"] if args.seed is not None else []
+        cfg = TrainConfig().override(args.overrides + named)
+        held_out_questions(cfg)
+        run_dir = args.run_dir or Path("runs") / f"{cfg.variant}-s{cfg.seed}"
+        return cfg, run_dir, False, args.quiet
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, run_dir, resume, quiet = parse_args(argv)
     try:
-        with Trainer(cfg, run_dir, resume=resume, progress=not args.quiet) as trainer:
+        with Trainer(cfg, run_dir, resume=resume, progress=not quiet) as trainer:
             result = trainer.run()
     except (WorkerDied, WorkerFailed) as err:
         print(f"error: {err}\nThe store and the last checkpoint are intact. Continue with:\n"
               f"  python -m mgrpo_ref.train --resume {run_dir}", file=sys.stderr)
         return 1
-    except (FileExistsError, StoreError) as err:
+    except (OSError, StoreError, ValueError) as err:  # a bad run directory, store or base
         print(f"error: {err}", file=sys.stderr)
         return 2
-    n = len(load_questions("eval")[: cfg.eval_questions])
     for name, temperature in (("", cfg.eval_temperature), ("_sampled", cfg.eval_sampled_temperature)):
         base, final = result[f"base{name}_accuracy"], result[f"final{name}_accuracy"]
         if base is not None and final is not None:
-            print(f"held-out accuracy ({_decoding(temperature)}, {n} questions): "
+            print(f"held-out accuracy ({_decoding(temperature)}, {cfg.eval_questions} questions): "
                   f"base {100 * base:.1f}% -> final {100 * final:.1f}%")
     print(f"run directory: {result['run_dir']}")
     return 0

@@ -2,17 +2,20 @@
 
 PAPER.md section 6: the main agent and the sub-agent each have their own rollout engine and
 trainer. Here each is one process (``multiprocess``, spawn start method) that owns one
-QLoRA policy and answers the controller's messages over a pipe:
+learner (a QLoRA policy and its optimiser) and answers the controller's messages over a pipe:
 
-    ("act", role, contexts, step, temperature)  ->  ("ok", texts)            generation
-    ("reseed", step, salt)                       ->  ("ok", None)             per-step sampling seed
-    ("train", step, payload)                     ->  ("ok", stats)            this agent's update
-    ("save", directory)                          ->  ("ok", None)             checkpoint
-    ("stop",)                                    ->  the process exits
+    ("act", role, contexts, temperature)  ->  ("ok", texts)    generation
+    ("reseed", step, salt)                ->  ("ok", None)     per-step sampling seed
+    ("train", step, episodes)             ->  ("ok", stats)    this agent's half and update
+    ("save", directory)                   ->  ("ok", None)     checkpoint
+    ("stop",)                             ->  the process exits
 
-What crosses the pipe is text (contexts, generated turns, trajectories) and scalars (stats).
-No gradient and no parameter ever leaves a worker; the sub-agent's worker gets the main
-agent's results from the store, not from the controller.
+What crosses the pipe is text (contexts, generated turns, episodes) and scalars (stats). No
+gradient and no parameter ever leaves a worker. The sub-agent's worker gets its episodes
+without their main trajectories and reads correct(M) from the store.
+
+The math of a step is in step.py; a worker adds only what is its own: the pipe, the store's
+reads and writes, thread counts and timing. ``WorkerHandle`` is the controller's end.
 """
 
 from __future__ import annotations
@@ -20,30 +23,19 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-AGENTS = ("main", "sub", "single", "shared")
-"""main: trains on main trajectories; sub: on sub trajectories; single: the single agent;
-shared: one adapter trained on both the main and the sub trajectories."""
-
-
-def step_seed(seed: int, step: int, salt: int) -> int:
-    """Per-step seeds: a resumed run samples exactly what the uninterrupted run would have."""
-    return (seed * 1_000_003 + step * 7919 + salt) % (2**31 - 1)
+MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
 
 
 def update_threads(agent: str, cores: int, d_max: int) -> int:
     """Threads of a worker's update phase, in which the main and the sub worker run at once.
 
     The sub batch holds D_max rows per rollout against the main batch's one, so the sub
-    worker gets every core and the main worker a 1/(D_max + 1) share of them, at least one.
-    The two overlap a little on purpose. On 2 cores (D_max = 4: main 1, sub 2) the update
-    phase took 2.88 s and, in a second run, 3.16 s, against 2.99 s both times with one core
-    each: no clear difference in ``python benchmarks/bench_pipeline.py threads``; in 12-step
-    training runs, an update phase of 3.0 s against 3.4 s. Two threads each is clearly worse (3.5-5.3 s).
+    worker gets every core and the main worker a 1/(D_max + 1) share of them, at least one
+    (``python benchmarks/bench_pipeline.py threads`` measures the split against others).
     A worker that updates alone (single, shared) gets every core.
     """
     if agent == "main":
@@ -55,71 +47,56 @@ class AgentWorker:
     """The state a worker process holds; ``serve`` is its message loop."""
 
     def __init__(self, agent: str, cfg, run_dir: Path, checkpoint: Path | None):
-        from .policy import SamplingSettings, load_policy
+        from .step import LAYOUTS, make_learner
         from .store import Store
 
-        self.agent, self.cfg, self.run_dir = agent, cfg, Path(run_dir)
+        self.agent, self.cfg, self.layout = agent, cfg, LAYOUTS[cfg.variant]
         self.cores = torch.get_num_threads()  # torch's default: the machine's physical cores
-        source = checkpoint / agent if checkpoint is not None else cfg.base
-        self.policy = load_policy(source, quantization=cfg.quantization, lora=cfg.lora,
-                                  sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens),
-                                  seed=cfg.seed)
-        self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        self.learner = make_learner(checkpoint / agent if checkpoint is not None else cfg.base, cfg)
         if checkpoint is not None:
             state = torch.load(checkpoint / f"{agent}_state.pt", weights_only=False)
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.learner.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])
-        self.store = Store(self.run_dir / "store.sqlite")
-        self.encode = self.policy.encode
+        self.store = Store(Path(run_dir) / "store.sqlite")
 
     # -- messages ----------------------------------------------------------------------
 
-    def act(self, role: str, contexts: list[str], step: int, temperature: float) -> list[str]:
+    def act(self, role: str, contexts: list[str], temperature: float) -> list[str]:
+        from dataclasses import replace
+
         torch.set_num_threads(self.cores)  # generation runs one worker at a time: every core
-        self.policy.sampling = replace(self.policy.sampling, temperature=temperature)
-        return self.policy.act(role, contexts)
+        policy = self.learner.policy
+        policy.sampling = replace(policy.sampling, temperature=temperature)
+        return policy.act(role, contexts)
 
     def reseed(self, step: int, salt: int) -> None:
-        self.policy.generator.manual_seed(step_seed(self.cfg.seed, step, salt))
+        from .seeding import step_seed
 
-    def train(self, step: int, payload: dict) -> dict:
-        """This agent's update for ``step`` (see update.py for the math)."""
-        from .update import concat_batches, main_batch, main_rewards, policy_update, sub_batch
+        self.learner.policy.generator.manual_seed(step_seed(self.cfg.seed, step, salt))
 
-        from .config import learning_rate
+    def train(self, step: int, episodes: list) -> dict:
+        """This agent's half of ``step`` and its update (step.py), with the store between halves."""
+        from .step import correct_from_rows, main_half, rollout_rows, sub_half, update_agent
 
         torch.set_num_threads(update_threads(self.agent, self.cores, self.cfg.d_max))
-        cfg, records = self.cfg, payload["records"]
-        lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        b, k, pad = payload["n_questions"], payload["n_rollouts"], self.policy.tokenizer.pad_token_id
-        stats: dict = {}
-        store_s = 0.0
-        batches = []
-        if self.agent in ("main", "single", "shared"):
-            rows = main_rewards(records, cfg.reward)
+        cfg, policy, store_s = self.cfg, self.learner.policy, 0.0
+        halves = []
+        if self.agent == self.layout.main_learner:
+            main = main_half(episodes, cfg, policy)
             t = time.perf_counter()
-            self.store.write_rollouts(step, rows)  # Eq. (R1) results: what the sub-agent will read
+            self.store.write_rollouts(step, rollout_rows(episodes, main, cfg.rollouts))  # for the sub-agent
             store_s += time.perf_counter() - t
-            batch, main_stats = main_batch(records, rows, self.encode, pad, b, k, cfg.adv_eps)
-            batches.append(batch)
-            stats.update({f"main/{key}": v for key, v in main_stats.items()})
-        if self.agent in ("sub", "shared"):
+            halves.append(main)
+        if self.agent == self.layout.sub_learner:
             t = time.perf_counter()
-            store_rows = self.store.wait_rollouts(step, b * k)  # the main agent's results
+            rows = self.store.wait_rollouts(step, cfg.questions_per_step * cfg.rollouts)  # the main agent's results
             store_s += time.perf_counter() - t
-            batch, sub_stats = sub_batch(records, store_rows, self.encode, pad, b, k, cfg.d_max,
-                                         step_seed(cfg.seed, step, 17), cfg.reward, cfg.adv_eps)
-            batches.append(batch)
-            stats.update({f"sub/{key}": v for key, v in sub_stats.items()})
-        batch = batches[0] if len(batches) == 1 else concat_batches(batches, pad)
-        update = policy_update(self.policy, self.optimizer, batch, epochs=cfg.epochs, microbatch=cfg.microbatch,
-                               eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
-                               max_grad_norm=cfg.max_grad_norm, train=payload.get("train", True))
-        stats.update({f"{self.agent}/{key}": v for key, v in update.items()}, **{f"{self.agent}/lr": lr})
+            correct = correct_from_rows(rows, cfg.questions_per_step, cfg.rollouts)  # (B, K)
+            halves.append(sub_half(episodes, correct, cfg, policy, step))
+        stats = {key: v for half in halves for key, v in half.stats.items()}
+        stats.update(update_agent(self.agent, policy, self.learner.optimizer, halves, cfg, step,
+                                  train=self.agent not in self.layout.frozen))
         t = time.perf_counter()
         self.store.write_stats(step, self.agent, stats)
         store_s += time.perf_counter() - t
@@ -128,33 +105,25 @@ class AgentWorker:
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
-        self.policy.save_adapter(directory / self.agent)
-        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        self.learner.policy.save_adapter(directory / self.agent)
+        torch.save({"optimizer": self.learner.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate()}, directory / f"{self.agent}_state.pt")
 
     def serve(self, conn) -> None:
+        handlers = {"act": self.act, "reseed": self.reseed, "train": self.train, "save": self.save}
         while True:
             try:
                 message = conn.recv()
             except EOFError:  # the controller is gone
                 return
-            kind = message[0]
+            kind, args = message[0], message[1:]
+            if kind == "stop":
+                conn.send(("ok", None))
+                return
             try:
-                if kind == "stop":
-                    conn.send(("ok", None))
-                    return
-                if kind == "act":
-                    _, role, contexts, step, temperature = message
-                    reply = self.act(role, contexts, step, temperature)
-                elif kind == "reseed":
-                    reply = self.reseed(*message[1:])
-                elif kind == "train":
-                    reply = self.train(*message[1:])
-                elif kind == "save":
-                    reply = self.save(*message[1:])
-                else:
+                if kind not in handlers:
                     raise ValueError(f"unknown message {kind!r}")
-                conn.send(("ok", reply))
+                conn.send(("ok", handlers[kind](*args)))
             except Exception:  # report, keep serving: the controller decides what to do
                 conn.send(("error", traceback.format_exc()))
 
@@ -171,3 +140,87 @@ def worker_main(conn, agent: str, cfg_dict: dict, run_dir: str, checkpoint: str 
         return
     conn.send(("ok", "ready"))
     worker.serve(conn)
+
+
+# ---------------------------------------------------------------------------
+# The controller's end
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while the controller waited for it."""
+
+
+class WorkerFailed(RuntimeError):
+    """A worker raised an exception; its traceback is in the message."""
+
+
+class WorkerHandle:
+    """The controller's end of one worker process."""
+
+    def __init__(self, agent: str, cfg, run_dir: Path, checkpoint: Path | None):
+        import multiprocess
+        from dataclasses import asdict
+
+        ctx = multiprocess.get_context(MP_START_METHOD)
+        self.agent = agent
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, name=f"mgrpo-{agent}", daemon=True,
+                                   args=(child, agent, asdict(cfg), str(run_dir),
+                                         str(checkpoint) if checkpoint else None))
+        self.process.start()
+        child.close()
+        self.doing = "starting"
+        self.receive()
+
+    def send(self, *message) -> None:
+        self.doing = message[0]
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, OSError):
+            self._died()
+
+    def receive(self):
+        while not self.conn.poll(0.05):
+            if not self.process.is_alive():
+                self._died()
+        try:
+            status, value = self.conn.recv()
+        except (EOFError, OSError):
+            self._died()
+        if status == "error":
+            raise WorkerFailed(f"the {self.agent} worker failed while {self.doing}:\n{value}")
+        return value
+
+    def request(self, *message):
+        self.send(*message)
+        return self.receive()
+
+    def _died(self):
+        self.process.join(timeout=1)
+        raise WorkerDied(f"the {self.agent} worker (pid {self.process.pid}) died while {self.doing} "
+                         f"(exit code {self.process.exitcode})")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it does not answer in time (it may be stuck
+        waiting for store records that a failed peer will never write)."""
+        if self.process.is_alive():
+            try:
+                self.conn.send(("stop",))
+                if self.conn.poll(timeout):
+                    self.conn.recv()
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+        self.process.join(timeout=timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+class WorkerAgent:
+    """The ``episode.Agent`` interface over a worker: one batched request per call."""
+
+    def __init__(self, handle: WorkerHandle, temperature: float):
+        self.handle, self.temperature = handle, temperature
+
+    def act(self, role: str, contexts: list[str]) -> list[str]:
+        return self.handle.request("act", role, contexts, self.temperature)

@@ -406,8 +406,16 @@ def load_world(seed: int, data_dir: Path = DATA_DIR) -> World:
     return World(seed, [Entity(**row) for row in read_jsonl(path)])
 
 
+SPLIT_NAME = re.compile(r"\w[\w-]*")
+"""A split's name: the stem of a file in ``<data_dir>/questions/`` (``train``, ``eval``), never a path."""
+
+
 def load_questions(split: str, data_dir: Path = DATA_DIR) -> list[Question]:
-    """The questions of a committed split ("train" or "eval")."""
+    """The questions of a committed split ("train" or "eval"). A split is a name, not a path: one
+    with a separator, ``..`` or other punctuation is a ValueError; a missing one a FileNotFoundError."""
+    if not isinstance(split, str) or not SPLIT_NAME.fullmatch(split):
+        raise ValueError(f"a split is a name like 'eval' or 'train' (a file in {Path(data_dir) / 'questions'}), "
+                         f"not {split!r}")
     path = Path(data_dir) / "questions" / f"{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no split {split!r} at {path}; run `python -m mgrpo_ref.world --out {data_dir}`")
@@ -415,8 +423,13 @@ def load_questions(split: str, data_dir: Path = DATA_DIR) -> list[Question]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Regenerate the default worlds and question splits.")
-    parser.add_argument("--out", type=Path, default=DATA_DIR, help="output directory (default: data/)")
+    """The CLI. An --out that cannot be a directory is one ``error:`` line and exit status 2,
+    before anything is written."""
+    from .cli import output_dir
+
+    parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.world",
+                                     description="Regenerate the default worlds and question splits.")
+    parser.add_argument("--out", type=output_dir, default=DATA_DIR, help="output directory (default: data/)")
     args = parser.parse_args(argv)
     for path in write_data(args.out):
         print(f"wrote {path}")

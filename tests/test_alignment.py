@@ -32,7 +32,7 @@ def test_d_below_dmax_duplicates_own():
     a = align_sub_trajectories([[2]], d_max=4, seed=0)
     slots = a.source[0, 0].tolist()
     assert slots[:2] == [0, 1] and set(slots[2:]) <= {0, 1}
-    assert a.mask.all()
+    assert a.filled.all()
     assert (a.n_slots, a.n_duplicated, a.n_dropped, a.n_borrowed, a.n_masked) == (4, 2, 0, 0, 0)
     assert a.duplicated_fraction == 0.5
 
@@ -54,13 +54,13 @@ def test_d_zero_borrows_from_same_question():
     assert a.n_borrowed == 3
     # 3 borrowed + 1 extra copy in rollout (0, 1) + 2 + 2 extra copies in question 1.
     assert a.n_duplicated == 3 + 1 + 2 + 2
-    assert a.mask.all()
+    assert a.filled.all()
 
 
 def test_question_without_trajectory_is_masked():
     a = align_sub_trajectories([[0, 0], [1, 0]], d_max=2, seed=0)
-    assert not a.mask[0].any() and (a.source[0] == -1).all()
-    assert a.mask[1].all() and (a.source[1] == 0).all()  # only trajectory 0 exists there
+    assert not a.filled[0].any() and (a.source[0] == -1).all()
+    assert a.filled[1].all() and (a.source[1] == 0).all()  # only trajectory 0 exists there
     assert a.n_masked == 4 and a.masked_fraction == 0.5
     assert a.d_histogram == {0: 3, 1: 1}
 
@@ -120,10 +120,10 @@ def test_alignment_invariants(counts, d_max, seed):
     own, per_question = _own_ranges(counts)
     n = sum(map(sum, counts))
 
-    assert a.source.shape == a.mask.shape == (n_questions, n_rollouts, d_max)
+    assert a.source.shape == a.filled.shape == (n_questions, n_rollouts, d_max)
     assert a.n_slots == n_questions * n_rollouts * d_max == a.source.numel()
     assert a.n_distinct == n
-    assert torch.equal(a.mask, a.source >= 0)
+    assert torch.equal(a.filled, a.source >= 0)
 
     used = set()
     expected_duplicated = expected_borrowed = 0
@@ -152,7 +152,7 @@ def test_alignment_invariants(counts, d_max, seed):
     assert a.n_duplicated == expected_duplicated + expected_borrowed
     assert a.n_dropped == sum(max(d - d_max, 0) for row in counts for d in row)
     assert a.n_dropped == n - len(used)  # dropped trajectories reach no slot at all
-    assert a.n_masked == int((~a.mask).sum())
+    assert a.n_masked == int((~a.filled).sum())
     # every slot is either a first occurrence, a copy, or masked
     assert a.n_slots == (n - a.n_dropped) + a.n_duplicated + a.n_masked
     assert sum(a.d_histogram.values()) == n_questions * n_rollouts
@@ -197,5 +197,5 @@ def test_gather_slots_is_differentiable():
     values = torch.randn(a.n_distinct, requires_grad=True)
     gather_slots(values, a).sum().backward()
     # each value's gradient counts the slots it fills
-    expected = torch.bincount(a.source[a.mask], minlength=a.n_distinct).float()
+    expected = torch.bincount(a.source[a.filled], minlength=a.n_distinct).float()
     torch.testing.assert_close(values.grad, expected)

@@ -162,7 +162,6 @@ def test_hasty_answers_a_multi_hop_question_after_its_first_hop(mode):
 def test_failure_kind_names_the_first_step_off_the_gold_chain():
     from copy import deepcopy
 
-    from mgrpo_ref.episode import Segment
     from mgrpo_ref.evaluate import failure_kind
 
     oracle = ScriptedAgent(ORACLE_NOISE)
@@ -178,9 +177,7 @@ def test_failure_kind_names_the_first_step_off_the_gold_chain():
             elif what == "sub_result":
                 e.subs[value].final = "nobody at all"
             elif what == "sub_task":
-                first = e.subs[value].segments[0]
-                e.subs[value].segments[0] = Segment(first.source, first.text.replace(
-                    good.question.hops[value].question, "Who founded the moon?"))
+                e.subs[value].subtask = "Who founded the moon?"
         return e
 
     assert failure_kind(broken()) == "wrong final answer"
@@ -195,3 +192,31 @@ def test_failure_kind_names_the_first_step_off_the_gold_chain():
     (single,) = run_episodes([one_question(1)], TOOLS, {"single": oracle}, "single")
     with pytest.raises(ValueError, match="multi-agent episodes only"):
         failure_kind(single)
+
+
+def test_transcript_draws_each_sub_agent_under_its_own_delegation():
+    """A repeated delegation runs no sub-agent: nothing is drawn under it, and the next
+    delegation shows its own sub-agent (it used to show the next one's, one step off)."""
+    q = one_question(2)
+    first, second = q.hops
+    main = Replay(main=[f"<delegate>{first.question}</delegate>", f"<delegate>{first.question}</delegate>",
+                        f"<delegate>{second.question}</delegate>", f"<answer>{q.answer}</answer>"],
+                  sub=["<search>first hop</search>", f"<return>{first.answer}</return>",
+                       "<search>second hop</search>", f"<return>{second.answer}</return>"])
+    (episode,) = run_episodes([q], TOOLS, {"main": main, "sub": main})
+    assert len(episode.subs) == 2 and episode.correct
+    lines = transcript(episode).splitlines()
+    delegations = [i for i, line in enumerate(lines) if line.startswith("> <delegate>")]
+    assert len(delegations) == 3
+    under = [lines[a + 1:b] for a, b in zip(delegations, delegations[1:] + [len(lines)])]
+    assert any("first hop" in line for line in under[0]) and not any("second hop" in line for line in under[0])
+    assert not any(line.startswith("      ") for line in under[1])  # the repeat: no sub-agent
+    assert REPEATED in "\n".join(under[1])
+    assert any("second hop" in line for line in under[2]) and not any("first hop" in line for line in under[2])
+
+
+@pytest.mark.parametrize("field", ["main_turns", "sub_turns", "single_turns", "max_turn_chars"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, "3"])
+def test_limits_refuse_a_turn_limit_below_one(field, value):
+    with pytest.raises(ValueError, match=f"{field}=.* is invalid: must be an integer >= 1"):
+        Limits(**{field: value})

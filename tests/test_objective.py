@@ -171,5 +171,5 @@ def test_shape_errors():
     logp = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="advantages"):
         clipped_surrogate_loss(logp, logp, torch.zeros(3), torch.ones(2, 3))
-    with pytest.raises(ValueError, match="mask"):
+    with pytest.raises(ValueError, match="weights"):
         clipped_surrogate_loss(logp, logp, torch.zeros(2), torch.ones(2, 4))

@@ -10,8 +10,7 @@ import torch
 
 from mgrpo_ref.advantages import group_advantages, grouped_advantages
 from mgrpo_ref.episode import run_episodes
-from mgrpo_ref.rewards import (RewardConfig, episode_rewards, main_reward, sub_reward,
-                               subtask_of, verify_sub_result)
+from mgrpo_ref.rewards import RewardConfig, episode_rewards, main_reward, sub_reward, verify_sub_result
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
 
@@ -122,7 +121,7 @@ def test_everything_right():
     episode = play(q, main,
                    ["<search>a</search>", f"<return>{first.answer}</return>",
                     "<search>b</search>", f"<return>{second.answer}</return>"])
-    assert [subtask_of(s) for s in episode.subs] == [first.question, second.question]
+    assert [s.subtask for s in episode.subs] == [first.question, second.question]
     # R_M = a1 + a2 = 1.0; each sub: b1 + b2 + b3 = 1.0
     r_main, r_subs = episode_rewards(episode)
     assert r_main == pytest.approx(1.0) and r_subs == pytest.approx([1.0, 1.0])
@@ -182,15 +181,29 @@ def test_single_agent_gets_main_reward_and_no_sub_rewards():
     assert episode_rewards(episode) == (pytest.approx(1.0), [])
 
 
+def test_non_finite_or_negative_coefficients_are_refused_when_the_config_is_built():
+    # A mistyped coefficient (nan), an overflowing one (inf) or a negative weight is refused
+    # at once, with the field named, instead of turning every advantage of a group into NaN.
+    for field, value in (("a2", float("inf")), ("b2", float("nan")), ("b1", -0.1)):
+        with pytest.raises(ValueError, match=f"{field}=.* is invalid: must be a finite number >= 0"):
+            RewardConfig(**{field: value})
+
+
 def test_non_finite_rewards_are_rejected_by_the_advantages():
-    # A mistyped coefficient (nan) or an overflowing one (inf) must not silently turn
-    # every advantage of the group into NaN: the advantage functions raise.
-    q = one_question(1)
-    hop = q.hops[0]
-    episode = play(q, [delegate(hop.question), f"<answer>{q.answer}</answer>"],
-                   ["<search>a</search>", f"<return>{hop.answer}</return>"])
-    r_main, r_subs = episode_rewards(episode, RewardConfig(a2=float("inf"), b2=float("nan")))
     with pytest.raises(ValueError, match="finite"):
-        group_advantages(torch.tensor([[r_main, 0.1]]))
+        group_advantages(torch.tensor([[float("inf"), 0.1]]))
     with pytest.raises(ValueError, match="finite"):
-        grouped_advantages(torch.tensor(r_subs), torch.zeros(len(r_subs), dtype=torch.long))
+        grouped_advantages(torch.tensor([float("nan"), 0.5]), torch.zeros(2, dtype=torch.long))
+
+
+def test_the_subtask_is_kept_as_the_main_agent_delegated_it():
+    """The sub trajectory keeps its subtask as given, equal to the <task> block of its prompt."""
+    from mgrpo_ref.protocol import blocks
+    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
+
+    teacher = ScriptedAgent(TeacherNoise().scaled(2.0), seed=5)
+    episodes = run_episodes(load_questions("eval")[:40], TOOLS, {"main": teacher, "sub": teacher}, rollouts=2)
+    subs = [s for e in episodes for s in e.subs]
+    assert len(subs) > 50
+    for s in subs:
+        assert s.subtask == next(content for tag, content in blocks(s.prompt) if tag == "task")

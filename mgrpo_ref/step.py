@@ -1,0 +1,311 @@
+"""One M-GRPO training step, all of it in this file (PAPER.md sections 2-5).
+
+It reads top to bottom in data order. The controller has run the step's B * K episodes
+(``episode.run_episodes``), ordered (question, rollout): episode i is rollout k = i % K of
+question b = i // K. From there:
+
+    main agent                                  sub-agent
+    ----------                                  ---------
+    R_M (B, K)             Eq. (R1)  main_half
+    A_M (B, K)             Eq. (1)
+    correct(M) (B, K)  --- the store --->       correct(M) (B, K)
+                                                R_S (N,)            Eq. (R2)  sub_half
+                                                A_S (N,)            Eq. (2)   per question,
+                                                                              distinct trajectories
+                                                alignment: B*K*D slots
+    batch: B*K rows                             batch: B*K*D rows (masked slots weigh 0)
+    clipped update         Eq. (3)-(6)          clipped update      Eq. (3)-(6)   update_agent
+
+Only correct(M), a (B, K) table of booleans, passes from the main agent's half to the
+sub-agent's. In the two-process pipeline (worker.py) each worker calls its own half and
+``update_agent``, and correct(M) travels through the store; ``one_step`` calls the same
+functions in one process and passes it directly (notebooks, tests).
+
+Dimension letters (the package docstring has the glossary): B questions per step
+(``questions_per_step``), K rollouts per question (``rollouts``), D sub-agent slots per
+rollout (``d_max``), N distinct sub trajectories, M rows of a batch, T tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .advantages import equal_reward_fraction, group_advantages, grouped_advantages
+from .alignment import align_sub_trajectories
+from .batching import PolicyBatch, concat_batches, encode_trajectory, slot_batch, trajectory_batch
+from .config import TrainConfig, learning_rate
+from .episode import Episode
+from .objective import clipped_surrogate_loss
+from .rewards import rollout_main_reward, rollout_sub_rewards
+from .seeding import SALT_ALIGNMENT, step_seed
+
+
+# ---------------------------------------------------------------------------
+# Who trains on what: the variants
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a variant maps the episode's roles onto learners (one adapter each)."""
+
+    mode: str
+    """Episode mode: "multi" (main agent and sub-agents) or "single" (one agent does every hop)."""
+    learners: dict[str, str]
+    """role -> learner: "main" and "sub", or "single"."""
+    frozen: tuple[str, ...] = ()
+    """Learners that compute their statistics but never update."""
+
+    @property
+    def main_learner(self) -> str:
+        """The learner of the main (or single) trajectories: it computes the main half."""
+        return self.learners["main" if self.mode == "multi" else "single"]
+
+    @property
+    def sub_learner(self) -> str | None:
+        """The learner of the sub trajectories (None without sub-agents)."""
+        return self.learners.get("sub")
+
+
+LAYOUTS = {
+    "mgrpo": Layout("multi", {"main": "main", "sub": "sub"}),
+    "frozen_sub": Layout("multi", {"main": "main", "sub": "sub"}, frozen=("sub",)),
+    "single_agent": Layout("single", {"single": "single"}),
+    "shared": Layout("multi", {"main": "shared", "sub": "shared"}),  # one adapter, both roles
+}
+"""The four variants of ``TrainConfig.variant``."""
+
+
+# ---------------------------------------------------------------------------
+# The two halves of a step
+
+
+@dataclass
+class Half:
+    """One agent's share of a step: the rows it trains on and the statistics to log."""
+
+    batch: PolicyBatch
+    stats: dict
+    rewards: list[float]
+    """R_M of each rollout (main half: B*K, in episode order) or R_S of each sub trajectory (sub half: N)."""
+    correct: torch.Tensor | None = field(default=None)
+    """(B, K) bool correct(M); the main half only. It is all the sub-agent's half needs of it."""
+
+
+def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
+    """The main (or single) agent: R_M, A_M over each question's K rollouts, its batch."""
+    b, k = cfg.questions_per_step, cfg.rollouts
+    check_episodes(episodes, cfg, with_main=True)
+    r_main = [rollout_main_reward(e, cfg.reward) for e in episodes]  # B*K  Eq. (R1)
+    rewards = torch.tensor(r_main).view(b, k)  # (B, K)
+    correct = torch.tensor([e.correct for e in episodes]).view(b, k)  # (B, K) bool
+    advantages = group_advantages(rewards, cfg.adv_eps)  # (B, K)  Eq. (1)
+    sequences = [encode_trajectory(e.main, policy.encode) for e in episodes]  # B*K (ids, loss mask)
+    batch = trajectory_batch(sequences, advantages.flatten(), policy.pad_id)  # (B*K, T)
+    n = len(episodes)
+    stats = {"reward_mean": rewards.mean().item(),
+             "accuracy": int(correct.sum()) / n,
+             "format_valid": sum(e.main.format_valid for e in episodes) / n,
+             "equal_reward_frac": equal_reward_fraction(rewards)}
+    return Half(batch, {f"main/{key}": v for key, v in stats.items()}, r_main, correct)
+
+
+def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConfig, policy, step: int) -> Half:
+    """The sub-agent: R_S with the main agent's correctness, A_S over each question's distinct
+    sub trajectories, then alignment to B*K*D slots and the slot batch.
+
+    ``main_correct`` (B, K) is correct(M) as the main agent's half found it; the episodes'
+    main trajectories are not read (in the pipeline the sub-agent's worker never gets them).
+    """
+    b, k = cfg.questions_per_step, cfg.rollouts
+    check_episodes(episodes, cfg, with_main=False)
+    if tuple(main_correct.shape) != (b, k):
+        raise ValueError(f"main_correct must be (B, K) = {(b, k)}, got {tuple(main_correct.shape)}")
+    r_sub, groups, verified = [], [], []
+    for i, e in enumerate(episodes):
+        r, ok = rollout_sub_rewards(e.question, e.subs, bool(main_correct.view(-1)[i]), cfg.reward)  # Eq. (R2)
+        r_sub += r
+        verified += ok
+        groups += [i // k] * len(r)  # the group is the question
+    rewards = torch.tensor(r_sub, dtype=torch.float)  # (N,)
+    groups = torch.tensor(groups, dtype=torch.long)  # (N,)
+    advantages = grouped_advantages(rewards, groups, cfg.adv_eps)  # (N,)  Eq. (2), before any copy
+    counts = [[len(e.subs) for e in episodes[q * k:(q + 1) * k]] for q in range(b)]  # (B, K) d per rollout
+    alignment = align_sub_trajectories(counts, cfg.d_max, step_seed(cfg.seed, step, SALT_ALIGNMENT))
+    sequences = [encode_trajectory(s, policy.encode) for e in episodes for s in e.subs]  # N
+    batch = slot_batch(sequences, advantages, alignment, policy.pad_id)  # (B*K*D, T)
+    n = len(rewards)
+    stats = {"reward_mean": rewards.mean().item() if n else 0.0,
+             "verified": torch.tensor(verified).float().mean().item() if n else 0.0,
+             "format_valid": sum(s.format_valid for e in episodes for s in e.subs) / max(n, 1),
+             "n_trajectories": n,
+             "equal_reward_frac": equal_reward_fraction(rewards, groups) if n else 0.0,
+             "align_duplicated_frac": alignment.duplicated_fraction,
+             "align_dropped_frac": alignment.dropped_fraction,
+             "align_masked_frac": alignment.masked_fraction,
+             "d_histogram": {str(d): count for d, count in alignment.d_histogram.items()}}
+    return Half(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub)
+
+
+def check_episodes(episodes: list[Episode], cfg: TrainConfig, with_main: bool) -> None:
+    """B*K episodes in (question, rollout) order, the K of a question on the same question."""
+    b, k = cfg.questions_per_step, cfg.rollouts
+    if len(episodes) != b * k:
+        raise ValueError(f"a step needs B*K = {b}*{k} = {b * k} episodes, got {len(episodes)}")
+    for i, e in enumerate(episodes):
+        if e.rollout != i % k or e.question.qid != episodes[i - i % k].question.qid:
+            raise ValueError(f"episode {i} must be rollout {i % k} of question {i // k} "
+                             f"(got rollout {e.rollout} of {e.question.qid})")
+        if with_main and e.main is None:
+            raise ValueError(f"episode {i} has no main trajectory")
+
+
+def rollout_rows(episodes: list[Episode], half: Half, rollouts: int) -> list[dict]:
+    """The main half's results as the store's rows, one per rollout: what the sub-agent reads."""
+    return [dict(question_index=i // rollouts, rollout=i % rollouts, qid=e.question.qid,
+                 main_reward=half.rewards[i], correct=bool(half.correct.view(-1)[i]),
+                 format_valid=e.main.format_valid, n_sub=len(e.subs))
+            for i, e in enumerate(episodes)]
+
+
+def correct_from_rows(rows: list[dict], questions_per_step: int, rollouts: int) -> torch.Tensor:
+    """(B, K) bool correct(M), from the store's rows of one step."""
+    correct = torch.zeros(questions_per_step, rollouts, dtype=torch.bool)  # (B, K)
+    seen = torch.zeros_like(correct)
+    for row in rows:
+        correct[row["question_index"], row["rollout"]] = bool(row["correct"])
+        seen[row["question_index"], row["rollout"]] = True
+    if not seen.all():
+        raise ValueError(f"the store holds {int(seen.sum())} of the step's "
+                         f"{questions_per_step * rollouts} rollout rows")
+    return correct
+
+
+# ---------------------------------------------------------------------------
+# The update: each agent on its own rows, Eq. (3)-(6)
+
+
+def update_agent(name: str, policy, optimizer, halves: list[Half], cfg: TrainConfig, step: int,
+                 train: bool = True) -> dict:
+    """One agent's update on its halves' rows (two halves: the shared adapter), as ``<name>/...`` stats."""
+    lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batches = [h.batch for h in halves]
+    batch = batches[0] if len(batches) == 1 else concat_batches(batches, policy.pad_id)
+    stats = policy_update(policy, optimizer, batch, epochs=cfg.epochs, microbatch=cfg.microbatch,
+                          eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
+                          max_grad_norm=cfg.max_grad_norm, train=train)
+    return {**{f"{name}/{key}": v for key, v in stats.items()}, f"{name}/lr": lr}
+
+
+def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microbatch: int,
+                  eps_low: float, eps_high: float, kl_coef: float, max_grad_norm: float,
+                  train: bool = True) -> dict:
+    """Clipped token-level objective (Eq. 3-6) over the whole batch, ``epochs`` optimiser steps.
+
+    The loss of each microbatch is its token mean times its share of the batch's tokens, so
+    the accumulated gradient is that of one token-level mean over every weighted token of
+    the batch. ``train=False`` computes the same statistics without changing the adapter
+    (the frozen sub-agent).
+
+    pi_old is the policy that sampled the batch. With more than one epoch it needs a pass of
+    its own before the first optimiser step. With one pass the adapter has not moved when the
+    loss is computed, so pi_old's log-probs are the current ones, detached: the ratio is
+    exactly 1 and the gradient is unchanged, at one forward pass fewer (tested).
+    """
+    start = time.perf_counter()
+    n_tokens = batch.token_weights.sum().item()
+    passes = epochs if train else 1
+    with torch.no_grad():
+        old = ([policy.token_logprobs(ids, att) for ids, att, _, _ in _microbatches(batch, microbatch)]
+               if passes > 1 else None)
+        ref = ([policy.token_logprobs(ids, att, reference=True) for ids, att, _, _ in _microbatches(batch, microbatch)]
+               if kl_coef > 0 else None)
+    totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0}
+    grad_norm = 0.0
+    for _ in range(passes):
+        optimizer.zero_grad(set_to_none=True)
+        for i, (ids, att, weights, adv) in enumerate(_microbatches(batch, microbatch)):
+            share = weights.sum().item() / max(n_tokens, 1.0)
+            with torch.set_grad_enabled(train):
+                logp = policy.token_logprobs(ids, att)  # (m, t)
+                logp_old = old[i] if old is not None else logp.detach()  # pi_old, see above
+                loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, eps_low, eps_high, kl_coef,
+                                                    ref[i] if ref is not None else None)  # Eq. (3)-(6)
+                if train:
+                    (loss * share).backward()
+            totals["loss"] += loss.item() * share
+            for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref"):
+                totals[key] += diag[key] * share
+        if train:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm))
+            optimizer.step()
+    stats = {key: v / passes for key, v in totals.items()}
+    stats.update(grad_norm=grad_norm, n_tokens=n_tokens, n_rows=len(batch),
+                 update_s=time.perf_counter() - start, trained=train)
+    return stats
+
+
+def _microbatches(batch: PolicyBatch, size: int):
+    """Row slices of at most ``size``, each trimmed to its own longest sequence.
+
+    At least two positions are kept: bitsandbytes takes an inference-only kernel when a
+    4-bit layer's input is a single token vector, which fails under autograd (a microbatch
+    of one masked slot is one pad token). The added column is padding: attention 0, weight 0.
+    """
+    pad = torch.nn.functional.pad
+    for start in range(0, len(batch), size):
+        rows = slice(start, start + size)
+        t = max(2, int(batch.attention_mask[rows].sum(dim=1).max()))
+        extra = max(0, t - batch.input_ids.shape[1])
+        yield (pad(batch.input_ids[rows, :t], (0, extra)), pad(batch.attention_mask[rows, :t], (0, extra)),
+               pad(batch.token_weights[rows, :t], (0, extra)), batch.advantages[rows])
+
+
+# ---------------------------------------------------------------------------
+# The whole step in one process
+
+
+@dataclass
+class Learner:
+    """One adapter being trained: its policy and its optimiser."""
+
+    policy: object
+    optimizer: torch.optim.Optimizer
+
+
+def make_learner(source, cfg: TrainConfig) -> Learner:
+    """A policy loaded from ``source`` (the base, or a saved adapter) and its AdamW optimiser."""
+    from .policy import SamplingSettings, load_policy
+
+    policy = load_policy(source, quantization=cfg.quantization, lora=cfg.lora,
+                         sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens), seed=cfg.seed)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=tuple(cfg.betas))
+    return Learner(policy, optimizer)
+
+
+def one_step(episodes: list[Episode], learners: dict[str, Learner], cfg: TrainConfig, step: int) -> dict:
+    """Every learner's update for ``step`` in this process, from the step's episodes.
+
+    ``learners`` maps the variant's learner names (``LAYOUTS[cfg.variant]``) to their
+    state. The numbers are those of the two-process pipeline: the same functions, with
+    correct(M) passed directly instead of through the store.
+    """
+    layout = LAYOUTS[cfg.variant]
+    halves: dict[str, list[Half]] = {name: [] for name in learners}
+    main = main_half(episodes, cfg, learners[layout.main_learner].policy)
+    halves[layout.main_learner].append(main)
+    if layout.sub_learner is not None:
+        sub = sub_half(episodes, main.correct, cfg, learners[layout.sub_learner].policy, step)
+        halves[layout.sub_learner].append(sub)
+    stats: dict = {}
+    for name, learner in learners.items():
+        for half in halves[name]:
+            stats.update(half.stats)
+        stats.update(update_agent(name, learner.policy, learner.optimizer, halves[name], cfg, step,
+                                  train=name not in layout.frozen))
+    return stats

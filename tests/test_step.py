@@ -1,0 +1,233 @@
+"""One M-GRPO step (step.py): each half from episodes, the update, and the whole step in one
+process against the two-process pipeline."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mgrpo_ref.batching import PolicyBatch, concat_batches
+from mgrpo_ref.config import TrainConfig
+from mgrpo_ref.episode import run_episodes
+from mgrpo_ref.objective import clipped_surrogate_loss
+from mgrpo_ref.policy import load_policy
+from mgrpo_ref.pretrain import SIZES, pretrain
+from mgrpo_ref.rewards import episode_rewards
+from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
+from mgrpo_ref.step import (LAYOUTS, check_episodes, correct_from_rows, main_half, policy_update,
+                            rollout_rows, sub_half)
+from mgrpo_ref.config import VARIANTS
+from mgrpo_ref.tools import ToolsByWorld
+from mgrpo_ref.world import load_questions
+
+B, K, D = 3, 4, 3
+CFG = TrainConfig(questions_per_step=B, rollouts=K, d_max=D)
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    questions = load_questions("eval")[:B]
+    teacher = ScriptedAgent(TeacherNoise().scaled(1.5), seed=2)
+    return run_episodes(questions, ToolsByWorld(), {"main": teacher, "sub": teacher}, rollouts=K)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    pretrain(SIZES["tiny"], out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy(base):
+    return load_policy(base)
+
+
+def test_every_variant_has_a_layout():
+    assert set(LAYOUTS) == set(VARIANTS)
+    assert LAYOUTS["shared"].main_learner == LAYOUTS["shared"].sub_learner == "shared"
+    assert LAYOUTS["single_agent"].sub_learner is None and LAYOUTS["frozen_sub"].frozen == ("sub",)
+
+
+def test_the_halves_reward_exactly_as_episode_rewards(episodes, policy):
+    """The rewards training uses are the notebooks' rewards (rewards.episode_rewards)."""
+    main = main_half(episodes, CFG, policy)
+    sub = sub_half(episodes, main.correct, CFG, policy, step=1)
+    expected = [episode_rewards(e, CFG.reward) for e in episodes]
+    assert main.rewards == [r_main for r_main, _ in expected]
+    assert sub.rewards == [r for _, r_subs in expected for r in r_subs]
+    assert main.correct.flatten().tolist() == [e.correct for e in episodes]
+
+
+def test_store_rows_carry_correct_m_by_question_and_rollout(episodes, policy):
+    main = main_half(episodes, CFG, policy)
+    rows = rollout_rows(episodes, main, K)
+    assert [(r["question_index"], r["rollout"]) for r in rows] == [(b, k) for b in range(B) for k in range(K)]
+    for e, row in zip(episodes, rows):
+        expected = 0.0 if not e.main.format_valid else (1.0 if row["correct"] else 0.1)
+        assert row["main_reward"] == pytest.approx(expected) and row["n_sub"] == len(e.subs)
+    assert torch.equal(correct_from_rows(rows, B, K), main.correct)
+    with pytest.raises(ValueError, match="11 of the step's 12"):
+        correct_from_rows(rows[1:], B, K)
+
+
+def test_the_sub_half_uses_the_given_correctness_not_the_trajectories(episodes, policy):
+    correct = main_half(episodes, CFG, policy).correct
+    blind = [replace(e, main=None) for e in episodes]  # what the sub-agent's worker gets
+    r_true = torch.tensor(sub_half(blind, correct, CFG, policy, 1).rewards)
+    r_flip = torch.tensor(sub_half(blind, ~correct, CFG, policy, 1).rewards)
+    valid = torch.tensor([s.format_valid for e in episodes for s in e.subs])
+    # a valid sub trajectory gains or loses exactly b2 = 0.5 with the main agent's correctness
+    assert torch.allclose((r_true - r_flip).abs()[valid], torch.full((int(valid.sum()),), 0.5))
+    assert torch.all(r_true[~valid] == 0) and torch.all(r_flip[~valid] == 0)
+
+
+def test_batches_have_the_fixed_shapes(episodes, policy):
+    main = main_half(episodes, CFG, policy)
+    mb = main.batch
+    assert len(mb) == B * K and mb.advantages.shape == (B * K,)
+    assert torch.allclose(mb.advantages.view(B, K).sum(dim=1), torch.zeros(B), atol=1e-4)  # centred per group
+    sub = sub_half(episodes, main.correct, CFG, policy, step=1)
+    sb = sub.batch
+    assert len(sb) == B * K * D and sb.token_weights.shape[0] == B * K * D
+    assert 0 <= sub.stats["sub/align_duplicated_frac"] <= 1
+    assert sub.stats["sub/n_trajectories"] == sum(len(e.subs) for e in episodes)
+    both = concat_batches([mb, sb], policy.pad_id)
+    assert len(both) == B * K + B * K * D and both.input_ids.shape[1] == max(mb.input_ids.shape[1], sb.input_ids.shape[1])
+
+
+def test_the_halves_check_their_inputs(episodes, policy):
+    with pytest.raises(ValueError, match="B\\*K = 3\\*4 = 12 episodes, got 11"):
+        main_half(episodes[:-1], CFG, policy)
+    shuffled = [episodes[1], episodes[0]] + episodes[2:]
+    with pytest.raises(ValueError, match="episode 0 must be rollout 0 of question 0"):
+        check_episodes(shuffled, CFG, with_main=True)
+    with pytest.raises(ValueError, match="no main trajectory"):
+        main_half([replace(e, main=None) for e in episodes], CFG, policy)
+    with pytest.raises(ValueError, match="main_correct must be"):
+        sub_half(episodes, torch.zeros(B * K, dtype=torch.bool), CFG, policy, 1)
+
+
+def test_a_policy_batch_checks_its_shapes():
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="token_weights"):
+        PolicyBatch(ids, torch.ones_like(ids), torch.ones(2, 4), torch.zeros(2))
+    with pytest.raises(ValueError, match="advantages"):
+        PolicyBatch(ids, torch.ones_like(ids), torch.ones(2, 3), torch.zeros(3))
+
+
+def test_policy_update_moves_the_adapter_only_with_a_signal(policy):
+    ids = torch.tensor([policy.encode("<answer>Kaun</answer>")] * 2)
+    batch = PolicyBatch(ids, torch.ones_like(ids), torch.ones(ids.shape), torch.tensor([1.0, -1.0]))
+    lora = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+    kwargs = dict(epochs=1, microbatch=1, eps_low=0.2, eps_high=0.28, kl_coef=0.0, max_grad_norm=1.0)
+    # identical sequences with advantages +1 and -1 cancel exactly: no signal, no move
+    stats = policy_update(policy, opt, batch, **kwargs)
+    assert stats["mean_ratio"] == pytest.approx(1.0) and stats["clip_frac"] == 0.0
+    assert all(torch.equal(p, lora[n]) for n, p in policy.model.named_parameters() if p.requires_grad)
+    zero = PolicyBatch(ids, torch.ones_like(ids), torch.ones(ids.shape), torch.zeros(2))
+    frozen = policy_update(policy, opt, zero, train=False, **kwargs)
+    assert frozen["trained"] is False
+    # a real signal moves the adapter
+    signal = PolicyBatch(ids, torch.ones_like(ids), torch.ones(ids.shape), torch.tensor([1.0, 1.0]))
+    policy_update(policy, opt, signal, **kwargs)
+    moved = [n for n, p in policy.model.named_parameters() if p.requires_grad and not torch.equal(p, lora[n])]
+    assert moved and all("lora_" in n for n in moved)
+
+
+def test_update_on_a_single_one_token_row(policy):
+    """A microbatch holding one masked slot (one pad token) must not hit bitsandbytes'
+    inference-only single-vector kernel under autograd."""
+    pad = policy.tokenizer.pad_token_id
+    batch = PolicyBatch(torch.tensor([[pad]]), torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1),
+                        torch.zeros(1))
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+    stats = policy_update(policy, opt, batch, epochs=1, microbatch=1, eps_low=0.2, eps_high=0.28,
+                          kl_coef=0.0, max_grad_norm=1.0)
+    assert stats["n_tokens"] == 0 and stats["loss"] == 0.0
+
+
+def test_one_epoch_update_equals_the_textbook_one_with_a_separate_pi_old_pass(policy):
+    """With one epoch, policy_update reuses the current log-probs (detached) as pi_old. The
+    adapter must land where the textbook recipe puts it: a no-grad pi_old pass first, then
+    the clipped loss, backward, clipping and one optimiser step."""
+    rows = [policy.encode(t) for t in ("<answer>Kaun</answer>", "<answer>Mira Sol</answer>", "<task>who is it</task>")]
+    ids = torch.tensor([r[:min(map(len, rows))] for r in rows])  # (3, T): equal lengths, no padding
+    mask = torch.ones(ids.shape)
+    mask[2, :3] = 0.0  # a row with part of its tokens out of the loss
+    batch = PolicyBatch(ids, torch.ones_like(ids), mask, torch.tensor([1.5, -0.5, 0.7]))
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+
+    def fresh_optimizer():
+        for p, s in zip(params, start):
+            p.data.copy_(s)
+        return torch.optim.AdamW(policy.trainable_parameters(), lr=5e-2, weight_decay=0.0)
+
+    stats = policy_update(policy, fresh_optimizer(), batch, epochs=1, microbatch=8, eps_low=0.2,
+                          eps_high=0.28, kl_coef=0.0, max_grad_norm=0.5)
+    fast = [p.detach().clone() for p in params]
+
+    optimizer = fresh_optimizer()
+    with torch.no_grad():
+        old = policy.token_logprobs(batch.input_ids, batch.attention_mask)  # pi_old, its own pass
+    optimizer.zero_grad()
+    logp = policy.token_logprobs(batch.input_ids, batch.attention_mask)
+    loss, _ = clipped_surrogate_loss(logp, old, batch.advantages, batch.token_weights, 0.2, 0.28)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 0.5)
+    optimizer.step()
+
+    assert stats["loss"] == pytest.approx(loss.item(), abs=1e-6) and stats["mean_ratio"] == 1.0
+    assert any(not torch.equal(f, s) for f, s in zip(fast, start))  # the update did move the adapter
+    for f, p in zip(fast, params):
+        torch.testing.assert_close(f, p.detach())
+    for p, s in zip(params, start):  # leave the shared fixture as it was
+        p.data.copy_(s)
+
+
+# ---------------------------------------------------------------------------
+# The whole step in one process gives the two-process pipeline's numbers
+
+
+@pytest.mark.parametrize("variant", ["mgrpo", "shared"])
+def test_one_step_in_one_process_matches_the_two_process_run(base, tmp_path, variant):
+    from safetensors.torch import load_file
+
+    from mgrpo_ref.rundir import read_jsonl
+    from mgrpo_ref.seeding import SALT_ROLLOUTS, step_seed
+    from mgrpo_ref.step import make_learner, one_step
+    from mgrpo_ref.train import Trainer, sample_questions
+
+    cfg = TrainConfig(variant=variant, base=str(base), steps=1, questions_per_step=2, rollouts=3, d_max=2,
+                      eval_questions=2, eval_sampled_temperature=0.0, max_new_tokens=12, microbatch=8)
+    with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
+        trainer.run()
+    piped = read_jsonl(tmp_path / "run" / "metrics.jsonl")[1]
+
+    layout = LAYOUTS[variant]
+    learners = {name: make_learner(cfg.base, cfg) for name in dict.fromkeys(layout.learners.values())}
+    for i, learner in enumerate(learners.values()):  # the trainer's per-step seeds
+        learner.policy.generator.manual_seed(step_seed(cfg.seed, 1, SALT_ROLLOUTS + i))
+    questions = sample_questions(load_questions("train"), cfg.questions_per_step, cfg.seed, 1)
+    agents = {role: learners[name].policy for role, name in layout.learners.items()}
+    episodes = run_episodes(questions, ToolsByWorld(), agents, layout.mode, cfg.limits, rollouts=cfg.rollouts)
+    stats = one_step(episodes, learners, cfg, step=1)
+
+    assert stats["main/grad_norm"] > 0  # the step did move the adapters
+    assert stats["main/reward_mean"] == piped["main/reward_mean"]
+    assert stats["sub/reward_mean"] == piped["sub/reward_mean"]
+    assert stats["sub/d_histogram"] == piped["sub/d_histogram"]
+    for key, value in stats.items():
+        if key.endswith(("update_s", "store_s")):
+            continue
+        assert value == pytest.approx(piped[key], rel=1e-4, abs=1e-6), key
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00001"
+    for name, learner in learners.items():
+        saved = load_file(checkpoint / name / "adapter_model.safetensors")
+        here = {n: p for n, p in learner.policy.model.named_parameters() if p.requires_grad}
+        assert len(saved) == len(here)
+        for n, p in here.items():
+            saved_name = n.replace(".default", "")
+            torch.testing.assert_close(p.detach(), saved[saved_name], rtol=1e-4, atol=1e-6)
