@@ -7,7 +7,7 @@
 timing   reads a finished run's metrics.jsonl and prints, per step and in total: step time,
          the share of it spent in store reads and writes (target <= 2%), and the update
          phase's wall time against the sum of the two workers' update times (overlap).
-sub-flat times the sub-agent's update (update.sub_batch + update.policy_update, exactly what
+sub-flat times the sub-agent's update (step.sub_half + step.policy_update, exactly what
          its worker runs) on batches whose distribution of sub-agent calls d differs (all
          d = 1, all d = 4, all d = 6, a realistic mix, half the rollouts d = 0) at a fixed
          D_max = 4: the aligned batch is always B*K*D rows, so the time should stay flat.
@@ -62,9 +62,9 @@ def sub_flat(base: Path, repeats: int = 3) -> None:
     import torch
 
     from mgrpo_ref.config import TrainConfig
+    from mgrpo_ref.episode import Episode
     from mgrpo_ref.policy import load_policy
-    from mgrpo_ref.rewards import RewardConfig
-    from mgrpo_ref.update import RolloutRecord, policy_update, sub_batch
+    from mgrpo_ref.step import policy_update, sub_half
     from mgrpo_ref.worker import update_threads
 
     cfg = TrainConfig()
@@ -80,48 +80,44 @@ def sub_flat(base: Path, repeats: int = 3) -> None:
               "mix 0-6": lambda: rng.choice([0, 1, 1, 2, 2, 3, 4, 6]), "half d=0": lambda: rng.choice([0, 4])}
     print(f"B={b} K={k} D_max={d_max}: sub batch is always {b * k * d_max} rows; {threads} threads")
     for name, draw in shapes.items():
-        records = [RolloutRecord(q, r, questions[q], None, [rng.choice(pool[q]) for _ in range(draw())])
-                   for q in range(b) for r in range(k)]
-        rows = [dict(question=q, rollout=r, correct=rng.random() < 0.5) for q in range(b) for r in range(k)]
+        shaped = [Episode(questions[q], "multi", None, [rng.choice(pool[q]) for _ in range(draw())], r)
+                  for q in range(b) for r in range(k)]
+        correct = torch.tensor([rng.random() < 0.5 for _ in shaped]).view(b, k)  # (B, K) correct(M)
         times = []
         for _ in range(repeats):
-            batch, _ = sub_batch(records, rows, policy.encode, policy.tokenizer.pad_token_id, b, k, d_max, 0,
-                                 RewardConfig(), cfg.adv_eps)
+            batch = sub_half(shaped, correct, cfg, policy, step=1).batch
             start = time.perf_counter()
             policy_update(policy, optimizer, batch, epochs=1, microbatch=cfg.microbatch, eps_low=0.2,
                           eps_high=0.28, kl_coef=0.0, max_grad_norm=1.0)
             times.append(time.perf_counter() - start)
-        n = sum(len(r.subs) for r in records)
+        n = sum(len(e.subs) for e in shaped)
         print(f"{name:10s}: N={n:4d} distinct sub trajectories, {len(batch)} rows, update "
               f"{statistics.median(times):6.2f} s (median of {repeats})")
 
 
 def _teacher_batches(base: Path):
     """The default config's main and sub batches, built from the teacher's episodes."""
+    import torch
+
     from mgrpo_ref.config import TrainConfig
     from mgrpo_ref.policy import load_policy
-    from mgrpo_ref.rewards import RewardConfig
-    from mgrpo_ref.update import RolloutRecord, main_batch, main_rewards, sub_batch
+    from mgrpo_ref.step import main_half, sub_half
 
     cfg = TrainConfig()
-    b, k = cfg.questions_per_step, cfg.rollouts
     _, episodes = _teacher_episodes(cfg)
-    records = [RolloutRecord(i // k, i % k, e.question, e.main, e.subs) for i, e in enumerate(episodes)]
-    rows = main_rewards(records, RewardConfig())
-    rng = random.Random(0)  # the teacher is rarely right: flip some rows so advantages vary
-    rows = [dict(r, correct=r["correct"] or rng.random() < 0.3) for r in rows]
     policy = load_policy(base, quantization=cfg.quantization)
-    pad = policy.tokenizer.pad_token_id
-    main, _ = main_batch(records, rows, policy.encode, pad, b, k, cfg.adv_eps)
-    sub, _ = sub_batch(records, rows, policy.encode, pad, b, k, cfg.d_max, 0, RewardConfig(), cfg.adv_eps)
-    return cfg, policy, {"main": main, "sub": sub}
+    main = main_half(episodes, cfg, policy)
+    rng = random.Random(0)  # the teacher is rarely right: flip some so the sub advantages vary
+    correct = main.correct | torch.tensor([rng.random() < 0.3 for _ in episodes]).view_as(main.correct)
+    sub = sub_half(episodes, correct, cfg, policy, step=1)
+    return cfg, policy, {"main": main.batch, "sub": sub.batch}
 
 
 def _timed_updates(agent: str, threads: int, repeats: int, base: str, barrier, queue) -> None:
     """One process: this agent's update, ``repeats`` times, each started with the other's."""
     import torch
 
-    from mgrpo_ref.update import policy_update
+    from mgrpo_ref.step import policy_update
 
     cfg, policy, batches = _teacher_batches(Path(base))
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)  # lr 0: the same batch each time

@@ -35,7 +35,7 @@ def _finite(text: str, rule: str, ok) -> float:
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and ok(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number {rule}, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number{' ' + rule if rule else ''}, not {text!r}")
     return value
 
 
@@ -49,14 +49,14 @@ def nonnegative_int(text: str) -> int:
     return _integer(text, 0)
 
 
+def finite_float(text: str) -> float:
+    """Any finite number; never NaN or infinity (the range is left to the caller's own checks)."""
+    return _finite(text, "", lambda x: True)
+
+
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0 (a temperature, a noise factor); never NaN or infinity."""
     return _finite(text, ">= 0", lambda x: x >= 0)
-
-
-def probability(text: str) -> float:
-    """A finite number in [0, 1]."""
-    return _finite(text, "in [0, 1]", lambda x: 0 <= x <= 1)
 
 
 def positive_fraction(text: str) -> float:

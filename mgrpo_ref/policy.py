@@ -53,7 +53,7 @@ class LoraSettings:
 
     def __post_init__(self):
         check_int("r", self.r, minimum=1)
-        check_number("alpha", self.alpha, low=0, low_open=True)
+        check_int("alpha", self.alpha, minimum=1)
         check_number("dropout", self.dropout, low=0, high=1, high_open=True)
         names = (self.target_modules,) if isinstance(self.target_modules, str) else self.target_modules
         if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n.strip() for n in names):

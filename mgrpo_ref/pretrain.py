@@ -244,20 +244,21 @@ def plot_losses(losses: list[float], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The CLI. A bad option (a negative, zero or NaN number where it makes no sense, an unknown
     --size, an --out that cannot be a directory) is one ``error:`` line and exit status 2,
-    before anything is built or written."""
-    from .cli import nonnegative_float, nonnegative_int, one_line, output_dir, positive_int, probability
+    before anything is built or written. The teacher knobs need only be finite here: their
+    range is ``PretrainConfig``'s own check."""
+    from .cli import finite_float, nonnegative_int, one_line, output_dir, positive_int
 
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=output_dir, default=DATA_DIR / "base")
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--steps", type=positive_int, help="override the number of optimiser steps")
-    parser.add_argument("--demo-noise", type=nonnegative_float,
+    parser.add_argument("--demo-noise", type=finite_float,
                         help="override the demonstrating teacher's noise factor (>= 0)")
-    parser.add_argument("--demo-misread", type=probability,
-                        help="override the demonstrating teacher's misread probability (in [0, 1])")
-    parser.add_argument("--demo-hasty", type=probability,
-                        help="override the demonstrating teacher's hasty probability (in [0, 1])")
+    parser.add_argument("--demo-misread", type=finite_float,
+                        help="override the demonstrating teacher's misread probability (>= 0)")
+    parser.add_argument("--demo-hasty", type=finite_float,
+                        help="override the demonstrating teacher's hasty probability (>= 0)")
     args = parser.parse_args(argv)
     chosen = {"seed": args.seed, **({"steps": args.steps} if args.steps is not None else {}),
               **{name: getattr(args, name) for name in TEACHER_KNOBS if getattr(args, name) is not None}}

@@ -152,7 +152,7 @@ def test_bad_runs_are_refused_clearly(base, tmp_path):
     again = train("--run-dir", str(run), f"base={base}", "steps=1", *SMALL)
     assert again.returncode == 2 and "already holds a run" in again.stderr
     bad = train("--run-dir", str(tmp_path / "x"), "variant=solo")
-    assert bad.returncode == 2 and "variant must be one of" in bad.stderr
+    assert bad.returncode == 2 and "variant='solo' is invalid: must be one of" in bad.stderr
     typo = train("--run-dir", str(tmp_path / "y"), "stepz=3")
     assert typo.returncode == 2 and "unknown config field 'stepz'" in typo.stderr
     # a corrupted store is refused and left as it was
@@ -170,13 +170,13 @@ def test_config_round_trip_and_overrides():
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ValueError, match="unknown config section"):
         TrainConfig().override(["steps.x=1"])
-    with pytest.raises(ValueError, match=">= 1"):
-        TrainConfig(rollouts=0)
+    with pytest.raises(ValueError, match=">= 2"):
+        TrainConfig(rollouts=1)
     # numbers that would train nothing or diverge are refused where they are set
-    for bad, message in (("lr=0", "lr must be > 0"), ("lr=-1e-3", "lr must be > 0"), ("top_p=0", "top_p"),
-                         ("top_p=1.5", "top_p"), ("clip_eps_low=1", "clip_eps_low must be < 1"),
-                         ("kl_coef=-0.1", "kl_coef must be >= 0"), ("max_grad_norm=0", "max_grad_norm"),
-                         ("lr_schedule=cosine", "lr_schedule must be one of")):
+    for bad, message in (("lr=0", "lr=0.0 is invalid: must be a finite number > 0"), ("lr=-1e-3", "> 0"),
+                         ("top_p=0", "top_p"), ("top_p=1.5", "top_p"), ("clip_eps_low=1", r"in \[0, 1\)"),
+                         ("kl_coef=-0.1", ">= 0"), ("max_grad_norm=0", "max_grad_norm"),
+                         ("lr_schedule=cosine", "lr_schedule='cosine' is invalid: must be one of")):
         with pytest.raises(ValueError, match=message):
             TrainConfig().override([bad])
 
