@@ -1,11 +1,11 @@
-"""Benchmark the decoupled pipeline (issue targets of the training step).
+"""Benchmark the decoupled pipeline: step time, store overhead, and the cost of the updates.
 
     python benchmarks/bench_pipeline.py timing  [--run-dir runs/mgrpo-s0]
     python benchmarks/bench_pipeline.py sub-flat [--base data/base]
     python benchmarks/bench_pipeline.py threads  [--base data/base]
 
 timing   reads a finished run's metrics.jsonl and prints, per step and in total: step time,
-         the share of it spent in store reads and writes (target <= 2%), and the update
+         the share of it spent in store reads and writes (aim: 2% or less), and the update
          phase's wall time against the sum of the two workers' update times (overlap).
 sub-flat times the sub-agent's update (step.sub_half + step.policy_update, exactly what
          its worker runs) on batches whose distribution of sub-agent calls d differs (all

@@ -1,4 +1,4 @@
-"""Issue 6's benchmark: train and evaluate the four variants over several seeds.
+"""The variant comparison as a benchmark: train and evaluate the four variants over several seeds.
 
     python benchmarks/compare_variants.py [--preset cpu|gpu|smoke] [--seeds 0 1 2] [key=value ...]
 

@@ -1,4 +1,4 @@
-"""The comparison of issue 6: M-GRPO against its baselines, several seeds, one budget.
+"""M-GRPO against its baselines: every variant, several seeds, one budget (PAPER.md section 7).
 
     python -m mgrpo_ref.compare                         # the committed CPU comparison
     python benchmarks/compare_variants.py               # the same (the benchmark entry point)
@@ -163,8 +163,8 @@ def band(runs: list[dict], x_key: str, y_key: str, smooth: int = 1) -> tuple[lis
 
 
 def plot_accuracy(results: dict, path: Path | None = None):
-    """The README's figure: held-out accuracy over training, greedy and sampled, mean ± std
-    across seeds for each variant. Saved to ``path`` if given; returns the figure."""
+    """The comparison's figure (accuracy.png): held-out accuracy over training, greedy and
+    sampled, mean ± std across seeds for each variant. Saved to ``path`` if given; returns the figure."""
     from matplotlib.figure import Figure  # no pyplot: works the same in a script and a notebook
 
     fig = Figure(figsize=(11, 3.8))

@@ -5,7 +5,7 @@ trained on the noisy teacher's demonstrations of all three roles (main, sub, sin
 training worlds only. The loss weighs the tokens the agent wrote fully and the rest of
 the text (questions, documents, search results) at ``context_weight``. It learns to follow the protocol and, imperfectly, to research: room to learn.
 
-    python -m mgrpo_ref.pretrain --out data/base          # the committed default (minutes)
+    python -m mgrpo_ref.pretrain --out data/base          # the committed default
     python -m mgrpo_ref.pretrain --size tiny --out /tmp/b # a seconds-long smoke build
 
 [ours] The demonstrations come from the teacher with its malformed-turn probability set to
@@ -15,7 +15,7 @@ attributes, wrong relations, stopping early) are kept, at a tenth of their rate,
 systematic mistake is added: the teacher's planner answers a multi-hop question after its
 first hop 60% of the time (``demo_hasty``). The base learns that habit as a habit: greedily
 it always stops after one hop, sampled it sometimes goes on, and reinforcement learning has a
-planner's mistake to correct (README, "How sharp a base?").
+planner's mistake to correct (docs/base-model.md, "The builds").
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class PretrainConfig:
     """Scales the demonstrating teacher's random content mistakes (1: ``DEMO_NOISE``). Random
     mistakes alone cannot give a base that is weak greedily yet right often enough at T = 1:
     less noise makes it sharper at T = 1 and a far better reader greedily too. Measured builds
-    are in the README ("How sharp a base?") and benchmarks/results/base_builds.json."""
+    are in docs/base-model.md ("The builds") and benchmarks/results/base_builds.json."""
     demo_misread: float = 0.0
     """The demonstrating teacher's ``misread`` probability: a systematic misconception of three
     relations. Off: tried at 0.6 (with demo_noise 0.25), it taught the tiny model that any fact

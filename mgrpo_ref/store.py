@@ -38,6 +38,7 @@ import functools
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,11 +93,10 @@ class Store:
             raise ValueError("Store: create=True and readonly=True cannot be combined")
         self.path = Path(path)
         self._check_path(create, readonly)
-        fresh = create and (not self.path.exists() or self.path.stat().st_size == 0)
-        self.conn = self._connect("ro" if readonly else "rwc" if fresh else "rw", timeout)
+        if create and (not self.path.exists() or self.path.stat().st_size == 0):
+            self._create()
+        self.conn = self._connect("ro" if readonly else "rw", timeout)
         try:
-            if fresh:
-                self._init_schema()
             self._check_identity()
             if not readonly:
                 self._check_writable()
@@ -129,17 +129,36 @@ class Store:
         with self._errors("open"):
             return sqlite3.connect(_uri(self.path, mode), uri=True, timeout=timeout, isolation_level=None)
 
-    @_failing_as("create a store at")
-    def _init_schema(self) -> None:
-        """Write the schema into the new, empty file (unless another process just did)."""
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        with self.transaction():
-            if self._tables():
-                return
-            self.conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self.conn.execute(statement)
-            self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    def _create(self) -> None:
+        """Build a new store in a temporary file beside ``path``, then move it into place, so
+        that a reader sees no store or a whole one, never a file without its schema."""
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            with self._errors("create a store at"):
+                conn = sqlite3.connect(_uri(tmp, "rw"), uri=True, isolation_level=None)
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()  # the last connection: SQLite folds the WAL back into the file
+            if self.path.exists():  # zero bytes long (checked above): replaced by the new store
+                os.replace(tmp, self.path)
+            else:
+                try:
+                    os.link(tmp, self.path)  # never over a store another process just made
+                except FileExistsError:
+                    pass
+                except OSError:  # a file system without hard links
+                    os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

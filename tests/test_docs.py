@@ -1,0 +1,122 @@
+"""The README and docs/ against the repository: links resolve, the headline numbers come from
+the committed results, and the package docstring's module map matches the package's files.
+
+Fast: reads text files only, loads no model.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+TABLE = ROOT / "benchmarks" / "results" / "comparison-cpu" / "table.md"
+PACKAGE = ROOT / "mgrpo_ref"
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
+HISTORY_WORDS = ("session", "previous base", "issue 6")
+
+
+def relative_links(path: Path) -> list[str]:
+    """The link targets in a markdown file that point into the repository (no URL, no anchor-only)."""
+    text = path.read_text()
+    targets = [m.group(1) for m in LINK.finditer(text)]
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+
+
+def headline_table(text: str) -> list[str]:
+    """The lines of the first markdown table after the README's "Headline results" heading."""
+    section = text.split("\n## Headline results", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return table
+
+
+def listed_modules() -> list[str]:
+    """The module file names listed in the package docstring's map (``name.py  description``)."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    return re.findall(r"^\s+(\w+\.py)\s", doc, flags=re.MULTILINE)
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a markdown file's headings: lower case, punctuation dropped,
+    spaces as hyphens ("## The policy: memory" -> "the-policy-memory")."""
+    headings = re.findall(r"^#+\s+(.*)$", path.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_points_to_an_existing_file(path):
+    broken = [t for t in relative_links(path) if not (path.parent / t.split("#")[0]).exists()]
+    assert not broken, f"{path.name} links to missing files: {broken}"
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_link_into_a_page_names_one_of_its_headings(path):
+    for target in relative_links(path):
+        page, _, anchor = target.partition("#")
+        if anchor and page.endswith(".md"):
+            assert anchor in anchors(path.parent / page), f"{path.name}: no heading for {target}"
+
+
+def test_the_docs_folder_has_pages():
+    assert {"world.md", "base-model.md", "training.md", "results.md", "gpu.md", "history.md"} <= {p.name for p in DOCS}
+
+
+def test_every_row_of_the_headline_table_comes_from_the_committed_results():
+    rows = headline_table(README.read_text())
+    committed = set(TABLE.read_text().splitlines())
+    assert len(rows) >= 3, "the README's headline results table is missing"
+    typed = [row for row in rows if row not in committed]
+    assert not typed, f"rows not in {TABLE.relative_to(ROOT)}: {typed}"
+
+
+def test_the_readme_says_where_to_start_reading():
+    assert "mgrpo_ref/step.py" in README.read_text()
+
+
+def test_the_readme_tells_no_history():
+    text = README.read_text().lower()
+    found = [word for word in HISTORY_WORDS if word in text]
+    assert not found, f"history words in README.md: {found} (history belongs in docs/history.md)"
+
+
+def test_the_readme_links_the_history_once():
+    assert README.read_text().count("docs/history.md)") == 1
+
+
+def test_the_readme_map_names_every_module():
+    text = README.read_text()
+    unnamed = [p.name for p in sorted(PACKAGE.glob("*.py")) if p.name != "__init__.py" and p.name not in text]
+    assert not unnamed, f"modules the README's code map does not name: {unnamed}"
+
+
+def test_the_module_map_lists_exactly_the_package_files():
+    listed = listed_modules()
+    files = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    missing_files = sorted(set(listed) - set(files))
+    unlisted = sorted(set(files) - set(listed))
+    assert not missing_files, f"listed in mgrpo_ref/__init__.py but not in the package: {missing_files}"
+    assert not unlisted, f"in the package but not listed in mgrpo_ref/__init__.py: {unlisted}"
+
+
+def test_the_link_helpers_on_a_hand_made_page(tmp_path):
+    """Links: one good, one broken with an anchor, a URL, an anchor alone, an image. Anchors:
+    a colon dropped, spaces as hyphens."""
+    (tmp_path / "here.md").write_text("x")
+    page = tmp_path / "page.md"
+    page.write_text("[a](here.md) [b](gone.md#part) [c](https://example.org) [d](#top) ![e](here.md)")
+    assert relative_links(page) == ["here.md", "gone.md#part", "here.md"]
+    page.write_text("# Results\n## The policy: memory and sampling speed\n## make train\n")
+    assert anchors(page) == {"results", "the-policy-memory-and-sampling-speed", "make-train"}
