@@ -77,6 +77,11 @@ class Alignment:
         return _ratio(self.n_masked, self.n_slots)
 
     @property
+    def copies(self) -> torch.Tensor:
+        """(N,) long: how many slots each distinct trajectory fills (0 if dropped)."""
+        return torch.bincount(self.source[self.filled], minlength=self.n_distinct)
+
+    @property
     def dropped_fraction(self) -> float:
         """Dropped trajectories / distinct trajectories (0 when there is none)."""
         return _ratio(self.n_dropped, self.n_distinct)

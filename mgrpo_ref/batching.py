@@ -215,6 +215,27 @@ def slot_batch(sub_sequences: Sequence[Encoded], advantages: torch.Tensor, align
     return PolicyBatch(slots["input_ids"], slots["attention_mask"], weights, slot_advantages)
 
 
+def distinct_batch(sub_sequences: Sequence[Encoded], advantages: torch.Tensor, alignment: Alignment,
+                   pad_id: int) -> PolicyBatch:
+    """One row per distinct trajectory that fills a slot, weighted by how many slots it fills.
+
+    The slot batch's loss and gradient, from fewer rows. Under the token-level mean of
+    Eq. (6), a trajectory that fills c slots puts c copies of its terms in the numerator and
+    c copies of its tokens in the denominator; a row holding it once with every token
+    weighted c contributes exactly the same. So duplicating a trajectory is weighting it: a
+    dropped trajectory (c = 0) and a masked slot are simply no row here, and the batch has
+    at most min(N, B*K*D) rows instead of B*K*D.
+    """
+    copies = alignment.copies  # (N,)
+    kept = copies.nonzero().flatten()  # (N',) the trajectories that fill a slot
+    if kept.numel() == 0:  # no sub trajectory reached a slot: one row of padding, weight 0
+        batch = collate([([pad_id], [0])], pad_id)
+        return PolicyBatch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], advantages.new_zeros(1))
+    batch = collate([sub_sequences[i] for i in kept.tolist()], pad_id)  # each (N', T)
+    weights = batch["loss_mask"] * copies[kept].to(torch.float)[:, None]  # (N', T)
+    return PolicyBatch(batch["input_ids"], batch["attention_mask"], weights, advantages[kept])
+
+
 def concat_batches(batches: Sequence[PolicyBatch], pad_id: int) -> PolicyBatch:
     """Stack batches of different T, right-padding to the longest (one adapter trained on
     both roles' rows: the ``shared`` variant)."""

@@ -40,16 +40,16 @@ from .config import VARIANTS, TrainConfig
 from .episode import transcript
 from .evaluate import evaluate, make_agent
 from .policy import REPO_ROOT, SamplingSettings, model_location
-from .tools import ToolsByWorld
 from .rundir import latest_checkpoint, read_jsonl
 from .step import LAYOUTS
+from .tools import ToolsByWorld
 from .train import EVAL_KEYS, Trainer
 from .world import load_questions
 
 PRESETS = {
-    # The CPU comparison: 12 runs must fit in about an hour on 2 cores.
+    # The CPU comparison: 4 variants x 3 seeds on 2 cores.
     "cpu": ["steps=30", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
-    # A larger base, batch and step count for one GPU of 24 GB or less (see the README).
+    # A larger base, batch and step count for one GPU of 24 GB or less (docs/gpu.md).
     "gpu": ["base=runs/base-gpu", "quantization=nf4", "steps=200", "questions_per_step=32", "rollouts=8",
             "eval_every=20", "checkpoint_every=20", "microbatch=64"],
     # CI: two steps on a handful of questions.

@@ -18,6 +18,7 @@ from .rewards import RewardConfig
 
 VARIANTS = ("mgrpo", "frozen_sub", "single_agent", "shared")
 LR_SCHEDULES = ("constant", "linear")
+SUB_BATCHES = ("slots", "distinct")
 
 
 def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
@@ -58,6 +59,12 @@ class TrainConfig:
     """K: rollouts per question (the group of the main agent's advantage); 8 in the release."""
     d_max: int = 4
     """D: sub-agent slots per rollout (notebook 03: the 95th percentile of d for the teacher)."""
+    sub_batch: str = "distinct"
+    """How the sub-agent's aligned batch is computed: "distinct", each distinct trajectory that
+    fills a slot once, its tokens weighted by its slot count, or "slots", one row per slot
+    (B*K*D rows, the fixed shape the paper's distributed trainer needs). The two give the same
+    loss and gradient (batching.distinct_batch says why; tests/test_step.py checks it); the
+    distinct batch has about a third of the rows here (``benchmarks/bench_sub_batch.py``)."""
     lr: float = 1e-3
     """Adam learning rate of the adapters (tiny models need far more than the release's 1e-6)."""
     lr_schedule: str = "constant"
@@ -120,6 +127,7 @@ class TrainConfig:
         check_number("clip_eps_low", self.clip_eps_low, low=0, high=1, high_open=True)  # 1 - eps > 0
         check_number("top_p", self.top_p, low=0, high=1, low_open=True)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("sub_batch", self.sub_batch, SUB_BATCHES)
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise ConfigError("betas", self.betas, "must be two numbers in [0, 1), e.g. betas=0.9,0.98")
         for beta in self.betas:

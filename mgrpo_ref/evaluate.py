@@ -37,7 +37,11 @@ SCRIPTED = ("oracle", "teacher")
 def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingSettings = SamplingSettings(),
                quantization: str = "nf4") -> Agent:
     """An agent: ``oracle``, ``teacher`` (its noise times ``noise``), a model directory (also
-    relative to the repository, like ``data/base``) or a hub name (``Qwen/Qwen2.5-0.5B-Instruct``)."""
+    relative to the repository, like ``data/base``) or a hub name (``Qwen/Qwen2.5-0.5B-Instruct``).
+
+    A ValueError for anything else: a local path with no model there (``data/nope``, ``./nope``;
+    see ``policy.is_local_path``) at once, never tried on the hub; a model that cannot be loaded
+    (a hub name neither cached nor reachable fails within seconds), in one line."""
     if spec == "oracle":
         return ScriptedAgent(ORACLE_NOISE, seed)
     if spec == "teacher":
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"split {args.split!r} in {args.data_dir} has no questions")
         if args.main:
             main_agent = agent(args.main, args.seed)
-            # One model directory playing both roles is loaded once.
+            # One model playing both roles is loaded once.
             sub_agent = main_agent if args.sub == args.main and args.sub not in SCRIPTED else agent(args.sub, args.seed + 1)
             mode, agents = "multi", {"main": main_agent, "sub": sub_agent}
         else:

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .batching import collate, encode_trajectory
+from .checks import check_int, check_number
 from .episode import run_episodes
 from .policy import default_device, token_logprobs_from_logits
 from .scripted import ScriptedAgent, TeacherNoise
@@ -102,9 +103,16 @@ class PretrainConfig:
     weight_decay: float = 0.01
 
     def __post_init__(self):
-        for name in TEACHER_KNOBS:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_number("demo_noise", self.demo_noise, low=0)  # a factor on the teacher's probabilities
+        for name in ("demo_misread", "demo_hasty", "context_weight"):
+            check_number(name, getattr(self, name), low=0, high=1)
+        for name in ("n_worlds", "questions_per_world", "vocab_size", "hidden_size", "intermediate_size",
+                     "num_layers", "num_heads", "num_kv_heads", "max_positions", "steps", "batch_size"):
+            check_int(name, getattr(self, name), minimum=1)
+        for name in ("seed", "first_world", "warmup"):
+            check_int(name, getattr(self, name), minimum=0)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0)
 
 
 SIZES = {

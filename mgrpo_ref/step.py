@@ -35,7 +35,8 @@ import torch
 
 from .advantages import equal_reward_fraction, group_advantages, grouped_advantages
 from .alignment import align_sub_trajectories
-from .batching import PolicyBatch, concat_batches, encode_trajectory, slot_batch, trajectory_batch
+from .batching import (PolicyBatch, concat_batches, distinct_batch, encode_trajectory, slot_batch,
+                       trajectory_batch)
 from .config import TrainConfig, learning_rate
 from .episode import Episode
 from .objective import clipped_surrogate_loss
@@ -135,7 +136,10 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
     counts = [[len(e.subs) for e in episodes[q * k:(q + 1) * k]] for q in range(b)]  # (B, K) d per rollout
     alignment = align_sub_trajectories(counts, cfg.d_max, step_seed(cfg.seed, step, SALT_ALIGNMENT))
     sequences = [encode_trajectory(s, policy.encode) for e in episodes for s in e.subs]  # N
-    batch = slot_batch(sequences, advantages, alignment, policy.pad_id)  # (B*K*D, T)
+    if cfg.sub_batch == "slots":
+        batch = slot_batch(sequences, advantages, alignment, policy.pad_id)  # (B*K*D, T)
+    else:  # the same loss and gradient from each distinct trajectory once, weighted by its copies
+        batch = distinct_batch(sequences, advantages, alignment, policy.pad_id)  # (N', T), N' <= N
     n = len(rewards)
     stats = {"reward_mean": rewards.mean().item() if n else 0.0,
              "verified": torch.tensor(verified).float().mean().item() if n else 0.0,

@@ -33,6 +33,7 @@ from . import rundir
 from .config import TrainConfig
 from .episode import run_episodes
 from .evaluate import evaluate
+from .policy import model_location
 from .seeding import SALT_EVALUATION, SALT_QUESTIONS, SALT_ROLLOUTS, step_seed
 from .step import LAYOUTS
 from .store import Store, StoreError
@@ -69,6 +70,7 @@ class Trainer:
         if cfg.questions_per_step > len(self.train_pool):
             raise ValueError(f"questions_per_step={cfg.questions_per_step} is invalid: the train split has "
                              f"{len(self.train_pool)} questions")
+        model_location(cfg.base)  # a missing local base is refused here, before anything is written
         self.tools_for = ToolsByWorld()
         self.metrics_path = self.run_dir / rundir.METRICS
         if resume:

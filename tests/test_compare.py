@@ -1,4 +1,4 @@
-"""The variant comparison (issue 6): table arithmetic, learning curves, and a tiny real run."""
+"""The variant comparison (compare.py): table arithmetic, learning curves, and a tiny real run."""
 
 import json
 

@@ -155,3 +155,11 @@ def test_the_train_cli_checks_before_writing(tmp_path, capsys, argv, says):
 def test_a_saved_config_holds_every_field():
     d = json.loads(TrainConfig().to_json())
     assert set(d["reward"]) == {"a1", "a2", "b1", "b2", "b3"} and TrainConfig.from_dict(d) == TrainConfig()
+
+
+def test_a_missing_local_base_is_refused_before_writing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = train.main(["--quiet", "--run-dir", str(run_dir), "base=data/no_such_model"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: no model directory at data/no_such_model"
+    assert not run_dir.exists()

@@ -4,6 +4,10 @@
 refactor (the commit before step.py existed) with the committed base and the config
 below. The refactor moved code and renamed things; it was meant to change no number, and
 this test holds it to that: counts and histograms exactly, floats to float rounding.
+
+The fixtures were made with the slot batch, then the only form of the sub-agent's batch, so
+the run here asks for it (``sub_batch=slots``). The default distinct batch computes the same
+loss and gradient from fewer rows (tests/test_step.py), so it logs another ``sub/n_rows``.
 """
 
 import json
@@ -15,7 +19,7 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 CONFIG = ["steps=2", "questions_per_step=3", "rollouts=4", "d_max=2", "eval_questions=8", "eval_every=2",
-          "checkpoint_every=2", "max_new_tokens=24", "microbatch=8"]
+          "checkpoint_every=2", "max_new_tokens=24", "microbatch=8", "sub_batch=slots"]
 
 
 def numbers(record: dict) -> dict:

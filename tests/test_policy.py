@@ -79,7 +79,7 @@ def test_pretrain_command_builds_a_working_model(tmp_path):
     assert (config["steps"], config["demo_noise"]) == (5, 0.5)
     refused = subprocess.run([sys.executable, "-m", "mgrpo_ref.pretrain", "--size", "tiny", "--demo-misread", "-1",
                               "--out", str(tmp_path / "never")], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "demo_misread must be >= 0" in refused.stderr
+    assert refused.returncode == 2 and "demo_misread=-1.0 is invalid: must be a finite number in [0, 1]" in refused.stderr
     assert not (tmp_path / "never").exists()
     policy = load_policy(out, quantization="none")
     assert len(policy.act("main", CONTEXTS[:1])) == 1

@@ -87,9 +87,12 @@ def test_batches_have_the_fixed_shapes(episodes, policy):
     mb = main.batch
     assert len(mb) == B * K and mb.advantages.shape == (B * K,)
     assert torch.allclose(mb.advantages.view(B, K).sum(dim=1), torch.zeros(B), atol=1e-4)  # centred per group
-    sub = sub_half(episodes, main.correct, CFG, policy, step=1)
+    sub = sub_half(episodes, main.correct, replace(CFG, sub_batch="slots"), policy, step=1)
     sb = sub.batch
-    assert len(sb) == B * K * D and sb.token_weights.shape[0] == B * K * D
+    assert len(sb) == B * K * D and sb.token_weights.shape[0] == B * K * D  # the fixed shape
+    distinct = sub_half(episodes, main.correct, replace(CFG, sub_batch="distinct"), policy, step=1).batch
+    assert len(distinct) <= min(sub.stats["sub/n_trajectories"], B * K * D)
+    assert distinct.token_weights.sum() == sb.token_weights.sum()  # the same tokens, counted as often
     assert 0 <= sub.stats["sub/align_duplicated_frac"] <= 1
     assert sub.stats["sub/n_trajectories"] == sum(len(e.subs) for e in episodes)
     both = concat_batches([mb, sb], policy.pad_id)
@@ -215,7 +218,7 @@ def test_one_step_in_one_process_matches_the_two_process_run(base, tmp_path, var
     episodes = run_episodes(questions, ToolsByWorld(), agents, layout.mode, cfg.limits, rollouts=cfg.rollouts)
     stats = one_step(episodes, learners, cfg, step=1)
 
-    assert stats["main/grad_norm"] > 0  # the step did move the adapters
+    assert any(v > 0 for k, v in stats.items() if k.endswith("/grad_norm"))  # the step moved an adapter
     assert stats["main/reward_mean"] == piped["main/reward_mean"]
     assert stats["sub/reward_mean"] == piped["sub/reward_mean"]
     assert stats["sub/d_histogram"] == piped["sub/d_histogram"]
@@ -231,3 +234,51 @@ def test_one_step_in_one_process_matches_the_two_process_run(base, tmp_path, var
         for n, p in here.items():
             saved_name = n.replace(".default", "")
             torch.testing.assert_close(p.detach(), saved[saved_name], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Duplicating a trajectory is weighting it: the slot batch against the distinct batch
+
+
+def test_distinct_rows_weighted_by_copies_give_the_slot_batch_loss_and_gradient(episodes, policy):
+    from mgrpo_ref.episode import Episode
+
+    # Reshape the teacher's step so that every case of alignment occurs (D = 2):
+    # question 0: d = 0 (borrows), 1 (duplicates), 3 and 5 (drop); question 1: no sub
+    # trajectory at all (masked slots); question 2: as the teacher played it.
+    pool = [s for e in episodes for s in e.subs]
+    shapes = {0: [0, 1, 3, 5], 1: [0, 0, 0, 0]}
+    reshaped, taken = [], 0
+    for i, e in enumerate(episodes):
+        b, k = divmod(i, K)
+        if b in shapes:
+            subs = pool[taken:taken + shapes[b][k]]
+            taken += shapes[b][k]
+            e = Episode(e.question, e.mode, e.main, subs, e.rollout)
+        reshaped.append(e)
+    cfg = replace(CFG, d_max=2, sub_batch="slots")
+    correct = main_half(reshaped, cfg, policy).correct
+    slots = sub_half(reshaped, correct, cfg, policy, step=3)
+    distinct = sub_half(reshaped, correct, replace(cfg, sub_batch="distinct"), policy, step=3)
+    for key in ("sub/align_duplicated_frac", "sub/align_dropped_frac", "sub/align_masked_frac"):
+        assert slots.stats[key] > 0, key  # every case is there
+    assert len(slots.batch) == B * K * 2 and len(distinct.batch) < len(slots.batch)
+
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+
+    def loss_and_gradient(half):
+        optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: the adapter stays where it is
+        stats = policy_update(policy, optimizer, half.batch, epochs=1, microbatch=5, eps_low=0.2,
+                              eps_high=0.28, kl_coef=0.0, max_grad_norm=1e9)  # no clipping
+        return stats, [p.grad.detach().clone() for p in params]
+
+    slot_stats, slot_grads = loss_and_gradient(slots)
+    distinct_stats, distinct_grads = loss_and_gradient(distinct)
+    assert slot_stats["n_tokens"] == distinct_stats["n_tokens"]  # the same token-level denominator
+    assert distinct_stats["loss"] == pytest.approx(slot_stats["loss"], rel=1e-5, abs=1e-7)
+    assert any(g.abs().sum() > 0 for g in slot_grads)
+    for g_slots, g_distinct in zip(slot_grads, distinct_grads):
+        torch.testing.assert_close(g_distinct, g_slots, rtol=1e-4, atol=1e-7)
+    for p, s in zip(params, start):
+        assert torch.equal(p.detach(), s)
