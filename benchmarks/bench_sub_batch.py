@@ -37,7 +37,7 @@ def main() -> None:
     from mgrpo_ref.config import TrainConfig
     from mgrpo_ref.episode import run_episodes
     from mgrpo_ref.policy import SamplingSettings, load_policy
-    from mgrpo_ref.seeding import SALT_ROLLOUTS, step_seed
+    from mgrpo_ref.seeding import rollout_salt, step_seed
     from mgrpo_ref.step import main_half, policy_update, sub_half
     from mgrpo_ref.tools import ToolsByWorld
     from mgrpo_ref.train import sample_questions
@@ -52,7 +52,7 @@ def main() -> None:
     pool, tools = load_questions("train"), ToolsByWorld()
     rows = []
     for step in range(1, args.steps + 1):
-        policy.generator.manual_seed(step_seed(cfg.seed, step, SALT_ROLLOUTS))
+        policy.generator.manual_seed(step_seed(cfg.seed, step, rollout_salt(0)))
         questions = sample_questions(pool, cfg.questions_per_step, cfg.seed, step)
         episodes = run_episodes(questions, tools, {"main": policy, "sub": policy}, "multi", cfg.limits,
                                 rollouts=cfg.rollouts)

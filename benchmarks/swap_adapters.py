@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mgrpo_ref.evaluate import FAILURE_KINDS, evaluate, failure_kind, make_agent  # noqa: E402
 from mgrpo_ref.policy import SamplingSettings  # noqa: E402
-from mgrpo_ref.train import latest_checkpoint  # noqa: E402
+from mgrpo_ref.rundir import latest_checkpoint  # noqa: E402
 from mgrpo_ref.world import load_questions  # noqa: E402
 
 TEAMS = (("base", "base"), ("trained", "base"), ("base", "trained"), ("trained", "trained"))

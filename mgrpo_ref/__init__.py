@@ -42,7 +42,8 @@ Glossary: one letter per dimension, one name per quantity, the same in shape com
     D  sub-agent slots per rollout (D_max)        config ``d_max``
     d  sub-agent calls of one rollout (0, 1, ...)
     N  distinct sub trajectories of a step, flat in (question, rollout, call) order
-    M  rows of a policy batch (B*K for the main agent, B*K*D for the sub-agent)
+    M  rows of a policy batch (B*K for the main agent; for the sub-agent B*K*D slots,
+       or its distinct trajectories that fill a slot, at most min(N, B*K*D))
     T  tokens (the longest sequence of a batch)
 
     b, k            the index of a question in the step, and of a rollout in its group
@@ -51,7 +52,8 @@ Glossary: one letter per dimension, one name per quantity, the same in shape com
     correct(M)      the main agent's exact-match correctness of a rollout (``Episode.correct``)
     R_M, R_S        rewards, Eq. (R1) and (R2); A_M, A_S their advantages, Eq. (1) and (2)
     loss_mask       0/1 per token: 1 on the tokens an agent generated itself
-    token_weights   w_t of Eq. (6): the loss mask times the row's slot weight (0 on masked slots)
+    token_weights   w_t of Eq. (6): the loss mask times the row's slot weight (0 on a masked slot)
+                    or, in the distinct sub batch, times the trajectory's slot count
     learner         one trained adapter and its optimiser (main, sub, single or shared)
 """
 

@@ -2,7 +2,8 @@
 
 A rollout of the main agent delegates d >= 0 subtasks, and d varies from rollout to
 rollout. The sub-agent's trainer wants a fixed-size batch, so every rollout gets
-exactly D = D_max sub slots and a step's sub batch is always B * K * D slots [ours].
+exactly D = D_max sub slots and a step always has B * K * D slots [ours] (the batch is one
+row per slot, or each distinct trajectory once weighted by its slot count: batching.py).
 What goes into the slots of one rollout with d sub trajectories:
 
     1 <= d <= D   its own d trajectories once each, then D - d more drawn uniformly

@@ -33,17 +33,18 @@ the trained tokens are the sampled ones, provided re-encoding a generated turn's
 gives back the sampled ids (true for a canonical tokenisation; worth a test for any
 tokenizer, since a subword merge across a segment boundary would break it).
 
-The sub-agent's batch has a fixed number of rows, B * K * D (section 4): the N
-distinct sub trajectories are put into slots by ``alignment.align_sub_trajectories``,
-and ``aligned_sub_batch`` builds the tensors in slot order.
+The sub-agent's N distinct trajectories are put into B * K * D slots by
+``alignment.align_sub_trajectories`` (section 4). Its batch is either one row per slot
+(``slot_batch``, via ``aligned_sub_batch``: the fixed shape) or each distinct trajectory
+that fills a slot once, its tokens weighted by its slot count (``distinct_batch``): the
+same loss and gradient from fewer rows.
 
 What an agent finally trains on is a ``PolicyBatch``: rows of ids with one advantage
-each and a float weight per token (the loss mask times the row's slot weight), which is
-what the objective's token-level mean (objective.py, Eq. 6) is weighted by.
+each and a float weight per token (w_t of Eq. 6: the loss mask, times the row's slot
+weight or slot count), which is what the objective's token-level mean is weighted by.
 
-Dimension letters: B questions, K rollouts per question, D slots per rollout,
-N sequences (distinct trajectories), M rows of a policy batch, T tokens (the longest
-sequence in the batch).
+Shape comments use the glossary's letters (mgrpo_ref/__init__.py): B questions, K rollouts,
+D slots, N distinct trajectories, M rows of a batch, T tokens (the longest sequence).
 """
 
 from __future__ import annotations
@@ -227,12 +228,12 @@ def distinct_batch(sub_sequences: Sequence[Encoded], advantages: torch.Tensor, a
     at most min(N, B*K*D) rows instead of B*K*D.
     """
     copies = alignment.copies  # (N,)
-    kept = copies.nonzero().flatten()  # (N',) the trajectories that fill a slot
+    kept = copies.nonzero().flatten()  # (M,) the trajectories that fill a slot
     if kept.numel() == 0:  # no sub trajectory reached a slot: one row of padding, weight 0
         batch = collate([([pad_id], [0])], pad_id)
         return PolicyBatch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], advantages.new_zeros(1))
-    batch = collate([sub_sequences[i] for i in kept.tolist()], pad_id)  # each (N', T)
-    weights = batch["loss_mask"] * copies[kept].to(torch.float)[:, None]  # (N', T)
+    batch = collate([sub_sequences[i] for i in kept.tolist()], pad_id)  # each (M, T)
+    weights = batch["loss_mask"] * copies[kept].to(torch.float)[:, None]  # (M, T)
     return PolicyBatch(batch["input_ids"], batch["attention_mask"], weights, advantages[kept])
 
 

@@ -40,7 +40,8 @@ from .config import VARIANTS, TrainConfig
 from .episode import transcript
 from .evaluate import evaluate, make_agent
 from .policy import REPO_ROOT, SamplingSettings, model_location
-from .rundir import latest_checkpoint, read_jsonl
+from . import rundir
+from .rundir import latest_checkpoint
 from .step import LAYOUTS
 from .tools import ToolsByWorld
 from .train import EVAL_KEYS, Trainer
@@ -75,12 +76,12 @@ def sampled_temperature(preset: str, overrides: list[str]) -> float:
 def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
     """Train ``cfg`` in ``run_dir``: skip if finished, resume if killed, else start. A run
     directory that holds another config is refused, finished or not."""
-    if (run_dir / "config.json").exists() and TrainConfig.load(run_dir / "config.json") != cfg:
+    if (run_dir / rundir.CONFIG).exists() and TrainConfig.load(run_dir / rundir.CONFIG) != cfg:
         raise FileExistsError(f"{run_dir} holds a run with another config; remove it or choose another --runs")
     done = latest_checkpoint(run_dir)
-    if done is not None and json.loads((done / "controller.json").read_text())["step"] >= cfg.steps:
+    if done is not None and rundir.checkpoint_step(done) >= cfg.steps:
         return
-    with Trainer(cfg, run_dir, resume=(run_dir / "config.json").exists(), progress=progress) as trainer:
+    with Trainer(cfg, run_dir, resume=(run_dir / rundir.CONFIG).exists(), progress=progress) as trainer:
         trainer.run()
 
 
@@ -109,7 +110,7 @@ def questions_to_show(cfg: TrainConfig, tools_for, pool: int = 60) -> list:
 
 def metrics(run_dir: Path) -> list[dict]:
     """A run's metrics.jsonl (a last line cut by a crash is dropped, as on resume)."""
-    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+    return rundir.read_jsonl(Path(run_dir) / rundir.METRICS)
 
 
 def report(record: dict, prefix: str) -> dict:
@@ -249,7 +250,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                 results["base_episodes"][mode] = [transcript(e) for e in greedy_episodes(cfg, None, shown, tools_for)]
             results["runs"].append({
                 "variant": variant, "seed": seed, "mode": mode,
-                "config": json.loads((run_dir / "config.json").read_text()),
+                "config": json.loads((run_dir / rundir.CONFIG).read_text()),
                 "base_greedy": report(first, "eval"), "base_sampled": report(first, "eval_sampled"),
                 "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
                 "curves": curves(records),

@@ -63,8 +63,8 @@ class TrainConfig:
     """How the sub-agent's aligned batch is computed: "distinct", each distinct trajectory that
     fills a slot once, its tokens weighted by its slot count, or "slots", one row per slot
     (B*K*D rows, the fixed shape the paper's distributed trainer needs). The two give the same
-    loss and gradient (batching.distinct_batch says why; tests/test_step.py checks it); the
-    distinct batch has about a third of the rows here (``benchmarks/bench_sub_batch.py``)."""
+    loss and gradient (batching.distinct_batch says why; tests/test_step.py checks it), and the
+    distinct batch is the faster (docs/results.md, "The sub-agent's batch")."""
     lr: float = 1e-3
     """Adam learning rate of the adapters (tiny models need far more than the release's 1e-6)."""
     lr_schedule: str = "constant"

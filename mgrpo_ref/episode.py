@@ -102,7 +102,7 @@ class Episode:
 
     question: Question
     mode: str  # "multi" | "single"
-    main: Trajectory
+    main: Trajectory | None  # None in the copy a sub-agent's trainer gets: it never sees the main agent's
     subs: list[Trajectory]
     rollout: int = 0
 

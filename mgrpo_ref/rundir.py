@@ -24,7 +24,8 @@ from pathlib import Path
 from .config import TrainConfig
 from .store import Store
 
-CONFIG, METRICS, STORE, CHECKPOINTS, MARKER = "config.json", "metrics.jsonl", "store.sqlite", "checkpoints", "controller.json"
+CONFIG, METRICS, STORE, WORKERS = "config.json", "metrics.jsonl", "store.sqlite", "workers.json"
+CHECKPOINTS, MARKER = "checkpoints", "controller.json"
 CHECKPOINTS_KEPT = 2
 
 
@@ -36,19 +37,39 @@ def start(run_dir: Path, cfg: TrainConfig) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file, not a run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(cfg.to_json())
-    store = Store(run_dir / STORE, create=True)
-    store.set_meta(variant=cfg.variant, seed=cfg.seed)
-    store.close()
+    try:
+        store = Store(run_dir / STORE, create=True)
+        store.set_meta(variant=cfg.variant, seed=cfg.seed)
+        store.close()
+        write_atomically(run_dir / CONFIG, cfg.to_json())  # last: a directory with a config holds a whole run
+    except BaseException:
+        discard(run_dir)
+        raise
 
 
-def resume(run_dir: Path) -> Path | None:
+def discard(run_dir: Path) -> None:
+    """Remove what ``start`` wrote (a run that failed before its first step), and the directory
+    itself if nothing else is in it."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG, STORE, STORE + "-wal", STORE + "-shm", WORKERS, METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def resume(run_dir: Path, cfg: TrainConfig) -> Path | None:
     """Cut the store and the metrics back to the last complete checkpoint, and return it
-    (None: no checkpoint, the run restarts from the base, step-0 evaluation included)."""
+    (None: no checkpoint, the run restarts from the base, step-0 evaluation included).
+    A store written for another variant or seed than ``cfg``'s is refused, untouched."""
     run_dir = Path(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     done = checkpoint_step(checkpoint) if checkpoint else 0
     store = Store(run_dir / STORE)
+    meta = store.meta()
+    if (meta.get("variant"), meta.get("seed")) != (cfg.variant, str(cfg.seed)):
+        store.close()
+        raise ValueError(f"{run_dir / STORE} belongs to variant {meta.get('variant')!r}, seed {meta.get('seed')}, "
+                         f"but {run_dir / CONFIG} says variant {cfg.variant!r}, seed {cfg.seed}")
     store.truncate_after(done)  # steps after the checkpoint are redone, never repeated
     store.close()
     metrics = run_dir / METRICS

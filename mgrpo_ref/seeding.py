@@ -11,11 +11,16 @@ from __future__ import annotations
 SALT_QUESTIONS = 1
 """The step's B training questions (``train.sample_questions``)."""
 SALT_ROLLOUTS = 3
-"""Rollout sampling: the agent at position i of the variant's layout uses SALT_ROLLOUTS + i."""
+"""Rollout sampling: the learner at position i of the variant's layout uses ``rollout_salt(i)``."""
 SALT_ALIGNMENT = 17
 """Which sub trajectories are duplicated, dropped or borrowed (``alignment``)."""
 SALT_EVALUATION = 99
 """Sampling during held-out evaluations."""
+
+
+def rollout_salt(learner_position: int) -> int:
+    """The rollout-sampling salt of the learner at this position of the variant's layout."""
+    return SALT_ROLLOUTS + learner_position
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:

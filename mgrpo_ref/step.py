@@ -13,7 +13,8 @@ question b = i // K. From there:
                                                 A_S (N,)            Eq. (2)   per question,
                                                                               distinct trajectories
                                                 alignment: B*K*D slots
-    batch: B*K rows                             batch: B*K*D rows (masked slots weigh 0)
+    batch: B*K rows                             batch: the B*K*D slots, or each distinct
+                                                trajectory once weighted by its slot count
     clipped update         Eq. (3)-(6)          clipped update      Eq. (3)-(6)   update_agent
 
 Only correct(M), a (B, K) table of booleans, passes from the main agent's half to the
@@ -21,9 +22,9 @@ sub-agent's. In the two-process pipeline (worker.py) each worker calls its own h
 ``update_agent``, and correct(M) travels through the store; ``one_step`` calls the same
 functions in one process and passes it directly (notebooks, tests).
 
-Dimension letters (the package docstring has the glossary): B questions per step
-(``questions_per_step``), K rollouts per question (``rollouts``), D sub-agent slots per
-rollout (``d_max``), N distinct sub trajectories, M rows of a batch, T tokens.
+Shape comments use the dimension letters of the glossary in the package docstring
+(mgrpo_ref/__init__.py): B questions per step, K rollouts, D slots, N sub trajectories,
+M rows of a batch, T tokens.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
 
 def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConfig, policy, step: int) -> Half:
     """The sub-agent: R_S with the main agent's correctness, A_S over each question's distinct
-    sub trajectories, then alignment to B*K*D slots and the slot batch.
+    sub trajectories, then alignment to B*K*D slots and the batch of ``cfg.sub_batch``.
 
     ``main_correct`` (B, K) is correct(M) as the main agent's half found it; the episodes'
     main trajectories are not read (in the pipeline the sub-agent's worker never gets them).
@@ -139,7 +140,7 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
     if cfg.sub_batch == "slots":
         batch = slot_batch(sequences, advantages, alignment, policy.pad_id)  # (B*K*D, T)
     else:  # the same loss and gradient from each distinct trajectory once, weighted by its copies
-        batch = distinct_batch(sequences, advantages, alignment, policy.pad_id)  # (N', T), N' <= N
+        batch = distinct_batch(sequences, advantages, alignment, policy.pad_id)  # (M, T), M <= min(N, B*K*D)
     n = len(rewards)
     stats = {"reward_mean": rewards.mean().item() if n else 0.0,
              "verified": torch.tensor(verified).float().mean().item() if n else 0.0,
@@ -174,16 +175,19 @@ def rollout_rows(episodes: list[Episode], half: Half, rollouts: int) -> list[dic
             for i, e in enumerate(episodes)]
 
 
-def correct_from_rows(rows: list[dict], questions_per_step: int, rollouts: int) -> torch.Tensor:
-    """(B, K) bool correct(M), from the store's rows of one step."""
-    correct = torch.zeros(questions_per_step, rollouts, dtype=torch.bool)  # (B, K)
-    seen = torch.zeros_like(correct)
+def correct_from_rows(rows: list[dict], episodes: list[Episode], rollouts: int) -> torch.Tensor:
+    """(B, K) bool correct(M), from the store's rows of one step, checked against the episodes
+    they must describe (the same question and the same number of sub-agent calls)."""
+    if len(rows) != len(episodes):
+        raise ValueError(f"the store holds {len(rows)} rollout rows for the step's {len(episodes)} episodes")
+    correct = torch.zeros(len(episodes) // rollouts, rollouts, dtype=torch.bool)  # (B, K)
     for row in rows:
+        i = row["question_index"] * rollouts + row["rollout"]
+        e = episodes[i] if 0 <= row["rollout"] < rollouts and 0 <= i < len(episodes) else None
+        if e is None or row["qid"] != e.question.qid or row["n_sub"] != len(e.subs):
+            raise ValueError(f"the store's row for question {row['question_index']}, rollout {row['rollout']} "
+                             "does not describe this step's episodes")
         correct[row["question_index"], row["rollout"]] = bool(row["correct"])
-        seen[row["question_index"], row["rollout"]] = True
-    if not seen.all():
-        raise ValueError(f"the store holds {int(seen.sum())} of the step's "
-                         f"{questions_per_step * rollouts} rollout rows")
     return correct
 
 

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .episode import run_episodes
 from .evaluate import evaluate
 from .policy import model_location
-from .seeding import SALT_EVALUATION, SALT_QUESTIONS, SALT_ROLLOUTS, step_seed
+from .seeding import SALT_EVALUATION, SALT_QUESTIONS, rollout_salt, step_seed
 from .step import LAYOUTS
 from .store import Store, StoreError
 from .tools import ToolsByWorld
@@ -74,7 +74,7 @@ class Trainer:
         self.tools_for = ToolsByWorld()
         self.metrics_path = self.run_dir / rundir.METRICS
         if resume:
-            checkpoint = rundir.resume(self.run_dir)
+            checkpoint = rundir.resume(self.run_dir, cfg)
         else:
             rundir.start(self.run_dir, cfg)
             checkpoint = None
@@ -86,17 +86,20 @@ class Trainer:
                 self.workers[learner] = WorkerHandle(learner, cfg, self.run_dir, checkpoint)
         except BaseException:
             self.close()
+            if not resume:  # nothing has run: leave no half-started run behind
+                rundir.discard(self.run_dir)
             raise
         pids = {learner: w.process.pid for learner, w in self.workers.items()}
-        rundir.write_atomically(self.run_dir / "workers.json", json.dumps(pids))
+        rundir.write_atomically(self.run_dir / rundir.WORKERS, json.dumps(pids))
 
     def agents(self, temperature: float) -> dict[str, WorkerAgent]:
         """role -> the agent that answers it, sampling at ``temperature``."""
         return {role: WorkerAgent(self.workers[learner], temperature) for role, learner in self.layout.learners.items()}
 
-    def reseed(self, step: int, salt: int, per_worker: bool) -> None:
-        for i, w in enumerate(self.workers.values()):
-            w.request("reseed", step, salt + i if per_worker else salt)
+    def reseed(self, step: int, salts: list[int]) -> None:
+        """Seed each worker's sampling for ``step``, the i-th with ``salts[i]``."""
+        for w, salt in zip(self.workers.values(), salts):
+            w.request("reseed", step, salt)
 
     # -- evaluation ----------------------------------------------------------------------
 
@@ -109,7 +112,7 @@ class Trainer:
         return record
 
     def _evaluate_at(self, step: int, temperature: float, prefix: str) -> dict:
-        self.reseed(step, SALT_EVALUATION, per_worker=False)
+        self.reseed(step, [SALT_EVALUATION] * len(self.workers))
         report, _ = evaluate(self.eval_questions, self.agents(temperature), self.layout.mode, self.cfg.limits,
                              batch_size=len(self.eval_questions), progress=False, tools_for=self.tools_for)
         report["accuracy_by_hops"] = {str(h): a for h, a in report["accuracy_by_hops"].items()}  # JSON keys
@@ -122,7 +125,7 @@ class Trainer:
         cfg = self.cfg
         t_step = time.perf_counter()
         questions = sample_questions(self.train_pool, cfg.questions_per_step, cfg.seed, step)
-        self.reseed(step, SALT_ROLLOUTS, per_worker=True)
+        self.reseed(step, [rollout_salt(i) for i in range(len(self.workers))])
         episodes = run_episodes(questions, self.tools_for, self.agents(cfg.temperature), self.layout.mode,
                                 cfg.limits, rollouts=cfg.rollouts)
         rollout_s = time.perf_counter() - t_step
@@ -242,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         with Trainer(cfg, run_dir, resume=resume, progress=not quiet) as trainer:
             result = trainer.run()
     except (WorkerDied, WorkerFailed) as err:
-        print(f"error: {err}\nThe store and the last checkpoint are intact. Continue with:\n"
+        if not (Path(run_dir) / rundir.CONFIG).exists():  # it failed before its first step
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        kept = "the last checkpoint" if rundir.latest_checkpoint(run_dir) else "the run's config (no checkpoint yet)"
+        print(f"error: {err}\nThe store and {kept} are intact. Continue with:\n"
               f"  python -m mgrpo_ref.train --resume {run_dir}", file=sys.stderr)
         return 1
     except (OSError, StoreError, ValueError) as err:  # a bad run directory, store or base

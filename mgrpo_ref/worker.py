@@ -92,7 +92,7 @@ class AgentWorker:
             t = time.perf_counter()
             rows = self.store.wait_rollouts(step, cfg.questions_per_step * cfg.rollouts)  # the main agent's results
             store_s += time.perf_counter() - t
-            correct = correct_from_rows(rows, cfg.questions_per_step, cfg.rollouts)  # (B, K)
+            correct = correct_from_rows(rows, episodes, cfg.rollouts)  # (B, K)
             halves.append(sub_half(episodes, correct, cfg, policy, step))
         stats = {key: v for half in halves for key, v in half.stats.items()}
         stats.update(update_agent(self.agent, policy, self.learner.optimizer, halves, cfg, step,

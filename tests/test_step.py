@@ -66,9 +66,15 @@ def test_store_rows_carry_correct_m_by_question_and_rollout(episodes, policy):
     for e, row in zip(episodes, rows):
         expected = 0.0 if not e.main.format_valid else (1.0 if row["correct"] else 0.1)
         assert row["main_reward"] == pytest.approx(expected) and row["n_sub"] == len(e.subs)
-    assert torch.equal(correct_from_rows(rows, B, K), main.correct)
-    with pytest.raises(ValueError, match="11 of the step's 12"):
-        correct_from_rows(rows[1:], B, K)
+    assert torch.equal(correct_from_rows(rows, episodes, K), main.correct)
+    with pytest.raises(ValueError, match="11 rollout rows for the step's 12 episodes"):
+        correct_from_rows(rows[1:], episodes, K)
+    swapped = [dict(rows[0], qid=rows[-1]["qid"])] + rows[1:]
+    with pytest.raises(ValueError, match="question 0, rollout 0 does not describe"):
+        correct_from_rows(swapped, episodes, K)
+    beyond = rows[:-1] + [dict(rows[-1], rollout=K)]
+    with pytest.raises(ValueError, match="does not describe"):
+        correct_from_rows(beyond, episodes, K)
 
 
 def test_the_sub_half_uses_the_given_correctness_not_the_trajectories(episodes, policy):
@@ -195,16 +201,18 @@ def test_one_epoch_update_equals_the_textbook_one_with_a_separate_pi_old_pass(po
 
 
 @pytest.mark.parametrize("variant", ["mgrpo", "shared"])
-def test_one_step_in_one_process_matches_the_two_process_run(base, tmp_path, variant):
+def test_one_step_in_one_process_matches_the_two_process_run(tmp_path, variant):
     from safetensors.torch import load_file
 
     from mgrpo_ref.rundir import read_jsonl
-    from mgrpo_ref.seeding import SALT_ROLLOUTS, step_seed
+    from mgrpo_ref.seeding import rollout_salt, step_seed
     from mgrpo_ref.step import make_learner, one_step
     from mgrpo_ref.train import Trainer, sample_questions
 
-    cfg = TrainConfig(variant=variant, base=str(base), steps=1, questions_per_step=2, rollouts=3, d_max=2,
-                      eval_questions=2, eval_sampled_temperature=0.0, max_new_tokens=12, microbatch=8)
+    # The committed base, not the tiny test one: its rollouts differ in reward, so the step has
+    # a gradient and the adapters it leaves are worth comparing.
+    cfg = TrainConfig(variant=variant, base="data/base", steps=1, questions_per_step=2, rollouts=4, d_max=2,
+                      eval_questions=2, eval_sampled_temperature=0.0, max_new_tokens=24, microbatch=8)
     with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
         trainer.run()
     piped = read_jsonl(tmp_path / "run" / "metrics.jsonl")[1]
@@ -212,7 +220,7 @@ def test_one_step_in_one_process_matches_the_two_process_run(base, tmp_path, var
     layout = LAYOUTS[variant]
     learners = {name: make_learner(cfg.base, cfg) for name in dict.fromkeys(layout.learners.values())}
     for i, learner in enumerate(learners.values()):  # the trainer's per-step seeds
-        learner.policy.generator.manual_seed(step_seed(cfg.seed, 1, SALT_ROLLOUTS + i))
+        learner.policy.generator.manual_seed(step_seed(cfg.seed, 1, rollout_salt(i)))
     questions = sample_questions(load_questions("train"), cfg.questions_per_step, cfg.seed, 1)
     agents = {role: learners[name].policy for role, name in layout.learners.items()}
     episodes = run_episodes(questions, ToolsByWorld(), agents, layout.mode, cfg.limits, rollouts=cfg.rollouts)
