@@ -151,9 +151,22 @@ def _resolve_base(base: str | Path, adapter_dir: Path | None = None) -> str:
 
 def model_location(spec: str | Path) -> str:
     """Where :func:`load_policy` would load ``spec`` from (a local model or adapter directory, or
-    a hub name), found without loading anything or using the network; a FileNotFoundError for a
-    local path with no model there. Lets a command check its model before it writes anything."""
-    return _resolve_base(spec)
+    a hub name), found without loading anything. A FileNotFoundError for a local path with no
+    model there, and for a hub name that is neither in the local Hugging Face cache nor
+    reachable now (one short request, :func:`_hub_unreachable`). Lets a command check its model
+    before it writes anything."""
+    location = _resolve_base(spec)
+    if Path(location).is_dir():
+        return location
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(location, "config.json"), str):
+        return location
+    why = _hub_unreachable()
+    if why is not None:
+        raise FileNotFoundError(f"{location} is neither a local model directory nor in the Hugging Face cache, "
+                                f"and the hub cannot be reached ({why})")
+    return location
 
 
 def _adapter_base(adapter_dir: Path) -> str:

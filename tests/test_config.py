@@ -163,3 +163,14 @@ def test_a_missing_local_base_is_refused_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "error: no model directory at data/no_such_model"
     assert not run_dir.exists()
+
+
+def test_an_unreachable_hub_base_is_refused_before_writing(tmp_path, capsys, monkeypatch):
+    import mgrpo_ref.policy as policy
+
+    monkeypatch.setattr(policy, "_hub_unreachable", lambda timeout=3.0: "no network here")
+    run_dir = tmp_path / "run"
+    code = train.main(["--quiet", "--run-dir", str(run_dir), "base=SomeOrg/some-model"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "SomeOrg/some-model is neither a local model" in err
+    assert not run_dir.exists()

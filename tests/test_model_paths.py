@@ -43,13 +43,23 @@ def test_local_paths_and_hub_names_are_told_apart(elsewhere):
 def test_model_location_finds_the_repository_base_from_anywhere(elsewhere):
     assert Path(model_location("data/base")) == BASE  # as from notebooks/
     assert model_location(str(BASE)) == str(BASE)
-    assert model_location("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub name, untried
     for spec in ("runs/no_such_model", "data/no_such_model", "./nope", "~/no_such_model_here"):
         with pytest.raises(FileNotFoundError, match=f"^no model directory at {spec}$"):
             model_location(spec)
     (elsewhere / "runs" / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="runs/empty is not a model directory"):
         model_location("runs/empty")
+
+
+def test_a_hub_name_is_checked_against_the_cache_and_the_hub_before_anything_runs(monkeypatch):
+    import mgrpo_ref.policy as policy
+
+    monkeypatch.setattr(policy, "_hub_unreachable", lambda timeout=3.0: None)  # a machine online
+    assert model_location("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    monkeypatch.setattr(policy, "_hub_unreachable", lambda timeout=3.0: "no network here")
+    with pytest.raises(FileNotFoundError, match="neither a local model directory nor in the Hugging Face cache, "
+                                                "and the hub cannot be reached \\(no network here\\)"):
+        model_location("Qwen/Qwen2.5-0.5B-Instruct")
 
 
 def test_a_base_is_found_beside_its_adapter(tmp_path):
