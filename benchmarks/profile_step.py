@@ -197,6 +197,7 @@ def main() -> None:
         store.wait_rollouts(step, len(rows))
         clock.add("store", time.perf_counter() - start)
     store.close()
+    s, counts, n = dict(clock.seconds), dict(clock.counts), args.steps  # the steps' figures, before evaluating
     start = time.perf_counter()
     greedy = {name: learner.policy for name, learner in learners.items()}
     for policy in greedy.values():
@@ -205,7 +206,7 @@ def main() -> None:
              cfg.limits, batch_size=cfg.eval_questions, progress=False, tools_for=tools)
     wall["evaluation (once)"] = time.perf_counter() - start
 
-    s, n = clock.seconds, args.steps
+    s = defaultdict(float, s)
     rows = []
     roles = sorted({k.split("/")[1] for k in s if k.startswith("generation/")})
     generation_total = sum(s[f"generation/{r}/total"] for r in roles)
@@ -213,9 +214,9 @@ def main() -> None:
         total = s[f"generation/{r}/total"]
         prefill, decode = s[f"generation/{r}/prefill"], s[f"generation/{r}/decode"]
         rows.append((f"generation, {r}", total))
-        rows.append((f"  prefill ({clock.counts[f'generation/{r}/prefill']} passes)", prefill))
-        rows.append((f"  decode ({clock.counts[f'generation/{r}/decode']} passes, "
-                     f"{clock.counts[f'generation/{r}/new tokens']} new tokens)", decode))
+        rows.append((f"  prefill ({counts[f'generation/{r}/prefill']} passes)", prefill))
+        rows.append((f"  decode ({counts[f'generation/{r}/decode']} passes, "
+                     f"{counts[f'generation/{r}/new tokens']} new tokens)", decode))
         rows.append(("  the rest of generate and act", total - prefill - decode))
     rows.append(("  tokenisation inside generation (all roles)", s["tokenisation/generation"]))
     rows.append(("environment (tools, parsing, episode control)", s["rollouts"] - generation_total))
@@ -244,7 +245,7 @@ def main() -> None:
                          "d_max": cfg.d_max, "sub_batch": cfg.sub_batch, "quantization": cfg.quantization},
               "steps": n, "seconds_per_step": {label.strip(): seconds / n for label, seconds in rows},
               "step_seconds": step_total / n, "evaluation_seconds": wall["evaluation (once)"],
-              "raw_seconds": dict(s), "counts": dict(clock.counts)}
+              "raw_seconds": dict(s), "counts": counts}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {args.out}")
