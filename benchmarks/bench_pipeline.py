@@ -68,7 +68,7 @@ def sub_flat(base: Path, repeats: int = 3) -> None:
     from mgrpo_ref.worker import update_threads
 
     cfg = TrainConfig()
-    threads = update_threads("sub", torch.get_num_threads(), cfg.d_max)
+    threads = update_threads("sub", torch.get_num_threads(), cfg.d_max, "slots")  # sub-flat is about slot batches
     torch.set_num_threads(threads)  # as in the sub worker during the update phase
     b, k, d_max = cfg.questions_per_step, cfg.rollouts, cfg.d_max
     questions, episodes = _teacher_episodes(cfg)
@@ -142,11 +142,12 @@ def threads(base: Path, repeats: int = 5) -> None:
     from mgrpo_ref.worker import update_threads
 
     cores, d_max = torch.get_num_threads(), TrainConfig().d_max
-    auto = (update_threads("main", cores, d_max), update_threads("sub", cores, d_max))
+    auto = tuple(update_threads(agent, cores, d_max, TrainConfig().sub_batch) for agent in ("main", "sub"))
     splits = sorted({(1, 1), (1, cores), (cores, cores), auto})
     ctx = multiprocessing.get_context("spawn")
     print(f"{cores} cores; worker.update_threads gives main {auto[0]}, sub {auto[1]}")
     print(f"{'main':>4} {'sub':>4} {'main s':>7} {'sub s':>7} {'phase wall s':>12}   (median of {repeats})")
+    rows = []
     for n_main, n_sub in splits:
         barrier, queue = ctx.Barrier(2), ctx.Queue()
         procs = [ctx.Process(target=_timed_updates, args=(agent, n, repeats, str(base), barrier, queue))
@@ -160,6 +161,13 @@ def threads(base: Path, repeats: int = 5) -> None:
         wall = statistics.median(max(m[1], s[1]) - min(m[0], s[0]) for m, s in zip(spans["main"], spans["sub"]))
         mark = "  <- update_threads" if (n_main, n_sub) == auto else ""
         print(f"{n_main:4d} {n_sub:4d} {own['main']:7.2f} {own['sub']:7.2f} {wall:12.2f}{mark}")
+        rows.append({"main_threads": n_main, "sub_threads": n_sub, "main_s": own["main"], "sub_s": own["sub"],
+                     "phase_wall_s": wall, "update_threads": (n_main, n_sub) == auto})
+    out = ROOT / "benchmarks" / "results" / "threads.json"
+    out.write_text(json.dumps({"command": "python benchmarks/bench_pipeline.py threads", "cores": cores,
+                               "sub_batch": TrainConfig().sub_batch, "repeats": repeats, "splits": rows},
+                              indent=1) + "\n")
+    print(f"-> {out}")
 
 
 def main() -> None:

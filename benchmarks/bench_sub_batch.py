@@ -41,14 +41,13 @@ def main() -> None:
     from mgrpo_ref.step import main_half, policy_update, sub_half
     from mgrpo_ref.tools import ToolsByWorld
     from mgrpo_ref.train import sample_questions
-    from mgrpo_ref.worker import update_threads
     from mgrpo_ref.world import load_questions
 
     cfg = replace(TrainConfig(), base=args.base)
     policy = load_policy(cfg.base, quantization=cfg.quantization, lora=cfg.lora,
                          sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens), seed=cfg.seed)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)  # lr 0: the same adapter each repeat
-    threads = update_threads("sub", torch.get_num_threads(), cfg.d_max)
+    threads = torch.get_num_threads()  # each form's update alone, on every core
     pool, tools = load_questions("train"), ToolsByWorld()
     rows = []
     for step in range(1, args.steps + 1):

@@ -30,17 +30,21 @@ import torch
 MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
 
 
-def update_threads(agent: str, cores: int, d_max: int) -> int:
+def update_threads(agent: str, cores: int, d_max: int, sub_batch: str = "distinct") -> int:
     """Threads of a worker's update phase, in which the main and the sub worker run at once.
 
-    The sub batch holds D_max rows per rollout against the main batch's one, so the sub
-    worker gets every core and the main worker a 1/(D_max + 1) share of them, at least one
-    (``python benchmarks/bench_pipeline.py threads`` measures the split against others).
-    A worker that updates alone (single, shared) gets every core.
+    The split follows the two batches' sizes. The distinct sub batch holds about as many rows
+    as the main batch's B*K, so each worker gets half the cores. The slot batch holds D_max
+    rows per rollout against the main batch's one, so the sub worker gets every core and the
+    main worker a 1/(D_max + 1) share. Always at least one thread; a worker that updates
+    alone (single, shared) gets every core. ``python benchmarks/bench_pipeline.py threads``
+    measures the split against others (docs/results.md, "Time").
     """
-    if agent == "main":
-        return max(1, round(cores / (d_max + 1)))
-    return cores
+    if agent not in ("main", "sub"):
+        return cores
+    if sub_batch == "distinct":
+        return max(1, cores // 2)
+    return max(1, round(cores / (d_max + 1))) if agent == "main" else cores
 
 
 class AgentWorker:
@@ -79,7 +83,7 @@ class AgentWorker:
         """This agent's half of ``step`` and its update (step.py), with the store between halves."""
         from .step import correct_from_rows, main_half, rollout_rows, sub_half, update_agent
 
-        torch.set_num_threads(update_threads(self.agent, self.cores, self.cfg.d_max))
+        torch.set_num_threads(update_threads(self.agent, self.cores, self.cfg.d_max, self.cfg.sub_batch))
         cfg, policy, store_s = self.cfg, self.learner.policy, 0.0
         halves = []
         if self.agent == self.layout.main_learner:

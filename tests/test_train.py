@@ -199,13 +199,15 @@ def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):
     assert [s["main/lr"] for s in stats] == pytest.approx([1e-3, 5e-4])
 
 
-def test_update_threads_give_the_sub_worker_every_core():
+def test_update_threads_follow_the_two_batches_sizes():
     from mgrpo_ref.worker import update_threads
 
     # the sub batch is D_max times the main batch: the sub gets every core, the main a share
-    assert [update_threads("sub", c, 4) for c in (1, 2, 16)] == [1, 2, 16]
-    assert [update_threads("main", c, 4) for c in (1, 2, 16)] == [1, 1, 3]
-    assert update_threads("main", 16, 1) == 8  # D_max = 1: equal batches, equal shares
+    assert [update_threads("sub", c, 4, "slots") for c in (1, 2, 16)] == [1, 2, 16]
+    assert [update_threads("main", c, 4, "slots") for c in (1, 2, 16)] == [1, 1, 3]
+    assert update_threads("main", 16, 1, "slots") == 8  # D_max = 1: equal batches, equal shares
+    # the distinct sub batch is about the main batch's size: half the cores each
+    assert [update_threads(agent, c, 4, "distinct") for agent in ("main", "sub") for c in (1, 2, 16)] == [1, 1, 8] * 2
     # a worker that updates alone (single agent, shared adapter) uses the whole machine
     assert update_threads("single", 2, 4) == 2 and update_threads("shared", 16, 4) == 16
 
