@@ -41,7 +41,6 @@ from .episode import transcript
 from .evaluate import evaluate, make_agent
 from .policy import REPO_ROOT, SamplingSettings, model_location
 from . import rundir
-from .rundir import latest_checkpoint
 from .step import LAYOUTS
 from .tools import ToolsByWorld
 from .train import EVAL_KEYS, Trainer
@@ -78,7 +77,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
     directory that holds another config is refused, finished or not."""
     if (run_dir / rundir.CONFIG).exists() and TrainConfig.load(run_dir / rundir.CONFIG) != cfg:
         raise FileExistsError(f"{run_dir} holds a run with another config; remove it or choose another --runs")
-    done = latest_checkpoint(run_dir)
+    done = rundir.latest_checkpoint(run_dir)
     if done is not None and rundir.checkpoint_step(done) >= cfg.steps:
         return
     with Trainer(cfg, run_dir, resume=(run_dir / rundir.CONFIG).exists(), progress=progress) as trainer:
@@ -255,7 +254,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                 "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
                 "curves": curves(records),
                 "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in records), 1),
-                "episodes": [transcript(e) for e in greedy_episodes(cfg, latest_checkpoint(run_dir), shown, tools_for)]})
+                "episodes": [transcript(e) for e in greedy_episodes(cfg, rundir.latest_checkpoint(run_dir), shown, tools_for)]})
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             (out / "table.md").write_text(table(results))
             print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",

@@ -231,7 +231,6 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path, bool, bool]:
         named = [f"variant={args.variant}"] if args.variant is not None else []
         named += [f"seed={args.seed}"] if args.seed is not None else []
         cfg = TrainConfig().override(args.overrides + named)
-        held_out_questions(cfg)
         run_dir = args.run_dir or Path("runs") / f"{cfg.variant}-s{cfg.seed}"
         return cfg, run_dir, False, args.quiet
     except ValueError as err:

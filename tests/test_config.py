@@ -138,7 +138,6 @@ def test_resume_without_a_run_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["eval_questions=201"], "the eval split has 200 questions"),
     (["--seed", "-1"], "seed=-1 is invalid"),
     (["--seed", "x"], "seed='x' is invalid"),
     (["--variant", "nope"], "variant='nope' is invalid"),
@@ -155,6 +154,15 @@ def test_the_train_cli_checks_before_writing(tmp_path, capsys, argv, says):
 def test_a_saved_config_holds_every_field():
     d = json.loads(TrainConfig().to_json())
     assert set(d["reward"]) == {"a1", "a2", "b1", "b2", "b3"} and TrainConfig.from_dict(d) == TrainConfig()
+
+
+def test_more_held_out_questions_than_the_split_has_are_refused_before_writing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = train.main(["--quiet", "--run-dir", str(run_dir), "eval_questions=201"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err == "error: eval_questions=201 is invalid: the eval split has 200 questions"
+    assert not run_dir.exists()
 
 
 def test_a_missing_local_base_is_refused_before_writing(tmp_path, capsys):
