@@ -1,21 +1,30 @@
-"""The training step's wall time with the slot batch against the distinct batch, in one run.
+"""``make train``'s step time now, against the code before the speed-ups, in one run.
 
-    python benchmarks/bench_step_time.py [--steps 10] [--pairs 2]
+    python benchmarks/bench_step_time.py [--steps 10] [--pairs 2] [--before 7307547]
 
-Trains the default config (two worker processes, as ``make train`` does) for ``--steps``
-steps with ``sub_batch=slots``, then the same with ``sub_batch=distinct``, ``--pairs`` times
-in alternation, each in a fresh temporary run directory (evaluations cut to the minimum:
-8 questions at the start and the end, outside the timed steps). It prints the mean step
-time and update-phase time of each form, their ratio, and writes
-benchmarks/results/step_time.json.
+Trains the default config (``python -m mgrpo_ref.train``, two worker processes, as
+``make train`` does) for ``--steps`` steps in three arms, ``--pairs`` times in alternation,
+each in a fresh temporary run directory with evaluations cut to the minimum (8 questions at
+the start and the end, outside the timed steps):
+
+    before      the package as it was at commit ``--before`` (extracted with ``git archive``
+                into a temporary folder; by default the last commit before the step was
+                made faster, whose sub-agent batch is the fixed-shape slot batch)
+    now, slots  this tree with ``sub_batch=slots``
+    now         this tree with its defaults (the distinct batch)
+
+It prints each arm's mean step time, rollout time and update phase, the ratios of "now"
+to the others, and writes benchmarks/results/step_time.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,54 +32,69 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mgrpo_ref.rundir import read_jsonl  # noqa: E402
+
+SHORT = ["eval_questions=8", "eval_sampled_temperature=0"]
+
+
+def extract(commit: str) -> Path:
+    """The repository's tree at ``commit`` in a temporary folder."""
+    where = Path(tempfile.mkdtemp(prefix=f"before-{commit[:7]}-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
+
+
+def train(tree: Path, steps: int, overrides: list[str]) -> dict:
+    """Run the trainer of ``tree`` and average its step records."""
+    run_dir = Path(tempfile.mkdtemp(prefix="step-time-")) / "run"
+    settings = [f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}", *SHORT, *overrides]
+    subprocess.run([sys.executable, "-m", "mgrpo_ref.train", "--run-dir", str(run_dir), "--quiet", *settings],
+                   cwd=tree, check=True, capture_output=True, env=os.environ | {"PYTHONPATH": str(tree)})
+    steps_ = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["step"] > 0]
+    return {key: statistics.fmean(r[f"time/{key}"] for r in steps_) for key in ("step_s", "rollout_s", "update_wall_s")} | {
+        "sub_rows": statistics.fmean(r["sub/n_rows"] for r in steps_)}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--before", default="7307547", help="the commit to compare against")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_time.json")
     args = parser.parse_args()
 
     import torch
 
-    from mgrpo_ref.config import TrainConfig
-    from mgrpo_ref.rundir import read_jsonl
-    from mgrpo_ref.train import Trainer
-
+    before = extract(args.before)
+    arms = {"before": (before, []), "now, slots": (ROOT, ["sub_batch=slots"]), "now": (ROOT, [])}
     runs = []
     for pair in range(args.pairs):
-        for form in ("slots", "distinct"):
-            cfg = TrainConfig().override([f"steps={args.steps}", f"sub_batch={form}", "eval_questions=8",
-                                          f"eval_every={args.steps}", f"checkpoint_every={args.steps}",
-                                          "eval_sampled_temperature=0"])
-            run_dir = Path(tempfile.mkdtemp(prefix=f"step-time-{form}-")) / "run"
-            with Trainer(cfg, run_dir, progress=False) as trainer:
-                trainer.run()
-            steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["step"] > 0]
-            run = {"pair": pair, "sub_batch": form,
-                   "step_s": statistics.fmean(r["time/step_s"] for r in steps),
-                   "rollout_s": statistics.fmean(r["time/rollout_s"] for r in steps),
-                   "update_wall_s": statistics.fmean(r["time/update_wall_s"] for r in steps),
-                   "sub_update_s": statistics.fmean(r["sub/update_s"] for r in steps),
-                   "main_update_s": statistics.fmean(r["main/update_s"] for r in steps),
-                   "sub_rows": statistics.fmean(r["sub/n_rows"] for r in steps)}
+        for arm, (tree, overrides) in arms.items():
+            run = {"pair": pair, "arm": arm, **train(tree, args.steps, overrides)}
             runs.append(run)
-            print(f"pair {pair} {form:8s}: step {run['step_s']:.2f} s (rollouts {run['rollout_s']:.2f} s, update "
-                  f"phase {run['update_wall_s']:.2f} s; sub update {run['sub_update_s']:.2f} s on "
-                  f"{run['sub_rows']:.0f} rows, main update {run['main_update_s']:.2f} s)", flush=True)
+            print(f"pair {pair} {arm:10s}: step {run['step_s']:.2f} s (rollouts {run['rollout_s']:.2f} s, update "
+                  f"phase {run['update_wall_s']:.2f} s; {run['sub_rows']:.0f} sub rows)", flush=True)
 
-    def mean(form: str, key: str) -> float:
-        return statistics.fmean(r[key] for r in runs if r["sub_batch"] == form)
+    def mean(arm: str, key: str) -> float:
+        return statistics.fmean(r[key] for r in runs if r["arm"] == arm)
 
-    summary = {"command": f"python benchmarks/bench_step_time.py --steps {args.steps} --pairs {args.pairs}",
+    summary = {"command": f"python benchmarks/bench_step_time.py --steps {args.steps} --pairs {args.pairs} "
+                          f"--before {args.before}",
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-               "ratio_step_distinct_over_slots": mean("distinct", "step_s") / mean("slots", "step_s"),
-               "ratio_update_phase_distinct_over_slots": mean("distinct", "update_wall_s") / mean("slots", "update_wall_s"),
+               "before": args.before,
+               "mean_s": {arm: {key: mean(arm, key) for key in ("step_s", "rollout_s", "update_wall_s")} for arm in arms},
+               "ratio_step_now_over_before": mean("now", "step_s") / mean("before", "step_s"),
+               "ratio_step_now_over_now_slots": mean("now", "step_s") / mean("now, slots", "step_s"),
+               "ratio_rollouts_now_over_before": mean("now", "rollout_s") / mean("before", "rollout_s"),
+               "ratio_update_phase_now_over_before": mean("now", "update_wall_s") / mean("before", "update_wall_s"),
                "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"distinct / slots: step time x{summary['ratio_step_distinct_over_slots']:.2f}, update phase "
-          f"x{summary['ratio_update_phase_distinct_over_slots']:.2f}  -> {args.out}")
+    print(f"now / before ({args.before}): step time x{summary['ratio_step_now_over_before']:.2f} (rollouts "
+          f"x{summary['ratio_rollouts_now_over_before']:.2f}, update phase "
+          f"x{summary['ratio_update_phase_now_over_before']:.2f}); now / now with slots: "
+          f"x{summary['ratio_step_now_over_now_slots']:.2f}  -> {args.out}")
 
 
 if __name__ == "__main__":

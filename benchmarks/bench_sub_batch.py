@@ -17,11 +17,15 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_steps import policy_and_config, real_steps  # noqa: E402
 
 
 def main() -> None:
@@ -34,27 +38,13 @@ def main() -> None:
 
     import torch
 
-    from mgrpo_ref.config import TrainConfig
-    from mgrpo_ref.episode import run_episodes
-    from mgrpo_ref.policy import SamplingSettings, load_policy
-    from mgrpo_ref.seeding import rollout_salt, step_seed
     from mgrpo_ref.step import main_half, policy_update, sub_half
-    from mgrpo_ref.tools import ToolsByWorld
-    from mgrpo_ref.train import sample_questions
-    from mgrpo_ref.world import load_questions
 
-    cfg = replace(TrainConfig(), base=args.base)
-    policy = load_policy(cfg.base, quantization=cfg.quantization, lora=cfg.lora,
-                         sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens), seed=cfg.seed)
+    policy, cfg = policy_and_config(args.base)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)  # lr 0: the same adapter each repeat
     threads = torch.get_num_threads()  # each form's update alone, on every core
-    pool, tools = load_questions("train"), ToolsByWorld()
     rows = []
-    for step in range(1, args.steps + 1):
-        policy.generator.manual_seed(step_seed(cfg.seed, step, rollout_salt(0)))
-        questions = sample_questions(pool, cfg.questions_per_step, cfg.seed, step)
-        episodes = run_episodes(questions, tools, {"main": policy, "sub": policy}, "multi", cfg.limits,
-                                rollouts=cfg.rollouts)
+    for step, episodes in real_steps(policy, cfg, args.steps):
         correct = main_half(episodes, cfg, policy).correct
         halves = {form: sub_half(episodes, correct, replace(cfg, sub_batch=form), policy, step)
                   for form in ("slots", "distinct")}

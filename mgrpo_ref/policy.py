@@ -23,6 +23,7 @@ silent fallback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checks import ConfigError, check_int, check_number
+from .checks import ConfigError, check_choice, check_int, check_number
 from .protocol import stop_strings
 
 ADAPTER_FILE = "adapter_config.json"
@@ -82,6 +83,64 @@ def token_logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) ->
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (N, T-1, V)
     picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
     return F.pad(picked, (1, 0))  # (N, T)
+
+
+def logprobs_at(hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Tensor,
+                where: torch.Tensor) -> torch.Tensor:
+    """log p(x_t | x_<t) at the positions ``where`` is True, 0 elsewhere: (N, T).
+
+    hidden (N, T, H) is the decoder's last hidden state and ``head`` the output layer (H ->
+    V). The state at t - 1 predicts the token at t, so only the states before a wanted
+    position go through the head: (number of wanted positions, V) logits instead of
+    (N, T, V). Position 0 has no prediction and gets 0, as in :func:`token_logprobs_from_logits`.
+    """
+    wanted = where[:, 1:].bool()  # (N, T-1): positions 1..T-1
+    logits = head(hidden[:, :-1][wanted])  # (P, V), P wanted positions
+    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:][wanted][:, None]).squeeze(-1)
+    out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)  # (N, T)
+    out[:, 1:][wanted] = picked
+    return out
+
+
+def _logits_are_the_head_of_the_last_state(model) -> bool:
+    """Whether the model's logits are its output layer applied to the decoder's last hidden
+    state, nothing more (Llama, Qwen2, SmolLM2 and our base: yes; a model that scales or caps
+    its logits, such as Gemma 2, or has no separate decoder: no, and the full forward is used)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = inner.config
+    plain = getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None
+    try:
+        return plain and inner.get_decoder() is not inner and inner.get_output_embeddings() is not None
+    except (AttributeError, NotImplementedError):
+        return False
+
+
+def sample_by_inverse_cdf(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row drawn from softmax(scores), by inverting its CDF: (N, V) -> (N,).
+
+    Draw u uniform in [0, 1) per row and take the first token whose cumulative probability
+    exceeds u: token i is drawn when cdf[i-1] <= u < cdf[i], an interval of length p_i. A
+    token of probability 0 (score -inf, e.g. cut by top-p) owns an empty interval and is
+    never drawn. The distribution is torch.multinomial's; on a CPU this is some 30 times
+    faster over a vocabulary of thousands (``python benchmarks/bench_sampling.py``).
+    """
+    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)  # (N, V)
+    u = torch.rand(len(cdf), 1, generator=generator).to(cdf.device) * cdf[:, -1:]  # (N, 1), scaled to the rounded total
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)  # (N,)
+
+
+class InverseCdfSampler:
+    """A logits processor for ``generate``: draws each row's next token with
+    :func:`sample_by_inverse_cdf` and returns scores that are 0 at that token and -inf
+    elsewhere, so that greedy decoding emits the sampled token."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token = sample_by_inverse_cdf(scores, self.generator)  # (N,)
+        chosen = torch.full_like(scores, float("-inf"))  # (N, V)
+        return chosen.scatter_(1, token[:, None], 0.0)
 
 
 def default_device() -> str:
@@ -256,25 +315,33 @@ class Policy:
 
     @torch.no_grad()
     def act(self, role: str, contexts: list[str]) -> list[str]:
-        """Sample one turn for each context (the ``episode.Agent`` interface)."""
+        """Sample one turn for each context (the ``episode.Agent`` interface).
+
+        With a temperature above 0, every token is drawn by :func:`sample_by_inverse_cdf`
+        from the policy's own generator (``self.generator``; torch's global one is never
+        touched), after temperature and top-p; at temperature 0 decoding is greedy.
+        """
         if not contexts:
             return []
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
         s = self.sampling
         self.tokenizer.padding_side = "left"  # generation appends on the right
         batch = self.tokenizer(contexts, add_special_tokens=False, return_tensors="pt", padding=True)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         stop_ids = self._stop_ids[role]
-        kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, do_sample=False)
         if stop_ids is not None:
             kwargs["eos_token_id"] = stop_ids  # the closing tags are single tokens: stop on their ids
         else:
             kwargs.update(stop_strings=stop_strings(role), tokenizer=self.tokenizer)
         if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False)
-        # generate() draws from torch's global generator: seed it from ours for reproducibility.
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+            # generate() decodes greedily over scores in which the last processor has already
+            # drawn the token: it emits exactly the sampled tokens.
+            kwargs["logits_processor"] = LogitsProcessorList(
+                ([TemperatureLogitsWarper(s.temperature)] if s.temperature != 1.0 else [])
+                + ([TopPLogitsWarper(s.top_p)] if s.top_p < 1.0 else [])
+                + [InverseCdfSampler(self.generator)])
         out = self.model.generate(**batch, **kwargs)
         new = out[:, batch["input_ids"].shape[1]:]  # (N, new tokens)
         pad = self.tokenizer.pad_token_id  # set in __init__, never None
@@ -290,19 +357,34 @@ class Policy:
     # -- scoring -----------------------------------------------------------------------
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       reference: bool = False) -> torch.Tensor:
+                       reference: bool = False, where: torch.Tensor | None = None) -> torch.Tensor:
         """(N, T) log-probs of the given right-padded ids; under the base alone if ``reference``.
+
+        ``where`` (N, T), bool: the positions whose log-probs are needed (the loss's weighted
+        tokens); every other position gets 0, and the output layer and softmax run only on the
+        hidden states that predict those positions. A loss reads only a few positions of a
+        multi-turn trajectory (the agent's own tokens), and over a vocabulary of thousands the
+        output layer is a large share of the model's work:
+        ``python benchmarks/bench_update.py`` measures the saving. The values at ``where``
+        equal the full computation's (tested).
 
         Gradients flow into the adapter unless called under torch.no_grad() or with
         ``reference=True`` (the reference is always computed without gradients).
         """
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        if reference:
-            with torch.no_grad(), self.model.disable_adapter():
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return token_logprobs_from_logits(logits, input_ids) * attention_mask  # (N, T)
+        if where is not None:
+            where = where.to(self.device).bool() & attention_mask.bool()  # padding is never wanted
+        with contextlib.ExitStack() as context:
+            if reference:
+                context.enter_context(torch.no_grad())
+                context.enter_context(self.model.disable_adapter())
+            if where is None or not _logits_are_the_head_of_the_last_state(self.model):
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, T, V)
+                logp = token_logprobs_from_logits(logits, input_ids) * attention_mask  # (N, T)
+                return logp if where is None else logp * where
+            inner = self.model.get_base_model()
+            hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return logprobs_at(hidden, inner.get_output_embeddings(), input_ids, where)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -316,9 +398,44 @@ class Policy:
         self.tokenizer.save_pretrained(str(out))
 
 
+NF4_ON_CPU = ("dequantized", "packed")
+"""How a 4-bit base is held on a CPU: see :func:`dequantize_4bit_layers`."""
+
+
+def dequantize_4bit_layers(model) -> int:
+    """Replace each bitsandbytes 4-bit linear layer of ``model`` by a frozen full-precision
+    ``nn.Linear`` holding its dequantised weights, in place; return how many were replaced.
+
+    On a CPU bitsandbytes has no 4-bit matrix product that autograd can use: every forward
+    pass of a 4-bit layer dequantises its weights and multiplies in full precision, and
+    generation repeats that for every token. The base is frozen, so dequantising once, at
+    load, computes the same numbers (logits equal bit for bit, tested) in less time
+    (``python benchmarks/bench_limits.py``), at full precision's memory. The model still
+    is the NF4 model: its weights are the 4-bit values, only stored unpacked. On a GPU
+    bitsandbytes' own kernels run and the layers stay 4-bit.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = dequantize_4bit(child.weight.data, child.weight.quant_state).to(torch.float32)  # (out, in)
+            linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                     device="meta")  # no initialisation (and no draw from the RNG): set below
+            linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+            if child.bias is not None:
+                linear.bias = torch.nn.Parameter(child.bias.data.float().clone(), requires_grad=False)
+            setattr(parent, name, linear)
+            replaced += 1
+    return replaced
+
+
 def load_policy(path: str | Path, quantization: str = "nf4", device: str | None = None,
                 lora: LoraSettings = LoraSettings(), sampling: SamplingSettings = SamplingSettings(),
-                trainable: bool = True, seed: int = 0) -> Policy:
+                trainable: bool = True, seed: int = 0, nf4_on_cpu: str = "dequantized") -> Policy:
     """Load a base (local directory or hub name) with a fresh adapter, or a saved adapter.
 
     ``path`` is either a base model (a directory with config.json, or a hub name), which
@@ -329,6 +446,10 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
     A local path (see :func:`is_local_path`) with no model there is a FileNotFoundError at once;
     an adapter_config.json without its base is a ValueError naming the file; a hub name that is
     neither cached nor reachable is an OSError within seconds (:func:`_from_pretrained`).
+
+    ``nf4_on_cpu``: on a CPU, a 4-bit base is "dequantized" once at load (the default; the
+    same numbers, faster: :func:`dequantize_4bit_layers`) or kept "packed" in bitsandbytes'
+    4-bit layers (a quarter of the memory, dequantised again on every forward pass).
     """
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -347,6 +468,9 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
     tokenizer = _from_pretrained(AutoTokenizer, str(adapter_dir or base))
     for p in model.parameters():  # the base is frozen; only adapters train
         p.requires_grad_(False)
+    check_choice("nf4_on_cpu", nf4_on_cpu, NF4_ON_CPU)
+    if quant is not None and not device.startswith("cuda") and nf4_on_cpu == "dequantized":
+        dequantize_4bit_layers(model)  # before the adapter is added: LoRA wraps plain linear layers
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     else:
@@ -357,7 +481,7 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
             torch.manual_seed(seed)
             model = get_peft_model(model, config)  # LoRA A: random (seeded); B: zeros
     model.config.use_cache = True
-    # Training mode, always. In eval mode bitsandbytes repacks 4-bit weights on the CPU into an
+    # Training mode, always. In eval mode bitsandbytes repacks packed 4-bit weights on the CPU into an
     # inference-only layout on the first no-grad forward, after which a forward with autograd
     # fails. Our configs have no dropout (LoRA dropout 0, the base's attention dropout 0), so
     # training mode computes exactly what eval mode would.

@@ -1,13 +1,14 @@
-"""A 2-step run logs the numbers it logged before the step was gathered into step.py.
+"""A 2-step run logs the numbers it logged when its fixtures were written.
 
-``tests/data/metrics-2-steps-<variant>.jsonl`` were written by the code before that
-refactor (the commit before step.py existed) with the committed base and the config
-below. The refactor moved code and renamed things; it was meant to change no number, and
-this test holds it to that: counts and histograms exactly, floats to float rounding.
+``tests/data/metrics-2-steps-<variant>.jsonl`` were written with the committed base and the
+config below by the code that introduced inverse-CDF sampling (``policy.sample_by_inverse_cdf``).
+Every later change that is meant to move no number (a refactor, a faster update) is held to
+them: counts and histograms exactly, floats to float rounding. A change that draws other
+tokens (a new sampler, new seeds) rewrites them, and says so in docs/history.md.
 
-The fixtures were made with the slot batch, then the only form of the sub-agent's batch, so
-the run here asks for it (``sub_batch=slots``). The default distinct batch computes the same
-loss and gradient from fewer rows (tests/test_step.py), so it logs another ``sub/n_rows``.
+They ask for the slot batch (``sub_batch=slots``), the form of the first fixtures; the
+default distinct batch computes the same loss and gradient from fewer rows
+(tests/test_step.py), so it logs another ``sub/n_rows``.
 """
 
 import json
@@ -28,7 +29,7 @@ def numbers(record: dict) -> dict:
 
 
 @pytest.mark.parametrize("variant", ["mgrpo", "frozen_sub", "single_agent", "shared"])
-def test_a_two_step_run_logs_the_numbers_it_logged_before_the_refactor(tmp_path, variant):
+def test_a_two_step_run_logs_the_numbers_of_its_fixture(tmp_path, variant):
     run = tmp_path / variant
     proc = subprocess.run([sys.executable, "-m", "mgrpo_ref.train", "--quiet", "--variant", variant,
                            "--run-dir", str(run), *CONFIG], capture_output=True, text=True, timeout=600)

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mgrpo_ref.batching import collate
-from mgrpo_ref.policy import SamplingSettings, load_policy, token_logprobs_from_logits
+from mgrpo_ref.policy import (SamplingSettings, load_policy, sample_by_inverse_cdf,
+                              token_logprobs_from_logits)
 from mgrpo_ref.pretrain import SIZES, pretrain
 
 CONTEXTS = [
@@ -88,7 +89,7 @@ def test_pretrain_command_builds_a_working_model(tmp_path):
 def test_4bit_load_holds_linear4bit_layers(base):
     import bitsandbytes as bnb
 
-    policy = load_policy(base)
+    policy = load_policy(base, nf4_on_cpu="packed")
     kinds = {type(m).__name__ for m in policy.model.modules()}
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.model.modules()), kinds
     full = load_policy(base, quantization="none")
@@ -96,6 +97,39 @@ def test_4bit_load_holds_linear4bit_layers(base):
     # only adapter weights train
     assert policy.trainable_parameters() and all("lora_" in n for n, p in policy.model.named_parameters()
                                                   if p.requires_grad)
+
+
+def test_a_4bit_base_dequantised_once_computes_what_the_packed_layers_compute(base):
+    """On a CPU the default holds the NF4 weights unpacked in plain linear layers: the same
+    log-probs bit for bit, the same adapter gradient, the same greedy turns."""
+    import bitsandbytes as bnb
+
+    packed = load_policy(base, nf4_on_cpu="packed", seed=1,
+                         sampling=SamplingSettings(temperature=0.0, max_new_tokens=12))
+    unpacked = load_policy(base, seed=1, sampling=SamplingSettings(temperature=0.0, max_new_tokens=12))
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in unpacked.model.modules())
+    assert not any(p.requires_grad for n, p in unpacked.model.named_parameters() if "lora_" not in n)
+    for policy in (packed, unpacked):
+        perturb_adapter(policy, seed=4)
+    batch = batch_of(packed, CONTEXTS)
+    grads = []
+    for policy in (packed, unpacked):
+        logp = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
+        (-logp.sum()).backward()
+        grads.append([p.grad for p in policy.trainable_parameters()])
+        policy.logp = logp.detach()
+    assert torch.equal(packed.logp, unpacked.logp)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert packed.act("sub", CONTEXTS) == unpacked.act("sub", CONTEXTS)
+    full = load_policy(base, quantization="none", seed=1)  # not the NF4 model: other numbers
+    with torch.no_grad():
+        assert not torch.equal(full.token_logprobs(batch["input_ids"], batch["attention_mask"]), packed.logp)
+
+
+def test_a_bad_nf4_on_cpu_is_a_clear_error(base):
+    with pytest.raises(ValueError, match="nf4_on_cpu"):
+        load_policy(base, nf4_on_cpu="zipped")
 
 
 def test_bad_quantization_is_a_clear_error(base):
@@ -115,6 +149,80 @@ def test_logprobs_equal_a_direct_forward_pass_for_padded_batches(base):
             want = token_logprobs_from_logits(logits, ids)[0]
             torch.testing.assert_close(got[i, : ids.shape[1]], want, atol=1e-5, rtol=1e-5)
             assert torch.all(got[i, ids.shape[1]:] == 0)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_logprobs_at_chosen_positions_equal_the_full_computation(base, reference):
+    """``where`` runs the output layer on the wanted positions only: same values there, 0
+    elsewhere (padding included), and the same adapter gradient from a loss over them."""
+    policy = load_policy(base)
+    perturb_adapter(policy)
+    batch = batch_of(policy, CONTEXTS)
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    where = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.4  # (N, T), some on padding
+    where[:, 0] = True  # position 0 has no prediction: it stays 0 either way
+
+    def loss_and_grads(**kwargs):
+        policy.model.zero_grad(set_to_none=True)
+        logp = policy.token_logprobs(ids, att, reference=reference, **kwargs)
+        if not reference:
+            (-(logp * where).sum()).backward()
+        grads = [p.grad.clone() for p in policy.trainable_parameters()] if not reference else []
+        return logp, grads
+
+    full, full_grads = loss_and_grads()
+    chosen, chosen_grads = loss_and_grads(where=where)
+    wanted = where & att.bool()
+    torch.testing.assert_close(chosen[wanted], full[wanted], atol=1e-5, rtol=1e-5)
+    assert torch.all(chosen[~wanted] == 0) and (chosen[wanted] != 0).sum() > 10
+    for a, b in zip(full_grads, chosen_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert reference or any(g.abs().sum() > 0 for g in chosen_grads)
+
+
+def test_a_model_whose_logits_are_not_the_plain_head_takes_the_full_forward(base, monkeypatch):
+    """Models that cap or scale their logits (Gemma 2) must not take the shortcut."""
+    from mgrpo_ref import policy as policy_module
+
+    policy = load_policy(base)
+    assert policy_module._logits_are_the_head_of_the_last_state(policy.model)
+    monkeypatch.setattr(policy.model.get_base_model().config, "final_logit_softcapping", 30.0, raising=False)
+    assert not policy_module._logits_are_the_head_of_the_last_state(policy.model)
+    batch = batch_of(policy, CONTEXTS)
+    where = batch["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(policy.token_logprobs(batch["input_ids"], batch["attention_mask"], where=where),
+                                   policy.token_logprobs(batch["input_ids"], batch["attention_mask"]))
+
+
+def test_inverse_cdf_sampling_draws_each_token_with_its_probability():
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    scores = probs.log().repeat(20_000, 1)  # (40000, 4), -inf where p = 0
+    tokens = sample_by_inverse_cdf(scores, torch.Generator().manual_seed(0))
+    first, second = tokens[0::2], tokens[1::2]
+    freq = torch.bincount(first, minlength=4).float() / len(first)
+    torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)  # 3 standard errors is about 0.011
+    assert torch.all(second == 3)  # a certain token is always drawn; p = 0 never
+    again = sample_by_inverse_cdf(scores, torch.Generator().manual_seed(0))
+    assert torch.equal(tokens, again)
+
+
+def test_sampling_with_a_tiny_top_p_is_greedy(base):
+    """top-p keeps only the most likely token when p is tiny: the sampler must then agree
+    with greedy decoding token for token (checks that temperature, top-p and the sampler
+    are wired into generate in that order)."""
+    greedy = load_policy(base, sampling=SamplingSettings(temperature=0.0, max_new_tokens=12))
+    perturb_adapter(greedy)
+    nucleus = load_policy(base, sampling=SamplingSettings(temperature=0.7, top_p=1e-6, max_new_tokens=12))
+    perturb_adapter(nucleus)
+    assert nucleus.act("sub", CONTEXTS) == greedy.act("sub", CONTEXTS)
+
+
+def test_sampling_leaves_the_global_generator_alone(base):
+    policy = load_policy(base, sampling=SamplingSettings(temperature=1.0, max_new_tokens=8), seed=2)
+    state = torch.get_rng_state()
+    policy.act("main", CONTEXTS)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_adapters_disabled_give_the_base_logprobs(base):

@@ -290,3 +290,38 @@ def test_distinct_rows_weighted_by_copies_give_the_slot_batch_loss_and_gradient(
         torch.testing.assert_close(g_distinct, g_slots, rtol=1e-4, atol=1e-7)
     for p, s in zip(params, start):
         assert torch.equal(p.detach(), s)
+
+
+def test_microbatches_longest_first_give_the_same_loss_and_gradient(episodes, policy, monkeypatch):
+    """Taking rows longest first (less padding per microbatch) reorders a sum: the loss and
+    the adapter gradient equal those of one microbatch holding the batch in its own order."""
+    import functools
+
+    from mgrpo_ref import step as step_module
+
+    half = sub_half(episodes, main_half(episodes, CFG, policy).correct, CFG, policy, step=1)
+    batch = half.batch
+    lengths = batch.attention_mask.sum(dim=1)
+    assert len(set(lengths.tolist())) > 2
+    taken = [att.sum(dim=1) for _, att, _, _ in step_module._microbatches(batch, 5)]
+    assert torch.equal(torch.cat(taken), lengths.sort(descending=True).values)  # every row once, longest first
+    widths = [ids.shape[1] for ids, _, _, _ in step_module._microbatches(batch, 5)]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < batch.input_ids.shape[1]
+
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+
+    def loss_and_gradient(microbatch):
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        stats = policy_update(policy, optimizer, batch, epochs=1, microbatch=microbatch, eps_low=0.2,
+                              eps_high=0.28, kl_coef=0.0, max_grad_norm=1e9)
+        return stats, [p.grad.detach().clone() for p in params]
+
+    sorted_stats, sorted_grads = loss_and_gradient(5)
+    monkeypatch.setattr(step_module, "_microbatches", functools.partial(step_module._microbatches,
+                                                                         longest_first=False))
+    whole_stats, whole_grads = loss_and_gradient(len(batch))
+    assert sorted_stats["n_tokens"] == whole_stats["n_tokens"]
+    assert sorted_stats["loss"] == pytest.approx(whole_stats["loss"], rel=1e-5, abs=1e-7)
+    assert any(g.abs().sum() > 0 for g in sorted_grads)
+    for a, b in zip(sorted_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

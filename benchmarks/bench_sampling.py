@@ -1,0 +1,126 @@
+"""Drawing tokens: torch.multinomial against inverse-CDF sampling, alone and in generation.
+
+    python benchmarks/bench_sampling.py [--base data/base] [--steps 2] [--repeats 3]
+
+1. The draw alone: one token for each of 64 rows from a softmax over the vocabulary of our
+   base (2,066 tokens) and of SmolLM2 (49,152), each way, median of 200 draws.
+2. In generation, at equal work: every ``act`` call of the default config's first
+   ``--steps`` training steps (the committed base playing both roles at T = 1,
+   ``real_steps.py``) is recorded, then replayed through ``generate`` with exactly
+   ``max_new_tokens`` new tokens per row (stop tokens off), in three arms, alternating:
+
+       inverse cdf    what ``Policy.act`` does: greedy decoding over the scores of
+                      ``InverseCdfSampler`` (``sample_by_inverse_cdf``)
+       multinomial    the same processor drawing with torch.multinomial
+       generate's     ``generate(do_sample=True)``, which draws with torch.multinomial
+                      (what ``Policy.act`` did before)
+
+   Replaying at a fixed length makes the work equal; in real rollouts the arms draw
+   different tokens, so their episodes differ in length and a per-step time mostly
+   measures that difference.
+
+Prints both and writes benchmarks/results/sampling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_steps import policy_and_config, real_steps  # noqa: E402
+
+
+def multinomial_draw(scores, generator):
+    """torch.multinomial's draw, the same distribution as ``sample_by_inverse_cdf``."""
+    import torch
+
+    probs = torch.softmax(scores.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", default=str(ROOT / "data" / "base"))
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sampling.json")
+    args = parser.parse_args()
+
+    import torch
+
+    from mgrpo_ref import policy as policy_module
+
+    draws = {"inverse cdf": policy_module.sample_by_inverse_cdf, "multinomial": multinomial_draw}
+    alone = []
+    for vocab in (2066, 49152):
+        scores = torch.randn(64, vocab, generator=torch.Generator().manual_seed(0))
+        median = {}
+        for name, draw in draws.items():
+            generator = torch.Generator().manual_seed(0)
+            draw(scores, generator)
+            times = []
+            for _ in range(200):
+                start = time.perf_counter()
+                draw(scores, generator)
+                times.append(time.perf_counter() - start)
+            median[name] = statistics.median(times)
+        alone.append({"vocab": vocab, "rows": 64, "median_ms": {k: 1e3 * v for k, v in median.items()},
+                      "ratio_inverse_cdf_over_multinomial": median["inverse cdf"] / median["multinomial"]})
+        print(f"one draw, 64 rows, vocabulary {vocab}: " + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in median.items()))
+
+    policy, cfg = policy_and_config(args.base)
+    calls = []  # (role, contexts) of every act call of the steps
+    act = policy.act
+
+    def recording_act(role, contexts):
+        calls.append((role, list(contexts)))
+        return act(role, contexts)
+
+    policy.act = recording_act
+    for _ in real_steps(policy, cfg, args.steps):
+        pass
+    policy.act = act
+
+    sampler = policy_module.InverseCdfSampler(torch.Generator().manual_seed(0))
+    arms = {"inverse cdf": dict(do_sample=False, logits_processor=[sampler]),
+            "multinomial": dict(do_sample=False, logits_processor=[sampler]),
+            "generate's": dict(do_sample=True, top_k=0, temperature=cfg.temperature)}
+    seconds = {arm: [] for arm in arms}
+    policy.tokenizer.padding_side = "left"
+    n = cfg.max_new_tokens
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for arm, kwargs in arms.items():  # alternating
+                policy_module.sample_by_inverse_cdf = multinomial_draw if arm == "multinomial" else draws["inverse cdf"]
+                start = time.perf_counter()
+                for role, contexts in calls:
+                    batch = policy.tokenizer(contexts, add_special_tokens=False, return_tensors="pt", padding=True)
+                    out = policy.model.generate(**batch, max_new_tokens=n, min_new_tokens=n,
+                                                pad_token_id=policy.pad_id, **kwargs)
+                    assert out.shape[1] == batch["input_ids"].shape[1] + n
+                seconds[arm].append(time.perf_counter() - start)
+                print(f"{arm:12s}: {seconds[arm][-1]:.2f} s for {len(calls)} generate calls of {n} tokens", flush=True)
+    policy_module.sample_by_inverse_cdf = draws["inverse cdf"]
+    median = {arm: statistics.median(s) for arm, s in seconds.items()}
+    summary = {"command": f"python benchmarks/bench_sampling.py --steps {args.steps} --repeats {args.repeats}",
+               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+               "draw_alone": alone,
+               "generation": {"calls": len(calls), "rows": sum(len(c) for _, c in calls), "new_tokens_per_row": n,
+                              "median_s": median, "seconds": seconds,
+                              "ratio_inverse_cdf_over_generates": median["inverse cdf"] / median["generate's"]}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"generation at equal work, inverse cdf / generate's sampling: "
+          f"x{summary['generation']['ratio_inverse_cdf_over_generates']:.2f}  -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
