@@ -39,7 +39,7 @@ def measure_memory(path: str, quantization: str) -> dict:
     from mgrpo_ref.policy import load_policy
 
     baseline = peak_rss_mb()
-    policy = load_policy(path, quantization=quantization, device="cpu")
+    policy = load_policy(path, quantization=quantization, device="cpu", nf4_on_cpu="packed")  # 4-bit as stored
     ids = torch.randint(0, policy.model.get_input_embeddings().num_embeddings, (4, 128))
     with torch.no_grad():
         policy.token_logprobs(ids, torch.ones_like(ids))

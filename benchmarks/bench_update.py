@@ -1,20 +1,23 @@
-"""The update's two savings, each on and off, on real batches.
+"""The update's savings, each on and off, on real batches.
 
     python benchmarks/bench_update.py [--base data/base] [--steps 3] [--repeats 3]
 
 For each of ``--steps`` training steps of the default config, the committed base plays the
 step's rollouts (``real_steps.py``) and both halves are built (the sub-agent's as the
 default distinct batch). Each batch's update (forward, backward, optimiser step at learning
-rate 0, so every repeat sees the same adapter) is timed in four arms, alternating:
+rate 0, so every repeat sees the same adapter) is timed in these arms, alternating:
 
-    before         the output layer on every position, rows in batch order, microbatches
-                   of 32 rows (the code before these changes)
+    before         bitsandbytes' packed 4-bit layers, the output layer on every position,
+                   rows in batch order, microbatches of 32 rows (the code before)
     longest first  rows taken longest first into microbatches (``step._microbatches``)
     head on loss   the output layer only where the loss has weight (``token_logprobs(where=)``)
     both           the two together
-    both, mb 16    the two, with microbatches of 16 rows (what the trainer does by default)
+    both, mb 16    the two, with microbatches of 16 rows
+    now            the three, on the base dequantised once at load (``nf4_on_cpu=dequantized``):
+                   what the trainer does by default on a CPU
 
-The "before" arms switch the savings off by patching the two functions, nothing else. Each
+Two policies with the same seed hold the same adapter, one on packed layers and one
+dequantised. The other savings are switched off by patching the two functions, nothing else. Each
 update runs on the threads its worker gets (``worker.update_threads``). It checks that the
 four arms give the same loss, prints median times and ratios against "before", and writes
 benchmarks/results/update.json.
@@ -36,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from real_steps import policy_and_config, real_steps  # noqa: E402
 
-ARMS = {"before": (False, False, 32), "longest first": (True, False, 32), "head on loss": (False, True, 32),
-        "both": (True, True, 32), "both, mb 16": (True, True, 16)}
-"""arm -> (rows longest first, output layer only on weighted positions, rows per microbatch)."""
+ARMS = {"before": ("packed", False, False, 32), "longest first": ("packed", True, False, 32),
+        "head on loss": ("packed", False, True, 32), "both": ("packed", True, True, 32),
+        "both, mb 16": ("packed", True, True, 16), "now": ("dequantized", True, True, 16)}
+"""arm -> (nf4_on_cpu, rows longest first, output layer only on weighted positions, rows per microbatch)."""
 
 
 def main() -> None:
@@ -61,8 +65,11 @@ def main() -> None:
         step_module._microbatches = functools.partial(microbatches, longest_first=longest_first)
         policy_module._logits_are_the_head_of_the_last_state = plain_head if head_on_loss else (lambda model: False)
 
-    policy, cfg = policy_and_config(args.base)
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)  # lr 0: the same adapter each repeat
+    policy, cfg = policy_and_config(args.base)  # the default: nf4_on_cpu=dequantized
+    packed, _ = policy_and_config(args.base, nf4_on_cpu="packed")
+    policies = {"dequantized": policy, "packed": packed}
+    optimizers = {name: torch.optim.AdamW(p.trainable_parameters(), lr=0.0)  # lr 0: the same adapter each repeat
+                  for name, p in policies.items()}
     cores = torch.get_num_threads()
     rows = []
     for step, episodes in real_steps(policy, cfg, args.steps):
@@ -73,11 +80,11 @@ def main() -> None:
             times: dict[str, list[float]] = {arm: [] for arm in ARMS}
             losses = {}
             for _ in range(args.repeats):
-                for arm, (longest_first, head_on_loss, microbatch) in ARMS.items():  # alternating: drifts in
-                    set_arm(longest_first, head_on_loss)                            # load hit every arm
+                for arm, (held, longest_first, head_on_loss, microbatch) in ARMS.items():  # alternating: drifts
+                    set_arm(longest_first, head_on_loss)                                  # in load hit every arm
                     start = time.perf_counter()
                     stats = step_module.policy_update(
-                        policy, optimizer, half.batch, epochs=cfg.epochs, microbatch=microbatch,
+                        policies[held], optimizers[held], half.batch, epochs=cfg.epochs, microbatch=microbatch,
                         eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
                         max_grad_norm=cfg.max_grad_norm)
                     times[arm].append(time.perf_counter() - start)
@@ -96,7 +103,7 @@ def main() -> None:
             rows.append(row)
             print(f"step {step} {agent:4s}: {row['rows']:3d} rows, {row['weighted_tokens']:5d} of {row['row_tokens']:5d} "
                   "tokens weighted; " + ", ".join(f"{arm} {m:.2f} s" for arm, m in median.items())
-                  + f" (x{row['ratio_to_before']['both, mb 16']:.2f})", flush=True)
+                  + f" (now x{row['ratio_to_before']['now']:.2f})", flush=True)
     summary = {"command": f"python benchmarks/bench_update.py --steps {args.steps} --repeats {args.repeats}",
                "machine": f"{platform.machine()}, {cores} torch threads",
                "config": {"questions_per_step": cfg.questions_per_step, "rollouts": cfg.rollouts, "d_max": cfg.d_max,

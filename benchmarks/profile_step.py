@@ -242,8 +242,11 @@ def main() -> None:
     result = {"command": "python benchmarks/profile_step.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
               "config": {"questions_per_step": cfg.questions_per_step, "rollouts": cfg.rollouts,
-                         "d_max": cfg.d_max, "sub_batch": cfg.sub_batch, "quantization": cfg.quantization},
-              "steps": n, "seconds_per_step": {label.strip(): seconds / n for label, seconds in rows},
+                         "d_max": cfg.d_max, "sub_batch": cfg.sub_batch, "quantization": cfg.quantization,
+                         "nf4_on_cpu": cfg.nf4_on_cpu, "microbatch": cfg.microbatch},
+              "steps": n,
+              "phases": [{"phase": label.strip(), "part_of_the_one_above": label.startswith(" "),
+                          "seconds_per_step": seconds / n} for label, seconds in rows],
               "step_seconds": step_total / n, "evaluation_seconds": wall["evaluation (once)"],
               "raw_seconds": dict(s), "counts": counts}
     args.out.parent.mkdir(parents=True, exist_ok=True)

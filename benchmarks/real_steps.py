@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def policy_and_config(base: str):
-    """(policy, cfg): the default config on ``base`` and a policy loaded as make_learner does."""
+def policy_and_config(base: str, **overrides):
+    """(policy, cfg): the default config on ``base`` (fields replaced by ``overrides``) and a
+    policy loaded as make_learner does."""
     from mgrpo_ref.config import TrainConfig
     from mgrpo_ref.policy import SamplingSettings, load_policy
 
-    cfg = replace(TrainConfig(), base=base)
+    cfg = replace(TrainConfig(), base=base, **overrides)
     policy = load_policy(cfg.base, quantization=cfg.quantization, lora=cfg.lora,
                          sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens), seed=cfg.seed,
                          nf4_on_cpu=cfg.nf4_on_cpu)

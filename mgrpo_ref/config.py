@@ -92,7 +92,7 @@ class TrainConfig:
     """Gradient clipping of each agent's adapter."""
     microbatch: int = 16
     """Sequences per forward/backward (gradients accumulate to one token-level mean). On a CPU,
-    16 rows was faster than 8, 32 or 64 for the tiny base (``benchmarks/bench_update.py``)."""
+    16 rows was faster than 32 for the tiny base (``benchmarks/bench_update.py``)."""
     temperature: float = 1.0
     """Sampling temperature of rollouts (release: 1.0)."""
     top_p: float = 1.0

@@ -10,15 +10,17 @@ What a policy offers the rest of the package:
 
 * :meth:`Policy.act` - batched sampling of one turn per context (KV cache, temperature,
   top-p, max new tokens, stop at the role's closing tags), left-padded prompts of
-  different lengths; this is the ``Agent`` interface of ``episode.run_episodes``;
+  different lengths; each token is drawn by :func:`sample_by_inverse_cdf` from the
+  policy's own generator; this is the ``Agent`` interface of ``episode.run_episodes``;
 * :meth:`Policy.token_logprobs` - per-token log-probabilities of given sequences under
   the adapter, or under the reference (the same network with its adapters disabled, so no
-  second copy of the base sits in memory);
+  second copy of the base sits in memory), at every position or only where asked;
 * :meth:`Policy.save_adapter` / :func:`load_policy` on an adapter directory.
 
 Quantisation is explicit: ``quantization="nf4"`` (default) needs bitsandbytes, and when it
 is not usable the error says so and names the opt-in ``quantization="none"``. There is no
-silent fallback.
+silent fallback. On a CPU a 4-bit base is dequantised once at load unless asked to stay
+packed (:func:`dequantize_4bit_layers`, ``nf4_on_cpu``): the same numbers, faster.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def sample_by_inverse_cdf(scores: torch.Tensor, generator: torch.Generator) -> t
     exceeds u: token i is drawn when cdf[i-1] <= u < cdf[i], an interval of length p_i. A
     token of probability 0 (score -inf, e.g. cut by top-p) owns an empty interval and is
     never drawn. The distribution is torch.multinomial's; on a CPU this is some 30 times
-    faster over a vocabulary of thousands (``python benchmarks/bench_sampling.py``).
+    faster over a vocabulary of thousands (``python benchmarks/bench_generation.py``).
     """
     cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)  # (N, V)
     u = torch.rand(len(cdf), 1, generator=generator).to(cdf.device) * cdf[:, -1:]  # (N, 1), scaled to the rounded total
@@ -410,7 +412,7 @@ def dequantize_4bit_layers(model) -> int:
     pass of a 4-bit layer dequantises its weights and multiplies in full precision, and
     generation repeats that for every token. The base is frozen, so dequantising once, at
     load, computes the same numbers (logits equal bit for bit, tested) in less time
-    (``python benchmarks/bench_limits.py``), at full precision's memory. The model still
+    (``python benchmarks/bench_generation.py``, ``bench_update.py``), at full precision's memory. The model still
     is the NF4 model: its weights are the 4-bit values, only stored unpacked. On a GPU
     bitsandbytes' own kernels run and the layers stay 4-bit.
     """

@@ -120,3 +120,31 @@ def test_the_link_helpers_on_a_hand_made_page(tmp_path):
     assert relative_links(page) == ["here.md", "gone.md#part", "here.md"]
     page.write_text("# Results\n## The policy: memory and sampling speed\n## make train\n")
     assert anchors(page) == {"results", "the-policy-memory-and-sampling-speed", "make-train"}
+
+
+SPEED = ROOT / "benchmarks" / "results" / "speed.md"
+
+
+def section_table_rows(text: str, heading: str) -> list[str]:
+    """Every table row ("| ...") under a "## heading" up to the next "## "."""
+    section = text.split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
+
+
+def test_the_speed_tables_are_what_the_committed_results_give():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from speed_table import render
+
+    assert SPEED.read_text() == render(), "run: python benchmarks/speed_table.py"
+
+
+@pytest.mark.parametrize("path, heading", [(README, "Speed"), (ROOT / "docs" / "results.md", "Time"),
+                                           (ROOT / "docs" / "results.md", "The sub-agent's batch")])
+def test_every_speed_row_in_the_docs_comes_from_the_speed_tables(path, heading):
+    rows = section_table_rows(path.read_text(), heading)
+    committed = set(SPEED.read_text().splitlines())
+    assert len(rows) >= 4, f"{path.name}: no speed table under '## {heading}'"
+    typed = [row for row in rows if row not in committed]
+    assert not typed, f"{path.name}: rows not in {SPEED.relative_to(ROOT)}: {typed}"

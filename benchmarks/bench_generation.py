@@ -1,25 +1,28 @@
-"""Drawing tokens: torch.multinomial against inverse-CDF sampling, alone and in generation.
+"""Generation's two savings, each on and off: the draw, and the 4-bit base held unpacked.
 
-    python benchmarks/bench_sampling.py [--base data/base] [--steps 2] [--repeats 3]
+    python benchmarks/bench_generation.py [--base data/base] [--steps 2] [--repeats 3]
 
 1. The draw alone: one token for each of 64 rows from a softmax over the vocabulary of our
-   base (2,066 tokens) and of SmolLM2 (49,152), each way, median of 200 draws.
-2. In generation, at equal work: every ``act`` call of the default config's first
-   ``--steps`` training steps (the committed base playing both roles at T = 1,
-   ``real_steps.py``) is recorded, then replayed through ``generate`` with exactly
-   ``max_new_tokens`` new tokens per row (stop tokens off), in three arms, alternating:
+   base (2,066 tokens) and of SmolLM2 (49,152), by torch.multinomial and by
+   ``policy.sample_by_inverse_cdf``, median of 200 draws.
+2. Generation at equal work: every ``act`` call of the default config's first ``--steps``
+   training steps (the committed base playing both roles at T = 1, ``real_steps.py``) is
+   recorded, then replayed through ``generate`` with exactly ``max_new_tokens`` new tokens
+   per row (stop tokens off), in four arms, alternating:
 
-       inverse cdf    what ``Policy.act`` does: greedy decoding over the scores of
-                      ``InverseCdfSampler`` (``sample_by_inverse_cdf``)
-       multinomial    the same processor drawing with torch.multinomial
-       generate's     ``generate(do_sample=True)``, which draws with torch.multinomial
-                      (what ``Policy.act`` did before)
+       before         ``generate(do_sample=True)`` (torch.multinomial) on bitsandbytes'
+                      packed 4-bit layers: what ``Policy.act`` did before
+       multinomial    the same draw through our processor (``InverseCdfSampler`` with
+                      the draw patched to torch.multinomial), packed layers
+       inverse cdf    our processor and draw, packed layers
+       now            our processor and draw on the base dequantised once at load
+                      (``nf4_on_cpu=dequantized``): what ``Policy.act`` does on a CPU
 
    Replaying at a fixed length makes the work equal; in real rollouts the arms draw
    different tokens, so their episodes differ in length and a per-step time mostly
    measures that difference.
 
-Prints both and writes benchmarks/results/sampling.json.
+Prints both and writes benchmarks/results/generation.json.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from real_steps import policy_and_config, real_steps  # noqa: E402
 
 
 def multinomial_draw(scores, generator):
-    """torch.multinomial's draw, the same distribution as ``sample_by_inverse_cdf``."""
+    """torch.multinomial's draw: the distribution of ``sample_by_inverse_cdf``, another way."""
     import torch
 
     probs = torch.softmax(scores.float(), dim=-1)
@@ -51,7 +54,7 @@ def main() -> None:
     parser.add_argument("--base", default=str(ROOT / "data" / "base"))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sampling.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation.json")
     args = parser.parse_args()
 
     import torch
@@ -76,7 +79,8 @@ def main() -> None:
                       "ratio_inverse_cdf_over_multinomial": median["inverse cdf"] / median["multinomial"]})
         print(f"one draw, 64 rows, vocabulary {vocab}: " + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in median.items()))
 
-    policy, cfg = policy_and_config(args.base)
+    policy, cfg = policy_and_config(args.base)  # the default: nf4_on_cpu=dequantized
+    packed, _ = policy_and_config(args.base, nf4_on_cpu="packed")
     calls = []  # (role, contexts) of every act call of the steps
     act = policy.act
 
@@ -90,36 +94,39 @@ def main() -> None:
     policy.act = act
 
     sampler = policy_module.InverseCdfSampler(torch.Generator().manual_seed(0))
-    arms = {"inverse cdf": dict(do_sample=False, logits_processor=[sampler]),
-            "multinomial": dict(do_sample=False, logits_processor=[sampler]),
-            "generate's": dict(do_sample=True, top_k=0, temperature=cfg.temperature)}
+    ours = dict(do_sample=False, logits_processor=[sampler])
+    arms = {"before": (packed, dict(do_sample=True, top_k=0, temperature=cfg.temperature), draws["inverse cdf"]),
+            "multinomial": (packed, ours, multinomial_draw),
+            "inverse cdf": (packed, ours, draws["inverse cdf"]),
+            "now": (policy, ours, draws["inverse cdf"])}
     seconds = {arm: [] for arm in arms}
-    policy.tokenizer.padding_side = "left"
     n = cfg.max_new_tokens
     with torch.no_grad():
         for _ in range(args.repeats):
-            for arm, kwargs in arms.items():  # alternating
-                policy_module.sample_by_inverse_cdf = multinomial_draw if arm == "multinomial" else draws["inverse cdf"]
+            for arm, (model_of, kwargs, draw) in arms.items():  # alternating
+                policy_module.sample_by_inverse_cdf = draw
+                model_of.tokenizer.padding_side = "left"
                 start = time.perf_counter()
                 for role, contexts in calls:
-                    batch = policy.tokenizer(contexts, add_special_tokens=False, return_tensors="pt", padding=True)
-                    out = policy.model.generate(**batch, max_new_tokens=n, min_new_tokens=n,
-                                                pad_token_id=policy.pad_id, **kwargs)
+                    batch = model_of.tokenizer(contexts, add_special_tokens=False, return_tensors="pt", padding=True)
+                    out = model_of.model.generate(**batch, max_new_tokens=n, min_new_tokens=n,
+                                                  pad_token_id=model_of.pad_id, **kwargs)
                     assert out.shape[1] == batch["input_ids"].shape[1] + n
                 seconds[arm].append(time.perf_counter() - start)
                 print(f"{arm:12s}: {seconds[arm][-1]:.2f} s for {len(calls)} generate calls of {n} tokens", flush=True)
     policy_module.sample_by_inverse_cdf = draws["inverse cdf"]
     median = {arm: statistics.median(s) for arm, s in seconds.items()}
-    summary = {"command": f"python benchmarks/bench_sampling.py --steps {args.steps} --repeats {args.repeats}",
+    summary = {"command": f"python benchmarks/bench_generation.py --steps {args.steps} --repeats {args.repeats}",
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
                "draw_alone": alone,
                "generation": {"calls": len(calls), "rows": sum(len(c) for _, c in calls), "new_tokens_per_row": n,
                               "median_s": median, "seconds": seconds,
-                              "ratio_inverse_cdf_over_generates": median["inverse cdf"] / median["generate's"]}}
+                              "ratio_to_before": {arm: m / median["before"] for arm, m in median.items()}}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"generation at equal work, inverse cdf / generate's sampling: "
-          f"x{summary['generation']['ratio_inverse_cdf_over_generates']:.2f}  -> {args.out}")
+    print("generation at equal work, against 'before': " + ", ".join(
+        f"{arm} x{r:.2f}" for arm, r in summary["generation"]["ratio_to_before"].items() if arm != "before")
+        + f"  -> {args.out}")
 
 
 if __name__ == "__main__":

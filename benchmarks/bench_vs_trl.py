@@ -1,0 +1,258 @@
+"""Our GRPO step against TRL's GRPOTrainer on the same single-turn workload, in one run.
+
+    pip install -e ".[bench]"                        # TRL and datasets: not core dependencies
+    python benchmarks/bench_vs_trl.py [--steps 5] [--pairs 2]
+
+**The workload.** Both trainers get the same task: single-turn questions whose document is
+in the prompt. Each prompt is a sub-agent's context just before its last turn (the
+sub-task, the search results and the visited document, as the scripted oracle played them
+on the training worlds), and the completion is the turn the policy writes there. The
+reward is 1 when that turn is ``<return>X</return>`` with X an exact match of the oracle's
+answer, else 0. Every step takes the next B = 8 prompts in the same order for both, K = 8
+completions each (64 per step), at most 48 new tokens, temperature 1, top-p 1 (no top-k);
+stop at the sub-agent's closing tags; group-relative advantages (mean and standard
+deviation per prompt); one optimiser step per 64 completions (one epoch: the ratio is 1),
+clip 0.2 / 0.28, no KL term, a token-level mean over the whole batch (TRL's
+``loss_type="dapo"``), microbatches of 16 completions, AdamW at the default config's
+learning rate, betas and weight decay, gradient clipping at its max norm.
+
+**The model.** Both train a LoRA of rank 16 (the default ``LoraSettings``: same modules,
+alpha, dropout, the same seeded initialisation) on the committed base ``data/base`` in NF4.
+Both get the policy ``load_policy`` builds, so base and adapter are identical.
+
+**Why it is fair.** Same prompts, group sizes, lengths, sampling, objective, optimiser and
+model; each trainer does one process's work on every core, with nothing else running. No
+multi-turn tools (TRL's trainer has none of ours), no second agent, no alignment: what is
+compared is the GRPO step itself, generation and update. TRL's GRPOConfig defaults that
+would do other work are set to match ours: ``gradient_checkpointing=False`` (TRL's default
+recomputes activations, trading time for memory), ``bf16=False`` (fp32 on a CPU),
+``beta=0`` (no reference model). Rewards: identical functions. Advantages: TRL divides by
+the group's standard deviation like ours, with its own small constant.
+
+**The arms**, each in its own process (so that its peak memory is its own), alternating,
+``--pairs`` times:
+
+    trl                 TRL's GRPOTrainer, the base in bitsandbytes' packed 4-bit layers
+                        (how TRL loads a 4-bit base)
+    trl, dequantized    TRL's GRPOTrainer on the base dequantised once (``nf4_on_cpu``)
+    ours                our step (``Policy.act``, ``group_advantages``, ``trajectory_batch``,
+                        ``policy_update``), the base dequantised once: our CPU default
+    ours, packed        our step on the packed 4-bit layers
+
+The first step of each arm is a warm-up and is not timed. Each arm prints steps/s, new
+tokens/s and peak resident memory; the script prints the ratios and writes
+benchmarks/results/vs_trl.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+B, K = 8, 8
+ARMS = {"trl": ("trl", "packed"), "trl, dequantized": ("trl", "dequantized"),
+        "ours": ("ours", "dequantized"), "ours, packed": ("ours", "packed")}
+INSTALL = 'TRL is not installed: pip install -e ".[bench]"  (or: pip install trl datasets)'
+
+
+def workload(n: int) -> list[tuple[str, str]]:
+    """``n`` (prompt, gold answer) pairs: oracle sub-agent contexts cut before their last turn."""
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent
+    from mgrpo_ref.tools import ToolsByWorld
+    from mgrpo_ref.world import load_questions
+
+    oracle = ScriptedAgent(ORACLE_NOISE)
+    episodes = run_episodes(load_questions("train")[:n], ToolsByWorld(), {"main": oracle, "sub": oracle}, "multi")
+    pairs = []
+    for sub in (s for e in episodes for s in e.subs):
+        last = sub.segments[-1]
+        assert last.source == "agent" and last.text.lstrip().startswith("<return>"), last.text
+        pairs.append((sub.context[: len(sub.context) - len(last.text)], sub.final))
+    return pairs[:n]
+
+
+def reward(turn: str, gold: str) -> float:
+    """1 for ``<return>gold</return>`` (exact match), else 0."""
+    from mgrpo_ref.grading import exact_match
+    from mgrpo_ref.protocol import parse_action
+
+    action = parse_action("sub", turn)
+    return float(getattr(action, "kind", None) == "return" and exact_match(action.argument, gold))
+
+
+def load(nf4_on_cpu: str):
+    from mgrpo_ref.config import TrainConfig
+    from mgrpo_ref.policy import SamplingSettings, load_policy
+
+    cfg = TrainConfig()
+    policy = load_policy(ROOT / cfg.base, quantization="nf4", lora=cfg.lora, seed=0, nf4_on_cpu=nf4_on_cpu,
+                         sampling=SamplingSettings(cfg.temperature, 1.0, cfg.max_new_tokens))
+    return policy, cfg
+
+
+def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
+    import torch
+
+    from mgrpo_ref.advantages import group_advantages
+    from mgrpo_ref.batching import encode_trajectory, trajectory_batch
+    from mgrpo_ref.episode import Segment, Trajectory
+    from mgrpo_ref.step import policy_update
+
+    policy, cfg = load(nf4_on_cpu)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=tuple(cfg.betas))
+    baseline_mb = peak_mb()
+    times, tokens = [], []
+    for step in range(steps + 1):
+        chunk = pairs[step * B:(step + 1) * B]
+        start = time.perf_counter()
+        contexts = [prompt for prompt, _ in chunk for _ in range(K)]  # (B*K,), prompt-major
+        turns = policy.act("sub", contexts)
+        rewards = torch.tensor([reward(t, gold) for t, (_, gold) in zip(turns, [c for c in chunk for _ in range(K)])])
+        advantages = group_advantages(rewards.view(B, K), eps=cfg.adv_eps).flatten()  # (B*K,)
+        sequences = [encode_trajectory(Trajectory("sub", [Segment("prompt", c), Segment("agent", t)]), policy.encode)
+                     for c, t in zip(contexts, turns)]
+        policy_update(policy, optimizer, trajectory_batch(sequences, advantages, policy.pad_id), epochs=1,
+                      microbatch=16, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=0.0,
+                      max_grad_norm=cfg.max_grad_norm)
+        if step > 0:  # step 0 warms up
+            times.append(time.perf_counter() - start)
+            tokens.append(sum(len(policy.encode(t)) for t in turns))
+    return {"step_s": times, "new_tokens": tokens, "baseline_rss_mb": baseline_mb}
+
+
+def run_trl(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
+    try:
+        from datasets import Dataset
+        from transformers import TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError:
+        raise SystemExit(INSTALL)
+    from mgrpo_ref.protocol import stop_strings
+
+    policy, cfg = load(nf4_on_cpu)
+    model, tokenizer = policy.model, policy.tokenizer
+    # Stop where Policy.act stops: at the sub-agent's closing tags (single tokens here). TRL
+    # also ends each completion's loss mask at the first of these ids.
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in stop_strings("sub")]
+    tokens: list[int] = []
+
+    def exact_match_reward(completions, gold, completion_ids, **_):
+        tokens.append(sum(len(ids) for ids in completion_ids))
+        return [reward(c, g) for c, g in zip(completions, gold)]
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times, self.start = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    clock = Clock()
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-"), use_cpu=True, bf16=False, fp16=False, seed=0,
+        per_device_train_batch_size=16, gradient_accumulation_steps=B * K // 16, num_generations=K,
+        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, top_k=0,
+        learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], max_grad_norm=cfg.max_grad_norm,
+        beta=0.0, num_iterations=1, epsilon=cfg.clip_eps_low, epsilon_high=cfg.clip_eps_high, loss_type="dapo",
+        scale_rewards="group", gradient_checkpointing=False, shuffle_dataset=False, max_steps=steps + 1,
+        logging_steps=1, report_to="none", save_strategy="no", disable_dropout=True, log_completions=False)
+    dataset = Dataset.from_list([{"prompt": p, "gold": g} for p, g in pairs[: (steps + 1) * B]])
+    trainer = GRPOTrainer(model=model, reward_funcs=[exact_match_reward], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[clock])
+    baseline_mb = peak_mb()
+    trainer.train()
+    return {"step_s": clock.times[1:], "new_tokens": tokens[1:], "baseline_rss_mb": baseline_mb}
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one_arm(arm: str, steps: int, out: Path) -> None:
+    """Run one arm in this process and write its figures to ``out``."""
+    import torch
+
+    trainer, held = ARMS[arm]
+    pairs = workload((steps + 1) * B)
+    result = (run_trl if trainer == "trl" else run_ours)(held, steps, pairs)
+    result.update(arm=arm, peak_rss_mb=peak_mb(), threads=torch.get_num_threads())
+    out.write_text(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per arm (after one warm-up step)")
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # one arm, in this process
+    parser.add_argument("--arm-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vs_trl.json")
+    args = parser.parse_args()
+    if args.arm:
+        return one_arm(args.arm, args.steps, args.arm_out)
+    try:
+        import trl
+    except ImportError:
+        raise SystemExit(INSTALL)
+
+    runs = []
+    for pair in range(args.pairs):
+        for arm in args.arms:  # alternating
+            out = Path(tempfile.mkdtemp(prefix="vs-trl-")) / "arm.json"
+            proc = subprocess.run([sys.executable, __file__, "--arm", arm, "--arm-out", str(out),
+                                   "--steps", str(args.steps)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"pair {pair} {arm}: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+                runs.append({"pair": pair, "arm": arm, "failed": proc.stderr[-3000:]})
+                continue
+            run = {"pair": pair, **json.loads(out.read_text())}
+            run["steps_per_s"] = len(run["step_s"]) / sum(run["step_s"])
+            run["new_tokens_per_s"] = sum(run["new_tokens"]) / sum(run["step_s"])
+            runs.append(run)
+            print(f"pair {pair} {arm:16s}: {run['steps_per_s']:.3f} steps/s ({statistics.fmean(run['step_s']):.2f} s "
+                  f"a step), {run['new_tokens_per_s']:.0f} new tokens/s, peak memory {run['peak_rss_mb']:.0f} MB",
+                  flush=True)
+
+    def mean(arm: str, key: str) -> float | None:
+        values = [r[key] for r in runs if r["arm"] == arm and "failed" not in r]
+        return statistics.fmean(values) if values else None
+
+    summary = {arm: {key: mean(arm, key) for key in ("steps_per_s", "new_tokens_per_s", "peak_rss_mb")}
+               for arm in args.arms}
+    ratios = {}
+    for ours, theirs in (("ours", "trl"), ("ours, packed", "trl"), ("ours", "trl, dequantized")):
+        if summary.get(ours, {}).get("steps_per_s") and summary.get(theirs, {}).get("steps_per_s"):
+            ratios[f"{ours} / {theirs}"] = {key: summary[ours][key] / summary[theirs][key]
+                                            for key in ("steps_per_s", "new_tokens_per_s", "peak_rss_mb")}
+    result = {"command": f"python benchmarks/bench_vs_trl.py --steps {args.steps} --pairs {args.pairs}",
+              "machine": f"{platform.machine()}", "trl": trl.__version__,
+              "workload": {"prompts_per_step": B, "completions_per_prompt": K, "timed_steps_per_arm": args.steps},
+              "mean": summary, "ratios": ratios, "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for name, r in ratios.items():
+        print(f"{name}: steps/s x{r['steps_per_s']:.2f}, new tokens/s x{r['new_tokens_per_s']:.2f}, "
+              f"peak memory x{r['peak_rss_mb']:.2f}")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
