@@ -19,7 +19,7 @@ rate 0, so every repeat sees the same adapter) is timed in these arms, alternati
 Two policies with the same seed hold the same adapter, one on packed layers and one
 dequantised. The other savings are switched off by patching the two functions, nothing else. Each
 update runs on the threads its worker gets (``worker.update_threads``). It checks that the
-four arms give the same loss, prints median times and ratios against "before", and writes
+arms all give the same loss, prints median times and ratios against "before", and writes
 benchmarks/results/update.json.
 """
 

@@ -18,7 +18,9 @@ learning rate, betas and weight decay, gradient clipping at its max norm.
 
 **The model.** Both train a LoRA of rank 16 (the default ``LoraSettings``: same modules,
 alpha, dropout, the same seeded initialisation) on the committed base ``data/base`` in NF4.
-Both get the policy ``load_policy`` builds, so base and adapter are identical.
+Both get the policy ``load_policy`` builds, so base and adapter are identical. TRL casts a
+4-bit model's adapter to bf16 (following the QLoRA paper); the matched arms cast it back to
+fp32, as ours is, after the trainer is built, and check it.
 
 **Why it is fair.** Same prompts, group sizes, lengths, sampling, objective, optimiser and
 model; each trainer does one process's work on every core, with nothing else running. No
@@ -33,14 +35,19 @@ the group's standard deviation like ours, with its own small constant.
 ``--pairs`` times:
 
     trl                 TRL's GRPOTrainer, the base in bitsandbytes' packed 4-bit layers
-                        (how TRL loads a 4-bit base)
-    trl, dequantized    TRL's GRPOTrainer on the base dequantised once (``nf4_on_cpu``)
+                        (how TRL loads a 4-bit base), the adapter in fp32
+    trl, dequantized    the same on the base dequantised once (``nf4_on_cpu``)
+    trl, bf16 adapter   TRL as its users get it: packed layers, its bf16 adapter
     ours                our step (``Policy.act``, ``group_advantages``, ``trajectory_batch``,
                         ``policy_update``), the base dequantised once: our CPU default
     ours, packed        our step on the packed 4-bit layers
 
+The matched ratios hold the base the same way on both sides: "ours, packed" against "trl",
+"ours" against "trl, dequantized".
+
 The first step of each arm is a warm-up and is not timed. Each arm prints steps/s, new
-tokens/s and peak resident memory; the script prints the ratios and writes
+tokens/s, its resident memory once the model is loaded and the trainer built (before the
+first step) and at its peak; the script prints the ratios and writes
 benchmarks/results/vs_trl.json.
 """
 
@@ -62,7 +69,9 @@ sys.path.insert(0, str(ROOT))
 
 B, K = 8, 8
 ARMS = {"trl": ("trl", "packed"), "trl, dequantized": ("trl", "dequantized"),
-        "ours": ("ours", "dequantized"), "ours, packed": ("ours", "packed")}
+        "trl, bf16 adapter": ("trl", "packed"), "ours": ("ours", "dequantized"), "ours, packed": ("ours", "packed")}
+MATCHED = (("ours, packed", "trl"), ("ours", "trl, dequantized"), ("ours", "trl, bf16 adapter"))
+"""The ratios reported: the same layers on both sides, then each trainer as its users get it."""
 INSTALL = 'TRL is not installed: pip install -e ".[bench]"  (or: pip install trl datasets)'
 
 
@@ -133,7 +142,9 @@ def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
     return {"step_s": times, "new_tokens": tokens, "baseline_rss_mb": baseline_mb}
 
 
-def run_trl(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
+def run_trl(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]], fp32_adapter: bool = True) -> dict:
+    import torch
+
     try:
         from datasets import Dataset
         from transformers import TrainerCallback
@@ -176,6 +187,11 @@ def run_trl(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
     dataset = Dataset.from_list([{"prompt": p, "gold": g} for p, g in pairs[: (steps + 1) * B]])
     trainer = GRPOTrainer(model=model, reward_funcs=[exact_match_reward], args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[clock])
+    adapter = [p for p in trainer.model.parameters() if p.requires_grad]
+    if fp32_adapter:  # undo TRL's bf16 cast of a 4-bit model's adapter (the optimiser is built in train())
+        for p in adapter:
+            p.data = p.data.float()
+    assert {p.dtype for p in adapter} == {torch.float32 if fp32_adapter else torch.bfloat16}, {p.dtype for p in adapter}
     baseline_mb = peak_mb()
     trainer.train()
     return {"step_s": clock.times[1:], "new_tokens": tokens[1:], "baseline_rss_mb": baseline_mb}
@@ -192,7 +208,10 @@ def one_arm(arm: str, steps: int, out: Path) -> None:
 
     trainer, held = ARMS[arm]
     pairs = workload((steps + 1) * B)
-    result = (run_trl if trainer == "trl" else run_ours)(held, steps, pairs)
+    if trainer == "trl":
+        result = run_trl(held, steps, pairs, fp32_adapter=arm != "trl, bf16 adapter")
+    else:
+        result = run_ours(held, steps, pairs)
     result.update(arm=arm, peak_rss_mb=peak_mb(), threads=torch.get_num_threads())
     out.write_text(json.dumps(result))
 
@@ -227,21 +246,20 @@ def main() -> None:
             run["steps_per_s"] = len(run["step_s"]) / sum(run["step_s"])
             run["new_tokens_per_s"] = sum(run["new_tokens"]) / sum(run["step_s"])
             runs.append(run)
-            print(f"pair {pair} {arm:16s}: {run['steps_per_s']:.3f} steps/s ({statistics.fmean(run['step_s']):.2f} s "
-                  f"a step), {run['new_tokens_per_s']:.0f} new tokens/s, peak memory {run['peak_rss_mb']:.0f} MB",
-                  flush=True)
+            print(f"pair {pair} {arm:17s}: {run['steps_per_s']:.3f} steps/s ({statistics.fmean(run['step_s']):.2f} s "
+                  f"a step), {run['new_tokens_per_s']:.0f} new tokens/s, memory {run['baseline_rss_mb']:.0f} MB before "
+                  f"the first step, {run['peak_rss_mb']:.0f} MB at the peak", flush=True)
 
     def mean(arm: str, key: str) -> float | None:
         values = [r[key] for r in runs if r["arm"] == arm and "failed" not in r]
         return statistics.fmean(values) if values else None
 
-    summary = {arm: {key: mean(arm, key) for key in ("steps_per_s", "new_tokens_per_s", "peak_rss_mb")}
-               for arm in args.arms}
+    keys = ("steps_per_s", "new_tokens_per_s", "baseline_rss_mb", "peak_rss_mb")
+    summary = {arm: {key: mean(arm, key) for key in keys} for arm in args.arms}
     ratios = {}
-    for ours, theirs in (("ours", "trl"), ("ours, packed", "trl"), ("ours", "trl, dequantized")):
+    for ours, theirs in MATCHED:
         if summary.get(ours, {}).get("steps_per_s") and summary.get(theirs, {}).get("steps_per_s"):
-            ratios[f"{ours} / {theirs}"] = {key: summary[ours][key] / summary[theirs][key]
-                                            for key in ("steps_per_s", "new_tokens_per_s", "peak_rss_mb")}
+            ratios[f"{ours} / {theirs}"] = {key: summary[ours][key] / summary[theirs][key] for key in keys}
     result = {"command": f"python benchmarks/bench_vs_trl.py --steps {args.steps} --pairs {args.pairs}",
               "machine": f"{platform.machine()}", "trl": trl.__version__,
               "workload": {"prompts_per_step": B, "completions_per_prompt": K, "timed_steps_per_arm": args.steps},

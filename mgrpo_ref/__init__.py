@@ -32,6 +32,7 @@ One concept per module:
     train.py       the training loop of the decoupled pipeline, and its CLI
     evaluate.py    the evaluation harness (function and CLI)
     compare.py     M-GRPO against its baselines, several seeds, one budget
+    stats.py       paired differences between variants, with t intervals
     cli.py         argument types shared by the command-line tools
 
 Glossary: one letter per dimension, one name per quantity, the same in shape comments

@@ -198,9 +198,18 @@ class PolicyBatch:
 
 
 def trajectory_batch(sequences: Sequence[Encoded], advantages: torch.Tensor, pad_id: int) -> PolicyBatch:
-    """One row per trajectory (the main agent's batch): weights are the loss masks."""
+    """One row per trajectory (the main agent's batch): weights are the loss masks. With no
+    trajectory at all, one row of padding that weighs 0."""
+    if not sequences:
+        return _padding_row(pad_id)
     batch = collate(sequences, pad_id)  # each (M, T)
     return PolicyBatch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], advantages)
+
+
+def _padding_row(pad_id: int) -> PolicyBatch:
+    """A batch with nothing to learn from: one pad token, weight 0, advantage 0."""
+    batch = collate([([pad_id], [0])], pad_id)
+    return PolicyBatch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], torch.zeros(1))
 
 
 def slot_batch(sub_sequences: Sequence[Encoded], advantages: torch.Tensor, alignment: Alignment,
@@ -229,9 +238,8 @@ def distinct_batch(sub_sequences: Sequence[Encoded], advantages: torch.Tensor, a
     """
     copies = alignment.copies  # (N,)
     kept = copies.nonzero().flatten()  # (M,) the trajectories that fill a slot
-    if kept.numel() == 0:  # no sub trajectory reached a slot: one row of padding, weight 0
-        batch = collate([([pad_id], [0])], pad_id)
-        return PolicyBatch(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], advantages.new_zeros(1))
+    if kept.numel() == 0:  # no sub trajectory reached a slot
+        return _padding_row(pad_id)
     batch = collate([sub_sequences[i] for i in kept.tolist()], pad_id)  # each (M, T)
     weights = batch["loss_mask"] * copies[kept].to(torch.float)[:, None]  # (M, T)
     return PolicyBatch(batch["input_ids"], batch["attention_mask"], weights, advantages[kept])

@@ -19,7 +19,13 @@ evaluation is the base's. Results go to ``--out``:
                    and, for a few held-out questions the base gets wrong, its episodes
                    and each run's (greedy, before and after training)
     table.md       mean and standard deviation across seeds, overall and by hop count
+    differences.md each variant against mgrpo, paired by seed: the mean difference in
+                   held-out accuracy with its 95% interval, and what it allows one to say
+                   (``stats.paired_difference``)
     accuracy.png   held-out accuracy over training per variant, greedy and sampled
+
+``python -m mgrpo_ref.compare --report DIR`` writes table.md and differences.md again from
+DIR/results.json, without training.
 
 Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
 again and a killed one is resumed, so the comparison can be stopped and restarted at will.
@@ -40,6 +46,7 @@ from .config import VARIANTS, TrainConfig
 from .episode import transcript
 from .evaluate import evaluate, make_agent
 from .policy import REPO_ROOT, SamplingSettings, model_location
+from .stats import paired_difference
 from . import rundir
 from .step import LAYOUTS
 from .tools import ToolsByWorld
@@ -217,6 +224,47 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.95) -> list[dict]:
+    """Each variant against ``reference``, paired by seed, greedy and sampled: the mean
+    difference in held-out accuracy (points, variant minus reference) and its interval.
+    Only seeds both have finished count; a variant with no common seed is left out."""
+    by = {(r["variant"], r["seed"]): r for r in results["runs"]}
+    rows = []
+    for variant in results["variants"]:
+        if variant == reference:
+            continue
+        seeds = sorted(s for v, s in by if v == variant and (reference, s) in by)
+        if not seeds:
+            continue
+        for decoding in ("greedy", "sampled"):
+            a = [100 * by[(variant, s)][decoding]["accuracy"] for s in seeds]
+            b = [100 * by[(reference, s)][decoding]["accuracy"] for s in seeds]
+            interval = paired_difference(a, b, confidence)
+            rows.append({"variant": variant, "reference": reference, "decoding": decoding, "seeds": seeds,
+                         "mean": interval.mean, "low": interval.low, "high": interval.high,
+                         "confidence": confidence,
+                         "verdict": interval.verdict(f"{variant} higher", f"{variant} lower")})
+    return rows
+
+
+def differences_table(rows: list[dict]) -> str:
+    """Markdown: one row per (variant, decoding), the difference in points with its interval."""
+    lines = ["| variant - reference | decoding | seeds | difference (points) | 95% interval | verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} - {r['reference']} | {r['decoding']} | {len(r['seeds'])} | {r['mean']:+.1f} | "
+                     f"[{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: dict, out: Path) -> None:
+    """results.json, table.md and differences.md in ``out``."""
+    results["differences"] = differences(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "table.md").write_text(table(results))
+    (out / "differences.md").write_text(differences_table(results["differences"]))
+
+
 def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), seeds: list[int] = [0, 1, 2],
                    runs_dir: Path | None = None, out: Path | None = None, overrides: list[str] = [],
                    progress: bool = True, command: str = "") -> dict:
@@ -255,12 +303,11 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                 "curves": curves(records),
                 "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in records), 1),
                 "episodes": [transcript(e) for e in greedy_episodes(cfg, rundir.latest_checkpoint(run_dir), shown, tools_for)]})
-            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-            (out / "table.md").write_text(table(results))
+            write_reports(results, out)
             print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",
                   flush=True)
     results["seconds"] = round(time.time() - start, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_reports(results, out)
     plot_accuracy(results, out / "accuracy.png")
     return results
 
@@ -276,8 +323,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=output_dir, help="run directories (default runs/compare-<preset>)")
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="write table.md and differences.md again from DIR/results.json; no training")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        try:
+            results = json.loads((args.report / "results.json").read_text())
+        except (OSError, ValueError) as err:
+            parser.error(one_line(err))
+        write_reports(results, args.report)
+        print(table(results))
+        print(differences_table(results["differences"]))
+        return results
     try:  # fail on a bad override or a missing local base before any training
         sampled_temperature(args.preset, args.overrides)
         model_location(run_config(PRESETS[args.preset], "mgrpo", 0, list(args.overrides)).base)

@@ -19,6 +19,7 @@ from .rewards import RewardConfig
 VARIANTS = ("mgrpo", "frozen_sub", "single_agent", "shared")
 LR_SCHEDULES = ("constant", "linear")
 SUB_BATCHES = ("slots", "distinct")
+ALIGNMENTS = ("d_max", "none")
 
 
 def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
@@ -63,6 +64,10 @@ class TrainConfig:
     """K: rollouts per question (the group of the main agent's advantage); 8 in the release."""
     d_max: int = 4
     """D: sub-agent slots per rollout (notebook 03: the 95th percentile of d for the teacher)."""
+    alignment: str = "d_max"
+    """The sub-agent's batch: "d_max", aligned to D slots per rollout (PAPER.md section 4:
+    duplicate, drop, borrow, mask), or "none", an ablation: every distinct sub trajectory once,
+    weight 1, however many calls a rollout made (``sub_batch`` then does not apply)."""
     sub_batch: str = "distinct"
     """How the sub-agent's aligned batch is computed: "distinct", each distinct trajectory that
     fills a slot once, its tokens weighted by its slot count, or "slots", one row per slot
@@ -133,6 +138,7 @@ class TrainConfig:
         check_number("clip_eps_low", self.clip_eps_low, low=0, high=1, high_open=True)  # 1 - eps > 0
         check_number("top_p", self.top_p, low=0, high=1, low_open=True)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("alignment", self.alignment, ALIGNMENTS)
         check_choice("sub_batch", self.sub_batch, SUB_BATCHES)
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise ConfigError("betas", self.betas, "must be two numbers in [0, 1), e.g. betas=0.9,0.98")

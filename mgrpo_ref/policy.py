@@ -104,17 +104,36 @@ def logprobs_at(hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Te
     return out
 
 
+LOGIT_CHANGING_CONFIG = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
+"""Config fields with which a transformers model changes its logits after the output layer
+(Gemma 2, Cohere, Granite, Falcon-H1): such a model never takes the shortcut of :func:`logprobs_at`."""
+
+
 def _logits_are_the_head_of_the_last_state(model) -> bool:
     """Whether the model's logits are its output layer applied to the decoder's last hidden
-    state, nothing more (Llama, Qwen2, SmolLM2 and our base: yes; a model that scales or caps
-    its logits, such as Gemma 2, or has no separate decoder: no, and the full forward is used)."""
+    state and nothing more, so that :func:`logprobs_at` computes them. Decided once per model
+    and remembered: no config field of :data:`LOGIT_CHANGING_CONFIG` is set, and on a short
+    input the two computations agree. Otherwise the full forward pass is used."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = inner.config
-    plain = getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None
+    if getattr(inner, "_plain_head", None) is None:
+        inner._plain_head = _check_plain_head(inner)
+    return inner._plain_head
+
+
+def _check_plain_head(inner) -> bool:
+    if any(getattr(inner.config, name, None) not in (None, 1, 1.0) for name in LOGIT_CHANGING_CONFIG):
+        return False
     try:
-        return plain and inner.get_decoder() is not inner and inner.get_output_embeddings() is not None
+        decoder, head = inner.get_decoder(), inner.get_output_embeddings()
     except (AttributeError, NotImplementedError):
         return False
+    if decoder is inner or head is None:
+        return False
+    ids = (torch.arange(8, device=inner.device) % inner.config.vocab_size)[None]  # (1, 8)
+    with torch.no_grad():
+        full = inner(input_ids=ids, use_cache=False).logits.float()  # (1, 8, V)
+        short = head(decoder(input_ids=ids, use_cache=False).last_hidden_state).float()
+    return full.shape == short.shape and torch.allclose(full, short, rtol=1e-3, atol=1e-3)
 
 
 def sample_by_inverse_cdf(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -123,11 +142,13 @@ def sample_by_inverse_cdf(scores: torch.Tensor, generator: torch.Generator) -> t
     Draw u uniform in [0, 1) per row and take the first token whose cumulative probability
     exceeds u: token i is drawn when cdf[i-1] <= u < cdf[i], an interval of length p_i. A
     token of probability 0 (score -inf, e.g. cut by top-p) owns an empty interval and is
-    never drawn. The distribution is torch.multinomial's; on a CPU this is some 30 times
-    faster over a vocabulary of thousands (``python benchmarks/bench_generation.py``).
+    never drawn. The distribution is torch.multinomial's: u and the sum are in float64, so
+    even tokens of tiny probability keep their share, and u is scaled to the sum's rounded
+    total. On a CPU this is some 20 to 30 times faster than torch.multinomial over a
+    vocabulary of thousands (``python benchmarks/bench_generation.py``).
     """
-    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)  # (N, V)
-    u = torch.rand(len(cdf), 1, generator=generator).to(cdf.device) * cdf[:, -1:]  # (N, 1), scaled to the rounded total
+    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1, dtype=torch.float64)  # (N, V)
+    u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float64).to(cdf.device) * cdf[:, -1:]  # (N, 1)
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)  # (N,)
 
 
@@ -451,8 +472,10 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
 
     ``nf4_on_cpu``: on a CPU, a 4-bit base is "dequantized" once at load (the default; the
     same numbers, faster: :func:`dequantize_4bit_layers`) or kept "packed" in bitsandbytes'
-    4-bit layers (a quarter of the memory, dequantised again on every forward pass).
+    4-bit layers (linear weights in 4 bits instead of 32, dequantised again on every forward
+    pass).
     """
+    check_choice("nf4_on_cpu", nf4_on_cpu, NF4_ON_CPU)
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -470,8 +493,7 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
     tokenizer = _from_pretrained(AutoTokenizer, str(adapter_dir or base))
     for p in model.parameters():  # the base is frozen; only adapters train
         p.requires_grad_(False)
-    check_choice("nf4_on_cpu", nf4_on_cpu, NF4_ON_CPU)
-    if quant is not None and not device.startswith("cuda") and nf4_on_cpu == "dequantized":
+    if quant is not None and device == "cpu" and nf4_on_cpu == "dequantized":
         dequantize_4bit_layers(model)  # before the adapter is added: LoRA wraps plain linear layers
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)

@@ -116,7 +116,9 @@ def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
 
 def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConfig, policy, step: int) -> Half:
     """The sub-agent: R_S with the main agent's correctness, A_S over each question's distinct
-    sub trajectories, then alignment to B*K*D slots and the batch of ``cfg.sub_batch``.
+    sub trajectories, then alignment to B*K*D slots and the batch of ``cfg.sub_batch`` (or,
+    with the ablation ``alignment="none"``, every trajectory once; the alignment statistics
+    are still logged: what alignment would have done).
 
     ``main_correct`` (B, K) is correct(M) as the main agent's half found it; the episodes'
     main trajectories are not read (in the pipeline the sub-agent's worker never gets them).
@@ -137,7 +139,9 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
     counts = [[len(e.subs) for e in episodes[q * k:(q + 1) * k]] for q in range(b)]  # (B, K) d per rollout
     alignment = align_sub_trajectories(counts, cfg.d_max, step_seed(cfg.seed, step, SALT_ALIGNMENT))
     sequences = [encode_trajectory(s, policy.encode) for e in episodes for s in e.subs]  # N
-    if cfg.sub_batch == "slots":
+    if cfg.alignment == "none":  # the ablation: no slots, every trajectory once at weight 1
+        batch = trajectory_batch(sequences, advantages, policy.pad_id)  # (N, T)
+    elif cfg.sub_batch == "slots":
         batch = slot_batch(sequences, advantages, alignment, policy.pad_id)  # (B*K*D, T)
     else:  # the same loss and gradient from each distinct trajectory once, weighted by its copies
         batch = distinct_batch(sequences, advantages, alignment, policy.pad_id)  # (M, T), M <= min(N, B*K*D)

@@ -127,3 +127,47 @@ def test_missing_evaluations_are_a_clear_error(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=r"step\(s\) \[0\]"):
         base_and_final(metrics(tmp_path), 2, tmp_path)
+
+
+def test_differences_pair_runs_by_seed_and_use_only_common_seeds():
+    """frozen_sub - mgrpo on seeds 0, 1, 2 (seed 3 has no mgrpo run and is left out):
+    greedy differences +18, +20, +22 points -> mean +20, sd 2, half-width 4.303 * 2 / sqrt(3)."""
+    base = ((0.1, {"1": 0.2}), (0.1, {"1": 0.2}))
+
+    def final(g):
+        return ((g, {"1": g}), (0.5, {"1": 0.5}))
+
+    results = {"variants": ["mgrpo", "frozen_sub"], "runs": [
+        run("mgrpo", 0, "multi", base, final(0.40)), run("mgrpo", 1, "multi", base, final(0.50)),
+        run("mgrpo", 2, "multi", base, final(0.30)),
+        run("frozen_sub", 0, "multi", base, final(0.58)), run("frozen_sub", 1, "multi", base, final(0.70)),
+        run("frozen_sub", 2, "multi", base, final(0.52)), run("frozen_sub", 3, "multi", base, final(0.99))]}
+    rows = {r["decoding"]: r for r in compare.differences(results)}
+    greedy, sampled = rows["greedy"], rows["sampled"]
+    assert greedy["seeds"] == [0, 1, 2]
+    half = 4.302653 * 2 / 3 ** 0.5
+    assert greedy["mean"] == pytest.approx(20.0)
+    assert (greedy["low"], greedy["high"]) == pytest.approx((20 - half, 20 + half), abs=1e-3)
+    assert greedy["verdict"] == "frozen_sub higher"
+    assert sampled["mean"] == 0.0 and sampled["verdict"] == "no measurable difference"
+    text = compare.differences_table(compare.differences(results))
+    assert "| frozen_sub - mgrpo | greedy | 3 | +20.0 | [+15.0, +25.0] | frozen_sub higher |" in text
+
+
+def test_the_report_option_rewrites_the_tables_without_training(tmp_path):
+    base = ((0.1, {"1": 0.2}), (0.1, {"1": 0.2}))
+    results = {"variants": ["mgrpo", "shared"], "sampled_temperature": 1.0, "runs": [
+        run(v, s, "multi", base, ((0.1 * (s + 1) + (v == "shared") * 0.05, {"1": 0.5}), (0.5, {"1": 0.5})))
+        for v in ("mgrpo", "shared") for s in (0, 1)]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    compare.main(["--report", str(tmp_path)])
+    assert (tmp_path / "table.md").read_text() == table(results)
+    assert "| shared - mgrpo | greedy | 2 | +5.0 |" in (tmp_path / "differences.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["differences"][0]["variant"] == "shared"
+
+
+def test_the_report_option_on_a_missing_file_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--report", str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("python -m mgrpo_ref.compare: error:")

@@ -148,3 +148,12 @@ def test_every_speed_row_in_the_docs_comes_from_the_speed_tables(path, heading):
     assert len(rows) >= 4, f"{path.name}: no speed table under '## {heading}'"
     typed = [row for row in rows if row not in committed]
     assert not typed, f"{path.name}: rows not in {SPEED.relative_to(ROOT)}: {typed}"
+
+
+@pytest.mark.parametrize("path", [README, ROOT / "docs" / "results.md"], ids=lambda p: p.name)
+def test_every_paired_difference_in_the_docs_comes_from_the_committed_results(path):
+    committed = set((ROOT / "benchmarks" / "results" / "comparison-cpu" / "differences.md").read_text().splitlines())
+    rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and " - mgrpo |" in line]
+    assert len(rows) >= 3, f"{path.name}: the paired differences are missing"
+    typed = [row for row in rows if row not in committed]
+    assert not typed, f"{path.name}: rows not in differences.md: {typed}"

@@ -180,19 +180,57 @@ def test_logprobs_at_chosen_positions_equal_the_full_computation(base, reference
     assert reference or any(g.abs().sum() > 0 for g in chosen_grads)
 
 
-def test_a_model_whose_logits_are_not_the_plain_head_takes_the_full_forward(base, monkeypatch):
-    """Models that cap or scale their logits (Gemma 2) must not take the shortcut."""
+@pytest.mark.parametrize("change", ["config field", "logits scaled in forward"])
+def test_a_model_whose_logits_are_not_the_plain_head_takes_the_full_forward(base, monkeypatch, change):
+    """Models that scale or cap their logits after the output layer (Gemma 2, Granite, ...)
+    must not take the shortcut: neither when their config says so, nor when only a forward
+    pass shows it. The shortcut is then never called, and the values are the full forward's."""
     from mgrpo_ref import policy as policy_module
 
+    assert policy_module._logits_are_the_head_of_the_last_state(load_policy(base).model)
     policy = load_policy(base)
-    assert policy_module._logits_are_the_head_of_the_last_state(policy.model)
-    monkeypatch.setattr(policy.model.get_base_model().config, "final_logit_softcapping", 30.0, raising=False)
+    inner = policy.model.get_base_model()
+    if change == "config field":
+        monkeypatch.setattr(inner.config, "logits_scaling", 8.0, raising=False)
+    else:
+        forward = inner.forward
+
+        def scaled(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            out.logits = out.logits * 2.0
+            return out
+
+        monkeypatch.setattr(inner, "forward", scaled)
     assert not policy_module._logits_are_the_head_of_the_last_state(policy.model)
+
+    def shortcut(*args, **kwargs):
+        raise AssertionError("logprobs_at was called for a model whose logits are not the plain head")
+
+    monkeypatch.setattr(policy_module, "logprobs_at", shortcut)
     batch = batch_of(policy, CONTEXTS)
     where = batch["attention_mask"].bool()
     with torch.no_grad():
         torch.testing.assert_close(policy.token_logprobs(batch["input_ids"], batch["attention_mask"], where=where),
                                    policy.token_logprobs(batch["input_ids"], batch["attention_mask"]))
+
+
+def test_logprobs_at_by_hand():
+    """Two rows of three tokens, a head that reads the hidden state as logits (H = V = 3):
+    position t's value is log_softmax(hidden[t - 1])[id_t] where wanted, 0 elsewhere."""
+    from mgrpo_ref.policy import logprobs_at
+
+    head = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3))
+    hidden = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.0], [9.0, 9.0, 9.0]],
+                           [[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [5.0, 5.0, 5.0]]])  # (2, 3, 3)
+    ids = torch.tensor([[0, 2, 0], [1, 1, 0]])
+    where = torch.tensor([[True, True, True], [False, False, True]])  # position 0 is never predicted
+    got = logprobs_at(hidden, head, ids, where)
+    lse = lambda *x: torch.logsumexp(torch.tensor(x), 0)  # noqa: E731
+    want = torch.tensor([[0.0, 2.0 - lse(0.0, 1.0, 2.0), 1.0 - lse(1.0, 0.0, 0.0)],
+                         [0.0, 0.0, 2.0 - lse(2.0, 0.0, 0.0)]])
+    torch.testing.assert_close(got, want)
 
 
 def test_inverse_cdf_sampling_draws_each_token_with_its_probability():
@@ -209,8 +247,8 @@ def test_inverse_cdf_sampling_draws_each_token_with_its_probability():
 
 def test_sampling_with_a_tiny_top_p_is_greedy(base):
     """top-p keeps only the most likely token when p is tiny: the sampler must then agree
-    with greedy decoding token for token (checks that temperature, top-p and the sampler
-    are wired into generate in that order)."""
+    with greedy decoding token for token. This checks that top-p runs before the sampler
+    (the temperature, also set, changes no argmax, so its place is not checked here)."""
     greedy = load_policy(base, sampling=SamplingSettings(temperature=0.0, max_new_tokens=12))
     perturb_adapter(greedy)
     nucleus = load_policy(base, sampling=SamplingSettings(temperature=0.7, top_p=1e-6, max_new_tokens=12))

@@ -325,3 +325,30 @@ def test_microbatches_longest_first_give_the_same_loss_and_gradient(episodes, po
     assert any(g.abs().sum() > 0 for g in sorted_grads)
     for a, b in zip(sorted_grads, whole_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_the_unaligned_ablation_trains_every_sub_trajectory_once_at_weight_one(episodes, policy):
+    """alignment="none": N rows, each trajectory's own loss mask, its own advantage; the
+    alignment statistics are still those of D slots (what alignment would have done)."""
+    from mgrpo_ref.batching import encode_trajectory
+
+    cfg = replace(CFG, alignment="none")
+    correct = main_half(episodes, cfg, policy).correct
+    unaligned = sub_half(episodes, correct, cfg, policy, step=1)
+    aligned = sub_half(episodes, correct, CFG, policy, step=1)
+    subs = [s for e in episodes for s in e.subs]
+    assert len(unaligned.batch) == len(subs) > 0
+    masks = [encode_trajectory(s, policy.encode)[1] for s in subs]
+    for row, mask in enumerate(masks):
+        assert unaligned.batch.token_weights[row, :len(mask)].tolist() == [float(m) for m in mask]
+    assert unaligned.stats == aligned.stats  # same rewards, advantages and alignment statistics
+    assert unaligned.batch.token_weights.sum() != aligned.batch.token_weights.sum()  # but other weights
+
+
+def test_the_unaligned_ablation_with_no_sub_trajectory_is_one_row_that_weighs_nothing(episodes, policy):
+    from mgrpo_ref.episode import Episode
+
+    bare = [Episode(e.question, e.mode, e.main, [], e.rollout) for e in episodes]
+    cfg = replace(CFG, alignment="none")
+    half = sub_half(bare, torch.zeros(B, K, dtype=torch.bool), cfg, policy, step=1)
+    assert len(half.batch) == 1 and half.batch.token_weights.sum() == 0

@@ -1,0 +1,97 @@
+"""Paired differences with confidence intervals: how the comparison states a claim (PAPER.md section 7).
+
+Two variants trained with the same seed share everything the seed decides (the training
+questions in order, the adapter's initialisation, the evaluation's draws), so their
+held-out accuracies are compared seed by seed: the difference d_s = a_s - b_s for each seed
+s, then the mean of the n differences with a Student-t interval,
+
+    mean(d) +- t_{1 - alpha/2, n - 1} * sd(d) / sqrt(n)
+
+A difference is called only where the interval excludes 0; otherwise the comparison says
+"no measurable difference". Pairing removes the seed-to-seed spread that both variants
+share, which an unpaired comparison of two means would count twice.
+
+Pure Python (``math`` only): the t quantile comes from integrating the t density.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+
+def t_cdf(x: float, df: int) -> float:
+    """P(T <= x) for Student's t with ``df`` degrees of freedom.
+
+    The density (1 + u^2/df)^(-(df+1)/2) times its constant is integrated from 0 to |x| by
+    Simpson's rule after the substitution u = tan(theta) (which keeps the integrand smooth
+    and bounded however large x is); accurate to about 1e-10 for df >= 1.
+    """
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    end, steps = math.atan(abs(x)), 2000  # theta in [0, atan|x|], an even number of panels
+
+    def integrand(theta: float) -> float:  # pdf(tan theta) * d(tan theta)/d theta
+        u = math.tan(theta)
+        return math.exp(log_c - (df + 1) / 2 * math.log1p(u * u / df)) / math.cos(theta) ** 2
+
+    h = end / steps
+    total = integrand(0.0) + integrand(end) + sum((4 if i % 2 else 2) * integrand(i * h) for i in range(1, steps))
+    half = total * h / 3  # P(0 <= T <= |x|)
+    return 0.5 + half if x >= 0 else 0.5 - half
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The x with P(T <= x) = p, for 0 < p < 1, by bisection on :func:`t_cdf`."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        high *= 2
+    for _ in range(60):  # 2^-60 of the bracket: far below the integration error
+        mid = (low + high) / 2
+        low, high = (mid, high) if t_cdf(mid, df) < p else (low, mid)
+    return (low + high) / 2
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean of paired differences and its confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def verdict(self, better: str = "higher", worse: str = "lower") -> str:
+        """``better`` or ``worse`` when the interval excludes 0, else "no measurable difference"."""
+        if not self.excludes_zero:
+            return "no measurable difference"
+        return better if self.low > 0 else worse
+
+
+def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) -> Interval:
+    """Mean of a_s - b_s over the pairs and its Student-t interval at ``confidence``.
+
+    ``a`` and ``b`` are aligned by seed. With one pair the interval is unbounded (nothing is
+    known about the spread); with differences all equal it has zero width.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty lists of paired values, got {len(a)} and {len(b)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    d = [x - y for x, y in zip(a, b)]
+    mean, n = statistics.fmean(d), len(d)
+    if n == 1:
+        return Interval(mean, -math.inf, math.inf, 1, confidence)
+    half = t_quantile(1 - (1 - confidence) / 2, n - 1) * statistics.stdev(d) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, confidence)

@@ -1,0 +1,75 @@
+"""Paired differences and their t intervals (stats.py): table values, hand cases, properties."""
+
+import math
+import statistics
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mgrpo_ref.stats import paired_difference, t_cdf, t_quantile
+
+# Two-sided 95% critical values t_{0.975, df}, from any statistics table.
+TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 19: 2.093, 30: 2.042, 120: 1.980}
+
+
+@pytest.mark.parametrize("df, value", sorted(TABLE.items()))
+def test_t_quantile_matches_the_table(df, value):
+    assert t_quantile(0.975, df) == pytest.approx(value, abs=6e-4)
+
+
+def test_t_cdf_known_values_and_symmetry():
+    assert t_cdf(0.0, 3) == pytest.approx(0.5, abs=1e-12)
+    assert t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-9)  # Cauchy: 1/2 + atan(1)/pi
+    assert t_cdf(-2.0, 5) == pytest.approx(1 - t_cdf(2.0, 5), abs=1e-12)
+    # Large df approaches the normal distribution.
+    assert t_cdf(1.96, 10_000) == pytest.approx(statistics.NormalDist().cdf(1.96), abs=1e-4)
+
+
+def test_a_hand_computed_interval():
+    """Five seeds: differences 2, 4, 6, 4, 4 points -> mean 4, sd sqrt(2), half-width
+    2.776 * sqrt(2) / sqrt(5) = 1.756."""
+    interval = paired_difference([12, 14, 16, 14, 14], [10, 10, 10, 10, 10])
+    assert interval.mean == pytest.approx(4.0)
+    half = 2.7764451 * math.sqrt(2) / math.sqrt(5)
+    assert (interval.low, interval.high) == pytest.approx((4 - half, 4 + half), abs=1e-4)
+    assert interval.excludes_zero and interval.verdict() == "higher"
+
+
+def test_pairing_sees_a_difference_that_the_seed_spread_hides():
+    """Seeds that move both variants alike: unpaired the means overlap, paired the
+    difference is clear."""
+    b = [50.0, 70.0, 60.0, 80.0, 55.0]
+    a = [x + 3 + 0.5 * (-1) ** i for i, x in enumerate(b)]
+    paired = paired_difference(a, b)
+    assert paired.excludes_zero and paired.low > 2
+    unpaired_half = 2.306 * math.sqrt(statistics.variance(a) / 5 + statistics.variance(b) / 5)  # Welch-ish, df 8
+    assert unpaired_half > 3  # an unpaired interval around 3 would cover 0
+
+
+def test_no_measurable_difference_when_the_interval_covers_zero():
+    interval = paired_difference([1.0, -1.0, 2.0, -2.0], [0.0, 0.0, 0.0, 0.0])
+    assert interval.low < 0 < interval.high
+    assert interval.verdict() == "no measurable difference"
+
+
+def test_one_pair_has_an_unbounded_interval_and_bad_input_is_refused():
+    one = paired_difference([3.0], [1.0])
+    assert one.mean == 2.0 and math.isinf(one.low) and math.isinf(one.high) and not one.excludes_zero
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_difference([1.0, 2.0], [1.0, 0.0], confidence=1.5)
+    with pytest.raises(ValueError, match="df"):
+        t_cdf(1.0, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-50, 50), min_size=2, max_size=8), st.floats(-20, 20))
+def test_shifting_both_sides_changes_nothing_and_the_mean_is_inside(values, shift):
+    other = [v * 0.5 + 1 for v in values]
+    base = paired_difference(values, other)
+    moved = paired_difference([v + shift for v in values], [v + shift for v in other])
+    assert moved.mean == pytest.approx(base.mean, abs=1e-9)
+    assert moved.high - moved.low == pytest.approx(base.high - base.low, abs=1e-6)
+    assert base.low <= base.mean <= base.high
