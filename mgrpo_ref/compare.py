@@ -8,7 +8,10 @@
 Every variant (mgrpo, frozen_sub, single_agent, shared) trains with the same budget: the
 same config (questions per step, rollouts, steps, learning rate, seeds, hence the same
 training questions in the same order). The hyper-parameters are the pipeline's defaults
-for all four; none was tuned for one variant more than another.
+for all four; none was tuned for one variant more than another. ``--variants`` also takes
+the ablations of ``ABLATIONS``, M-GRPO with one of its ideas removed, on the same budget:
+
+    python -m mgrpo_ref.compare --variants mgrpo no_shared_fate shared_fate_only unaligned
 
 Each run evaluates on the held-out world every few steps, greedily and sampled at
 temperature 1 (the trainer's ``eval/...`` and ``eval_sampled/...`` metrics); its step-0
@@ -65,9 +68,20 @@ PRESETS = {
 }
 EPISODES_SHOWN = 3
 
+ABLATIONS = {
+    "no_shared_fate": ("mgrpo", ["reward.b2=0"]),  # R_S without the main agent's outcome, Eq. (R2)
+    "shared_fate_only": ("mgrpo", ["reward.b3=0"]),  # R_S without the verifier: the authors' release
+    "unaligned": ("mgrpo", ["alignment=none"]),  # every sub trajectory once, no D slots
+}
+"""M-GRPO with one of its ideas removed: name -> (variant, config overrides)."""
+ARMS = {variant: (variant, []) for variant in VARIANTS} | ABLATIONS
+"""What the comparison can train: the four variants and the ablations (``--variants``)."""
 
-def run_config(preset: list[str], variant: str, seed: int, extra: list[str]) -> TrainConfig:
-    return replace(TrainConfig().override(preset + extra), variant=variant, seed=seed)
+
+def run_config(preset: list[str], arm: str, seed: int, extra: list[str]) -> TrainConfig:
+    """The config of one run: the preset, the arm's own overrides (an ablation's), then ``extra``."""
+    variant, own = ARMS[arm]
+    return replace(TrainConfig().override(preset + own + extra), variant=variant, seed=seed)
 
 
 def sampled_temperature(preset: str, overrides: list[str]) -> float:
@@ -281,10 +295,10 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                      "base_episodes": {}, "runs": []}
     start = time.time()
     shown = None  # the held-out questions whose episodes are kept, chosen with the first run's base
-    for variant in variants:
+    for variant in variants:  # a variant or an ablation (ARMS)
         for seed in seeds:
             cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
-            mode = LAYOUTS[variant].mode
+            mode = LAYOUTS[cfg.variant].mode
             run_dir = runs_dir / f"{variant}-s{seed}"
             print(f"[{time.time() - start:6.0f} s] {variant} seed {seed} -> {run_dir}", flush=True)
             train_run(cfg, run_dir, progress=progress)
@@ -318,7 +332,9 @@ def main(argv: list[str] | None = None) -> dict:
     line and exit status 2, before anything is trained or written."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(ARMS), default=list(VARIANTS),
+                        help="variants and ablations to train (default: the four variants); ablations: "
+                             + ", ".join(f"{name} ({' '.join(o)})" for name, (_, o) in ABLATIONS.items()))
     parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2])
     parser.add_argument("--runs", type=output_dir, help="run directories (default runs/compare-<preset>)")
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")

@@ -171,3 +171,25 @@ def test_the_report_option_on_a_missing_file_is_one_line(tmp_path, capsys):
         compare.main(["--report", str(tmp_path / "nowhere")])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("python -m mgrpo_ref.compare: error:")
+
+
+def test_an_ablation_is_mgrpo_with_its_own_overrides_and_a_run_directory_of_its_own():
+    cfg = compare.run_config(compare.PRESETS["cpu"], "no_shared_fate", 3, ["steps=5"])
+    assert cfg.variant == "mgrpo" and cfg.reward.b2 == 0 and cfg.seed == 3 and cfg.steps == 5
+    assert compare.run_config(compare.PRESETS["cpu"], "unaligned", 0, []).alignment == "none"
+    assert compare.run_config(compare.PRESETS["cpu"], "shared_fate_only", 0, []).reward.b3 == 0
+    assert compare.run_config(compare.PRESETS["cpu"], "mgrpo", 0, []).reward.b2 > 0
+    assert set(compare.ABLATIONS) < set(compare.ARMS) and set(compare.ARMS) >= {"mgrpo", "frozen_sub"}
+    with pytest.raises(SystemExit):
+        compare.main(["--variants", "no_such_arm"])
+
+
+def test_a_tiny_comparison_with_an_ablation_trains_it_and_reports_its_paired_difference(base, tmp_path):
+    results = run_comparison(preset="smoke", variants=["mgrpo", "unaligned"], seeds=[0], runs_dir=tmp_path / "runs",
+                             out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False)
+    config = json.loads((tmp_path / "runs" / "unaligned-s0" / "config.json").read_text())
+    assert config["variant"] == "mgrpo" and config["alignment"] == "none"
+    assert [r["variant"] for r in results["runs"]] == ["mgrpo", "unaligned"]
+    rows = results["differences"]
+    assert [(r["variant"], r["decoding"]) for r in rows] == [("unaligned", "greedy"), ("unaligned", "sampled")]
+    assert (tmp_path / "out" / "differences.md").read_text().count("| unaligned - mgrpo |") == 2
