@@ -15,11 +15,13 @@ from .checks import ConfigError, check_choice, check_int, check_number, check_te
 from .episode import Limits
 from .policy import NF4_ON_CPU, LoraSettings
 from .rewards import RewardConfig
+from .world import SPLITS
 
 VARIANTS = ("mgrpo", "frozen_sub", "single_agent", "shared")
 LR_SCHEDULES = ("constant", "linear")
 SUB_BATCHES = ("slots", "distinct")
 ALIGNMENTS = ("d_max", "none")
+EVAL_SPLITS = tuple(name for name in SPLITS if name != "train")
 
 
 def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
@@ -106,8 +108,11 @@ class TrainConfig:
     """Tokens per turn."""
     eval_every: int = 10
     """Evaluate on the held-out world every N steps (and before the first, and after the last)."""
+    eval_split: str = "eval"
+    """The held-out questions: "eval" (one world, 200 questions) or "eval_worlds" (five other
+    worlds, 40 questions each; the reports give accuracy per world)."""
     eval_questions: int = 200
-    """Held-out questions per evaluation (the first N of the eval split)."""
+    """Held-out questions per evaluation (the first N of ``eval_split``)."""
     eval_temperature: float = 0.0
     """Decoding of evaluations (metrics ``eval/...``): 0 = greedy."""
     eval_sampled_temperature: float = 1.0
@@ -139,6 +144,7 @@ class TrainConfig:
         check_number("top_p", self.top_p, low=0, high=1, low_open=True)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("alignment", self.alignment, ALIGNMENTS)
+        check_choice("eval_split", self.eval_split, EVAL_SPLITS)
         check_choice("sub_batch", self.sub_batch, SUB_BATCHES)
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise ConfigError("betas", self.betas, "must be two numbers in [0, 1), e.g. betas=0.9,0.98")

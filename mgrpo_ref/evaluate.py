@@ -58,13 +58,16 @@ def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingS
 
 
 def summarize(episodes: list[Episode]) -> dict:
-    """The report: accuracy, lenient accuracy, format validity, sub calls, accuracy by hops."""
+    """The report: accuracy, lenient accuracy, format validity, sub calls, accuracy by hops
+    and by world (the held-out world's seed)."""
     n = len(episodes)
     if n == 0:
         raise ValueError("no episodes to summarize")
     by_hops: dict[int, list[bool]] = defaultdict(list)
+    by_world: dict[int, list[bool]] = defaultdict(list)
     for e in episodes:
         by_hops[e.question.n_hops].append(e.correct)
+        by_world[e.question.world_seed].append(e.correct)
     subs = [s for e in episodes for s in e.subs]
     errors: dict[str, int] = defaultdict(int)
     for t in [e.main for e in episodes] + subs:
@@ -79,6 +82,7 @@ def summarize(episodes: list[Episode]) -> dict:
         "mean_sub_calls": len(subs) / n,
         "accuracy_by_hops": {h: sum(v) / len(v) for h, v in sorted(by_hops.items())},
         "n_by_hops": {h: len(v) for h, v in sorted(by_hops.items())},
+        "accuracy_by_world": {w: sum(v) / len(v) for w, v in sorted(by_world.items())},
         "format_errors": dict(sorted(errors.items())),
     }
 
@@ -146,6 +150,8 @@ def format_report(report: dict) -> str:
             ("mean sub calls", f"{report['mean_sub_calls']:6.2f}")]
     rows += [(f"accuracy, {h} hop{'s' if h > 1 else ''} (n={report['n_by_hops'][h]})", pct(a))
              for h, a in report["accuracy_by_hops"].items()]
+    if len(report.get("accuracy_by_world", {})) > 1:  # the spread across held-out worlds
+        rows += [(f"accuracy, world {w}", pct(a)) for w, a in report["accuracy_by_world"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -41,7 +41,8 @@ from .tools import ToolsByWorld
 from .worker import WorkerAgent, WorkerDied, WorkerFailed, WorkerHandle
 from .world import load_questions
 
-EVAL_KEYS = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops")
+EVAL_KEYS = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops",
+             "accuracy_by_world")
 """What each held-out evaluation logs, as ``eval/<key>`` (and ``eval_sampled/<key>``)."""
 
 
@@ -51,10 +52,10 @@ def sample_questions(pool: list, questions_per_step: int, seed: int, step: int) 
 
 
 def held_out_questions(cfg: TrainConfig) -> list:
-    """The first ``eval_questions`` of the eval split; a clear error if it has fewer."""
-    questions = load_questions("eval")
+    """The first ``eval_questions`` of ``cfg.eval_split``; a clear error if it has fewer."""
+    questions = load_questions(cfg.eval_split)
     if cfg.eval_questions > len(questions):
-        raise ValueError(f"eval_questions={cfg.eval_questions} is invalid: the eval split has "
+        raise ValueError(f"eval_questions={cfg.eval_questions} is invalid: the {cfg.eval_split} split has "
                          f"{len(questions)} questions")
     return questions[: cfg.eval_questions]
 

@@ -80,10 +80,16 @@ EVAL_SEED = 1000
 TRAIN_SEEDS = (1, 2, 3, 4)
 
 
+EVAL_WORLD_SEEDS = (1001, 1002, 1003, 1004, 1005)
+"""Five more held-out worlds (split ``eval_worlds``): never used to build the base or to train."""
+HELD_OUT_SEEDS = (EVAL_SEED, *EVAL_WORLD_SEEDS)
+
+
 def check_training_seed(seed: int) -> int:
-    """Refuse the evaluation world's seed anywhere training data is made."""
-    if seed == EVAL_SEED:
-        raise ValueError(f"seed {EVAL_SEED} is the held-out evaluation world; never train on it")
+    """Refuse every held-out world's seed anywhere training data is made."""
+    if seed in HELD_OUT_SEEDS:
+        raise ValueError(f"seed {seed} is a held-out evaluation world ({', '.join(map(str, HELD_OUT_SEEDS))}); "
+                         "never train on it")
     return seed
 
 
@@ -358,8 +364,10 @@ def generate_questions(world: World, n: int, config: WorldConfig = WorldConfig()
 # ---------------------------------------------------------------------------
 # The committed data: worlds and question splits as JSONL
 
-SPLITS = {"train": (TRAIN_SEEDS, 100), "eval": ((EVAL_SEED,), 200)}
-"""split name -> (world seeds, questions per world)."""
+SPLITS = {"train": (TRAIN_SEEDS, 100), "eval": ((EVAL_SEED,), 200), "eval_worlds": (EVAL_WORLD_SEEDS, 40)}
+"""split name -> (world seeds, questions per world). ``eval`` is one held-out world;
+``eval_worlds`` five others, 40 questions each, for figures that should not rest on one world
+(``TrainConfig.eval_split``; the evaluation reports accuracy per world)."""
 
 
 def write_jsonl(path: Path, rows) -> None:

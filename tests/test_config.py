@@ -88,6 +88,7 @@ def test_every_value_is_accepted_or_refused_as_its_rule_says(field, raw):
     ("quantization=int8", "quantization='int8' is invalid"),
     ("nf4_on_cpu=zipped", "nf4_on_cpu='zipped' is invalid"),
     ("alignment=slots", "alignment='slots' is invalid"),
+    ("eval_split=train", "eval_split='train' is invalid"),
     ("lr_schedule=cosine", "lr_schedule='cosine' is invalid"),
     ("base=", "base='' is invalid: must be a non-empty string"),
     ("lora.target_modules=", "target_modules"),

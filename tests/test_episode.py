@@ -18,7 +18,7 @@ TOOLS = ToolsByWorld()
 
 
 
-@pytest.mark.parametrize("split", ["train", "eval"])
+@pytest.mark.parametrize("split", ["train", "eval", "eval_worlds"])
 def test_oracle_answers_every_question_of_every_split(split):
     questions = load_questions(split)
     oracle = make_agent("oracle")
@@ -39,6 +39,18 @@ def test_teacher_accuracy_falls_as_noise_rises():
     assert accuracies[0] == 1.0
     assert all(a > b for a, b in zip(accuracies, accuracies[1:])), accuracies
     assert 0.3 <= accuracies[2] <= 0.7  # the default teacher: room to learn, not broken
+
+
+def test_the_report_gives_accuracy_per_held_out_world():
+    questions = load_questions("eval_worlds")
+    agents = {"main": make_agent("teacher", 1.0, 0), "sub": make_agent("teacher", 1.0, 1)}
+    report, episodes = evaluate(questions, agents, progress=False)
+    by_world = report["accuracy_by_world"]
+    assert sorted(by_world) == sorted({q.world_seed for q in questions}) and len(by_world) == 5
+    for seed, accuracy in by_world.items():
+        mine = [e.correct for e in episodes if e.question.world_seed == seed]
+        assert accuracy == sum(mine) / len(mine)
+    assert report["accuracy"] == pytest.approx(sum(by_world.values()) / 5)  # 40 questions in each
 
 
 def test_teacher_makes_every_kind_of_mistake():

@@ -241,3 +241,13 @@ def test_one_seed_gives_one_run(tmp_path):
         torch.equal(x, y) for x, y in zip(lora_b(runs[0] / "checkpoints" / "step_00002" / a),
                                           lora_b(runs[1] / "checkpoints" / "step_00002" / a)))
                for a in ("main", "sub"))
+
+
+def test_the_held_out_questions_come_from_the_chosen_split():
+    from mgrpo_ref.train import held_out_questions
+
+    five = held_out_questions(TrainConfig(eval_split="eval_worlds"))
+    assert len(five) == 200 and len({q.world_seed for q in five}) == 5
+    assert {q.world_seed for q in held_out_questions(TrainConfig())} == {1000}
+    with pytest.raises(ValueError, match="the eval_worlds split has 200 questions"):
+        held_out_questions(TrainConfig(eval_split="eval_worlds", eval_questions=201))

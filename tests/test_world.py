@@ -104,6 +104,21 @@ def test_eval_world_is_held_out():
     assert len(train_names & eval_names) < 0.1 * len(eval_names)
 
 
+def test_the_five_held_out_worlds_are_never_trained_on_nor_in_the_base():
+    from mgrpo_ref.pretrain import PretrainConfig
+
+    questions = W.load_questions("eval_worlds")
+    by_world = Counter(q.world_seed for q in questions)
+    assert by_world == {seed: 40 for seed in W.EVAL_WORLD_SEEDS}
+    held_out = set(W.HELD_OUT_SEEDS)
+    assert held_out.isdisjoint(W.TRAIN_SEEDS)
+    base = PretrainConfig()  # the demonstration worlds the base learns from
+    assert held_out.isdisjoint(range(base.first_world, base.first_world + base.n_worlds))
+    for seed in W.HELD_OUT_SEEDS:
+        with pytest.raises(ValueError, match="held-out"):
+            W.check_training_seed(seed)
+
+
 def test_corrupted_jsonl_gives_a_clear_error(tmp_path):
     (tmp_path / "questions").mkdir()
     (tmp_path / "questions" / "eval.jsonl").write_text('{"qid": "x"}\n{not json\n')
