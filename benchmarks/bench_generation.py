@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_steps import policy_and_config, real_steps  # noqa: E402
+from real_steps import policy_and_config, real_steps, recording_act_calls  # noqa: E402
 
 
 def multinomial_draw(scores, generator):
@@ -81,17 +81,9 @@ def main() -> None:
 
     policy, cfg = policy_and_config(args.base)  # the default: nf4_on_cpu=dequantized
     packed, _ = policy_and_config(args.base, nf4_on_cpu="packed")
-    calls = []  # (role, contexts) of every act call of the steps
-    act = policy.act
-
-    def recording_act(role, contexts):
-        calls.append((role, list(contexts)))
-        return act(role, contexts)
-
-    policy.act = recording_act
-    for _ in real_steps(policy, cfg, args.steps):
-        pass
-    policy.act = act
+    with recording_act_calls(policy) as calls:  # (role, contexts) of every act call of the steps
+        for _ in real_steps(policy, cfg, args.steps):
+            pass
 
     sampler = policy_module.InverseCdfSampler(torch.Generator().manual_seed(0))
     ours = dict(do_sample=False, logits_processor=[sampler])

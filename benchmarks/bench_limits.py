@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_steps import policy_and_config, real_steps  # noqa: E402
+from real_steps import policy_and_config, real_steps, recording_act_calls, update  # noqa: E402
 
 
 def linear_shapes(policy) -> list[tuple[int, int, bool]]:
@@ -104,21 +104,16 @@ def main() -> None:
 
     import torch
 
-    from mgrpo_ref.step import main_half, policy_update, sub_half
+    from mgrpo_ref.step import main_half, sub_half
     from mgrpo_ref.worker import update_threads
 
     policy, cfg = policy_and_config(args.base)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)
     cores = torch.get_num_threads()
-    calls, act = [], policy.act
-
-    def recording_act(role, contexts):
-        calls.append((role, list(contexts)))
-        return act(role, contexts)
-
-    policy.act = recording_act
     updates = []
-    for step, episodes in real_steps(policy, cfg, args.steps):
+    with recording_act_calls(policy) as calls:
+        steps = list(real_steps(policy, cfg, args.steps))
+    for step, episodes in steps:
         main = main_half(episodes, cfg, policy)
         halves = {"main": main, "sub": sub_half(episodes, main.correct, cfg, policy, step)}
         for agent, half in halves.items():
@@ -127,9 +122,7 @@ def main() -> None:
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                policy_update(policy, optimizer, half.batch, epochs=cfg.epochs, microbatch=cfg.microbatch,
-                              eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
-                              max_grad_norm=cfg.max_grad_norm)
+                update(policy, optimizer, half.batch, cfg)
                 times.append(time.perf_counter() - start)
             tokens_per_microbatch = int(half.batch.attention_mask.sum()) / -(-len(half.batch) // cfg.microbatch)
             rate = matmul_rate(policy, int(tokens_per_microbatch))
@@ -142,7 +135,6 @@ def main() -> None:
             print(f"step {step} {agent:4s} update: {u['gflops']:.2f} GFLOP in {seconds:.2f} s on {threads} thread(s) = "
                   f"{u['achieved_gflop_s']:.2f} GFLOP/s; its matmuls alone {u['matmul_gflop_s']:.1f} GFLOP/s "
                   f"(x{u['ratio']:.3f})", flush=True)
-    policy.act = act
 
     new_tokens, start = 0, time.perf_counter()
     for role, contexts in calls:

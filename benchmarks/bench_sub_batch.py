@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_steps import policy_and_config, real_steps  # noqa: E402
+from real_steps import policy_and_config, real_steps, update  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
 
     import torch
 
-    from mgrpo_ref.step import main_half, policy_update, sub_half
+    from mgrpo_ref.step import main_half, sub_half
 
     policy, cfg = policy_and_config(args.base)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)  # lr 0: the same adapter each repeat
@@ -54,12 +54,9 @@ def main() -> None:
         for _ in range(args.repeats):
             for form, half in halves.items():  # alternating, so drifts in machine load hit both
                 start = time.perf_counter()
-                stats = policy_update(policy, optimizer, half.batch, epochs=cfg.epochs, microbatch=cfg.microbatch,
-                                      eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
-                                      max_grad_norm=cfg.max_grad_norm)
+                stats = update(policy, optimizer, half.batch, cfg)
                 times[form].append(time.perf_counter() - start)
                 losses[form] = stats["loss"]
-        torch.set_num_threads(torch.get_num_threads())
         slots, distinct = halves["slots"], halves["distinct"]
         row = {"step": step, "n_trajectories": slots.stats["sub/n_trajectories"],
                "duplicated_frac": slots.stats["sub/align_duplicated_frac"],

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_steps import policy_and_config, real_steps  # noqa: E402
+from real_steps import policy_and_config, real_steps, update  # noqa: E402
 
 ARMS = {"before": ("packed", False, False, 32), "longest first": ("packed", True, False, 32),
         "head on loss": ("packed", False, True, 32), "both": ("packed", True, True, 32),
@@ -83,10 +83,7 @@ def main() -> None:
                 for arm, (held, longest_first, head_on_loss, microbatch) in ARMS.items():  # alternating: drifts
                     set_arm(longest_first, head_on_loss)                                  # in load hit every arm
                     start = time.perf_counter()
-                    stats = step_module.policy_update(
-                        policies[held], optimizers[held], half.batch, epochs=cfg.epochs, microbatch=microbatch,
-                        eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
-                        max_grad_norm=cfg.max_grad_norm)
+                    stats = update(policies[held], optimizers[held], half.batch, cfg, microbatch)
                     times[arm].append(time.perf_counter() - start)
                     losses[arm] = stats["loss"]
             set_arm(True, True)

@@ -1,9 +1,11 @@
-"""Helpers the update benchmarks share: one policy on a base, and the real episodes of the
-default config's first steps, played by that policy at T = 1 and seeded as the trainer
-seeds them (both roles sampled by the one policy)."""
+"""Helpers the update benchmarks share: one policy on a base, the real episodes of the
+default config's first steps (played by that policy at T = 1 and seeded as the trainer seeds
+them, both roles sampled by the one policy), a record of the policy's ``act`` calls, and one
+update with the config's objective settings."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -39,3 +41,30 @@ def real_steps(policy, cfg, steps: int):
         questions = sample_questions(pool, cfg.questions_per_step, cfg.seed, step)
         yield step, run_episodes(questions, tools, {"main": policy, "sub": policy}, "multi", cfg.limits,
                                  rollouts=cfg.rollouts)
+
+
+@contextlib.contextmanager
+def recording_act_calls(policy):
+    """Within the block, every ``policy.act`` call is also appended, as (role, contexts), to
+    the list this yields; ``policy.act`` is restored after."""
+    calls, act = [], policy.act
+
+    def recording_act(role, contexts):
+        calls.append((role, list(contexts)))
+        return act(role, contexts)
+
+    policy.act = recording_act
+    try:
+        yield calls
+    finally:
+        policy.act = act
+
+
+def update(policy, optimizer, batch, cfg, microbatch: int | None = None) -> dict:
+    """``step.policy_update`` on ``batch`` with the config's objective settings (the
+    optimiser's learning rate is left as it is: the benchmarks use 0)."""
+    from mgrpo_ref import step
+
+    return step.policy_update(policy, optimizer, batch, epochs=cfg.epochs, microbatch=microbatch or cfg.microbatch,
+                              eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
+                              max_grad_norm=cfg.max_grad_norm)

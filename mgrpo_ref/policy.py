@@ -425,9 +425,9 @@ NF4_ON_CPU = ("dequantized", "packed")
 """How a 4-bit base is held on a CPU: see :func:`dequantize_4bit_layers`."""
 
 
-def dequantize_4bit_layers(model) -> int:
+def dequantize_4bit_layers(model) -> None:
     """Replace each bitsandbytes 4-bit linear layer of ``model`` by a frozen full-precision
-    ``nn.Linear`` holding its dequantised weights, in place; return how many were replaced.
+    ``nn.Linear`` holding its dequantised weights, in place.
 
     On a CPU bitsandbytes has no 4-bit matrix product that autograd can use: every forward
     pass of a 4-bit layer dequantises its weights and multiplies in full precision, and
@@ -440,7 +440,6 @@ def dequantize_4bit_layers(model) -> int:
     import bitsandbytes as bnb
     from bitsandbytes.functional import dequantize_4bit
 
-    replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, bnb.nn.Linear4bit):
@@ -452,8 +451,6 @@ def dequantize_4bit_layers(model) -> int:
             if child.bias is not None:
                 linear.bias = torch.nn.Parameter(child.bias.data.float().clone(), requires_grad=False)
             setattr(parent, name, linear)
-            replaced += 1
-    return replaced
 
 
 def load_policy(path: str | Path, quantization: str = "nf4", device: str | None = None,
