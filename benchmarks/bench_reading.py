@@ -24,7 +24,7 @@ from mgrpo_ref.episode import run_episodes  # noqa: E402
 from mgrpo_ref.policy import load_policy  # noqa: E402
 from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent  # noqa: E402
 from mgrpo_ref.tools import Tools  # noqa: E402
-from mgrpo_ref.world import generate_questions, generate_world  # noqa: E402
+from mgrpo_ref.world import generate_questions, generate_world, world_config  # noqa: E402
 
 
 def turn_accuracy(policy, contexts: list[str], tag: str, batch: int = 32) -> float:
@@ -40,10 +40,11 @@ def turn_accuracy(policy, contexts: list[str], tag: str, batch: int = 32) -> flo
 
 def oracle_sub_contexts(seed: int, n: int) -> list[str]:
     """The contexts of the oracle sub-agent's first ``n`` trajectories on world ``seed``."""
-    world = generate_world(seed)
+    config = world_config(seed)  # the committed worlds' sizes (WORLD_SCALES)
+    world = generate_world(seed, config)
     tools = Tools(world)
     oracle = ScriptedAgent(ORACLE_NOISE)
-    episodes = run_episodes(generate_questions(world, n), lambda _: tools, {"main": oracle, "sub": oracle}, "multi")
+    episodes = run_episodes(generate_questions(world, n, config), lambda _: tools, {"main": oracle, "sub": oracle}, "multi")
     return [s.context for e in episodes for s in e.subs][:n]
 
 

@@ -5,15 +5,17 @@
     python -m mgrpo_ref.compare --preset gpu            # the GPU-scale configuration
     python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # about a minute (CI)
 
-Every variant (mgrpo, frozen_sub, single_agent, shared) trains with the same budget: the
-same config (questions per step, rollouts, steps, learning rate, seeds, hence the same
-training questions in the same order). The hyper-parameters are the pipeline's defaults
-for all four; none was tuned for one variant more than another. ``--variants`` also takes
-the ablations of ``ABLATIONS``, M-GRPO with one of its ideas removed, on the same budget:
+Every arm trains with the same budget: the same config (questions per step, rollouts,
+steps, learning rate, seeds, hence the same training questions in the same order). The
+hyper-parameters are the pipeline's defaults for all; none was tuned for one arm more than
+another. The arms (``ARMS``, all by default; ``--variants`` picks some) are the four variants
+(mgrpo, frozen_sub, single_agent, shared), the ablations of ``ABLATIONS`` (M-GRPO with one
+of its ideas removed), and ``single_agent_3x`` (``LONGER``: single-agent GRPO on three times
+the steps, the one arm off the common budget, reported beside it):
 
-    python -m mgrpo_ref.compare --variants mgrpo no_shared_fate shared_fate_only unaligned
+    python -m mgrpo_ref.compare --variants mgrpo frozen_sub --seeds 0 1 2
 
-Each run evaluates on the held-out world every few steps, greedily and sampled at
+Each run evaluates on the held-out worlds every few steps, greedily and sampled at
 temperature 1 (the trainer's ``eval/...`` and ``eval_sampled/...`` metrics); its step-0
 evaluation is the base's. Results go to ``--out``:
 
@@ -57,8 +59,9 @@ from .train import EVAL_KEYS, Trainer
 from .world import load_questions
 
 PRESETS = {
-    # The CPU comparison: 4 variants x 3 seeds on 2 cores.
-    "cpu": ["steps=30", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
+    # The CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: make train's held-out
+    # curves are flat from about step 40 (docs/results.md, "The comparison's budget").
+    "cpu": ["steps=60", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
     # A larger base, batch and step count for one GPU of 24 GB or less (docs/gpu.md).
     "gpu": ["base=runs/base-gpu", "quantization=nf4", "steps=200", "questions_per_step=32", "rollouts=8",
             "eval_every=20", "checkpoint_every=20", "microbatch=64"],
@@ -72,16 +75,24 @@ ABLATIONS = {
     "no_shared_fate": ("mgrpo", ["reward.b2=0"]),  # R_S without the main agent's outcome, Eq. (R2)
     "shared_fate_only": ("mgrpo", ["reward.b3=0"]),  # R_S without the verifier: the authors' release
     "unaligned": ("mgrpo", ["alignment=none"]),  # every sub trajectory once, no D slots
+    "stale_sub": ("mgrpo", ["sub_staleness=1"]),  # the sub-agent one step off-policy: the release
 }
 """M-GRPO with one of its ideas removed: name -> (variant, config overrides)."""
-ARMS = {variant: (variant, []) for variant in VARIANTS} | ABLATIONS
-"""What the comparison can train: the four variants and the ablations (``--variants``)."""
+LONGER = {"single_agent_3x": ("single_agent", 3)}
+"""Arms given more steps than the preset's: name -> (variant, factor). Single-agent GRPO
+learns slowly here; this shows where it gets to on three times the common budget."""
+ARMS = {variant: (variant, []) for variant in VARIANTS} | ABLATIONS | {
+    name: (variant, []) for name, (variant, _) in LONGER.items()}
+"""What the comparison can train: the four variants, the ablations and the longer arms (``--variants``)."""
 
 
 def run_config(preset: list[str], arm: str, seed: int, extra: list[str]) -> TrainConfig:
-    """The config of one run: the preset, the arm's own overrides (an ablation's), then ``extra``."""
+    """The config of one run: the preset, the arm's own overrides (an ablation's), then
+    ``extra``; a longer arm's steps are then multiplied by its factor."""
     variant, own = ARMS[arm]
-    return replace(TrainConfig().override(preset + own + extra), variant=variant, seed=seed)
+    cfg = TrainConfig().override(preset + own + extra)
+    factor = LONGER[arm][1] if arm in LONGER else 1
+    return replace(cfg, variant=variant, seed=seed, steps=cfg.steps * factor)
 
 
 def sampled_temperature(preset: str, overrides: list[str]) -> float:
@@ -122,7 +133,7 @@ def questions_to_show(cfg: TrainConfig, tools_for, pool: int = 60) -> list:
     """The held-out questions whose episodes the results keep: the first EPISODES_SHOWN of
     two hops or more that the base gets wrong (greedy), where training has something to show;
     topped up with the first questions if there are too few."""
-    questions = load_questions("eval")[: min(pool, cfg.eval_questions)]
+    questions = load_questions(cfg.eval_split)[: min(pool, cfg.eval_questions)]
     wrong = [e.question for e in greedy_episodes(cfg, None, questions, tools_for)
              if not e.correct and e.question.n_hops >= 2]
     return (wrong + [q for q in questions if q not in wrong])[:EPISODES_SHOWN]
@@ -279,7 +290,7 @@ def write_reports(results: dict, out: Path) -> None:
     (out / "differences.md").write_text(differences_table(results["differences"]))
 
 
-def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), seeds: list[int] = [0, 1, 2],
+def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds: list[int] = [0, 1, 2, 3, 4],
                    runs_dir: Path | None = None, out: Path | None = None, overrides: list[str] = [],
                    progress: bool = True, command: str = "") -> dict:
     """Train (or resume, or skip if finished) every variant x seed, evaluate each, and write
@@ -295,8 +306,9 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(VARIANTS), se
                      "base_episodes": {}, "runs": []}
     start = time.time()
     shown = None  # the held-out questions whose episodes are kept, chosen with the first run's base
-    for variant in variants:  # a variant or an ablation (ARMS)
-        for seed in seeds:
+    # Seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds.
+    for seed in seeds:
+        for variant in variants:  # a variant, an ablation or a longer arm (ARMS)
             cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
             mode = LAYOUTS[cfg.variant].mode
             run_dir = runs_dir / f"{variant}-s{seed}"
@@ -332,10 +344,12 @@ def main(argv: list[str] | None = None) -> dict:
     line and exit status 2, before anything is trained or written."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--variants", nargs="+", choices=list(ARMS), default=list(VARIANTS),
-                        help="variants and ablations to train (default: the four variants); ablations: "
-                             + ", ".join(f"{name} ({' '.join(o)})" for name, (_, o) in ABLATIONS.items()))
-    parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(ARMS), default=list(ARMS),
+                        help="arms to train (default: all); ablations: "
+                             + ", ".join(f"{name} ({' '.join(o)})" for name, (_, o) in ABLATIONS.items())
+                             + "; longer: " + ", ".join(f"{name} ({variant}, {factor}x the steps)"
+                                                         for name, (variant, factor) in LONGER.items()))
+    parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--runs", type=output_dir, help="run directories (default runs/compare-<preset>)")
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

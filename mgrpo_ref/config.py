@@ -66,6 +66,10 @@ class TrainConfig:
     """K: rollouts per question (the group of the main agent's advantage); 8 in the release."""
     d_max: int = 4
     """D: sub-agent slots per rollout (notebook 03: the 95th percentile of d for the teacher)."""
+    sub_staleness: int = 0
+    """0: the sub-agent trains on this step's samples (on-policy) [ours]. 1: on the previous
+    step's, as the authors' release does while new rollouts run [release]
+    (``step.learner_update``). Only for variant mgrpo, whose sub-agent has its own adapter."""
     alignment: str = "d_max"
     """The sub-agent's batch: "d_max", aligned to D slots per rollout (PAPER.md section 4:
     duplicate, drop, borrow, mask), or "none", an ablation: every distinct sub trajectory once,
@@ -108,11 +112,12 @@ class TrainConfig:
     """Tokens per turn."""
     eval_every: int = 10
     """Evaluate on the held-out world every N steps (and before the first, and after the last)."""
-    eval_split: str = "eval"
-    """The held-out questions: "eval" (one world, 200 questions) or "eval_worlds" (five other
-    worlds, 40 questions each; the reports give accuracy per world)."""
-    eval_questions: int = 200
-    """Held-out questions per evaluation (the first N of ``eval_split``)."""
+    eval_split: str = "eval_worlds"
+    """The held-out questions: "eval_worlds" (six worlds of both sizes, 40 questions each; the
+    reports give accuracy per world) or "eval" (one default-size world, 200 questions)."""
+    eval_questions: int = 240
+    """Held-out questions per evaluation (the first N of ``eval_split``; its worlds take turns,
+    so any N spans them all)."""
     eval_temperature: float = 0.0
     """Decoding of evaluations (metrics ``eval/...``): 0 = greedy."""
     eval_sampled_temperature: float = 1.0
@@ -146,6 +151,10 @@ class TrainConfig:
         check_choice("alignment", self.alignment, ALIGNMENTS)
         check_choice("eval_split", self.eval_split, EVAL_SPLITS)
         check_choice("sub_batch", self.sub_batch, SUB_BATCHES)
+        check_int("sub_staleness", self.sub_staleness, minimum=0, maximum=1)
+        if self.sub_staleness and self.variant != "mgrpo":
+            raise ConfigError("sub_staleness", self.sub_staleness,
+                              "needs a sub-agent that trains its own adapter: variant=mgrpo only")
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise ConfigError("betas", self.betas, "must be two numbers in [0, 1), e.g. betas=0.9,0.98")
         for beta in self.betas:

@@ -1,6 +1,6 @@
 """The evaluation harness: run agents on a split and report accuracy, as a function and a CLI.
 
-    python -m mgrpo_ref.evaluate --main teacher --sub oracle [--split eval] [--limit N] [--out FILE]
+    python -m mgrpo_ref.evaluate --main teacher --sub oracle [--split eval_worlds] [--limit N] [--out FILE]
     python -m mgrpo_ref.evaluate --single teacher
 
     python -m mgrpo_ref.evaluate --main data/base --sub data/base [--temperature 1]
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     who.add_argument("--main", help=f"main agent: one of {SCRIPTED} or a model directory")
     who.add_argument("--single", help=f"single agent (does every hop itself): {SCRIPTED} or a model directory")
     parser.add_argument("--sub", help=f"sub-agent, with --main: one of {SCRIPTED} or a model directory")
-    parser.add_argument("--split", default="eval", help="question split, a file name in DATA_DIR/questions (default: eval)")
+    parser.add_argument("--split", default="eval_worlds",
+                        help="question split, a file name in DATA_DIR/questions (default: eval_worlds)")
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N questions only")
     parser.add_argument("--noise", type=nonnegative_float, default=1.0, help="teacher noise factor (default 1.0)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the agents' randomness")
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens)
     parser.add_argument("--quantization", choices=("nf4", "none"), default="nf4",
                         help="models: 4-bit NF4 base (default) or full precision")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="episodes run (and batched) together")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="episodes run (and batched) together (default: 64)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=output_file, help="write the report as JSON here")
     parser.add_argument("--show", type=nonnegative_int, default=0, metavar="N", help="print N episode transcripts")

@@ -38,14 +38,14 @@ from .policy import default_device, token_logprobs_from_logits
 from .scripted import ScriptedAgent, TeacherNoise
 from .tokenizer import train_tokenizer
 from .tools import Tools
-from .world import DATA_DIR, check_training_seed, generate_questions, generate_world
+from .world import DATA_DIR, WorldConfig, check_training_seed, generate_questions, generate_world
 
 DEMO_NOISE = replace(TeacherNoise(), malformed=0.0)
 """The teacher that writes the demonstrations: every content mistake, no malformed turns
 (scaled by ``PretrainConfig.demo_noise``)."""
 
-TEACHER_KNOBS = ("demo_noise", "demo_misread", "demo_hasty")
-"""The ``PretrainConfig`` fields that set the demonstrating teacher (each >= 0; each a CLI flag)."""
+TEACHER_KNOBS = ("demo_noise", "demo_misread", "demo_hasty", "large_worlds")
+"""The ``PretrainConfig`` fields that set the demonstrations (each >= 0; each a CLI flag)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,14 @@ class PretrainConfig:
     with it the base answers every multi-hop question after one hop greedily (so greedy
     accuracy is about the share of one-hop questions it reads right), while at T = 1 it goes
     on for many of them [ours]."""
+    large_worlds: float = 0.0
+    """Share of the demonstration worlds generated at ``large_scale`` times the default size
+    (spread evenly over the seeds). Large worlds have document ids longer than any in a
+    default world; a base that sees few of them copies long ids only some of the time, a
+    weakness of the sub-agent's that the environment creates and that training on worlds of
+    several sizes can correct (docs/base-model.md, "The builds")."""
+    large_scale: int = 3
+    """How many times the default size a large demonstration world is (``WorldConfig.scaled``)."""
     vocab_size: int = 2048
     """BPE vocabulary (the protocol tags come on top). Large enough that most two-syllable name
     words are one token, even in the unseen evaluation world: copying a name is then copying
@@ -104,10 +112,11 @@ class PretrainConfig:
 
     def __post_init__(self):
         check_number("demo_noise", self.demo_noise, low=0)  # a factor on the teacher's probabilities
-        for name in ("demo_misread", "demo_hasty", "context_weight"):
+        for name in ("demo_misread", "demo_hasty", "context_weight", "large_worlds"):
             check_number(name, getattr(self, name), low=0, high=1)
         for name in ("n_worlds", "questions_per_world", "vocab_size", "hidden_size", "intermediate_size",
-                     "num_layers", "num_heads", "num_kv_heads", "max_positions", "steps", "batch_size"):
+                     "num_layers", "num_heads", "num_kv_heads", "max_positions", "steps", "batch_size",
+                     "large_scale"):
             check_int(name, getattr(self, name), minimum=1)
         for name in ("seed", "first_world", "warmup"):
             check_int(name, getattr(self, name), minimum=0)
@@ -133,10 +142,12 @@ def demonstrations(cfg: PretrainConfig) -> list:
     noise = replace(DEMO_NOISE.scaled(cfg.demo_noise), misread=cfg.demo_misread, hasty=cfg.demo_hasty)
     teacher = ScriptedAgent(noise, seed=cfg.seed)
     trajectories = []
-    for seed in range(cfg.first_world, cfg.first_world + cfg.n_worlds):
-        world = generate_world(check_training_seed(seed))
+    for i, seed in enumerate(range(cfg.first_world, cfg.first_world + cfg.n_worlds)):
+        large = math.floor((i + 1) * cfg.large_worlds) > math.floor(i * cfg.large_worlds)
+        world_config = WorldConfig().scaled(cfg.large_scale if large else 1)
+        world = generate_world(check_training_seed(seed), world_config)
         tools = Tools(world)
-        questions = generate_questions(world, cfg.questions_per_world)
+        questions = generate_questions(world, cfg.questions_per_world, world_config)
         for mode, agents in (("multi", {"main": teacher, "sub": teacher}), ("single", {"single": teacher})):
             for episode in run_episodes(questions, lambda _: tools, agents, mode):
                 trajectories += [episode.main] + episode.subs
@@ -267,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="override the demonstrating teacher's misread probability (>= 0)")
     parser.add_argument("--demo-hasty", type=finite_float,
                         help="override the demonstrating teacher's hasty probability (>= 0)")
+    parser.add_argument("--large-worlds", type=finite_float,
+                        help="override the share of demonstration worlds at 3x the default size (0-1)")
     args = parser.parse_args(argv)
     chosen = {"seed": args.seed, **({"steps": args.steps} if args.steps is not None else {}),
               **{name: getattr(args, name) for name in TEACHER_KNOBS if getattr(args, name) is not None}}

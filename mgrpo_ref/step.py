@@ -200,8 +200,9 @@ def correct_from_rows(rows: list[dict], episodes: list[Episode], rollouts: int) 
 
 
 def update_agent(name: str, policy, optimizer, halves: list[Half], cfg: TrainConfig, step: int,
-                 train: bool = True) -> dict:
-    """One agent's update on its halves' rows (two halves: the shared adapter), as ``<name>/...`` stats."""
+                 train: bool = True, old_logprobs: list[torch.Tensor] | None = None) -> dict:
+    """One agent's update on its halves' rows (two halves: the shared adapter), as ``<name>/...`` stats.
+    ``old_logprobs``: pi_old's, taken when a held-back half was sampled (``learner_update``)."""
     lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -209,13 +210,20 @@ def update_agent(name: str, policy, optimizer, halves: list[Half], cfg: TrainCon
     batch = batches[0] if len(batches) == 1 else concat_batches(batches, policy.pad_id)
     stats = policy_update(policy, optimizer, batch, epochs=cfg.epochs, microbatch=cfg.microbatch,
                           eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
-                          max_grad_norm=cfg.max_grad_norm, train=train)
+                          max_grad_norm=cfg.max_grad_norm, train=train, old_logprobs=old_logprobs)
     return {**{f"{name}/{key}": v for key, v in stats.items()}, f"{name}/lr": lr}
+
+
+@torch.no_grad()
+def sampling_logprobs(policy, batch: PolicyBatch, microbatch: int) -> list[torch.Tensor]:
+    """The policy's log-probs of the batch's weighted tokens, one tensor per microbatch (in
+    ``_microbatches`` order): pi_old, when taken before the adapter moves."""
+    return [policy.token_logprobs(ids, att, where=w != 0) for ids, att, w, _ in _microbatches(batch, microbatch)]
 
 
 def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microbatch: int,
                   eps_low: float, eps_high: float, kl_coef: float, max_grad_norm: float,
-                  train: bool = True) -> dict:
+                  train: bool = True, old_logprobs: list[torch.Tensor] | None = None) -> dict:
     """Clipped token-level objective (Eq. 3-6) over the whole batch, ``epochs`` optimiser steps.
 
     The loss of each microbatch is its token mean times its share of the batch's tokens, so
@@ -223,17 +231,21 @@ def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microba
     the batch. ``train=False`` computes the same statistics without changing the adapter
     (the frozen sub-agent).
 
-    pi_old is the policy that sampled the batch. With more than one epoch it needs a pass of
-    its own before the first optimiser step. With one pass the adapter has not moved when the
-    loss is computed, so pi_old's log-probs are the current ones, detached: the ratio is
-    exactly 1 and the gradient is unchanged, at one forward pass fewer (tested).
+    pi_old is the policy that sampled the batch. A batch trained a step after it was sampled
+    (``sub_staleness=1``) brings pi_old's log-probs along (``old_logprobs``): the adapter has
+    moved since, so the ratio is not 1 and the clip acts. Otherwise, with more than one epoch
+    pi_old needs a pass of its own before the first optimiser step; with one pass the adapter
+    has not moved when the loss is computed, so pi_old's log-probs are the current ones,
+    detached: the ratio is exactly 1 and the gradient is unchanged, at one forward pass fewer
+    (tested).
     """
     start = time.perf_counter()
     n_tokens = batch.token_weights.sum().item()
     passes = epochs if train else 1
+    old = old_logprobs
+    if old is None and passes > 1:
+        old = sampling_logprobs(policy, batch, microbatch)
     with torch.no_grad():
-        old = ([policy.token_logprobs(ids, att, where=w != 0) for ids, att, w, _ in _microbatches(batch, microbatch)]
-               if passes > 1 else None)
         ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0)
                 for ids, att, w, _ in _microbatches(batch, microbatch)] if kl_coef > 0 else None)
     totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0}
@@ -290,11 +302,46 @@ def _microbatches(batch: PolicyBatch, size: int, longest_first: bool = True):
 
 
 @dataclass
+class HeldBack:
+    """A sub-agent half kept for the next step's update (``sub_staleness=1``), with pi_old's
+    log-probs taken by the weights that sampled it."""
+
+    half: Half
+    old_logprobs: list[torch.Tensor]
+
+
+@dataclass
 class Learner:
-    """One adapter being trained: its policy and its optimiser."""
+    """One adapter being trained: its policy, its optimiser and, for a one-step-stale
+    sub-agent, the half it will train on next."""
 
     policy: object
     optimizer: torch.optim.Optimizer
+    held_back: HeldBack | None = None
+
+
+def learner_update(name: str, learner: Learner, halves: list[Half], cfg: TrainConfig, step: int) -> dict:
+    """A learner's update on this step's halves; with ``cfg.sub_staleness=1``, the sub-agent's
+    on the previous step's half instead (PAPER.md section 6: the authors' release trains the
+    sub-agent one step off-policy, on the samples of the step before while new rollouts run).
+
+    The stale sub-agent keeps this step's half, with its log-probs under the weights that
+    sampled it, and trains on the one it kept a step ago. So each step's rollouts come from
+    weights that have not yet learned from the step before. At step 1 nothing is kept yet:
+    its statistics are computed on step 1's half with no optimiser step (``trained`` false);
+    the last step's half is never trained on, as when such a pipeline stops.
+    """
+    layout = LAYOUTS[cfg.variant]
+    train = name not in layout.frozen
+    if not (cfg.sub_staleness and name == layout.sub_learner):
+        return update_agent(name, learner.policy, learner.optimizer, halves, cfg, step, train=train)
+    (half,) = halves  # the stale mode is refused for a learner with two halves (config.py)
+    kept = HeldBack(half, sampling_logprobs(learner.policy, half.batch, cfg.microbatch))
+    previous, learner.held_back = learner.held_back, kept
+    if previous is None:
+        return update_agent(name, learner.policy, learner.optimizer, [half], cfg, step, train=False)
+    return update_agent(name, learner.policy, learner.optimizer, [previous.half], cfg, step, train=train,
+                        old_logprobs=previous.old_logprobs)
 
 
 def make_learner(source, cfg: TrainConfig) -> Learner:
@@ -327,6 +374,5 @@ def one_step(episodes: list[Episode], learners: dict[str, Learner], cfg: TrainCo
     for name, learner in learners.items():
         for half in halves[name]:
             stats.update(half.stats)
-        stats.update(update_agent(name, learner.policy, learner.optimizer, halves[name], cfg, step,
-                                  train=name not in layout.frozen))
+        stats.update(learner_update(name, learner, halves[name], cfg, step))
     return stats

@@ -62,6 +62,7 @@ class AgentWorker:
             self.learner.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])
+            self.learner.held_back = state.get("held_back")  # a stale sub-agent's next batch
         self.store = Store(Path(run_dir) / "store.sqlite")
 
     # -- messages ----------------------------------------------------------------------
@@ -81,7 +82,7 @@ class AgentWorker:
 
     def train(self, step: int, episodes: list) -> dict:
         """This agent's half of ``step`` and its update (step.py), with the store between halves."""
-        from .step import correct_from_rows, main_half, rollout_rows, sub_half, update_agent
+        from .step import correct_from_rows, learner_update, main_half, rollout_rows, sub_half
 
         torch.set_num_threads(update_threads(self.agent, self.cores, self.cfg.d_max, self.cfg.sub_batch))
         cfg, policy, store_s = self.cfg, self.learner.policy, 0.0
@@ -99,8 +100,7 @@ class AgentWorker:
             correct = correct_from_rows(rows, episodes, cfg.rollouts)  # (B, K)
             halves.append(sub_half(episodes, correct, cfg, policy, step))
         stats = {key: v for half in halves for key, v in half.stats.items()}
-        stats.update(update_agent(self.agent, policy, self.learner.optimizer, halves, cfg, step,
-                                  train=self.agent not in self.layout.frozen))
+        stats.update(learner_update(self.agent, self.learner, halves, cfg, step))
         t = time.perf_counter()
         self.store.write_stats(step, self.agent, stats)
         store_s += time.perf_counter() - t
@@ -111,7 +111,8 @@ class AgentWorker:
         directory = Path(directory)
         self.learner.policy.save_adapter(directory / self.agent)
         torch.save({"optimizer": self.learner.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate()}, directory / f"{self.agent}_state.pt")
+                    "python_rng": random.getstate(), "held_back": self.learner.held_back},
+                   directory / f"{self.agent}_state.pt")
 
     def serve(self, conn) -> None:
         handlers = {"act": self.act, "reseed": self.reseed, "train": self.train, "save": self.save}

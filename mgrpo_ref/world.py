@@ -26,8 +26,10 @@ import argparse
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from .checks import check_int
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -80,9 +82,21 @@ EVAL_SEED = 1000
 TRAIN_SEEDS = (1, 2, 3, 4)
 
 
-EVAL_WORLD_SEEDS = (1001, 1002, 1003, 1004, 1005)
-"""Five more held-out worlds (split ``eval_worlds``): never used to build the base or to train."""
+EVAL_WORLD_SEEDS = (1001, 1002, 1003, 1004, 1005, 1006)
+"""Six more held-out worlds (split ``eval_worlds``), of both sizes that training uses: never
+used to build the base or to train."""
+LARGE_SCALE = 3
+"""The size of the project's large worlds, in multiples of the default (``WorldConfig.scaled``)."""
+WORLD_SCALES = {3: LARGE_SCALE, 4: LARGE_SCALE, 1004: LARGE_SCALE, 1005: LARGE_SCALE, 1006: LARGE_SCALE}
+"""The committed worlds that are not of the default size: two of the four training worlds
+and three of the six in ``eval_worlds``. Their long document ids are what the sub-agent has
+to learn to copy (docs/world.md, "Worlds of two sizes")."""
 HELD_OUT_SEEDS = (EVAL_SEED, *EVAL_WORLD_SEEDS)
+
+
+def world_config(seed: int) -> WorldConfig:
+    """The config a committed world is generated with: the default, scaled for WORLD_SCALES."""
+    return WorldConfig().scaled(WORLD_SCALES.get(seed, 1))
 
 
 def check_training_seed(seed: int) -> int:
@@ -109,6 +123,14 @@ class WorldConfig:
     """Share of persons and organisations that get a near-identical twin (a distractor)."""
     hop_mix: tuple[float, ...] = (0.25, 0.35, 0.25, 0.15)
     """Probabilities of 1, 2, 3 and 4 hops for generated questions."""
+
+    def scaled(self, scale: int) -> "WorldConfig":
+        """The same mixes with ``scale`` times as many countries, cities, organisations and
+        persons. A world three times the default size has about 220 documents, so most of its
+        document ids have three digits, where a default world's have at most two."""
+        check_int("scale", scale, minimum=1)
+        return replace(self, n_countries=self.n_countries * scale, n_cities=self.n_cities * scale,
+                       n_organisations=self.n_organisations * scale, n_persons=self.n_persons * scale)
 
 
 @dataclass(frozen=True)
@@ -365,9 +387,11 @@ def generate_questions(world: World, n: int, config: WorldConfig = WorldConfig()
 # The committed data: worlds and question splits as JSONL
 
 SPLITS = {"train": (TRAIN_SEEDS, 100), "eval": ((EVAL_SEED,), 200), "eval_worlds": (EVAL_WORLD_SEEDS, 40)}
-"""split name -> (world seeds, questions per world). ``eval`` is one held-out world;
-``eval_worlds`` five others, 40 questions each, for figures that should not rest on one world
-(``TrainConfig.eval_split``; the evaluation reports accuracy per world)."""
+"""split name -> (world seeds, questions per world). ``eval_worlds`` is the held-out split of
+record: six worlds, three of the default size and three large, 40 questions each, so that no
+figure rests on one world (``TrainConfig.eval_split``; the evaluation reports accuracy per
+world). ``eval`` is one default-size held-out world of 200 questions, kept for comparison with
+the project's earlier figures."""
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -389,17 +413,20 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def write_data(out: Path, config: WorldConfig = WorldConfig()) -> list[Path]:
+def write_data(out: Path) -> list[Path]:
     """Write every world and every split of the default data set under ``out``."""
     written = []
     for split, (seeds, per_world) in SPLITS.items():
-        questions = []
+        by_world = []
         for seed in seeds:
+            config = world_config(seed)
             world = generate_world(seed, config)
             path = out / "worlds" / f"world_{seed}.jsonl"
             write_jsonl(path, (asdict(e) for e in world.entities))
             written.append(path)
-            questions += generate_questions(world, per_world, config)
+            by_world.append(generate_questions(world, per_world, config))
+        # Worlds take turns, so that the first N questions of a split span all its worlds.
+        questions = [q for round_ in zip(*by_world) for q in round_]
         path = out / "questions" / f"{split}.jsonl"
         write_jsonl(path, (asdict(q) for q in questions))
         written.append(path)
@@ -407,10 +434,10 @@ def write_data(out: Path, config: WorldConfig = WorldConfig()) -> list[Path]:
 
 
 def load_world(seed: int, data_dir: Path = DATA_DIR) -> World:
-    """A committed world by seed; a world not on disk is generated with the default config."""
+    """A committed world by seed; a world not on disk is generated with ``world_config(seed)``."""
     path = Path(data_dir) / "worlds" / f"world_{seed}.jsonl"
     if not path.exists():
-        return generate_world(seed)
+        return generate_world(seed, world_config(seed))
     return World(seed, [Entity(**row) for row in read_jsonl(path)])
 
 

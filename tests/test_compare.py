@@ -1,6 +1,7 @@
 """The variant comparison (compare.py): table arithmetic, learning curves, and a tiny real run."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -69,8 +70,9 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
                   out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False)
     results = run_comparison(**kwargs)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("mgrpo", 1),
-                                                                  ("single_agent", 0), ("single_agent", 1)]
+    # seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds
+    assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("single_agent", 0),
+                                                                  ("mgrpo", 1), ("single_agent", 1)]
     assert set(saved["base_episodes"]) == {"multi", "single"}
     assert len(saved["shown_questions"]) == 3 and len(set(saved["shown_questions"])) == 3
     for r in saved["runs"]:
@@ -82,7 +84,7 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
                  (tmp_path / "runs" / f"{r['variant']}-s{r['seed']}" / "metrics.jsonl").read_text().splitlines()]
         assert r["base_greedy"]["accuracy"] == evals[0]["eval/accuracy"]
         assert r["sampled"]["accuracy"] == evals[-1]["eval_sampled/accuracy"]
-    single = saved["runs"][2]
+    single = saved["runs"][1]
     assert single["curves"]["sub_reward"] == [None, None]  # no sub-agent in single-agent mode
     assert ROLE_INSTRUCTIONS["main"] in saved["base_episodes"]["multi"][0]
     assert ROLE_INSTRUCTIONS["single"] in saved["base_episodes"]["single"][0]
@@ -179,7 +181,14 @@ def test_an_ablation_is_mgrpo_with_its_own_overrides_and_a_run_directory_of_its_
     assert compare.run_config(compare.PRESETS["cpu"], "unaligned", 0, []).alignment == "none"
     assert compare.run_config(compare.PRESETS["cpu"], "shared_fate_only", 0, []).reward.b3 == 0
     assert compare.run_config(compare.PRESETS["cpu"], "mgrpo", 0, []).reward.b2 > 0
+    assert compare.run_config(compare.PRESETS["cpu"], "stale_sub", 0, []).sub_staleness == 1
     assert set(compare.ABLATIONS) < set(compare.ARMS) and set(compare.ARMS) >= {"mgrpo", "frozen_sub"}
+    # the longer arm: single-agent GRPO on three times the preset's (or the overridden) steps
+    longer = compare.run_config(compare.PRESETS["cpu"], "single_agent_3x", 1, [])
+    common = compare.run_config(compare.PRESETS["cpu"], "single_agent", 1, [])
+    assert longer.variant == "single_agent" and longer.steps == 3 * common.steps == 180
+    assert replace(longer, steps=common.steps) == common
+    assert compare.run_config(compare.PRESETS["smoke"], "single_agent_3x", 0, ["steps=4"]).steps == 12
     with pytest.raises(SystemExit):
         compare.main(["--variants", "no_such_arm"])
 

@@ -20,7 +20,7 @@ RULES = {
     "seed": ("int", 0, None), "steps": ("int", 1, None), "questions_per_step": ("int", 1, None),
     "rollouts": ("int", 2, None), "d_max": ("int", 1, None), "epochs": ("int", 1, None),
     "microbatch": ("int", 1, None), "max_new_tokens": ("int", 1, None), "eval_every": ("int", 1, None),
-    "eval_questions": ("int", 1, None), "checkpoint_every": ("int", 1, None),
+    "eval_questions": ("int", 1, None), "checkpoint_every": ("int", 1, None), "sub_staleness": ("int", 0, 1),
     "lr": ("float", 0, None, True), "max_grad_norm": ("float", 0, None, True),
     "weight_decay": ("float", 0, None), "clip_eps_high": ("float", 0, None), "kl_coef": ("float", 0, None),
     "adv_eps": ("float", 0, None), "temperature": ("float", 0, None), "eval_temperature": ("float", 0, None),
@@ -161,10 +161,10 @@ def test_a_saved_config_holds_every_field():
 
 def test_more_held_out_questions_than_the_split_has_are_refused_before_writing(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = train.main(["--quiet", "--run-dir", str(run_dir), "eval_questions=201"])
+    code = train.main(["--quiet", "--run-dir", str(run_dir), "eval_questions=241"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert err == "error: eval_questions=201 is invalid: the eval split has 200 questions"
+    assert err == "error: eval_questions=241 is invalid: the eval_worlds split has 240 questions"
     assert not run_dir.exists()
 
 

@@ -30,8 +30,8 @@ def relative_links(path: Path) -> list[str]:
 
 
 def headline_table(text: str) -> list[str]:
-    """The lines of the first markdown table after the README's "Headline results" heading."""
-    section = text.split("\n## Headline results", 1)[1].split("\n## ", 1)[0]
+    """The lines of the first markdown table under the README's "M-GRPO against its baselines"."""
+    section = text.split("\n### M-GRPO against its baselines", 1)[1].split("\n## ", 1)[0]
     lines = section.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     table = []
@@ -157,3 +157,34 @@ def test_every_paired_difference_in_the_docs_comes_from_the_committed_results(pa
     assert len(rows) >= 3, f"{path.name}: the paired differences are missing"
     typed = [row for row in rows if row not in committed]
     assert not typed, f"{path.name}: rows not in differences.md: {typed}"
+
+
+def test_the_swap_adapters_tables_in_the_docs_are_what_the_committed_results_give():
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from swap_adapters import tables
+
+    results = ROOT / "benchmarks" / "results" / "swap_adapters.json"
+    rendered = tables(json.loads(results.read_text()))
+    assert results.with_suffix(".md").read_text() == rendered
+    rows = section_table_rows((ROOT / "docs" / "results.md").read_text(), "Which agent learned what")
+    committed = set(rendered.splitlines())
+    assert len(rows) >= 10 and not [row for row in rows if row not in committed]
+    readme = [row for row in section_table_rows(README.read_text(), "Headline results") if row.count("|") == 12]
+    assert len(readme) >= 4 and not [row for row in readme if row not in committed]
+
+
+def test_the_make_train_curves_in_the_docs_are_the_committed_run():
+    import json
+
+    lines = (ROOT / "benchmarks" / "results" / "make-train" / "metrics.jsonl").read_text().splitlines()
+    evaluations = [m for m in map(json.loads, lines) if "eval/accuracy" in m]
+    rows = section_table_rows((ROOT / "docs" / "results.md").read_text(), "make train")
+    for label, key in (("greedy: ", "eval/accuracy"), ("sampled, T = 1: ", "eval_sampled/accuracy")):
+        row = next(r for r in rows if r.startswith(f"| {label}"))
+        typed = row.split("|")[1].strip()[len(label):]
+        assert typed == ", ".join(f"{100 * m[key]:.1f}" for m in evaluations), label
+        first, last = (f"{100 * m[key]:.1f}%" for m in (evaluations[0], evaluations[-1]))
+        assert row.split("|")[2].strip() == first and row.split("|")[3].strip() == last

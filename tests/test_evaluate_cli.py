@@ -47,16 +47,16 @@ def test_cli_errors_are_clear():
 @pytest.mark.parametrize("temperature", ["0", "1"])
 @pytest.mark.parametrize("agents", ["main+sub", "single"])
 def test_committed_base_meets_the_targets(agents, temperature):
-    """The base model issue's targets, measured as the README's command measures them (200
-    held-out questions, one batch, seed 0): end-to-end accuracy in [20%, 60%] and format
-    validity of every role >= 90%, greedy and at T = 1."""
+    """The base model issue's targets, measured as the README's command measures them (the
+    240 held-out questions of six worlds, one batch, seed 0): end-to-end accuracy in
+    [20%, 60%] and format validity of every role >= 90%, greedy and at T = 1."""
     from mgrpo_ref.evaluate import main
     from mgrpo_ref.policy import REPO_ROOT
 
     base = str(REPO_ROOT / "data/base")
     who = ["--main", base, "--sub", base] if agents == "main+sub" else ["--single", base]
-    report = main([*who, "--temperature", temperature, "--batch-size", "200"])
-    assert report["n"] == 200
+    report = main([*who, "--temperature", temperature, "--batch-size", "240"])
+    assert report["n"] == 240 and len(report["accuracy_by_world"]) == 6
     assert 0.2 <= report["accuracy"] <= 0.6, report["accuracy"]
     assert report["format_valid"] >= 0.9
     assert report["sub_format_valid"] is None or report["sub_format_valid"] >= 0.9

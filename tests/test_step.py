@@ -352,3 +352,57 @@ def test_the_unaligned_ablation_with_no_sub_trajectory_is_one_row_that_weighs_no
     cfg = replace(CFG, alignment="none")
     half = sub_half(bare, torch.zeros(B, K, dtype=torch.bool), cfg, policy, step=1)
     assert len(half.batch) == 1 and half.batch.token_weights.sum() == 0
+
+
+# ---------------------------------------------------------------------------
+# The one-step-stale sub-agent (sub_staleness=1): trained on the step before, with its pi_old
+
+
+def test_a_stale_sub_agent_trains_on_the_step_before_with_the_log_probs_that_sampled_it(episodes, policy):
+    from mgrpo_ref.step import Half, Learner, learner_update, sampling_logprobs, update_agent
+
+    cfg = replace(CFG, sub_staleness=1, microbatch=4, lr=5e-2)
+    main = main_half(episodes, cfg, policy)
+    halves = [sub_half(episodes, main.correct, cfg, policy, step) for step in (1, 2, 3)]
+    halves[1] = Half(replace(halves[1].batch, advantages=-halves[1].batch.advantages), {}, [])  # another signal
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    now = lambda: [p.detach().clone() for p in params]  # noqa: E731
+
+    def reset():
+        for p, s in zip(params, start):
+            p.data.copy_(s)
+        return torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    learner = Learner(policy, reset())
+    first = learner_update("sub", learner, [halves[0]], cfg, 1)
+    assert first["sub/trained"] is False and all(torch.equal(a, b) for a, b in zip(now(), start))
+    assert learner.held_back.half is halves[0]
+    old_of_second = sampling_logprobs(policy, halves[1].batch, cfg.microbatch)  # the weights that sample step 2
+    second = learner_update("sub", learner, [halves[1]], cfg, 2)
+    after_second = now()
+    third = learner_update("sub", learner, [halves[2]], cfg, 3)
+    after_third = now()
+    assert second["sub/trained"] is True and second["sub/mean_ratio"] == pytest.approx(1.0)
+    assert third["sub/mean_ratio"] != pytest.approx(1.0, abs=1e-6)  # the adapter moved after step 2 was sampled
+
+    # by hand: step 2 trains on step 1's half; step 3 on step 2's, with the log-probs taken before step 2's update
+    optimizer = reset()
+    update_agent("sub", policy, optimizer, [halves[0]], cfg, 2)
+    for a, b in zip(now(), after_second):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.equal(a, s) for a, s in zip(after_second, start))
+    by_hand = update_agent("sub", policy, optimizer, [halves[1]], cfg, 3, old_logprobs=old_of_second)
+    for a, b in zip(now(), after_third):
+        torch.testing.assert_close(a, b)
+    assert by_hand["sub/loss"] == pytest.approx(third["sub/loss"], abs=1e-6)
+    reset()  # leave the shared fixture as it was
+
+
+def test_only_mgrpo_may_have_a_stale_sub_agent():
+    assert TrainConfig(sub_staleness=1).sub_staleness == 1
+    for variant in ("frozen_sub", "shared", "single_agent"):
+        with pytest.raises(ValueError, match="sub_staleness.*variant=mgrpo only"):
+            TrainConfig(variant=variant, sub_staleness=1)
+    with pytest.raises(ValueError, match="sub_staleness"):
+        TrainConfig(sub_staleness=2)

@@ -246,8 +246,31 @@ def test_one_seed_gives_one_run(tmp_path):
 def test_the_held_out_questions_come_from_the_chosen_split():
     from mgrpo_ref.train import held_out_questions
 
-    five = held_out_questions(TrainConfig(eval_split="eval_worlds"))
-    assert len(five) == 200 and len({q.world_seed for q in five}) == 5
-    assert {q.world_seed for q in held_out_questions(TrainConfig())} == {1000}
-    with pytest.raises(ValueError, match="the eval_worlds split has 200 questions"):
-        held_out_questions(TrainConfig(eval_split="eval_worlds", eval_questions=201))
+    six = held_out_questions(TrainConfig())
+    assert len(six) == 240 and len({q.world_seed for q in six}) == 6
+    assert len({q.world_seed for q in held_out_questions(TrainConfig(eval_questions=12))}) == 6
+    one = held_out_questions(TrainConfig(eval_split="eval", eval_questions=200))
+    assert {q.world_seed for q in one} == {1000}
+    with pytest.raises(ValueError, match="the eval_worlds split has 240 questions"):
+        held_out_questions(TrainConfig(eval_questions=241))
+    with pytest.raises(ValueError, match="the eval split has 200 questions"):
+        held_out_questions(TrainConfig(eval_split="eval"))  # 240 by default
+
+
+def test_a_stale_sub_agent_run_keeps_its_held_back_half_in_each_checkpoint(base, tmp_path):
+    from mgrpo_ref.rundir import read_jsonl
+    from mgrpo_ref.train import Trainer
+    from mgrpo_ref.worker import AgentWorker
+
+    cfg = TrainConfig(base=str(base), steps=2, sub_staleness=1).override(SMALL)
+    with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
+        trainer.run()
+    lines = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["sub/trained"] for m in lines[1:]] == [False, True]  # step 1 has nothing held back yet
+    assert all(m["main/trained"] for m in lines[1:])
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00002"
+    held = torch.load(checkpoint / "sub_state.pt", weights_only=False)["held_back"]
+    assert held is not None and len(held.old_logprobs) >= 1
+    resumed = AgentWorker("sub", cfg, tmp_path / "run", checkpoint)  # what --resume would continue from
+    assert torch.equal(resumed.learner.held_back.half.batch.input_ids, held.half.batch.input_ids)
+    assert torch.load(checkpoint / "main_state.pt", weights_only=False)["held_back"] is None

@@ -104,12 +104,14 @@ def test_eval_world_is_held_out():
     assert len(train_names & eval_names) < 0.1 * len(eval_names)
 
 
-def test_the_five_held_out_worlds_are_never_trained_on_nor_in_the_base():
+def test_the_six_held_out_worlds_are_never_trained_on_nor_in_the_base():
     from mgrpo_ref.pretrain import PretrainConfig
 
     questions = W.load_questions("eval_worlds")
     by_world = Counter(q.world_seed for q in questions)
-    assert by_world == {seed: 40 for seed in W.EVAL_WORLD_SEEDS}
+    assert by_world == {seed: 40 for seed in W.EVAL_WORLD_SEEDS} and len(by_world) == 6
+    # the worlds take turns, so the first six questions come from six worlds
+    assert [q.world_seed for q in questions[:6]] == list(W.EVAL_WORLD_SEEDS)
     held_out = set(W.HELD_OUT_SEEDS)
     assert held_out.isdisjoint(W.TRAIN_SEEDS)
     base = PretrainConfig()  # the demonstration worlds the base learns from
@@ -126,3 +128,18 @@ def test_corrupted_jsonl_gives_a_clear_error(tmp_path):
         W.load_questions("eval", tmp_path)
     with pytest.raises(FileNotFoundError, match="no split 'dev'"):
         W.load_questions("dev", tmp_path)
+
+
+def test_worlds_come_in_two_sizes_for_training_and_for_evaluation():
+    sizes = {seed: len(W.load_world(seed).entities) for seed in (*W.TRAIN_SEEDS, *W.EVAL_WORLD_SEEDS)}
+    large = {seed for seed in sizes if W.WORLD_SCALES.get(seed, 1) == W.LARGE_SCALE}
+    assert large & set(W.TRAIN_SEEDS) and large & set(W.EVAL_WORLD_SEEDS)  # both splits hold both sizes
+    assert set(W.TRAIN_SEEDS) - large and set(W.EVAL_WORLD_SEEDS) - large
+    assert max(sizes[s] for s in sizes if s not in large) < 100 <= min(sizes[s] for s in large)
+    for seed in large:  # most of a large world's document ids have three digits
+        ids = [e.doc_id for e in W.load_world(seed).entities]
+        assert sum(len(i) == 3 for i in ids) > len(ids) / 2
+    config = W.WorldConfig().scaled(3)
+    assert (config.n_persons, config.n_cities, config.hop_mix) == (96, 36, W.WorldConfig().hop_mix)
+    with pytest.raises(ValueError, match="scale"):
+        W.WorldConfig().scaled(0)
