@@ -56,7 +56,7 @@ from . import rundir
 from .step import LAYOUTS
 from .tools import ToolsByWorld
 from .train import EVAL_KEYS, Trainer
-from .world import load_questions
+from .world import WORLD_SCALES, load_questions
 
 PRESETS = {
     # The CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: make train's held-out
@@ -220,22 +220,55 @@ def plot_accuracy(results: dict, path: Path | None = None):
     return fig
 
 
+def by_size(report_: dict) -> dict[str, float] | None:
+    """A report's accuracy on the default-size and on the large held-out worlds (the mean of
+    their per-world accuracies; every world of a split holds as many questions), or None for
+    a report without per-world figures or without both sizes."""
+    worlds = report_.get("accuracy_by_world")
+    if not worlds:
+        return None
+    sizes = {"default": [], "large": []}
+    for seed, accuracy in worlds.items():
+        sizes["large" if WORLD_SCALES.get(int(seed), 1) > 1 else "default"].append(accuracy)
+    return {size: statistics.fmean(v) for size, v in sizes.items()} if all(sizes.values()) else None
+
+
+def world_range(reports: list[dict]) -> tuple[float, float] | None:
+    """The lowest and highest per-world accuracy, each world's averaged over the reports (seeds)."""
+    if not all(r.get("accuracy_by_world") for r in reports):
+        return None
+    worlds = reports[0]["accuracy_by_world"]
+    means = [statistics.fmean(r["accuracy_by_world"][w] for r in reports) for w in worlds]
+    return min(means), max(means)
+
+
 def table(results: dict) -> str:
-    """Markdown: one row per variant (and the base), mean ± std across seeds, in percent."""
+    """Markdown: one row per variant (and the base), mean ± std across seeds, in percent; with
+    held-out worlds of two sizes, greedy accuracy on each size and the range over the worlds."""
     hops = sorted({h for r in results["runs"] for h in r["base_greedy"]["accuracy_by_hops"]}, key=int)
-    head = ["variant", "runs", "greedy", f"sampled (T={results['sampled_temperature']:g})"] + [f"greedy, {h} hop{'s' * (h != '1')}" for h in hops]
+    sized = all(by_size(r["greedy"]) for r in results["runs"])
+    head = (["variant", "runs", "greedy", f"sampled (T={results['sampled_temperature']:g})"]
+            + (["greedy, default worlds", "greedy, large worlds", "greedy, range over worlds"] if sized else [])
+            + [f"greedy, {h} hop{'s' * (h != '1')}" for h in hops])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(values: list[float]) -> str:
         m, s = mean_std([100 * v for v in values])
         return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
 
+    def size_cells(reports: list[dict]) -> list[str]:
+        if not sized:
+            return []
+        low, high = world_range(reports)
+        return [cell([by_size(r)[size] for r in reports]) for size in ("default", "large")] + [
+            f"{100 * low:.1f}-{100 * high:.1f}"]
+
     for mode in sorted({r["mode"] for r in results["runs"]}):
         # The base: the step-0 evaluation, once per seed (the variants of one mode start from
         # the same base with the same evaluation seed, so their step-0 evaluations coincide).
         runs = list({r["seed"]: r for r in reversed(results["runs"]) if r["mode"] == mode}.values())
         row = [f"base ({mode})", str(len(runs)), cell([r["base_greedy"]["accuracy"] for r in runs]),
-               cell([r["base_sampled"]["accuracy"] for r in runs])]
+               cell([r["base_sampled"]["accuracy"] for r in runs])] + size_cells([r["base_greedy"] for r in runs])
         row += [cell([r["base_greedy"]["accuracy_by_hops"][h] for r in runs]) for h in hops]
         lines.append("| " + " | ".join(row) + " |")
     for variant in results["variants"]:
@@ -243,7 +276,7 @@ def table(results: dict) -> str:
         if not runs:
             continue
         row = [variant, str(len(runs)), cell([r["greedy"]["accuracy"] for r in runs]),
-               cell([r["sampled"]["accuracy"] for r in runs])]
+               cell([r["sampled"]["accuracy"] for r in runs])] + size_cells([r["greedy"] for r in runs])
         row += [cell([r["greedy"]["accuracy_by_hops"][h] for r in runs]) for h in hops]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -87,8 +87,8 @@ def summarize(episodes: list[Episode]) -> dict:
     }
 
 
-FAILURE_KINDS = ("correct", "main format", "off the gold chain", "sub failed a gold hop", "stopped early",
-                 "wrong final answer")
+FAILURE_KINDS = ("correct", "main format", "off the gold chain", "past the last hop", "sub failed a gold hop",
+                 "stopped early", "wrong final answer")
 
 
 def failure_kind(episode: Episode) -> str:
@@ -97,7 +97,10 @@ def failure_kind(episode: Episode) -> str:
     - ``correct``: nothing went wrong.
     - ``main format``: the main agent broke the protocol.
     - ``off the gold chain``: the main agent delegated a subtask that is no gold hop's
-      sub-question (another relation, or a subject that an earlier wrong result led to).
+      sub-question (another relation, or a subject that an earlier wrong result led to)
+      before the last hop was answered right.
+    - ``past the last hop``: every hop was delegated and answered right, and then the main
+      agent delegated one more subtask instead of answering (it overshot the chain).
     - ``sub failed a gold hop``: the main agent delegated a gold hop's sub-question and the
       sub-agent did not return that hop's answer (a wrong document, a wrong fact, a broken turn).
     - ``stopped early``: every delegation was a gold hop, answered right, but the main agent
@@ -117,7 +120,7 @@ def failure_kind(episode: Episode) -> str:
     for sub in episode.subs:
         asked = normalize_answer(sub.subtask)
         if asked not in gold:
-            return "off the gold chain"
+            return "past the last hop" if reached_last else "off the gold chain"
         if not verify_sub_result(sub.subtask, sub.final, episode.question):
             return "sub failed a gold hop"
         reached_last = reached_last or asked == last

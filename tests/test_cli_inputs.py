@@ -173,6 +173,8 @@ PRETRAIN_BAD = [
     (["--demo-noise", "-0.1"], "demo_noise"),  # the range is PretrainConfig's check
     (["--demo-misread", "-1"], "demo_misread"),
     (["--demo-hasty", "inf"], "--demo-hasty"),
+    (["--large-worlds", "1.5"], "large_worlds"),
+    (["--large-worlds", "nan"], "--large-worlds"),
     (["--size", "huge"], "--size"),
 ]
 

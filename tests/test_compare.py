@@ -202,3 +202,14 @@ def test_a_tiny_comparison_with_an_ablation_trains_it_and_reports_its_paired_dif
     rows = results["differences"]
     assert [(r["variant"], r["decoding"]) for r in rows] == [("unaligned", "greedy"), ("unaligned", "sampled")]
     assert (tmp_path / "out" / "differences.md").read_text().count("| unaligned - mgrpo |") == 2
+
+
+def test_accuracy_by_world_size_and_the_range_over_worlds():
+    report = {"accuracy_by_world": {"1001": 0.5, "1002": 0.7, "1003": 0.6, "1004": 0.1, "1005": 0.3, "1006": 0.2}}
+    assert compare.by_size(report) == pytest.approx({"default": 0.6, "large": 0.2})
+    assert compare.by_size({"accuracy_by_world": {"1000": 0.4}}) is None  # one size only
+    assert compare.by_size({"accuracy": 0.4}) is None  # a report from before per-world figures
+    other = {"accuracy_by_world": {w: 1 - a for w, a in report["accuracy_by_world"].items()}}
+    assert compare.world_range([report, other]) == pytest.approx((0.5, 0.5))  # each world averaged first
+    assert compare.world_range([report]) == pytest.approx((0.1, 0.7))
+    assert compare.world_range([report, {"accuracy": 0.3}]) is None

@@ -198,6 +198,13 @@ def test_failure_kind_names_the_first_step_off_the_gold_chain():
     assert failure_kind(broken(sub_result=1)) == "sub failed a gold hop"
     assert failure_kind(broken(sub_task=1)) == "off the gold chain"
     assert failure_kind(broken(sub_task=0, sub_result=1)) == "off the gold chain"  # the first step decides
+    overshot = broken()
+    overshot.subs.append(deepcopy(overshot.subs[-1]))
+    overshot.subs[-1].subtask = f"What is the country of {good.question.answer}?"  # one hop too many
+    overshot.main.final = overshot.subs[-1].final = "Somewhere Else"
+    assert failure_kind(overshot) == "past the last hop"
+    overshot.subs[0].final = "nobody at all"
+    assert failure_kind(overshot) == "sub failed a gold hop"  # only after every hop was answered right
     hasty = ScriptedAgent(replace(ORACLE_NOISE, hasty=1.0))
     (early,) = run_episodes([one_question(2)], TOOLS, {"main": hasty, "sub": hasty})
     assert len(early.subs) == 1 and failure_kind(early) == "stopped early"

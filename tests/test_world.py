@@ -1,6 +1,7 @@
 """The world: seeded generation, committed data, question phrasing and its inverse."""
 
 import filecmp
+import re
 from collections import Counter
 
 import pytest
@@ -143,3 +144,30 @@ def test_worlds_come_in_two_sizes_for_training_and_for_evaluation():
     assert (config.n_persons, config.n_cities, config.hop_mix) == (96, 36, W.WorldConfig().hop_mix)
     with pytest.raises(ValueError, match="scale"):
         W.WorldConfig().scaled(0)
+
+
+def test_a_share_of_the_base_demonstrations_comes_from_large_worlds(monkeypatch):
+    """PretrainConfig.large_worlds: that share of the demonstration worlds, spread over the
+    seeds, is generated at large_scale times the default size (and the rest at the default)."""
+    from mgrpo_ref import pretrain as P
+
+    made = []
+    real = P.generate_world
+
+    def recording(seed, config):
+        made.append((seed, config.n_persons))
+        return real(seed, config)
+
+    monkeypatch.setattr(P, "generate_world", recording)
+    demos = P.demonstrations(P.PretrainConfig(n_worlds=10, questions_per_world=2, large_worlds=0.2))
+    persons = W.WorldConfig().n_persons
+    assert [n for _, n in made] == [persons] * 4 + [3 * persons] + [persons] * 4 + [3 * persons]
+    assert [s for s, _ in made] == list(range(2000, 2010)) and demos
+    large_ids = {t.context for t in demos if re.search(r"<visit> \d{3}</visit>", t.context)}
+    assert large_ids  # the only place the base sees three-digit ids
+    made.clear()
+    P.demonstrations(P.PretrainConfig(n_worlds=4, questions_per_world=2))  # the default share: none
+    assert [n for _, n in made] == [persons] * 4
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="large_worlds"):
+            P.PretrainConfig(large_worlds=bad)

@@ -1,0 +1,95 @@
+"""Where each arm of the comparison fails, before and after training.
+
+    python benchmarks/failure_kinds.py [RUNS_DIR] [--out benchmarks/results/comparison-cpu/failure_kinds.json]
+
+RUNS_DIR holds the comparison's run directories (``<arm>-s<seed>``, default runs/compare-cpu).
+For every finished multi-agent run (single-agent episodes have no delegations to follow), the
+final adapters play the held-out questions of the run's ``eval_split`` greedily. Each failed
+episode is named by where it first left the gold chain (``evaluate.failure_kind``: the main
+agent's format, a subtask off the chain, a subtask past the last hop, a sub-agent that failed
+a gold hop, an answer before the last hop, a wrong final answer), and the delegations are
+counted for each gold chain length. The base plays once (every arm starts from the same base:
+the runs' step 0). Counts go to ``--out`` as JSON, and the mean count per arm over its seeds
+as a markdown table (``.md`` beside it); runs are read, never trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mgrpo_ref import rundir  # noqa: E402
+from mgrpo_ref.compare import greedy_episodes  # noqa: E402
+from mgrpo_ref.config import TrainConfig  # noqa: E402
+from mgrpo_ref.evaluate import FAILURE_KINDS, failure_kind  # noqa: E402
+from mgrpo_ref.step import LAYOUTS  # noqa: E402
+from mgrpo_ref.tools import ToolsByWorld  # noqa: E402
+from mgrpo_ref.train import held_out_questions  # noqa: E402
+
+
+def counts(episodes: list) -> dict:
+    """Failure kinds, and how many subtasks the main agent delegated for each gold chain
+    length ("calls_by_hops": hops -> calls -> questions; an overshoot shows as more calls
+    than hops)."""
+    kinds = Counter(failure_kind(e) for e in episodes)
+    calls: dict[str, Counter] = {}
+    for e in episodes:
+        calls.setdefault(str(e.question.n_hops), Counter())[str(len(e.subs))] += 1
+    return {**{kind: kinds.get(kind, 0) for kind in FAILURE_KINDS},
+            "calls_by_hops": {h: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for h, c in sorted(calls.items())}}
+
+
+def finished_runs(runs_dir: Path) -> list[tuple[str, int, Path]]:
+    """(arm, seed, run directory) of every run whose last checkpoint is its last step."""
+    found = []
+    for run in sorted(p for p in runs_dir.iterdir() if (p / rundir.CONFIG).exists()):
+        arm, _, seed = run.name.rpartition("-s")
+        cfg = TrainConfig.load(run / rundir.CONFIG)
+        last = rundir.latest_checkpoint(run)
+        if last is not None and rundir.checkpoint_step(last) >= cfg.steps and seed.isdigit():
+            found.append((arm, int(seed), run))
+    return found
+
+
+def table(results: dict) -> str:
+    kinds = list(FAILURE_KINDS)
+    lines = ["| arm | runs | " + " | ".join(kinds) + " |", "|---" * (2 + len(kinds)) + "|"]
+    for arm, by_seed in results["arms"].items():
+        rows = list(by_seed.values())
+        means = [statistics.fmean(r[k] for r in rows) for k in kinds]
+        lines.append(f"| {arm} | {len(rows)} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", type=Path, nargs="?", default=Path("runs/compare-cpu"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/comparison-cpu/failure_kinds.json"))
+    args = parser.parse_args()
+    tools_for = ToolsByWorld()
+    results: dict = {"runs": str(args.runs), "arms": {"base": {}}}
+    for arm, seed, run in finished_runs(args.runs):
+        cfg = TrainConfig.load(run / rundir.CONFIG)
+        if LAYOUTS[cfg.variant].mode != "multi":
+            continue
+        questions = held_out_questions(cfg)
+        if not results["arms"]["base"]:
+            results["split"], results["n"] = cfg.eval_split, len(questions)
+            results["arms"]["base"]["-"] = counts(greedy_episodes(cfg, None, questions, tools_for))
+        after = counts(greedy_episodes(cfg, rundir.latest_checkpoint(run), questions, tools_for))
+        results["arms"].setdefault(arm, {})[str(seed)] = after
+        print(f"{arm} seed {seed}: " + ", ".join(f"{k} {after[k]}" for k in FAILURE_KINDS), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
