@@ -28,9 +28,10 @@ evaluation is the base's. Results go to ``--out``:
                    held-out accuracy with its 95% interval, and what it allows one to say
                    (``stats.paired_difference``)
     accuracy.png   held-out accuracy over training per variant, greedy and sampled
+    differences.png each arm against mgrpo with its interval, greedy and sampled
 
-``python -m mgrpo_ref.compare --report DIR`` writes table.md and differences.md again from
-DIR/results.json, without training.
+``python -m mgrpo_ref.compare --report DIR`` writes table.md, differences.md and the figures
+again from DIR/results.json, without training.
 
 Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
 again and a killed one is resumed, so the comparison can be stopped and restarted at will.
@@ -199,7 +200,7 @@ def plot_accuracy(results: dict, path: Path | None = None):
     sampled, mean ± std across seeds for each variant. Saved to ``path`` if given; returns the figure."""
     from matplotlib.figure import Figure  # no pyplot: works the same in a script and a notebook
 
-    fig = Figure(figsize=(11, 3.8))
+    fig = Figure(figsize=(12, 3.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for variant in results["variants"]:
         runs = [r for r in results["runs"] if r["variant"] == variant]
@@ -208,13 +209,45 @@ def plot_accuracy(results: dict, path: Path | None = None):
         color = None
         for ax, key in zip(axes, ("eval_accuracy", "eval_sampled_accuracy")):
             x, m, sd = band(runs, "eval_step", key)
-            line, = ax.plot(x, m, "o-", label=f"{variant} ({len(runs)} seeds)", color=color)
+            line, = ax.plot(x, m, "o-", label=f"{variant} ({_seeds(len(runs))})", color=color)
             color = line.get_color()
             ax.fill_between(x, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15, color=color)
     axes[0].set(xlabel="training step", ylabel="held-out accuracy", title="greedy")
     axes[1].set(xlabel="training step", title=f"sampled, T = {results['sampled_temperature']:g}")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)  # off the curves
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def plot_differences(rows: list[dict], path: Path | None = None):
+    """Each arm minus the reference (``differences``), with its interval, greedy and sampled
+    side by side: a dot and a bar per arm, filled where the interval excludes 0, hollow where
+    the data allow no verdict. Saved to ``path`` if given; returns the figure."""
+    from matplotlib.figure import Figure
+
+    arms = list(dict.fromkeys(r["variant"] for r in rows))
+    fig = Figure(figsize=(11, 0.5 * len(arms) + 1.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, decoding in zip(axes, ("greedy", "sampled")):
+        for y, arm in enumerate(arms):
+            r = next((r for r in rows if r["variant"] == arm and r["decoding"] == decoding), None)
+            if r is None:
+                continue
+            called = r["low"] > 0 or r["high"] < 0
+            low, high = (max(r["low"], -100), min(r["high"], 100))  # one seed: an unbounded interval
+            ax.plot([low, high], [y, y], color="black", lw=1.5)
+            ax.plot(r["mean"], y, "o", color="black", markerfacecolor="black" if called else "white")
+        ax.axvline(0, color="grey", ls=":", lw=1)
+        reference = rows[0]["reference"] if rows else "mgrpo"
+        ax.set(xlabel=f"difference from {reference} (points, 95% interval)", title=decoding)
+    axes[0].set_yticks(range(len(arms)), [f"{a} ({_seeds(len(next(r for r in rows if r['variant'] == a)['seeds']))})"
+                                          for a in arms])
+    axes[0].invert_yaxis()
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
@@ -367,8 +400,15 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
                   flush=True)
     results["seconds"] = round(time.time() - start, 1)
     write_reports(results, out)
-    plot_accuracy(results, out / "accuracy.png")
+    plot_figures(results, out)
     return results
+
+
+def plot_figures(results: dict, out: Path) -> None:
+    """accuracy.png (where the runs carry their learning curves) and differences.png in ``out``."""
+    if all("curves" in r for r in results["runs"]):
+        plot_accuracy(results, out / "accuracy.png")
+    plot_differences(results["differences"], out / "differences.png")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -387,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report", type=Path, metavar="DIR",
-                        help="write table.md and differences.md again from DIR/results.json; no training")
+                        help="write table.md, differences.md and the figures again from DIR/results.json; no training")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)
     if args.report is not None:
@@ -396,6 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
         except (OSError, ValueError) as err:
             parser.error(one_line(err))
         write_reports(results, args.report)
+        plot_figures(results, args.report)
         print(table(results))
         print(differences_table(results["differences"]))
         return results

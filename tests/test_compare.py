@@ -166,6 +166,7 @@ def test_the_report_option_rewrites_the_tables_without_training(tmp_path):
     assert (tmp_path / "table.md").read_text() == table(results)
     assert "| shared - mgrpo | greedy | 2 | +5.0 |" in (tmp_path / "differences.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["differences"][0]["variant"] == "shared"
+    assert (tmp_path / "differences.png").stat().st_size > 0
 
 
 def test_the_report_option_on_a_missing_file_is_one_line(tmp_path, capsys):
