@@ -60,7 +60,7 @@ def measure(base: str, questions, subs: list[str], split: str) -> dict:
 
 def _visited_id(context: str) -> str | None:
     """The document id the oracle opened in a sub-agent context."""
-    start = context.find("<visit>")
+    start = context.rfind("<visit>")  # the last one, the turn turn_accuracy cuts before
     return context[start + len("<visit>"):context.index("</visit>", start)].strip() if start >= 0 else None
 
 

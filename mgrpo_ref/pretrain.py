@@ -79,7 +79,7 @@ class PretrainConfig:
     with it the base answers every multi-hop question after one hop greedily (so greedy
     accuracy is about the share of one-hop questions it reads right), while at T = 1 it goes
     on for many of them [ours]."""
-    large_worlds: float = 0.0
+    large_worlds: float = 0.01
     """Share of the demonstration worlds generated at ``large_scale`` times the default size
     (spread evenly over the seeds). Large worlds have document ids longer than any in a
     default world; a base that sees few of them copies long ids only some of the time, a

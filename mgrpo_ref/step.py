@@ -19,8 +19,9 @@ question b = i // K. From there:
 
 Only correct(M), a (B, K) table of booleans, passes from the main agent's half to the
 sub-agent's. In the two-process pipeline (worker.py) each worker calls its own half and
-``update_agent``, and correct(M) travels through the store; ``one_step`` calls the same
-functions in one process and passes it directly (notebooks, tests).
+``learner_update`` (``update_agent``, or for a one-step-stale sub-agent the update on the
+half it kept a step earlier), and correct(M) travels through the store; ``one_step`` calls
+the same functions in one process and passes it directly (notebooks, tests).
 
 Shape comments use the dimension letters of the glossary in the package docstring
 (mgrpo_ref/__init__.py): B questions per step, K rollouts, D slots, N sub trajectories,
@@ -256,7 +257,7 @@ def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microba
             share = weights.sum().item() / max(n_tokens, 1.0)
             with torch.set_grad_enabled(train):
                 logp = policy.token_logprobs(ids, att, where=weights != 0)  # (m, t), 0 where unweighted
-                logp_old = old[i] if old is not None else logp.detach()  # pi_old, see above
+                logp_old = old[i].to(logp.device) if old is not None else logp.detach()  # pi_old, see above
                 loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, eps_low, eps_high, kl_coef,
                                                     ref[i] if ref is not None else None)  # Eq. (3)-(6)
                 if train:

@@ -58,7 +58,7 @@ class AgentWorker:
         self.cores = torch.get_num_threads()  # torch's default: the machine's physical cores
         self.learner = make_learner(checkpoint / agent if checkpoint is not None else cfg.base, cfg)
         if checkpoint is not None:
-            state = torch.load(checkpoint / f"{agent}_state.pt", weights_only=False)
+            state = torch.load(checkpoint / f"{agent}_state.pt", weights_only=False, map_location="cpu")
             self.learner.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])

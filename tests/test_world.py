@@ -166,7 +166,7 @@ def test_a_share_of_the_base_demonstrations_comes_from_large_worlds(monkeypatch)
     large_ids = {t.context for t in demos if re.search(r"<visit> \d{3}</visit>", t.context)}
     assert large_ids  # the only place the base sees three-digit ids
     made.clear()
-    P.demonstrations(P.PretrainConfig(n_worlds=4, questions_per_world=2))  # the default share: none
+    P.demonstrations(P.PretrainConfig(n_worlds=4, questions_per_world=2))  # one in a hundred: none of four
     assert [n for _, n in made] == [persons] * 4
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="large_worlds"):
