@@ -172,7 +172,8 @@ def test_the_swap_adapters_tables_in_the_docs_are_what_the_committed_results_giv
     rows = section_table_rows((ROOT / "docs" / "results.md").read_text(), "Which agent learned what")
     committed = set(rendered.splitlines())
     assert len(rows) >= 10 and not [row for row in rows if row not in committed]
-    readme = [row for row in section_table_rows(README.read_text(), "Headline results") if row.count("|") == 12]
+    readme = [row for row in section_table_rows(README.read_text(), "Headline results")
+              if row.startswith(("| greedy | ", "| T = ")) and "mgrpo" not in row]
     assert len(readme) >= 4 and not [row for row in readme if row not in committed]
 
 
