@@ -50,12 +50,12 @@ def install() -> None:
 
 
 def load_gguf(folder: Path):
-    """(tokenizer, model) from the GGUF file, dequantised to float32."""
+    """(tokenizer, model) from the GGUF file, dequantised (to float32: transformers' default)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE)  # float32
-    return tokenizer, model.float()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE)
+    return tokenizer, model
 
 
 def plain_copy(model):
