@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mgrpo_ref import rundir  # noqa: E402
 from mgrpo_ref.compare import greedy_episodes  # noqa: E402
 from mgrpo_ref.config import TrainConfig  # noqa: E402
-from mgrpo_ref.evaluate import FAILURE_KINDS, failure_kind  # noqa: E402
+from mgrpo_ref.evaluate import FAILURE_KINDS, failure_counts  # noqa: E402
 from mgrpo_ref.step import LAYOUTS  # noqa: E402
 from mgrpo_ref.tools import ToolsByWorld  # noqa: E402
 from mgrpo_ref.train import held_out_questions  # noqa: E402
@@ -37,11 +37,10 @@ def counts(episodes: list) -> dict:
     """Failure kinds, and how many subtasks the main agent delegated for each gold chain
     length ("calls_by_hops": hops -> calls -> questions; an overshoot shows as more calls
     than hops)."""
-    kinds = Counter(failure_kind(e) for e in episodes)
     calls: dict[str, Counter] = {}
     for e in episodes:
         calls.setdefault(str(e.question.n_hops), Counter())[str(len(e.subs))] += 1
-    return {**{kind: kinds.get(kind, 0) for kind in FAILURE_KINDS},
+    return {**failure_counts(episodes),
             "calls_by_hops": {h: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for h, c in sorted(calls.items())}}
 
 

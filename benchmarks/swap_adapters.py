@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mgrpo_ref.evaluate import FAILURE_KINDS, evaluate, failure_kind, make_agent  # noqa: E402
+from mgrpo_ref.evaluate import FAILURE_KINDS, evaluate, failure_counts, make_agent  # noqa: E402
 from mgrpo_ref.policy import SamplingSettings  # noqa: E402
 from mgrpo_ref.rundir import latest_checkpoint  # noqa: E402
 from mgrpo_ref.stats import paired_difference  # noqa: E402
@@ -80,22 +79,21 @@ def main() -> None:
             diff = paired_difference(correct, base_correct)
             by_size = {size: _mean([c for c, big in zip(correct, large) if big == (size == "large")])
                        for size in ("default", "large")}
-            kinds = Counter(failure_kind(e) for e in episodes)
+            kinds = failure_counts(episodes)
             rows.append({"temperature": t, "main": main_from, "sub": sub_from, "accuracy": report["accuracy"],
                          "accuracy_by_size": by_size, "accuracy_by_world": report["accuracy_by_world"],
                          "vs_base": _interval(diff), "correct": [int(c) for c in correct],
-                         "failures": {k: kinds.get(k, 0) for k in FAILURE_KINDS[1:]}})
-            interval = (f"{100 * diff.mean:+.1f} [{100 * diff.low:+.1f}, {100 * diff.high:+.1f}]"
-                        if diff.high > diff.low else "")
+                         "failures": {k: kinds[k] for k in FAILURE_KINDS[1:]}})
+            interval = _points(_interval(diff)) if diff.high > diff.low else ""
             print(f"{'':6}{main_from:>8} {sub_from:>8} {100 * report['accuracy']:8.1f}% "
                   f"{100 * by_size['default']:7.1f}% {100 * by_size['large']:5.1f}%  {interval:>24}  "
-                  + "  ".join(f"{kinds.get(k, 0):>{len(k)}d}" for k in FAILURE_KINDS[1:]))
+                  + "  ".join(f"{kinds[k]:>{len(k)}d}" for k in FAILURE_KINDS[1:]))
         team = {(r["main"], r["sub"]): r["correct"] for r in rows if r["temperature"] == t}
         for agent, without in (("sub", ("trained", "base")), ("main", ("base", "trained"))):
             gain = paired_difference(team[("trained", "trained")], team[without])
             rows[-1][f"{agent}_gain_in_team"] = _interval(gain)
             print(f"      the trained {agent}-agent in the trained team (against {'/'.join(without)}): "
-                  f"{100 * gain.mean:+.1f} [{100 * gain.low:+.1f}, {100 * gain.high:+.1f}]")
+                  + _points(rows[-1][f"{agent}_gain_in_team"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         results = {"checkpoint": str(checkpoint), "base": args.base, "split": args.split, "n": len(questions),
@@ -107,9 +105,6 @@ def main() -> None:
 
 def tables(results: dict) -> str:
     """The two markdown tables of docs/results.md ("Which agent learned what") from the JSON."""
-    def interval(x: dict) -> str:
-        return f"{100 * x['mean']:+.1f} [{100 * x['low']:+.1f}, {100 * x['high']:+.1f}]"
-
     kinds = list(results["rows"][0]["failures"])  # the kinds of the code that wrote the file
     teams = ["| decoding | main | sub | accuracy | default / large worlds | against base/base | "
              + " | ".join(kinds) + " |", "|---" * (6 + len(kinds)) + "|"]
@@ -117,14 +112,19 @@ def tables(results: dict) -> str:
              "| trained main agent (team - base main + trained sub) |", "|---|---|---|"]
     for r in results["rows"]:
         decoding = "greedy" if r["temperature"] == 0 else f"T = {r['temperature']:g}"
-        against = "" if (r["main"], r["sub"]) == ("base", "base") else interval(r["vs_base"])
+        against = "" if (r["main"], r["sub"]) == ("base", "base") else _points(r["vs_base"])
         size = r["accuracy_by_size"]
         teams.append(f"| {decoding} | {r['main']} | {r['sub']} | {100 * r['accuracy']:.1f}% "
                      f"| {100 * size['default']:.1f} / {100 * size['large']:.1f}% | {against} | "
                      + " | ".join(str(r["failures"][k]) for k in kinds) + " |")
         if "sub_gain_in_team" in r:
-            gains.append(f"| {decoding} | {interval(r['sub_gain_in_team'])} | {interval(r['main_gain_in_team'])} |")
+            gains.append(f"| {decoding} | {_points(r['sub_gain_in_team'])} | {_points(r['main_gain_in_team'])} |")
     return "\n".join(teams) + "\n\n" + "\n".join(gains) + "\n"
+
+
+def _points(x: dict) -> str:
+    """An interval of accuracies (fractions) in points: "+3.3 [+1.0, +5.6]"."""
+    return f"{100 * x['mean']:+.1f} [{100 * x['low']:+.1f}, {100 * x['high']:+.1f}]"
 
 
 def _interval(interval) -> dict:

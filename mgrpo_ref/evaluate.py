@@ -17,7 +17,7 @@ import argparse
 import json
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -125,6 +125,12 @@ def failure_kind(episode: Episode) -> str:
             return "sub failed a gold hop"
         reached_last = reached_last or asked == last
     return "wrong final answer" if reached_last else "stopped early"
+
+
+def failure_counts(episodes: list[Episode]) -> dict[str, int]:
+    """How many episodes of each ``FAILURE_KINDS`` (every kind listed, 0 where none)."""
+    kinds = Counter(failure_kind(e) for e in episodes)
+    return {kind: kinds.get(kind, 0) for kind in FAILURE_KINDS}
 
 
 def evaluate(questions: list[Question], agents: dict[str, Agent], mode: str = "multi",

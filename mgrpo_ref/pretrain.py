@@ -38,7 +38,7 @@ from .policy import default_device, token_logprobs_from_logits
 from .scripted import ScriptedAgent, TeacherNoise
 from .tokenizer import train_tokenizer
 from .tools import Tools
-from .world import DATA_DIR, WorldConfig, check_training_seed, generate_questions, generate_world
+from .world import DATA_DIR, LARGE_SCALE, WorldConfig, check_training_seed, generate_questions, generate_world
 
 DEMO_NOISE = replace(TeacherNoise(), malformed=0.0)
 """The teacher that writes the demonstrations: every content mistake, no malformed turns
@@ -85,7 +85,7 @@ class PretrainConfig:
     default world; a base that sees few of them copies long ids only some of the time, a
     weakness of the sub-agent's that the environment creates and that training on worlds of
     several sizes can correct (docs/base-model.md, "The builds")."""
-    large_scale: int = 3
+    large_scale: int = LARGE_SCALE
     """How many times the default size a large demonstration world is (``WorldConfig.scaled``)."""
     vocab_size: int = 2048
     """BPE vocabulary (the protocol tags come on top). Large enough that most two-syllable name
