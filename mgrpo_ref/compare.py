@@ -27,11 +27,15 @@ evaluation is the base's. Results go to ``--out``:
     differences.md each variant against mgrpo, paired by seed: the mean difference in
                    held-out accuracy with its 95% interval, and what it allows one to say
                    (``stats.paired_difference``)
+    stability.md   each arm's best and final held-out accuracy, its collapsed runs (ended
+                   20 points below their best), and the change over the last third of
+                   training with its interval: whether the curves had flattened
     accuracy.png   held-out accuracy over training per variant, greedy and sampled
+    runs.png       one panel per arm, one greedy curve per seed: collapses show here
     differences.png each arm against mgrpo with its interval, greedy and sampled
 
-``python -m mgrpo_ref.compare --report DIR`` writes table.md, differences.md and the figures
-again from DIR/results.json, without training.
+``python -m mgrpo_ref.compare --report DIR`` writes the tables and the figures again from
+DIR/results.json, without training.
 
 Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
 again and a killed one is resumed, so the comparison can be stopped and restarted at will.
@@ -220,6 +224,40 @@ def plot_accuracy(results: dict, path: Path | None = None):
     return fig
 
 
+def plot_runs(results: dict, path: Path | None = None, columns: int = 3):
+    """runs.png: one panel per arm, each seed's held-out greedy accuracy over training as its
+    own line (a mean would hide a run that collapsed), the base's level dotted. Saved to
+    ``path`` if given; returns the figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    arms = [v for v in results["variants"] if any(r["variant"] == v for r in results["runs"])]
+    rows = -(-len(arms) // columns)
+    fig = Figure(figsize=(3.6 * columns, 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    colors = {s: f"C{i % 10}" for i, s in enumerate(seeds)}
+    for ax, arm in zip(axes, arms):
+        runs = [r for r in results["runs"] if r["variant"] == arm]
+        for r in runs:
+            ax.plot(r["curves"]["eval_step"], [100 * a for a in r["curves"]["eval_accuracy"]], lw=1.2,
+                    color=colors[r["seed"]], label=f"seed {r['seed']}")
+        ax.axhline(100 * statistics.fmean(r["base_greedy"]["accuracy"] for r in runs), color="grey", ls=":", lw=1)
+        ax.set_title(f"{arm} ({_seeds(len(runs))})", fontsize=9)
+        ax.set_ylim(0, 100)
+    for ax in axes[len(arms):]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel("held-out greedy (%)")
+    for ax in axes[len(arms) - columns:len(arms)]:
+        ax.set_xlabel("training step")
+    handles = [Line2D([], [], color=c) for c in colors.values()]  # one per seed, whichever panels it is in
+    fig.legend(handles, [f"seed {s}" for s in colors], loc="outside right center", fontsize=8)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
 def _seeds(n: int) -> str:
     return f"{n} seed{'s' * (n != 1)}"
 
@@ -348,12 +386,77 @@ def differences_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+COLLAPSE_DROP = 0.20
+"""A run has collapsed when it ends this far (a fraction, so 20 points) below its own best
+held-out greedy accuracy during training."""
+LATE = 2 / 3
+"""Where the last part of a run starts, as a fraction of its steps: a curve has flattened
+when its held-out accuracy at the end is no measurably different from its accuracy there."""
+
+
+def late_step(steps: list[int], total: int) -> int:
+    """The evaluation step nearest ``LATE`` of ``total`` steps (step 40 of 60, 120 of 180)."""
+    return min(steps, key=lambda s: (abs(s - LATE * total), -s))
+
+
+def stability(results: dict, confidence: float = 0.95) -> list[dict]:
+    """Per arm: how its runs ended against how they went. For each run, the best held-out
+    greedy accuracy of any evaluation, whether the run collapsed (ended ``COLLAPSE_DROP``
+    below that best), and the change over the last third of training (final minus the
+    evaluation at ``late_step``), greedy and sampled, with its interval across seeds. An
+    interval that covers 0 says the curve had flattened; one above 0, that it was still
+    rising when the budget ran out; below 0, that it was falling."""
+    rows = []
+    for variant in results["variants"]:
+        runs = [r for r in results["runs"] if r["variant"] == variant and "curves" in r]
+        if not runs:
+            continue
+        row = {"variant": variant, "seeds": [r["seed"] for r in runs],
+               "best_greedy": [max(r["curves"]["eval_accuracy"]) for r in runs],
+               "final_greedy": [r["greedy"]["accuracy"] for r in runs]}
+        row["collapsed"] = [r["seed"] for r, best, final in zip(runs, row["best_greedy"], row["final_greedy"])
+                            if final < best - COLLAPSE_DROP]
+        for decoding, key in (("greedy", "eval_accuracy"), ("sampled", "eval_sampled_accuracy")):
+            c = [r["curves"] for r in runs]
+            late = [curve["eval_step"].index(late_step(curve["eval_step"], curve["eval_step"][-1])) for curve in c]
+            row["late_step"] = c[0]["eval_step"][late[0]]
+            interval = paired_difference([100 * curve[key][-1] for curve in c],
+                                         [100 * curve[key][i] for curve, i in zip(c, late)], confidence)
+            verdict = ("one seed: no verdict" if interval.n == 1 else
+                       interval.verdict("still rising", "falling").replace("no measurable difference", "flat"))
+            row[f"late_change_{decoding}"] = {"mean": interval.mean, "low": interval.low, "high": interval.high,
+                                              "verdict": verdict}
+        rows.append(row)
+    return rows
+
+
+def stability_table(rows: list[dict]) -> str:
+    """Markdown: one row per arm, best and final greedy accuracy (mean over seeds, percent),
+    the collapsed runs, and the change over the last third of training."""
+    lines = ["| arm | runs | best greedy during training | final greedy | collapsed (seeds) | "
+             "change over the last third, greedy (points, 95% interval) | sampled |",
+             "|---|---|---|---|---|---|---|"]
+
+    def change(c: dict, last: int) -> str:
+        return f"{c['mean']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}] from step {last}: {c['verdict']}"
+
+    for r in rows:
+        collapsed = ", ".join(map(str, r["collapsed"])) or "none"
+        lines.append(f"| {r['variant']} | {len(r['seeds'])} | {100 * statistics.fmean(r['best_greedy']):.1f} | "
+                     f"{100 * statistics.fmean(r['final_greedy']):.1f} | {len(r['collapsed'])} ({collapsed}) | "
+                     f"{change(r['late_change_greedy'], r['late_step'])} | "
+                     f"{change(r['late_change_sampled'], r['late_step'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(results: dict, out: Path) -> None:
-    """results.json, table.md and differences.md in ``out``."""
+    """results.json, table.md, differences.md and stability.md in ``out``."""
     results["differences"] = differences(results)
+    results["stability"] = stability(results)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "table.md").write_text(table(results))
     (out / "differences.md").write_text(differences_table(results["differences"]))
+    (out / "stability.md").write_text(stability_table(results["stability"]))
 
 
 def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds: list[int] = [0, 1, 2, 3, 4],
@@ -405,9 +508,11 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
 
 
 def plot_figures(results: dict, out: Path) -> None:
-    """accuracy.png (where the runs carry their learning curves) and differences.png in ``out``."""
+    """accuracy.png and runs.png (where the runs carry their learning curves) and
+    differences.png in ``out``."""
     if all("curves" in r for r in results["runs"]):
         plot_accuracy(results, out / "accuracy.png")
+        plot_runs(results, out / "runs.png")
     plot_differences(results["differences"], out / "differences.png")
 
 
@@ -427,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report", type=Path, metavar="DIR",
-                        help="write table.md, differences.md and the figures again from DIR/results.json; no training")
+                        help="write the tables and the figures again from DIR/results.json; no training")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)
     if args.report is not None:
@@ -439,6 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
         plot_figures(results, args.report)
         print(table(results))
         print(differences_table(results["differences"]))
+        print(stability_table(results["stability"]))
         return results
     try:  # fail on a bad override or a missing local base before any training
         sampled_temperature(args.preset, args.overrides)

@@ -214,3 +214,45 @@ def test_accuracy_by_world_size_and_the_range_over_worlds():
     assert compare.world_range([report, other]) == pytest.approx((0.5, 0.5))  # each world averaged first
     assert compare.world_range([report]) == pytest.approx((0.1, 0.7))
     assert compare.world_range([report, {"accuracy": 0.3}]) is None
+
+
+def curve_run(variant, seed, greedy, sampled, steps=(0, 20, 40, 60)):
+    """A run whose held-out curves are ``greedy`` and ``sampled`` (fractions) at ``steps``."""
+    r = run(variant, seed, "multi", ((greedy[0], {"1": greedy[0]}), (sampled[0], {"1": sampled[0]})),
+            ((greedy[-1], {"1": greedy[-1]}), (sampled[-1], {"1": sampled[-1]})))
+    r["curves"] = {"eval_step": list(steps), "eval_accuracy": list(greedy), "eval_sampled_accuracy": list(sampled)}
+    return r
+
+
+def test_stability_counts_collapsed_runs_and_tests_whether_the_curves_flattened(tmp_path):
+    """mgrpo: from step 40 to 60 the greedy curves gain +3, +4, +5 points (still rising, the
+    interval 4 +- 4.303 * 1 / sqrt(3) excludes 0) and the sampled ones -1, +1, 0 (flat).
+    unaligned: seed 1 ends 50 points below its best (collapsed), seed 0 only 10 below."""
+    results = {"variants": ["mgrpo", "unaligned"], "sampled_temperature": 1.0, "runs": [
+        curve_run("mgrpo", 0, (0.2, 0.5, 0.70, 0.73), (0.2, 0.4, 0.60, 0.59)),
+        curve_run("mgrpo", 1, (0.2, 0.6, 0.70, 0.74), (0.2, 0.4, 0.60, 0.61)),
+        curve_run("mgrpo", 2, (0.2, 0.4, 0.70, 0.75), (0.2, 0.4, 0.60, 0.60)),
+        curve_run("unaligned", 0, (0.2, 0.8, 0.75, 0.70), (0.2, 0.5, 0.5, 0.5)),
+        curve_run("unaligned", 1, (0.2, 0.8, 0.60, 0.30), (0.2, 0.5, 0.5, 0.1))]}
+    rows = {r["variant"]: r for r in compare.stability(results)}
+    mgrpo, unaligned = rows["mgrpo"], rows["unaligned"]
+    assert mgrpo["late_step"] == 40 and mgrpo["collapsed"] == []
+    half = 4.302653 * 1 / 3 ** 0.5
+    greedy = mgrpo["late_change_greedy"]
+    assert (greedy["mean"], greedy["low"], greedy["high"]) == pytest.approx((4.0, 4 - half, 4 + half), abs=1e-3)
+    assert greedy["verdict"] == "still rising" and mgrpo["late_change_sampled"]["verdict"] == "flat"
+    assert unaligned["collapsed"] == [1] and unaligned["best_greedy"] == [0.8, 0.8]
+    text = compare.stability_table(compare.stability(results)).splitlines()
+    assert text[2].startswith("| mgrpo | 3 | 74.0 | 74.0 | 0 (none) | +4.0 [+1.5, +6.5] from step 40: still rising |")
+    assert text[3].startswith("| unaligned | 2 | 80.0 | 50.0 | 1 (1) |")
+    # a longer arm is judged over its own last third; one seed gives no verdict
+    longer = {"variants": ["single_agent_3x"], "runs": [
+        curve_run("single_agent_3x", 0, [0.3] * 7, [0.2] * 7, steps=range(0, 181, 30))]}
+    (row,) = compare.stability(longer)
+    assert row["late_step"] == 120 and row["late_change_greedy"]["verdict"] == "one seed: no verdict"
+    # the per-seed figure draws one panel per arm
+    fig = compare.plot_runs(results, tmp_path / "runs.png")
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()][:2] == ["mgrpo (3 seeds)", "unaligned (2 seeds)"]
+    assert len(fig.axes[0].lines) == 3 + 1  # three seeds and the base's level
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 0", "seed 1", "seed 2"]
+    assert (tmp_path / "runs.png").stat().st_size > 0
