@@ -2,7 +2,7 @@
 
     python benchmarks/compare_variants.py [--preset cpu|gpu|smoke] [--seeds 0 1 2] [key=value ...]
 
-The work is done by ``mgrpo_ref.compare`` (which notebook 05 imports too); see its docstring
+The work is done by ``mgrpo_ref.compare`` (which notebook 06 imports too); see its docstring
 for what is written where.
 """
 

@@ -36,27 +36,9 @@ One concept per module:
     stats.py       paired differences between variants, with t intervals
     cli.py         argument types shared by the command-line tools
 
-Glossary: one letter per dimension, one name per quantity, the same in shape comments
-(``# (B, K)``), docstrings, config fields and notebooks.
-
-    B  questions in a step                        config ``questions_per_step``
-    K  rollouts per question (one GRPO group)     config ``rollouts``
-    D  sub-agent slots per rollout (D_max)        config ``d_max``
-    d  sub-agent calls of one rollout (0, 1, ...)
-    N  distinct sub trajectories of a step, flat in (question, rollout, call) order
-    M  rows of a policy batch (B*K for the main agent; for the sub-agent B*K*D slots,
-       or its distinct trajectories that fill a slot, at most min(N, B*K*D))
-    T  tokens (the longest sequence of a batch)
-
-    b, k            the index of a question in the step, and of a rollout in its group
-    question        a ``world.Question``; its index in the step is ``question_index`` (b)
-    episode         one rollout: a main trajectory and its d sub trajectories
-    correct(M)      the main agent's exact-match correctness of a rollout (``Episode.correct``)
-    R_M, R_S        rewards, Eq. (R1) and (R2); A_M, A_S their advantages, Eq. (1) and (2)
-    loss_mask       0/1 per token: 1 on the tokens an agent generated itself
-    token_weights   w_t of Eq. (6): the loss mask times the row's slot weight (0 on a masked slot)
-                    or, in the distinct sub batch, times the trajectory's slot count
-    learner         one trained adapter and its optimiser (main, sub, single or shared)
+Glossary: one letter per dimension (B questions, K rollouts, D slots, N distinct sub
+trajectories, M batch rows, T tokens) and one name per quantity, the same in shape comments
+(``# (B, K)``), docstrings, config fields and notebooks: docs/glossary.md.
 """
 
 __version__ = "0.1.0"

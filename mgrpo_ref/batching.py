@@ -43,7 +43,7 @@ What an agent finally trains on is a ``PolicyBatch``: rows of ids with one advan
 each and a float weight per token (w_t of Eq. 6: the loss mask, times the row's slot
 weight or slot count), which is what the objective's token-level mean is weighted by.
 
-Shape comments use the glossary's letters (mgrpo_ref/__init__.py): B questions, K rollouts,
+Shape comments use the glossary's letters (docs/glossary.md): B questions, K rollouts,
 D slots, N distinct trajectories, M rows of a batch, T tokens (the longest sequence).
 """
 

@@ -23,8 +23,7 @@ sub-agent's. In the two-process pipeline (worker.py) each worker calls its own h
 half it kept a step earlier), and correct(M) travels through the store; ``one_step`` calls
 the same functions in one process and passes it directly (notebooks, tests).
 
-Shape comments use the dimension letters of the glossary in the package docstring
-(mgrpo_ref/__init__.py): B questions per step, K rollouts, D slots, N sub trajectories,
+Shape comments use the dimension letters of the glossary (docs/glossary.md): B questions per step, K rollouts, D slots, N sub trajectories,
 M rows of a batch, T tokens.
 """
 

@@ -1,0 +1,157 @@
+"""Rollouts token by token: one question's K rollouts, every token coloured by the advantage
+it is trained with, the tokens the loss ignores greyed out.
+
+    python -m mgrpo_ref.viewer runs/mgrpo-s0 --step 30 --question 0 --out rollouts.html
+
+A training run records what this needs only for the steps it is asked to
+(``record_steps=1,30,60``; nothing is recorded by default, so training is not slowed): each
+agent's worker writes ``records/step-NNNN-<agent>.json`` beside the run's metrics, holding
+every trajectory it trained on at that step with its tokens, loss mask, reward, advantage
+and slot count (``agent_record``). In a notebook, ``show(run_dir, step, question)`` returns
+the same page as an HTML object.
+
+How to read the page. Each rollout is one block: the main agent's trajectory, then each
+sub-agent call of that rollout, indented. A token the agent generated has a background of
+its trajectory's advantage: green when A > 0 (its probability is pushed up), red when A < 0,
+stronger the larger |A| (full strength at |A| >= 2). Grey text with no background is a token
+the loss ignores (loss mask 0: the question, tool observations, the other agent's results).
+A sub trajectory that reached no slot (dropped by alignment) is drawn faded and struck out;
+one that fills several slots says so ("x3"). Hovering a token shows its advantage and weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+
+RECORDS = "records"
+"""The folder of a run directory that holds the recorded steps."""
+FULL_STRENGTH = 2.0
+"""|A| at which a token's colour is at full strength."""
+
+
+def record_path(run_dir: Path, step: int, agent: str) -> Path:
+    return Path(run_dir) / RECORDS / f"step-{step:04d}-{agent}.json"
+
+
+def agent_record(agent: str, step: int, trajectories: list[dict]) -> dict:
+    """One agent's record of one step. Each trajectory is a dict with ``question_index``,
+    ``rollout``, ``call`` (the sub-agent call's index, None for a main trajectory), ``qid``,
+    ``reward``, ``advantage``, ``copies`` (the slots it fills; 0 if dropped, 1 for a main
+    trajectory), ``tokens`` (the text of each token) and ``loss_mask`` (0/1 per token)."""
+    for i, t in enumerate(trajectories):
+        if len(t["tokens"]) != len(t["loss_mask"]):
+            raise ValueError(f"trajectory {i}: {len(t['tokens'])} tokens but {len(t['loss_mask'])} mask values")
+    return {"agent": agent, "step": step, "trajectories": trajectories}
+
+
+def write_record(run_dir: Path, record: dict) -> Path:
+    path = record_path(run_dir, record["step"], record["agent"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record) + "\n")
+    return path
+
+
+def read_records(run_dir: Path, step: int) -> list[dict]:
+    """Every agent's record of ``step``; a clear error naming the recorded steps if there is none."""
+    paths = sorted((Path(run_dir) / RECORDS).glob(f"step-{step:04d}-*.json"))
+    if not paths:
+        recorded = sorted({int(p.name[5:9]) for p in (Path(run_dir) / RECORDS).glob("step-*.json")})
+        raise FileNotFoundError(f"{run_dir} has no record of step {step}; recorded steps: "
+                                f"{recorded or 'none (train with record_steps=...)'}")
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(path.read_text()))
+        except ValueError as err:
+            raise ValueError(f"{path}: not a record ({err})") from None
+    return records
+
+
+def colour(advantage: float, trained: bool) -> str:
+    """The CSS style of one token: a background by the sign and size of its advantage, or grey
+    text when the loss ignores it."""
+    if not trained:
+        return "color:#9a9a9a"
+    strength = min(abs(advantage) / FULL_STRENGTH, 1.0)
+    rgb = "22,150,60" if advantage > 0 else "205,40,40"
+    return f"background:rgba({rgb},{0.12 + 0.6 * strength:.2f})" if advantage != 0 else "background:#e8e8e8"
+
+
+def trajectory_html(t: dict) -> str:
+    """One trajectory as a line of coloured token spans, after a header with its numbers."""
+    spans = []
+    for token, mask in zip(t["tokens"], t["loss_mask"]):
+        trained = bool(mask) and t["copies"] > 0
+        title = f"A = {t['advantage']:+.3f}, weight {mask * t['copies']}"
+        text = html.escape(token).replace("\n", "<br>")
+        spans.append(f'<span class="tok" style="{colour(t["advantage"], trained)}" title="{title}">{text}</span>')
+    who = "main" if t["call"] is None else f"sub call {t['call'] + 1}"
+    copies = "" if t["call"] is None else (" · dropped" if t["copies"] == 0 else f" · x{t['copies']}")
+    header = (f'<div class="head">{who} · R = {t["reward"]:.2f} · A = {t["advantage"]:+.2f}{copies}</div>')
+    kind = "sub" + (" dropped" if t["copies"] == 0 else "") if t["call"] is not None else "main"
+    return f'<div class="traj {kind}">{header}<div class="text">{"".join(spans)}</div></div>'
+
+
+def question_html(records: list[dict], question: int) -> str:
+    """A standalone HTML page: the K rollouts of question ``question`` (its index in the step)."""
+    found = [t for r in records for t in r["trajectories"] if t["question_index"] == question]
+    if not found:
+        n = len({t["question_index"] for r in records for t in r["trajectories"]})
+        raise ValueError(f"no question {question} in this step's records (questions 0..{n - 1})")
+    step, qid = records[0]["step"], found[0]["qid"]
+    blocks = []
+    for rollout in sorted({t["rollout"] for t in found}):
+        mine = sorted((t for t in found if t["rollout"] == rollout), key=lambda t: -1 if t["call"] is None else t["call"])
+        blocks.append(f'<section><h2>rollout {rollout}</h2>{"".join(trajectory_html(t) for t in mine)}</section>')
+    legend = ('<p class="legend"><span class="tok" style="{}">pushed up (A &gt; 0)</span> '
+              '<span class="tok" style="{}">pushed down (A &lt; 0)</span> '
+              '<span class="tok" style="{}">ignored by the loss</span></p>').format(
+        colour(1.0, True), colour(-1.0, True), colour(0.0, False))
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>step {step}, question {question} ({html.escape(qid)})</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; max-width: 70em; }}
+h1 {{ font-size: 1.2em; }} h2 {{ font-size: 1em; margin: 1.2em 0 0.3em; }}
+.traj {{ margin: 0.3em 0; }} .sub {{ margin-left: 2.5em; }} .dropped {{ opacity: 0.45; text-decoration: line-through; }}
+.head {{ font-size: 0.8em; color: #555; }}
+.text {{ font-family: monospace; line-height: 1.7; white-space: pre-wrap; }}
+.tok {{ border-radius: 2px; }} .text .tok[style*=background] {{ box-shadow: inset -1px 0 0 rgba(0,0,0,0.25); }}
+</style></head><body>
+<h1>step {step} · question {question} ({html.escape(qid)}) · {len(blocks)} rollouts</h1>
+{legend}
+{"".join(blocks)}
+</body></html>
+"""
+
+
+def show(run_dir: Path, step: int, question: int = 0):
+    """The page of ``question_html`` as a notebook's HTML output."""
+    from IPython.display import HTML
+
+    return HTML(question_html(read_records(run_dir, step), question))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """The CLI: write one question's page as a standalone HTML file. Bad input (no run, no
+    record of the step, no such question) is one ``error:`` line and exit status 2."""
+    parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.viewer", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--step", type=int, required=True)
+    parser.add_argument("--question", type=int, default=0, help="the question's index in the step (default 0)")
+    parser.add_argument("--out", type=Path, help="the HTML file (default RUN_DIR/records/step-NNNN-qQ.html)")
+    args = parser.parse_args(argv)
+    try:
+        page = question_html(read_records(args.run_dir, args.step), args.question)
+    except (OSError, ValueError) as err:
+        parser.error(str(err).splitlines()[0])
+    out = args.out or args.run_dir / RECORDS / f"step-{args.step:04d}-q{args.question}.html"
+    out.write_text(page)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
