@@ -34,6 +34,8 @@ One concept per module:
     evaluate.py    the evaluation harness (function and CLI)
     compare.py     M-GRPO against its baselines, several seeds, one budget
     stats.py       paired differences between variants, with t intervals
+    probes.py      P(<delegate>) against P(<answer>) after the first result, per checkpoint
+    viewer.py      one question's rollouts token by token, coloured by advantage (HTML)
     cli.py         argument types shared by the command-line tools
 
 Glossary: one letter per dimension (B questions, K rollouts, D slots, N distinct sub
