@@ -125,6 +125,13 @@ class TrainConfig:
     ``eval_sampled/...``): the policy as it is trained, T = 1. 0 turns it off."""
     checkpoint_every: int = 10
     """Save both adapters, optimisers and random states every N steps (and after the last)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints a run keeps; 0 keeps them all (to probe how a run's
+    decisions moved: ``probes.py``)."""
+    record_steps: tuple[int, ...] = ()
+    """Steps whose trajectories each worker records, with their tokens, loss masks, rewards and
+    advantages, for the rollout viewer (``viewer.py``, ``records/`` in the run directory);
+    none by default, so training does no extra work."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     reward: RewardConfig = field(default_factory=RewardConfig)
     limits: Limits = field(default_factory=Limits)
@@ -152,6 +159,11 @@ class TrainConfig:
         check_choice("eval_split", self.eval_split, EVAL_SPLITS)
         check_choice("sub_batch", self.sub_batch, SUB_BATCHES)
         check_int("sub_staleness", self.sub_staleness, minimum=0, maximum=1)
+        check_int("keep_checkpoints", self.keep_checkpoints, minimum=0)
+        if not isinstance(self.record_steps, tuple):
+            raise ConfigError("record_steps", self.record_steps, "must be steps, e.g. record_steps=1,30,60")
+        for step in self.record_steps:
+            check_int("record_steps", step, minimum=1)
         if self.sub_staleness and self.variant != "mgrpo":
             raise ConfigError("sub_staleness", self.sub_staleness,
                               "needs a sub-agent that trains its own adapter: variant=mgrpo only")
@@ -230,11 +242,13 @@ def _parse(key: str, raw: str, current, annotation: str):
             return int(raw)
         if isinstance(current, float):
             return float(raw)
+        if isinstance(current, tuple) and "int" in annotation:  # record_steps=1,30,60; empty: none
+            return tuple(int(x) for x in raw.split(",") if x.strip())
         if isinstance(current, tuple):
             return tuple(type(current[0])(x) for x in raw.split(","))
     except ValueError:
         if isinstance(current, tuple):
-            kind = f"comma-separated {type(current[0]).__name__}s"
+            kind = "comma-separated " + ("ints" if "int" in annotation else f"{type(current[0]).__name__}s")
         else:
             kind = {bool: "true or false", int: "an integer", float: "a number"}[type(current)]
         raise ConfigError(key, raw, f"must be {kind}") from None

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +291,32 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
     return answer[0] if answer else f"no answer from {constants.ENDPOINT} within {timeout:g} s"
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence, while a model loads, what the libraries print that teaches nothing here:
+    transformers' "Loading weights" bar (one per load, two per worker), bitsandbytes' note
+    that an optional CPU kernel package is missing, the FutureWarning peft triggers by asking
+    transformers 5 a deprecated question (``is_gradient_checkpointing``), and tqdm's note that a
+    notebook has no ipywidgets. Errors, and every other warning, still come through; the
+    settings are restored after."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    kernel_note = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = kernel_note.level
+    hf_logging.disable_progress_bar()
+    kernel_note.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            yield
+    finally:
+        kernel_note.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(cls, name: str, **kwargs):
     """``cls.from_pretrained(name, **kwargs)``. A local directory loads as is. A hub name loads
     from the local Hugging Face cache when it is there, else from the hub only if the hub answers
@@ -473,38 +501,39 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
     pass).
     """
     check_choice("nf4_on_cpu", nf4_on_cpu, NF4_ON_CPU)
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with quiet_loading():  # what the libraries print while loading teaches nothing here
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or default_device()
-    where = _resolve_base(path)  # a local model or adapter directory, or a hub name
-    adapter_dir = Path(where) if (Path(where) / ADAPTER_FILE).exists() else None
-    base = _resolve_base(_adapter_base(adapter_dir), adapter_dir) if adapter_dir is not None else where
-    quant = _quantization_config(quantization, device)
-    # transformers looks for an adapter in a hub base's repository without passing local_files_only
-    # on to that lookup: keep it off the network (a saved adapter is loaded by peft, below).
-    model = _from_pretrained(
-        AutoModelForCausalLM, base, quantization_config=quant, device_map={"": device},
-        dtype=torch.float32 if quant is None or not device.startswith("cuda") else torch.bfloat16,
-        adapter_kwargs={"local_files_only": True})
-    tokenizer = _from_pretrained(AutoTokenizer, str(adapter_dir or base))
-    for p in model.parameters():  # the base is frozen; only adapters train
-        p.requires_grad_(False)
-    if quant is not None and device == "cpu" and nf4_on_cpu == "dequantized":
-        dequantize_4bit_layers(model)  # before the adapter is added: LoRA wraps plain linear layers
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
-    else:
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=lora.target_modules if isinstance(lora.target_modules, str)
-                            else list(lora.target_modules), task_type="CAUSAL_LM")
-        with torch.random.fork_rng(devices=[]):  # a seeded init; the global CPU RNG is restored after
-            torch.manual_seed(seed)
-            model = get_peft_model(model, config)  # LoRA A: random (seeded); B: zeros
-    model.config.use_cache = True
-    # Training mode, always. In eval mode bitsandbytes repacks packed 4-bit weights on the CPU into an
-    # inference-only layout on the first no-grad forward, after which a forward with autograd
-    # fails. Our configs have no dropout (LoRA dropout 0, the base's attention dropout 0), so
-    # training mode computes exactly what eval mode would.
-    model.train()
-    return Policy(model, tokenizer, device, sampling, seed)
+        device = device or default_device()
+        where = _resolve_base(path)  # a local model or adapter directory, or a hub name
+        adapter_dir = Path(where) if (Path(where) / ADAPTER_FILE).exists() else None
+        base = _resolve_base(_adapter_base(adapter_dir), adapter_dir) if adapter_dir is not None else where
+        quant = _quantization_config(quantization, device)
+        # transformers looks for an adapter in a hub base's repository without passing local_files_only
+        # on to that lookup: keep it off the network (a saved adapter is loaded by peft, below).
+        model = _from_pretrained(
+            AutoModelForCausalLM, base, quantization_config=quant, device_map={"": device},
+            dtype=torch.float32 if quant is None or not device.startswith("cuda") else torch.bfloat16,
+            adapter_kwargs={"local_files_only": True})
+        tokenizer = _from_pretrained(AutoTokenizer, str(adapter_dir or base))
+        for p in model.parameters():  # the base is frozen; only adapters train
+            p.requires_grad_(False)
+        if quant is not None and device == "cpu" and nf4_on_cpu == "dequantized":
+            dequantize_4bit_layers(model)  # before the adapter is added: LoRA wraps plain linear layers
+        if adapter_dir is not None:
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+        else:
+            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=lora.target_modules if isinstance(lora.target_modules, str)
+                                else list(lora.target_modules), task_type="CAUSAL_LM")
+            with torch.random.fork_rng(devices=[]):  # a seeded init; the global CPU RNG is restored after
+                torch.manual_seed(seed)
+                model = get_peft_model(model, config)  # LoRA A: random (seeded); B: zeros
+        model.config.use_cache = True
+        # Training mode, always. In eval mode bitsandbytes repacks packed 4-bit weights on the CPU into an
+        # inference-only layout on the first no-grad forward, after which a forward with autograd
+        # fails. Our configs have no dropout (LoRA dropout 0, the base's attention dropout 0), so
+        # training mode computes exactly what eval mode would.
+        model.train()
+        return Policy(model, tokenizer, device, sampling, seed)

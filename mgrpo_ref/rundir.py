@@ -26,7 +26,6 @@ from .store import Store
 
 CONFIG, METRICS, STORE, WORKERS = "config.json", "metrics.jsonl", "store.sqlite", "workers.json"
 CHECKPOINTS, MARKER = "checkpoints", "controller.json"
-CHECKPOINTS_KEPT = 2
 
 
 def start(run_dir: Path, cfg: TrainConfig) -> None:
@@ -81,7 +80,7 @@ def resume(run_dir: Path, cfg: TrainConfig) -> Path | None:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (its controller.json written last), or None."""
-    done = [d for d in sorted((Path(run_dir) / CHECKPOINTS).glob("step_*")) if (d / MARKER).exists()]
+    done = checkpoints(run_dir)
     return done[-1] if done else None
 
 
@@ -97,11 +96,17 @@ def new_checkpoint(run_dir: Path, step: int) -> Path:
     return directory
 
 
-def complete_checkpoint(directory: Path, step: int, time: float) -> None:
-    """Write the marker (last), then keep only the newest ``CHECKPOINTS_KEPT`` checkpoints."""
+def complete_checkpoint(directory: Path, step: int, time: float, keep: int) -> None:
+    """Write the marker (last), then keep only the newest ``keep`` checkpoints (0: all)."""
     write_atomically(directory / MARKER, json.dumps({"step": step, "time": time}))
-    for old in sorted(directory.parent.glob("step_*"))[:-CHECKPOINTS_KEPT]:
-        shutil.rmtree(old)
+    if keep > 0:
+        for old in sorted(directory.parent.glob("step_*"))[:-keep]:
+            shutil.rmtree(old)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Every complete checkpoint of a run, oldest first."""
+    return [d for d in sorted((Path(run_dir) / CHECKPOINTS).glob("step_*")) if (d / MARKER).exists()]
 
 
 def append_jsonl(path: Path, record: dict) -> None:

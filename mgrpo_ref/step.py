@@ -94,6 +94,10 @@ class Half:
     """R_M of each rollout (main half: B*K, in episode order) or R_S of each sub trajectory (sub half: N)."""
     correct: torch.Tensor | None = field(default=None)
     """(B, K) bool correct(M); the main half only. It is all the sub-agent's half needs of it."""
+    advantages: torch.Tensor | None = field(default=None)
+    """A_M of each rollout (B*K) or A_S of each sub trajectory (N), in the order of ``rewards``."""
+    copies: torch.Tensor | None = field(default=None)
+    """(N,) the slots each sub trajectory fills (0: dropped; 1 each without alignment); the sub half only."""
 
 
 def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
@@ -111,7 +115,7 @@ def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
              "accuracy": int(correct.sum()) / n,
              "format_valid": sum(e.main.format_valid for e in episodes) / n,
              "equal_reward_frac": equal_reward_fraction(rewards)}
-    return Half(batch, {f"main/{key}": v for key, v in stats.items()}, r_main, correct)
+    return Half(batch, {f"main/{key}": v for key, v in stats.items()}, r_main, correct, advantages.flatten())
 
 
 def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConfig, policy, step: int) -> Half:
@@ -155,7 +159,8 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
              "align_dropped_frac": alignment.dropped_fraction,
              "align_masked_frac": alignment.masked_fraction,
              "d_histogram": {str(d): count for d, count in alignment.d_histogram.items()}}
-    return Half(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub)
+    copies = torch.ones(n, dtype=torch.long) if cfg.alignment == "none" else alignment.copies  # (N,)
+    return Half(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub, advantages=advantages, copies=copies)
 
 
 def check_episodes(episodes: list[Episode], cfg: TrainConfig, with_main: bool) -> None:

@@ -154,7 +154,7 @@ class Trainer:
         directory = rundir.new_checkpoint(self.run_dir, step)
         for w in self.workers.values():
             w.request("save", directory)
-        rundir.complete_checkpoint(directory, step, time.time())
+        rundir.complete_checkpoint(directory, step, time.time(), keep=self.cfg.keep_checkpoints)
 
     # -- the loop ------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ import html
 import json
 from pathlib import Path
 
+from .batching import encode_trajectory
+
 RECORDS = "records"
 """The folder of a run directory that holds the recorded steps."""
 FULL_STRENGTH = 2.0
@@ -45,6 +47,26 @@ def agent_record(agent: str, step: int, trajectories: list[dict]) -> dict:
         if len(t["tokens"]) != len(t["loss_mask"]):
             raise ValueError(f"trajectory {i}: {len(t['tokens'])} tokens but {len(t['loss_mask'])} mask values")
     return {"agent": agent, "step": step, "trajectories": trajectories}
+
+
+def half_trajectories(half, episodes: list, rollouts: int, policy) -> list[dict]:
+    """The trajectories of one agent's half of a step (``step.Half``), as ``agent_record``
+    takes them: a main half's B*K main trajectories, or a sub half's N sub trajectories, each
+    encoded as training encodes it (``batching.encode_trajectory``), with its reward, its
+    advantage and, for a sub trajectory, the slots it fills."""
+    main = half.copies is None
+    if main:
+        items = [(i, None, e.main) for i, e in enumerate(episodes)]
+    else:
+        items = [(i, call, sub) for i, e in enumerate(episodes) for call, sub in enumerate(e.subs)]
+    out = []
+    for n, (i, call, trajectory) in enumerate(items):
+        ids, loss_mask = encode_trajectory(trajectory, policy.encode)
+        out.append({"question_index": i // rollouts, "rollout": i % rollouts, "call": call,
+                    "qid": episodes[i].question.qid, "reward": half.rewards[n],
+                    "advantage": half.advantages[n].item(), "copies": 1 if main else int(half.copies[n]),
+                    "tokens": [policy.tokenizer.decode([t]) for t in ids], "loss_mask": loss_mask})
+    return out
 
 
 def write_record(run_dir: Path, record: dict) -> Path:

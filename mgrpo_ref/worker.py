@@ -64,6 +64,7 @@ class AgentWorker:
             random.setstate(state["python_rng"])
             self.learner.held_back = state.get("held_back")  # a stale sub-agent's next batch
         self.store = Store(Path(run_dir) / "store.sqlite")
+        self.run_dir = Path(run_dir)
 
     # -- messages ----------------------------------------------------------------------
 
@@ -99,6 +100,11 @@ class AgentWorker:
             store_s += time.perf_counter() - t
             correct = correct_from_rows(rows, episodes, cfg.rollouts)  # (B, K)
             halves.append(sub_half(episodes, correct, cfg, policy, step))
+        if step in cfg.record_steps:  # for the rollout viewer: what this agent trains on, token by token
+            from .viewer import agent_record, half_trajectories, write_record
+
+            trajectories = [t for half in halves for t in half_trajectories(half, episodes, cfg.rollouts, policy)]
+            write_record(self.run_dir, agent_record(self.agent, step, trajectories))
         stats = {key: v for half in halves for key, v in half.stats.items()}
         stats.update(learner_update(self.agent, self.learner, halves, cfg, step))
         t = time.perf_counter()

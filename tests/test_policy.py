@@ -365,3 +365,22 @@ def test_a_second_architecture_with_a_chat_template_takes_the_same_path(tmp_path
     with torch.no_grad():
         lp = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])
     assert lp.shape == batch["input_ids"].shape and torch.isfinite(lp).all()
+
+
+def test_loading_a_policy_prints_nothing_but_keeps_other_warnings(tmp_path):
+    """No progress bar, kernel note or deprecation warning from the libraries while a model
+    loads (policy.quiet_loading); a warning of the caller's own still shows, and transformers'
+    progress bars are back on after."""
+    import subprocess
+    import sys
+
+    code = ("import warnings\n"
+            "from mgrpo_ref.policy import load_policy\n"
+            "load_policy('data/base', quantization='nf4')\n"
+            "from transformers.utils import logging\n"
+            "assert logging.is_progress_bar_enabled()\n"
+            "warnings.warn('the caller speaks', UserWarning)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "UserWarning: the caller speaks" in lines[0], proc.stderr

@@ -59,6 +59,26 @@ def test_the_halves_reward_exactly_as_episode_rewards(episodes, policy):
     assert main.correct.flatten().tolist() == [e.correct for e in episodes]
 
 
+def test_the_halves_keep_each_trajectory_s_advantage_and_slot_count(episodes, policy):
+    """What the rollout viewer reads: A_M per rollout (the main rows, in episode order), and per
+    sub trajectory A_S and the slots it fills (the distinct batch holds the filled ones, weighted
+    by that count; without alignment each counts once)."""
+    from mgrpo_ref.alignment import align_sub_trajectories
+    from mgrpo_ref.seeding import SALT_ALIGNMENT, step_seed
+
+    main = main_half(episodes, CFG, policy)
+    sub = sub_half(episodes, main.correct, CFG, policy, step=1)
+    assert torch.equal(main.advantages, main.batch.advantages) and main.copies is None
+    counts = [[len(e.subs) for e in episodes[q * K:(q + 1) * K]] for q in range(B)]
+    alignment = align_sub_trajectories(counts, D, step_seed(CFG.seed, 1, SALT_ALIGNMENT))
+    assert torch.equal(sub.copies, alignment.copies) and len(sub.advantages) == len(sub.rewards)
+    kept = sub.copies > 0
+    assert torch.equal(sub.batch.advantages, sub.advantages[kept])
+    assert sub.batch.token_weights.max(dim=1).values.tolist() == sub.copies[kept].float().tolist()
+    unaligned = sub_half(episodes, main.correct, replace(CFG, alignment="none"), policy, step=1)
+    assert unaligned.copies.tolist() == [1] * len(sub.rewards) and torch.equal(unaligned.advantages, sub.advantages)
+
+
 def test_store_rows_carry_correct_m_by_question_and_rollout(episodes, policy):
     main = main_half(episodes, CFG, policy)
     rows = rollout_rows(episodes, main, K)

@@ -61,6 +61,9 @@ def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
         assert all(isinstance(v, (int, float)) for k, v in row.items() if k != "qid")
     ckpt = run / "checkpoints" / "step_00003"
     assert (ckpt / "controller.json").exists() and (ckpt / "main_state.pt").exists()
+    # by default the newest two checkpoints are kept and nothing is recorded for the viewer
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00002", "step_00003"]
+    assert not (run / "records").exists()
     # the main agent's optimiser stepped once per step (the tiny base's rewards may all be
     # equal, so its adapter may not move: that is tested with real advantages in test_update)
     state = torch.load(ckpt / "main_state.pt", weights_only=False)["optimizer"]["state"]
@@ -274,3 +277,31 @@ def test_a_stale_sub_agent_run_keeps_its_held_back_half_in_each_checkpoint(base,
     resumed = AgentWorker("sub", cfg, tmp_path / "run", checkpoint)  # what --resume would continue from
     assert torch.equal(resumed.learner.held_back.half.batch.input_ids, held.half.batch.input_ids)
     assert torch.load(checkpoint / "main_state.pt", weights_only=False)["held_back"] is None
+
+
+def test_recorded_steps_hold_what_each_agent_trained_on_and_every_checkpoint_can_be_kept(base, tmp_path):
+    from mgrpo_ref import viewer
+    from mgrpo_ref.rundir import checkpoints, read_jsonl
+    from mgrpo_ref.train import Trainer
+
+    cfg = TrainConfig(base=str(base), steps=3, record_steps=(1, 3), keep_checkpoints=0).override(SMALL)
+    with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
+        trainer.run()
+    run = tmp_path / "run"
+    assert [p.name for p in checkpoints(run)] == ["step_00001", "step_00002", "step_00003"]
+    assert sorted(p.name for p in (run / "records").iterdir()) == [
+        "step-0001-main.json", "step-0001-sub.json", "step-0003-main.json", "step-0003-sub.json"]
+    metrics = read_jsonl(run / "metrics.jsonl")[1]
+    main, sub = (viewer.read_records(run, 1)[i]["trajectories"] for i in (0, 1))
+    b, k = cfg.questions_per_step, cfg.rollouts
+    assert [(t["question_index"], t["rollout"], t["call"]) for t in main] == [(i // k, i % k, None) for i in range(b * k)]
+    assert sum(t["reward"] for t in main) / (b * k) == pytest.approx(metrics["main/reward_mean"])
+    for q in range(b):  # Eq. (1): each question's advantages are centred
+        assert sum(t["advantage"] for t in main if t["question_index"] == q) == pytest.approx(0, abs=1e-5)
+    assert len(sub) == metrics["sub/n_trajectories"]
+    assert sum(t["copies"] for t in sub) <= b * k * cfg.d_max
+    for t in main + sub:  # the tokens are the trajectory, and the mask marks the agent's own turns
+        assert len(t["tokens"]) == len(t["loss_mask"]) and 0 < sum(t["loss_mask"]) < len(t["tokens"])
+        assert "".join(t["tokens"]).startswith("You ")
+    page = viewer.question_html(viewer.read_records(run, 3), 0)
+    assert page.count("<h2>rollout") == k
