@@ -1,4 +1,5 @@
-# Two commands on a fresh machine with Python >= 3.10 and pip:
+# On a fresh machine with Python >= 3.10 and pip:
+#   make lab     set up .venv if absent, then open the course in JupyterLab
 #   make train   set up .venv if absent, then run the project's main job
 #   make test    set up .venv if absent, then the whole suite, notebooks included
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 # override for your machine, e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup train test data smollm2 clean
+.PHONY: setup train test lab notebooks data smollm2 clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +33,20 @@ train: setup
 # Notebooks run at smoke size here (MGRPO_SMOKE=1); their stored outputs come from full runs.
 test: setup
 	MGRPO_SMOKE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+# The course in JupyterLab, in this environment: the kernel "Python (mgrpo_ref)" is registered
+# for your user (other Jupyter installs can pick it), and the lab opens on the first notebook.
+# Extra options: make lab LAB_ARGS="--no-browser --port 8890". As root (a container), --allow-root is added.
+LAB_ARGS ?=
+lab: setup
+	$(PY) -m ipykernel install --user --name mgrpo-ref --display-name "Python (mgrpo_ref)"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) \
+		notebooks/01_grpo_advantages.ipynb
+
+# Run every notebook at full size and store its outputs (each progress bar kept as one line).
+notebooks: setup
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 \
+		--NotebookExporter.preprocessors='["nbconvert.preprocessors.CoalesceStreamsPreprocessor"]' notebooks/*.ipynb
 
 # Regenerate the committed worlds and question splits (bit for bit).
 data: setup

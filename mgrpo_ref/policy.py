@@ -299,22 +299,22 @@ def quiet_loading():
     transformers 5 a deprecated question (``is_gradient_checkpointing``), and tqdm's note that a
     notebook has no ipywidgets. Errors, and every other warning, still come through; the
     settings are restored after."""
-    from transformers.utils import logging as hf_logging
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="IProgress not found")  # raised when transformers is first imported
+        from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    kernel_note = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = kernel_note.level
-    hf_logging.disable_progress_bar()
-    kernel_note.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-            warnings.filterwarnings("ignore", message="IProgress not found")
+        bars = hf_logging.is_progress_bar_enabled()
+        kernel_note = logging.getLogger("bitsandbytes.backends.cpu.ops")
+        level = kernel_note.level
+        hf_logging.disable_progress_bar()
+        kernel_note.setLevel(logging.ERROR)
+        try:
             yield
-    finally:
-        kernel_note.setLevel(level)
-        if bars:
-            hf_logging.enable_progress_bar()
+        finally:
+            kernel_note.setLevel(level)
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 def _from_pretrained(cls, name: str, **kwargs):

@@ -109,3 +109,70 @@ def test_the_notebooks_are_numbered_in_reading_order():
     assert numbers == list(range(1, len(NOTEBOOKS) + 1))
     for path in NOTEBOOKS:  # the title's number is the file's
         assert source(cells(path)[0]).startswith(f"# {path.name[:2]} ·"), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_keep_each_progress_bar_on_one_line(path):
+    """`make notebooks` merges a cell's consecutive stream outputs and resolves carriage
+    returns: a progress bar is stored as its final line, not as dozens of output chunks."""
+    for i, cell in enumerate(cells(path)):
+        names = [o.get("name") for o in cell.get("outputs", [])]  # None for a display output
+        repeated = [a for a, b in zip(names, names[1:]) if a is not None and a == b]
+        assert not repeated, f"{path.name}, cell {i}: consecutive {repeated[0]} chunks"
+        for o in cell.get("outputs", []):
+            if o["output_type"] == "stream":
+                assert "\r" not in "".join(o["text"]), f"{path.name}, cell {i}: an unresolved carriage return"
+
+
+def test_make_lab_serves_the_course_with_the_project_kernel(tmp_path):
+    """`make lab` registers the kernel and starts JupyterLab on the repository: its API lists
+    the kernel and the notebooks. Started headless on a free port, then stopped."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "course-test"
+    args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.port_retries=0"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    lab = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS={args}"], cwd=ROOT, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def get(api):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/{api}?token={token}", timeout=5) as reply:
+                return json.loads(reply.read())
+
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                specs = get("kernelspecs")
+                break
+            except OSError:
+                assert lab.poll() is None, "make lab exited"
+                assert time.monotonic() < deadline, "JupyterLab did not answer within 3 minutes"
+                time.sleep(1)
+        assert "mgrpo-ref" in specs["kernelspecs"]
+        listed = {item["name"] for item in get("contents/notebooks")["content"]}
+        assert {p.name for p in NOTEBOOKS} <= listed
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)
+
+
+NOISE = ("Warning", "Loading weights", "gemm_4bit_forward", "warnings.warn")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_carry_no_library_noise(path):
+    """What the libraries print while loading (a progress bar per load, an optional-kernel
+    note, deprecation and tqdm warnings) is silenced at its source (policy.quiet_loading)."""
+    for i, cell in enumerate(cells(path)):
+        for o in cell.get("outputs", []):
+            if o["output_type"] == "stream" and o["name"] == "stderr":
+                text = "".join(o["text"])
+                assert not any(n in text for n in NOISE), f"{path.name}, cell {i}: {text[:200]}"
