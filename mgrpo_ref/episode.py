@@ -153,7 +153,7 @@ def transcript(episode: Episode) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Episodes as generators: yield (role, context), receive the generated text.
+# Episodes as generators: yield (role, trajectory), receive the generated text.
 
 
 def _agent_turn(traj: Trajectory, text: str, limits: Limits):
@@ -177,7 +177,7 @@ def _tool_trajectory(role: str, text: str, tools: Tools, limits: Limits):
     """A search/visit trajectory that ends with ``<return>`` (sub) or ``<answer>`` (single)."""
     traj = Trajectory(role, [Segment("prompt", prompt(role, text))], subtask=text if role == "sub" else None)
     for _ in range(limits.turns(role)):
-        text = yield role, traj.context
+        text = yield role, traj
         action = _agent_turn(traj, text, limits)
         if action is None:
             return traj
@@ -199,7 +199,7 @@ def multi_agent_episode(question: Question, tools: Tools, limits: Limits, rollou
     main = Trajectory("main", [Segment("prompt", prompt("main", question.text))])
     subs: list[Trajectory] = []
     for _ in range(limits.main_turns):
-        text = yield "main", main.context
+        text = yield "main", main
         action = _agent_turn(main, text, limits)
         if action is None:
             return Episode(question, "multi", main, subs, rollout)
@@ -232,6 +232,13 @@ class Agent(Protocol):
     def act(self, role: str, contexts: list[str]) -> list[str]: ...
 
 
+def agent_context(agent: Agent, trajectory: Trajectory) -> str:
+    """The text an agent continues: the trajectory as it is, or, for an agent with a
+    ``render`` method (a policy on an instruct model), in that agent's own format (chat.py)."""
+    render = getattr(agent, "render", None)
+    return (render(trajectory) if render is not None else trajectory).context
+
+
 def run_episodes(
     questions: Iterable[Question],
     tools_for: Callable[[int], Tools],
@@ -255,13 +262,13 @@ def run_episodes(
     make = multi_agent_episode if mode == "multi" else single_agent_episode
     gens = [make(q, tools_for(q.world_seed), limits, k) for q in questions for k in range(rollouts)]
     results: list[Episode | None] = [None] * len(gens)
-    pending = {i: g.send(None) for i, g in enumerate(gens)}  # i -> (role, context)
+    pending = {i: g.send(None) for i, g in enumerate(gens)}  # i -> (role, trajectory)
     while pending:
         for role in needed:
             batch = [i for i, (r, _) in pending.items() if r == role]
             if not batch:
                 continue
-            texts = agents[role].act(role, [pending[i][1] for i in batch])
+            texts = agents[role].act(role, [agent_context(agents[role], pending[i][1]) for i in batch])
             if len(texts) != len(batch):
                 raise RuntimeError(f"agent for {role!r} returned {len(texts)} texts for {len(batch)} contexts")
             for i, text in zip(batch, texts):

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .chat import ChatFormat, chat_format, render as render_chat
 from .checks import ConfigError, check_choice, check_int, check_number
 from .protocol import stop_strings
 
@@ -345,6 +346,13 @@ class Policy:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._stop_ids = {role: self._single_token_ids(stop_strings(role)) for role in ("main", "sub", "single")}
+        self.chat: ChatFormat | None = chat_format(tokenizer)
+        """The model's chat format when its tokenizer has a chat template (an instruct model),
+        else None: our base reads the protocol as plain text (chat.py)."""
+
+    def render(self, trajectory):
+        """A trajectory as this model reads it and is trained on it: in its chat format, or as is."""
+        return render_chat(trajectory, self.chat)
 
     # -- encoding --------------------------------------------------------------------
 

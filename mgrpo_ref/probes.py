@@ -11,12 +11,13 @@ every question has at least one hop left.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .batching import collate
-from .episode import run_episodes
+from .episode import Trajectory, run_episodes
 from .evaluate import make_agent
 from .policy import Policy
 
@@ -24,27 +25,29 @@ CHOICES = ("<delegate>", "<answer>")
 """The two ways a main turn can open after a result: go on, or stop."""
 
 
-def after_first_result(questions: list, tools_for) -> list[str]:
-    """For each question of two hops or more, the main agent's context after its first result:
-    the question, a delegation of the first hop and that hop's right answer, exactly as an
-    episode writes them (played by the oracle, so the result is the right one)."""
+def after_first_result(questions: list, tools_for) -> list[Trajectory]:
+    """For each question of two hops or more, the main agent's trajectory up to its first
+    result: the question, a delegation of the first hop and that hop's right answer, exactly
+    as an episode writes them (played by the oracle, so the result is the right one)."""
     multi_hop = [q for q in questions if q.n_hops >= 2]
     oracle = make_agent("oracle")
     episodes = run_episodes(multi_hop, tools_for, {"main": oracle, "sub": oracle})
     contexts = []
     for e in episodes:
         first_result = next(i for i, s in enumerate(e.main.segments) if s.source == "env")
-        contexts.append("".join(s.text for s in e.main.segments[:first_result + 1]))
+        contexts.append(replace(e.main, segments=e.main.segments[:first_result + 1], outcome="running", final=None))
     return contexts
 
 
 @torch.no_grad()
-def next_token_probabilities(policy: Policy, contexts: list[str], strings=CHOICES) -> torch.Tensor:
+def next_token_probabilities(policy: Policy, contexts: list[Trajectory], strings=CHOICES) -> torch.Tensor:
     """(n, len(strings)) the probability of each string's first token as the next token after
-    each context. In our tokenizer every protocol tag is one token; in a tokenizer where a tag
-    is several, this is the probability of its first token."""
+    each context, read in the policy's own format (chat.py). In our tokenizer every protocol
+    tag is one token; in a tokenizer where a tag is several, this is the probability of its
+    first token."""
     first_ids = [policy.encode(s)[0] for s in strings]
-    batch = collate([(policy.encode(c), [0] * len(policy.encode(c))) for c in contexts], policy.pad_id)  # right-padded
+    encoded = [policy.encode(policy.render(c).context) for c in contexts]
+    batch = collate([(ids, [0] * len(ids)) for ids in encoded], policy.pad_id)  # right-padded
     input_ids, attention_mask = batch["input_ids"].to(policy.device), batch["attention_mask"].to(policy.device)
     logits = policy.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (n, T, V)
     last = attention_mask.sum(dim=1) - 1  # (n,) the last real position of each context
@@ -52,7 +55,7 @@ def next_token_probabilities(policy: Policy, contexts: list[str], strings=CHOICE
     return probs[:, first_ids].cpu()
 
 
-def probe_adapters(adapters: dict[int, str | Path], contexts: list[str], quantization: str = "nf4") -> list[dict]:
+def probe_adapters(adapters: dict[int, str | Path], contexts: list[Trajectory], quantization: str = "nf4") -> list[dict]:
     """For each (step, adapter directory or base model), the mean probability of each choice
     over ``contexts`` and the share of contexts where ``<delegate>`` is the likelier one."""
     rows = []

@@ -108,7 +108,7 @@ def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
     rewards = torch.tensor(r_main).view(b, k)  # (B, K)
     correct = torch.tensor([e.correct for e in episodes]).view(b, k)  # (B, K) bool
     advantages = group_advantages(rewards, cfg.adv_eps)  # (B, K)  Eq. (1)
-    sequences = [encode_trajectory(e.main, policy.encode) for e in episodes]  # B*K (ids, loss mask)
+    sequences = [encode_trajectory(policy.render(e.main), policy.encode) for e in episodes]  # B*K (ids, loss mask)
     batch = trajectory_batch(sequences, advantages.flatten(), policy.pad_id)  # (B*K, T)
     n = len(episodes)
     stats = {"reward_mean": rewards.mean().item(),
@@ -142,7 +142,7 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
     advantages = grouped_advantages(rewards, groups, cfg.adv_eps)  # (N,)  Eq. (2), before any copy
     counts = [[len(e.subs) for e in episodes[q * k:(q + 1) * k]] for q in range(b)]  # (B, K) d per rollout
     alignment = align_sub_trajectories(counts, cfg.d_max, step_seed(cfg.seed, step, SALT_ALIGNMENT))
-    sequences = [encode_trajectory(s, policy.encode) for e in episodes for s in e.subs]  # N
+    sequences = [encode_trajectory(policy.render(s), policy.encode) for e in episodes for s in e.subs]  # N
     if cfg.alignment == "none":  # the ablation: no slots, every trajectory once at weight 1
         batch = trajectory_batch(sequences, advantages, policy.pad_id)  # (N, T)
     elif cfg.sub_batch == "slots":

@@ -61,7 +61,7 @@ def half_trajectories(half, episodes: list, rollouts: int, policy) -> list[dict]
         items = [(i, call, sub) for i, e in enumerate(episodes) for call, sub in enumerate(e.subs)]
     out = []
     for n, (i, call, trajectory) in enumerate(items):
-        ids, loss_mask = encode_trajectory(trajectory, policy.encode)
+        ids, loss_mask = encode_trajectory(policy.render(trajectory), policy.encode)
         out.append({"question_index": i // rollouts, "rollout": i % rollouts, "call": call,
                     "qid": episodes[i].question.qid, "reward": half.rewards[n],
                     "advantage": half.advantages[n].item(), "copies": 1 if main else int(half.copies[n]),

@@ -121,7 +121,8 @@ class AgentWorker:
                    directory / f"{self.agent}_state.pt")
 
     def serve(self, conn) -> None:
-        handlers = {"act": self.act, "reseed": self.reseed, "train": self.train, "save": self.save}
+        handlers = {"act": self.act, "reseed": self.reseed, "train": self.train, "save": self.save,
+                    "chat_format": lambda: self.learner.policy.chat}
         while True:
             try:
                 message = conn.recv()
@@ -235,3 +236,11 @@ class WorkerAgent:
 
     def act(self, role: str, contexts: list[str]) -> list[str]:
         return self.handle.request("act", role, contexts, self.temperature)
+
+    def render(self, trajectory):
+        """The trajectory in the worker's model's own format (chat.py), asked of the worker once."""
+        from .chat import render
+
+        if not hasattr(self.handle, "chat"):
+            self.handle.chat = self.handle.request("chat_format")
+        return render(trajectory, self.handle.chat)

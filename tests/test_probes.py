@@ -17,9 +17,11 @@ def contexts():
 def test_each_context_ends_right_after_the_first_result_of_a_multi_hop_question(contexts):
     questions = [q for q in load_questions("eval_worlds")[:30] if q.n_hops >= 2]
     assert len(contexts) == len(questions) > 5
-    for context, question in zip(contexts, questions):
+    for trajectory, question in zip(contexts, questions):
+        context = trajectory.context
         assert question.text in context and context.count("<delegate>") == context.count("<result>") == 1
         assert context.endswith("</result>\n") and f"<result> {question.hops[0].answer}</result>" in context
+        assert [s.source for s in trajectory.segments] == ["prompt", "agent", "env"]
 
 
 def test_the_base_prefers_to_answer_after_the_first_result(contexts):

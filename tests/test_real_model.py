@@ -45,3 +45,85 @@ def test_the_converted_model_loads_as_a_policy_at_full_precision(smollm2):
                                                  if p.requires_grad)
     (turn,) = policy.act("sub", ["<task> Who founded Kiren Works?</task>\n"])
     assert isinstance(turn, str) and turn  # what it says before any warm-up is free text
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2)
+
+
+@pytest.fixture(scope="module")
+def oracle_episode():
+    """A three-hop question played by the oracle: a main trajectory of four turns, three sub ones."""
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.evaluate import make_agent
+    from mgrpo_ref.tools import ToolsByWorld
+    from mgrpo_ref.world import load_questions
+
+    question = next(q for q in load_questions("eval_worlds") if q.n_hops == 3)
+    oracle = make_agent("oracle")
+    (episode,) = run_episodes([question], ToolsByWorld(), {"main": oracle, "sub": oracle})
+    assert episode.correct and len(episode.subs) == 3
+    return episode
+
+
+def test_the_chat_format_is_read_off_the_template_and_renders_what_the_template_renders(tokenizer, oracle_episode):
+    from mgrpo_ref.chat import chat_format, render
+
+    fmt = chat_format(tokenizer)
+    assert fmt.end_of_turn == "<|im_end|>" and fmt.user_to_assistant.endswith("<|im_start|>assistant\n")
+    main = oracle_episode.main
+    messages = [{"role": "system", "content": main.segments[0].text.split("\n")[0]},
+                {"role": "user", "content": main.segments[0].text.split("\n", 1)[1].strip("\n")}]
+    for segment in main.segments[1:]:
+        role = "assistant" if segment.source == "agent" else "user"
+        messages.append({"role": role, "content": segment.text.strip("\n") if role == "user" else segment.text})
+    by_template = tokenizer.apply_chat_template(messages, tokenize=False)
+    ours = render(main, fmt).context
+    assert by_template.startswith(ours) and by_template[len(ours):] == "\n"  # the template ends each message with \n
+    assert render(main, None) is main  # no format (our base): the trajectory as it is
+
+
+def test_a_growing_conversation_extends_token_for_token_and_the_mask_is_the_agent_s_turns(tokenizer, oracle_episode):
+    from dataclasses import replace
+
+    from mgrpo_ref.batching import encode_trajectory
+    from mgrpo_ref.chat import chat_format, render
+
+    fmt = chat_format(tokenizer)
+
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for trajectory in [oracle_episode.main, *oracle_episode.subs]:
+        previous = []
+        for n in range(1, len(trajectory.segments) + 1):
+            shown = render(replace(trajectory, segments=trajectory.segments[:n]), fmt)
+            ids = encode(shown.context)  # what a sampler encodes: the whole context at once
+            assert ids[:len(previous)] == previous  # earlier turns keep their tokens, so their log-probs
+            assert encode_trajectory(shown, encode)[0] == ids  # segment by segment = all at once
+            previous = ids
+        ids, mask = encode_trajectory(render(trajectory, fmt), encode)
+        trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+        turns = [s.text for s in trajectory.segments if s.source == "agent"]
+        assert trained == "".join(turn + "<|im_end|>" for turn in turns)  # every turn, each with its end-of-turn
+        ignored = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
+        assert all(s.text.strip("\n") in ignored for s in trajectory.segments if s.source == "env")
+
+
+def test_a_policy_on_an_instruct_model_reads_and_trains_in_its_chat_format(smollm2, oracle_episode):
+    """The policy renders through its template (the tiny base has none); generation ends at the
+    end-of-turn token, which never reaches the returned text."""
+    from mgrpo_ref.episode import agent_context
+    from mgrpo_ref.policy import SamplingSettings, load_policy
+
+    policy = load_policy(smollm2, quantization="none", sampling=SamplingSettings(0.0, 1.0, 40))
+    assert policy.chat is not None
+    context = agent_context(policy, oracle_episode.main)
+    assert context.startswith("<|im_start|>system\nYou plan:") and context.endswith("<|im_end|>")
+    question = policy.chat.prompt("You answer in one word.", "What is the capital of France?")
+    (turn,) = policy.act("main", [question])
+    assert "Paris" in turn and "<|im_end|>" not in turn and "<|im_start|>" not in turn
+    assert len(policy.encode(turn)) < 40  # it stopped at its end-of-turn, not at the token limit
