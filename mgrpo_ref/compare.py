@@ -28,8 +28,9 @@ evaluation is the base's. Results go to ``--out``:
                    held-out accuracy with its 95% interval, and what it allows one to say
                    (``stats.paired_difference``)
     stability.md   each arm's best and final held-out accuracy, its collapsed runs (ended
-                   20 points below their best), and the change over the last third of
-                   training with its interval: whether the curves had flattened
+                   more than 20 points below their best), and the change over the last
+                   third of training with its interval: whether the curves had flattened
+                   (the interval within +-3 points), were still rising, or allow no verdict
     accuracy.png   held-out accuracy over training per variant, greedy and sampled
     runs.png       one panel per arm, one greedy curve per seed: collapses show here
     differences.png each arm against mgrpo with its interval, greedy and sampled
@@ -249,7 +250,7 @@ def plot_runs(results: dict, path: Path | None = None, columns: int = 3):
         ax.set_visible(False)
     for ax in axes[::columns]:
         ax.set_ylabel("held-out greedy (%)")
-    for ax in axes[len(arms) - columns:len(arms)]:
+    for ax in axes[max(0, len(arms) - columns):len(arms)]:  # the lowest panel of each column
         ax.set_xlabel("training step")
     handles = [Line2D([], [], color=c) for c in colors.values()]  # one per seed, whichever panels it is in
     fig.legend(handles, [f"seed {s}" for s in colors], loc="outside right center", fontsize=8)
@@ -386,26 +387,50 @@ def differences_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-COLLAPSE_DROP = 0.20
-"""A run has collapsed when it ends this far (a fraction, so 20 points) below its own best
-held-out greedy accuracy during training."""
+COLLAPSE_DROP = 20.0
+"""A run has collapsed when it ends more than this many points below its own best held-out
+greedy accuracy during training."""
 LATE = 2 / 3
-"""Where the last part of a run starts, as a fraction of its steps: a curve has flattened
-when its held-out accuracy at the end is no measurably different from its accuracy there."""
+"""Where the last part of a run starts, as a fraction of its steps."""
+FLAT_WITHIN = 3.0
+"""A curve has flattened when the change over its last part is known to within this many
+points either way: the whole interval of the change lies in [-3, +3]."""
 
 
-def late_step(steps: list[int], total: int) -> int:
-    """The evaluation step nearest ``LATE`` of ``total`` steps (step 40 of 60, 120 of 180)."""
-    return min(steps, key=lambda s: (abs(s - LATE * total), -s))
+def late_step(steps: list[int], total: int) -> int | None:
+    """The evaluation step between the base's (0) and the last nearest ``LATE`` of ``total``
+    steps (step 40 of 60, 120 of 180); None when the run has no evaluation in between."""
+    earlier = [s for s in steps if 0 < s < total]
+    return min(earlier, key=lambda s: (abs(s - LATE * total), -s)) if earlier else None
+
+
+def collapsed(best: float, final: float) -> bool:
+    """Whether a run ended more than ``COLLAPSE_DROP`` points below its best (accuracies as fractions;
+    the drop is rounded to a millionth of a point, so 0.8 -> 0.6 and 0.7 -> 0.5 are judged alike)."""
+    return round(100 * (best - final), 6) > COLLAPSE_DROP
+
+
+def change_verdict(interval) -> str:
+    """What the change of a curve over its last part allows one to say."""
+    if interval.n == 1:
+        return "one seed: no verdict"
+    if interval.low > 0:
+        return "still rising"
+    if interval.high < 0:
+        return "falling"
+    if -FLAT_WITHIN <= interval.low and interval.high <= FLAT_WITHIN:
+        return "flat"
+    return "no measurable change"
 
 
 def stability(results: dict, confidence: float = 0.95) -> list[dict]:
     """Per arm: how its runs ended against how they went. For each run, the best held-out
-    greedy accuracy of any evaluation, whether the run collapsed (ended ``COLLAPSE_DROP``
-    below that best), and the change over the last third of training (final minus the
-    evaluation at ``late_step``), greedy and sampled, with its interval across seeds. An
-    interval that covers 0 says the curve had flattened; one above 0, that it was still
-    rising when the budget ran out; below 0, that it was falling."""
+    greedy accuracy of any evaluation, whether the run collapsed (ended more than
+    ``COLLAPSE_DROP`` points below that best), and the change over the last third of training
+    (final minus the evaluation at ``late_step``), greedy and sampled, with its interval
+    across seeds. An interval above 0 says the curve was still rising when the budget ran
+    out, below 0 that it was falling; one inside [-FLAT_WITHIN, +FLAT_WITHIN] that it had
+    flattened; any other interval that covers 0 allows no verdict ("no measurable change")."""
     rows = []
     for variant in results["variants"]:
         runs = [r for r in results["runs"] if r["variant"] == variant and "curves" in r]
@@ -415,17 +440,19 @@ def stability(results: dict, confidence: float = 0.95) -> list[dict]:
                "best_greedy": [max(r["curves"]["eval_accuracy"]) for r in runs],
                "final_greedy": [r["greedy"]["accuracy"] for r in runs]}
         row["collapsed"] = [r["seed"] for r, best, final in zip(runs, row["best_greedy"], row["final_greedy"])
-                            if final < best - COLLAPSE_DROP]
+                            if collapsed(best, final)]
+        c = [r["curves"] for r in runs]
+        late = [late_step(curve["eval_step"], curve["eval_step"][-1]) for curve in c]
+        row["late_step"] = late[0]
         for decoding, key in (("greedy", "eval_accuracy"), ("sampled", "eval_sampled_accuracy")):
-            c = [r["curves"] for r in runs]
-            late = [curve["eval_step"].index(late_step(curve["eval_step"], curve["eval_step"][-1])) for curve in c]
-            row["late_step"] = c[0]["eval_step"][late[0]]
-            interval = paired_difference([100 * curve[key][-1] for curve in c],
-                                         [100 * curve[key][i] for curve, i in zip(c, late)], confidence)
-            verdict = ("one seed: no verdict" if interval.n == 1 else
-                       interval.verdict("still rising", "falling").replace("no measurable difference", "flat"))
+            if None in late:
+                row[f"late_change_{decoding}"] = None  # a run evaluated only at its start and end
+                continue
+            interval = paired_difference(
+                [100 * curve[key][-1] for curve in c],
+                [100 * curve[key][curve["eval_step"].index(s)] for curve, s in zip(c, late)], confidence)
             row[f"late_change_{decoding}"] = {"mean": interval.mean, "low": interval.low, "high": interval.high,
-                                              "verdict": verdict}
+                                              "verdict": change_verdict(interval)}
         rows.append(row)
     return rows
 
@@ -437,7 +464,9 @@ def stability_table(rows: list[dict]) -> str:
              "change over the last third, greedy (points, 95% interval) | sampled |",
              "|---|---|---|---|---|---|---|"]
 
-    def change(c: dict, last: int) -> str:
+    def change(c: dict | None, last: int | None) -> str:
+        if c is None:
+            return "no evaluation between the first and the last"
         return f"{c['mean']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}] from step {last}: {c['verdict']}"
 
     for r in rows:

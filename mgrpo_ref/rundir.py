@@ -5,9 +5,11 @@
         store.sqlite                 the store the agents share (store.py)
         metrics.jsonl                one JSON line per step (step 0: the evaluation before training)
         workers.json                 the worker processes' pids
-        checkpoints/step_NNNNN/      the last two checkpoints: each learner's adapter (<agent>/),
-                                     optimiser and random states (<agent>_state.pt), and
-                                     controller.json, written last: it marks the checkpoint complete
+        checkpoints/step_NNNNN/      the newest ``keep_checkpoints`` checkpoints (0: all): each
+                                     learner's adapter (<agent>/), optimiser and random states
+                                     (<agent>_state.pt), and controller.json, written last: it
+                                     marks the checkpoint complete
+        records/                     the steps of ``record_steps``, for the viewer (viewer.py)
 
 Resuming cuts the store and the metrics back to the last complete checkpoint; the steps
 after it are redone, and since every step is seeded by its number (seeding.py) they draw

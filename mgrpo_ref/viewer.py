@@ -6,8 +6,11 @@ it is trained with, the tokens the loss ignores greyed out.
 A training run records what this needs only for the steps it is asked to
 (``record_steps=1,30,60``; nothing is recorded by default, so training is not slowed): each
 agent's worker writes ``records/step-NNNN-<agent>.json`` beside the run's metrics, holding
-every trajectory it trained on at that step with its tokens, loss mask, reward, advantage
-and slot count (``agent_record``). In a notebook, ``show(run_dir, step, question)`` returns
+every trajectory of its half of that step with its tokens, loss mask, reward, advantage and
+slot count (``agent_record``). Two arms train on something else than what is drawn: a frozen
+sub-agent (``frozen_sub``) is never updated, so its colours are the advantages it would have
+had; a one-step-stale sub-agent (``sub_staleness=1``) trains on each step's half one step
+later, and not at all on the last step's. In a notebook, ``show(run_dir, step, question)`` returns
 the same page as an HTML object.
 
 How to read the page. Each rollout is one block: the main agent's trajectory, then each
@@ -92,6 +95,20 @@ def read_records(run_dir: Path, step: int) -> list[dict]:
     return records
 
 
+STYLE = {
+    "page": "font-family: sans-serif; max-width: 70em",
+    "title": "font-size: 1.2em; font-weight: bold; margin: 0.5em 0",
+    "rollout": "font-size: 1em; margin: 1.2em 0 0.3em",
+    "main": "margin: 0.3em 0",
+    "sub": "margin: 0.3em 0 0.3em 2.5em",
+    "dropped": "margin: 0.3em 0 0.3em 2.5em; opacity: 0.45; text-decoration: line-through",
+    "head": "font-size: 0.8em; color: #555",
+    "text": "font-family: monospace; line-height: 1.7; white-space: pre-wrap",
+}
+"""Inline styles, so that the fragment looks the same in a notebook (whose HTML outputs may
+drop a <style> element, and must not restyle the notebook around them) as in the file."""
+
+
 def colour(advantage: float, trained: bool) -> str:
     """The CSS style of one token: a background by the sign and size of its advantage, or grey
     text when the loss ignores it."""
@@ -99,7 +116,9 @@ def colour(advantage: float, trained: bool) -> str:
         return "color:#9a9a9a"
     strength = min(abs(advantage) / FULL_STRENGTH, 1.0)
     rgb = "22,150,60" if advantage > 0 else "205,40,40"
-    return f"background:rgba({rgb},{0.12 + 0.6 * strength:.2f})" if advantage != 0 else "background:#e8e8e8"
+    edge = "border-radius:2px;box-shadow:inset -1px 0 0 rgba(0,0,0,0.25)"  # where one token ends
+    return (f"background:rgba({rgb},{0.12 + 0.6 * strength:.2f});{edge}" if advantage != 0
+            else f"background:#e8e8e8;{edge}")
 
 
 def trajectory_html(t: dict) -> str:
@@ -112,13 +131,17 @@ def trajectory_html(t: dict) -> str:
         spans.append(f'<span class="tok" style="{colour(t["advantage"], trained)}" title="{title}">{text}</span>')
     who = "main" if t["call"] is None else f"sub call {t['call'] + 1}"
     copies = "" if t["call"] is None else (" · dropped" if t["copies"] == 0 else f" · x{t['copies']}")
-    header = (f'<div class="head">{who} · R = {t["reward"]:.2f} · A = {t["advantage"]:+.2f}{copies}</div>')
-    kind = "sub" + (" dropped" if t["copies"] == 0 else "") if t["call"] is not None else "main"
-    return f'<div class="traj {kind}">{header}<div class="text">{"".join(spans)}</div></div>'
+    header = (f'<div class="head" style="{STYLE["head"]}">{who} · R = {t["reward"]:.2f} · '
+              f'A = {t["advantage"]:+.2f}{copies}</div>')
+    kind = "main" if t["call"] is None else ("dropped" if t["copies"] == 0 else "sub")
+    classes = {"main": "main", "sub": "sub", "dropped": "sub dropped"}[kind]
+    return (f'<div class="traj {classes}" style="{STYLE[kind]}">{header}'
+            f'<div class="text" style="{STYLE["text"]}">{"".join(spans)}</div></div>')
 
 
-def question_html(records: list[dict], question: int) -> str:
-    """A standalone HTML page: the K rollouts of question ``question`` (its index in the step)."""
+def question_fragment(records: list[dict], question: int) -> str:
+    """The K rollouts of question ``question`` (its index in the step) as one self-contained
+    <div>: every style inline, nothing that reaches outside it."""
     found = [t for r in records for t in r["trajectories"] if t["question_index"] == question]
     if not found:
         n = len({t["question_index"] for r in records for t in r["trajectories"]})
@@ -127,33 +150,35 @@ def question_html(records: list[dict], question: int) -> str:
     blocks = []
     for rollout in sorted({t["rollout"] for t in found}):
         mine = sorted((t for t in found if t["rollout"] == rollout), key=lambda t: -1 if t["call"] is None else t["call"])
-        blocks.append(f'<section><h2>rollout {rollout}</h2>{"".join(trajectory_html(t) for t in mine)}</section>')
+        blocks.append(f'<section><h2 style="{STYLE["rollout"]}">rollout {rollout}</h2>'
+                      f'{"".join(trajectory_html(t) for t in mine)}</section>')
     legend = ('<p class="legend"><span class="tok" style="{}">pushed up (A &gt; 0)</span> '
               '<span class="tok" style="{}">pushed down (A &lt; 0)</span> '
               '<span class="tok" style="{}">ignored by the loss</span></p>').format(
         colour(1.0, True), colour(-1.0, True), colour(0.0, False))
+    return (f'<div class="mgrpo-viewer" style="{STYLE["page"]}">'
+            f'<div style="{STYLE["title"]}">step {step} · question {question} ({html.escape(qid)}) · '
+            f'{len(blocks)} rollouts</div>\n{legend}\n{"".join(blocks)}</div>')
+
+
+def question_html(records: list[dict], question: int) -> str:
+    """A standalone HTML page holding ``question_fragment``."""
+    fragment = question_fragment(records, question)
+    step, qid = records[0]["step"], next(t["qid"] for r in records for t in r["trajectories"]
+                                         if t["question_index"] == question)
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>step {step}, question {question} ({html.escape(qid)})</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; max-width: 70em; }}
-h1 {{ font-size: 1.2em; }} h2 {{ font-size: 1em; margin: 1.2em 0 0.3em; }}
-.traj {{ margin: 0.3em 0; }} .sub {{ margin-left: 2.5em; }} .dropped {{ opacity: 0.45; text-decoration: line-through; }}
-.head {{ font-size: 0.8em; color: #555; }}
-.text {{ font-family: monospace; line-height: 1.7; white-space: pre-wrap; }}
-.tok {{ border-radius: 2px; }} .text .tok[style*=background] {{ box-shadow: inset -1px 0 0 rgba(0,0,0,0.25); }}
-</style></head><body>
-<h1>step {step} · question {question} ({html.escape(qid)}) · {len(blocks)} rollouts</h1>
-{legend}
-{"".join(blocks)}
+<html><head><meta charset="utf-8"><title>step {step}, question {question} ({html.escape(qid)})</title></head>
+<body style="margin: 1.5em">
+{fragment}
 </body></html>
 """
 
 
 def show(run_dir: Path, step: int, question: int = 0):
-    """The page of ``question_html`` as a notebook's HTML output."""
+    """One question's rollouts (``question_fragment``) as a notebook's HTML output."""
     from IPython.display import HTML
 
-    return HTML(question_html(read_records(run_dir, step), question))
+    return HTML(question_fragment(read_records(run_dir, step), question))
 
 
 def main(argv: list[str] | None = None) -> Path:

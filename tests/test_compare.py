@@ -250,8 +250,20 @@ def test_stability_counts_collapsed_runs_and_tests_whether_the_curves_flattened(
         curve_run("single_agent_3x", 0, [0.3] * 7, [0.2] * 7, steps=range(0, 181, 30))]}
     (row,) = compare.stability(longer)
     assert row["late_step"] == 120 and row["late_change_greedy"]["verdict"] == "one seed: no verdict"
-    # the per-seed figure draws one panel per arm
+    # a drop of exactly 20 points is not a collapse, whatever the float rounding
+    assert not compare.collapsed(0.7, 0.5) and not compare.collapsed(0.8, 0.6) and compare.collapsed(0.8, 0.59)
+    # a wide interval that covers 0 allows no verdict; a run evaluated only at its ends has no late step
+    wide = {"variants": ["mgrpo"], "runs": [curve_run("mgrpo", s, (0.2, 0.5, 0.5, 0.5 + g), (0.2, 0.4, 0.4, 0.4))
+                                            for s, g in enumerate((0.10, 0.02, -0.05))]}
+    assert compare.stability(wide)[0]["late_change_greedy"]["verdict"] == "no measurable change"
+    ends_only = {"variants": ["mgrpo"], "runs": [curve_run("mgrpo", s, (0.2, 0.8), (0.2, 0.7), steps=(0, 60))
+                                                 for s in (0, 1)]}
+    (row,) = compare.stability(ends_only)
+    assert row["late_step"] is None and row["late_change_greedy"] is None
+    assert "no evaluation between the first and the last" in compare.stability_table([row])
+    # the per-seed figure draws one panel per arm, each column's lowest panel labelled
     fig = compare.plot_runs(results, tmp_path / "runs.png")
+    assert [ax.get_xlabel() for ax in fig.axes[:2]] == ["training step"] * 2
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()][:2] == ["mgrpo (3 seeds)", "unaligned (2 seeds)"]
     assert len(fig.axes[0].lines) == 3 + 1  # three seeds and the base's level
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 0", "seed 1", "seed 2"]

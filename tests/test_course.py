@@ -124,9 +124,15 @@ def test_stored_outputs_keep_each_progress_bar_on_one_line(path):
                 assert "\r" not in "".join(o["text"]), f"{path.name}, cell {i}: an unresolved carriage return"
 
 
+SET_UP = ROOT / ".venv" / ".installed"
+
+
+@pytest.mark.skipif(not SET_UP.exists() or SET_UP.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime,
+                    reason="make lab would first (re)build .venv: run `make setup` first")
 def test_make_lab_serves_the_course_with_the_project_kernel(tmp_path):
     """`make lab` registers the kernel and starts JupyterLab on the repository: its API lists
-    the kernel and the notebooks. Started headless on a free port, then stopped."""
+    the kernel and the notebooks. Started headless on a free port, then stopped; the kernel is
+    registered in a temporary Jupyter data directory, not the user's."""
     import os
     import signal
     import socket
@@ -139,7 +145,7 @@ def test_make_lab_serves_the_course_with_the_project_kernel(tmp_path):
         port = s.getsockname()[1]
     token = "course-test"
     args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.port_retries=0"
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
     lab = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS={args}"], cwd=ROOT, env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

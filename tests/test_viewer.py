@@ -42,12 +42,17 @@ def test_a_token_is_coloured_by_the_sign_and_size_of_its_advantage_or_greyed():
 
 def test_the_page_holds_every_rollout_and_marks_trained_ignored_and_dropped_tokens():
     page = viewer.question_html(records(), 0)
-    assert page.count("<h2>rollout") == 2 and "sub call 1 · R = 0.50 · A = +0.70 · x3" in page
+    assert page.count(">rollout ") == 2 and "sub call 1 · R = 0.50 · A = +0.70 · x3" in page
     assert 'class="traj sub dropped"' in page and "sub call 2 · R = 0.50 · A = -0.70 · dropped" in page
     assert page.count('title="A = +1.500, weight 1"') == 6  # rollout 0's own tokens: delegate and answer turns
     assert page.count('title="A = +1.500, weight 0"') == 7  # its question and the inserted result
     assert page.count('title="A = +0.700, weight 3"') == 3  # a trajectory in three slots weighs three
-    assert "&lt;" not in page.split("<body>")[0] and "&lt;delegate&gt;" in page  # tokens are escaped text
+    assert "&lt;delegate&gt;" in page and "<delegate>" not in page  # tokens are escaped text
+    # what a notebook shows: the same content in one <div>, every style inline, no rule that
+    # could restyle the notebook around it
+    fragment = viewer.question_fragment(records(), 0)
+    assert fragment.startswith('<div class="mgrpo-viewer"') and fragment in page
+    assert "<style" not in fragment and "<body" not in fragment and "<html" not in fragment
 
 
 def test_records_round_trip_and_bad_input_is_one_clear_error(tmp_path):
@@ -69,7 +74,7 @@ def test_the_cli_writes_a_page_or_says_in_one_line_what_is_wrong(tmp_path, capsy
     for record in records():
         viewer.write_record(tmp_path, record)
     out = viewer.main([str(tmp_path), "--step", "7"])
-    assert out == tmp_path / "records" / "step-0007-q0.html" and "rollout 1" in out.read_text()
+    assert out == tmp_path / "records" / "step-0007-q0.html" and ">rollout 1<" in out.read_text()
     with pytest.raises(SystemExit) as exit_:
         viewer.main([str(tmp_path), "--step", "3"])
     assert exit_.value.code == 2
@@ -79,7 +84,7 @@ def test_the_cli_writes_a_page_or_says_in_one_line_what_is_wrong(tmp_path, capsy
 
 def chromium(*args, cwd: Path) -> subprocess.CompletedProcess:
     """Headless Chromium as root on a machine with a closed network (flags from the library's env notes)."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={cwd / 'profile'}"]
     return subprocess.run([CHROMIUM, *flags, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
@@ -91,11 +96,14 @@ def test_a_real_browser_draws_the_page_with_green_red_and_grey_tokens(tmp_path):
 
     page = tmp_path / "page.html"
     page.write_text(viewer.question_html(records(), 0))
-    dom = chromium("--dump-dom", page.as_uri(), cwd=tmp_path).stdout
+    drawn = chromium("--dump-dom", page.as_uri(), cwd=tmp_path)
+    assert drawn.returncode == 0, f"chromium failed: {drawn.stderr[-500:]}"
+    dom = drawn.stdout
     n_tokens = sum(len(t["tokens"]) for r in records() for t in r["trajectories"])
     assert dom.count('class="tok"') == n_tokens + 3 and "rollout 1" in dom  # every token an element, and the legend
     shot = tmp_path / "shot.png"
-    chromium(f"--screenshot={shot}", "--window-size=900,600", page.as_uri(), cwd=tmp_path)
+    shot_taken = chromium(f"--screenshot={shot}", "--window-size=900,600", page.as_uri(), cwd=tmp_path)
+    assert shot_taken.returncode == 0 and shot.exists(), f"chromium failed: {shot_taken.stderr[-500:]}"
     image = Image.open(shot).convert("RGB")
     pixels = [image.getpixel((x, y)) for y in range(image.height) for x in range(image.width)]
 
@@ -106,3 +114,33 @@ def test_a_real_browser_draws_the_page_with_green_red_and_grey_tokens(tmp_path):
     red = count(lambda r, g, b: r > g + 60 and r > b + 60)
     grey_text = count(lambda r, g, b: 120 < r < 190 and abs(r - g) < 8 and abs(g - b) < 8)
     assert green > 500 and red > 500 and grey_text > 100, (green, red, grey_text)
+
+
+def test_a_step_s_halves_become_records_in_the_order_training_numbers_them():
+    """half_trajectories on a real step of the committed base: main rows in (question,
+    rollout) order, sub trajectories in (question, rollout, call) order, each with the reward,
+    advantage and slot count its half holds, and the tokens of the encoded trajectory."""
+    from mgrpo_ref.config import TrainConfig
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.policy import load_policy
+    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
+    from mgrpo_ref.step import main_half, sub_half
+    from mgrpo_ref.tools import ToolsByWorld
+    from mgrpo_ref.world import load_questions
+
+    cfg = TrainConfig(questions_per_step=2, rollouts=3, d_max=2)
+    teacher = ScriptedAgent(TeacherNoise().scaled(1.5), seed=4)
+    episodes = run_episodes(load_questions("train")[:2], ToolsByWorld(), {"main": teacher, "sub": teacher}, rollouts=3)
+    policy = load_policy("data/base", quantization="none")
+    main = main_half(episodes, cfg, policy)
+    sub = sub_half(episodes, main.correct, cfg, policy, step=1)
+    mains = viewer.half_trajectories(main, episodes, cfg.rollouts, policy)
+    subs = viewer.half_trajectories(sub, episodes, cfg.rollouts, policy)
+    assert [(t["question_index"], t["rollout"], t["call"]) for t in mains] == [(i // 3, i % 3, None) for i in range(6)]
+    assert [(t["question_index"], t["rollout"], t["call"]) for t in subs] == [
+        (i // 3, i % 3, c) for i, e in enumerate(episodes) for c in range(len(e.subs))]
+    assert [t["copies"] for t in subs] == sub.copies.tolist() and sum(t["copies"] for t in subs) > 0
+    assert [t["advantage"] for t in subs] == sub.advantages.tolist() and [t["reward"] for t in subs] == sub.rewards
+    assert [t["advantage"] for t in mains] == main.advantages.tolist()
+    flat = [s for e in episodes for s in e.subs]
+    assert all("".join(t["tokens"]) == s.context for t, s in zip(subs, flat))
