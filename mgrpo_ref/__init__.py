@@ -25,6 +25,7 @@ One concept per module:
     policy.py      a QLoRA policy: 4-bit base + LoRA, sampling and log-probs
     getmodel.py    a real instruct model (SmolLM2-135M-Instruct) from a wheel, as a model directory
     chat.py        the protocol inside an instruct model's chat template (segments, loss mask)
+    sft.py         a supervised warm-up (LoRA on the teacher's demonstrations) for a pretrained model
     checks.py      one-line errors for bad configuration values
     config.py      TrainConfig, saved as config.json in every run
     seeding.py     per-step seeds and their named salts

@@ -241,7 +241,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True) -> dict:
     return summary
 
 
-def plot_losses(losses: list[float], path: Path) -> None:
+def plot_losses(losses: list[float], path: Path, title: str = "Base model pretraining") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,7 +253,7 @@ def plot_losses(losses: list[float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(losses, alpha=0.3, label="per step")
     ax.plot(smooth, label=f"moving mean ({window})")
-    ax.set(xlabel="step", ylabel="weighted NLL per token", yscale="log", title="Base model pretraining")
+    ax.set(xlabel="step", ylabel="weighted NLL per token", yscale="log", title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -127,3 +127,16 @@ def test_a_policy_on_an_instruct_model_reads_and_trains_in_its_chat_format(smoll
     (turn,) = policy.act("main", [question])
     assert "Paris" in turn and "<|im_end|>" not in turn and "<|im_start|>" not in turn
     assert len(policy.encode(turn)) < 40  # it stopped at its end-of-turn, not at the token limit
+
+
+def test_a_few_warm_up_steps_on_the_real_model_lower_the_loss_on_its_own_turns(smollm2, tmp_path):
+    """sft.py on SmolLM2 in its chat format, a handful of steps: the loss on the agent's turns
+    (and their <|im_end|>) falls, and the adapter is saved for M-GRPO to continue."""
+    from mgrpo_ref import sft
+
+    cfg = sft.SFTConfig(base=str(smollm2), steps=6, batch_size=2, n_worlds=1, lr=1e-3, max_tokens=160,
+                        eval_questions=0)  # short trajectories only, no held-out check: a minute on 2 cores
+    summary = sft.warm_up(cfg, tmp_path, progress=False)
+    losses = summary["losses"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()

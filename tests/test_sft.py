@@ -1,0 +1,43 @@
+"""The supervised warm-up (sft.py) on the committed tiny base: files, summary, the CLI, and M-GRPO
+continuing the warm-up adapter. The real model's warm-up is in test_real_model.py."""
+
+import json
+
+import pytest
+
+from mgrpo_ref import sft
+from mgrpo_ref.config import TrainConfig
+from mgrpo_ref.step import make_learner
+
+
+@pytest.fixture(scope="module")
+def warmed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    cfg = sft.SFTConfig(base="data/base", steps=6, batch_size=4, n_worlds=2, eval_questions=6)
+    return out, sft.warm_up(cfg, out, progress=False)
+
+
+def test_the_warm_up_writes_its_adapter_curve_and_held_out_check(warmed):
+    out, summary = warmed
+    assert (out / "adapter" / "adapter_config.json").exists() and (out / "loss_curve.png").stat().st_size > 0
+    saved = json.loads((out / "sft.json").read_text())
+    assert saved["config"]["steps"] == 6 and len(saved["losses"]) == 6 and saved["n_trajectories"] > 0
+    assert set(saved["held_out"]) == {"accuracy", "format_valid", "sub_format_valid", "mean_sub_calls"}
+    assert 0 < saved["n_agent_tokens"] and summary["held_out"] == saved["held_out"]
+
+
+def test_m_grpo_continues_the_warm_up_adapter(warmed):
+    """base= the adapter directory: the learner loads the base and the adapter on top, trainable."""
+    out, _ = warmed
+    learner = make_learner(str(out / "adapter"), TrainConfig(base=str(out / "adapter"), quantization="none"))
+    names = [n for n, p in learner.policy.model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+
+
+def test_the_cli_refuses_bad_values_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sft.main(["--base", "data/base", "--out", str(tmp_path / "o"), "--steps", "0", "--quiet"])
+    assert exit_.value.code == 2
+    assert "steps=0 is invalid" in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit):
+        sft.main(["--base", "data/nowhere", "--out", str(tmp_path / "o"), "--quiet"])
