@@ -140,3 +140,38 @@ def test_a_few_warm_up_steps_on_the_real_model_lower_the_loss_on_its_own_turns(s
     losses = summary["losses"]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+
+def test_one_m_grpo_step_trains_both_agents_of_the_real_model_in_its_chat_format(smollm2):
+    """One M-GRPO step on SmolLM2 at full precision, B = 2, K = 2, in one process
+    (``step.one_step``, the functions the two workers run). The episodes are the noisy
+    teacher's, so the rewards vary and both agents have a signal whatever the untrained model
+    would say; each agent's batch is its chat-rendered trajectories, and both adapters move."""
+    from mgrpo_ref.config import TrainConfig
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
+    from mgrpo_ref.step import main_half, make_learner, one_step
+    from mgrpo_ref.tools import ToolsByWorld
+    from mgrpo_ref.world import load_questions
+
+    cfg = TrainConfig(base=str(smollm2), quantization="none", questions_per_step=2, rollouts=2, d_max=2,
+                      microbatch=4)
+    teacher = ScriptedAgent(TeacherNoise().scaled(2.0), seed=3)
+    questions = [q for q in load_questions("eval_worlds") if q.n_hops == 2][:2]
+    episodes = run_episodes(questions, ToolsByWorld(), {"main": teacher, "sub": teacher}, rollouts=2)
+    learners = {name: make_learner(smollm2, cfg) for name in ("main", "sub")}
+    half = main_half(episodes, cfg, learners["main"].policy)
+    first = learners["main"].policy.tokenizer.decode(half.batch.input_ids[0].tolist())
+    assert first.startswith("<|im_start|>system\nYou plan:")  # the batch is the chat rendering
+    assert 0 < half.batch.token_weights.sum() < half.batch.attention_mask.sum()
+    assert half.advantages.abs().sum() > 0, "the teacher's rewards must vary for this test to mean anything"
+    before = {name: {n: p.detach().clone() for n, p in learner.policy.model.named_parameters() if p.requires_grad}
+              for name, learner in learners.items()}
+    stats = one_step(episodes, learners, cfg, step=1)
+    assert stats["main/trained"] and stats["sub/trained"]
+    assert stats["main/mean_ratio"] == pytest.approx(1.0, abs=1e-4)  # one epoch: the ratio is exactly 1
+    for name, learner in learners.items():
+        moved = [n for n, p in learner.policy.model.named_parameters()
+                 if p.requires_grad and not torch.equal(p, before[name][n])]
+        assert moved and all("lora_" in n for n in moved), name
