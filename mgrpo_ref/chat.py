@@ -21,6 +21,11 @@ longer conversation only appends segments, so it extends the shorter one token f
 as long as the tokenizer splits at every segment boundary (tested on SmolLM2's tokenizer,
 where each boundary is a special token or a newline).
 
+A few-shot prompt (``few_shot``) puts worked conversations of the agent's role between the
+system message and the real question: each a question, the teacher's turns as the
+assistant's messages and the environment's inserts as the user's, exactly as the template
+would render that conversation. They are part of the prompt, so they are never trained on.
+
 The pieces of the template (``ChatFormat``) are read off the tokenizer's own chat template by
 rendering marker messages and cutting the text around the markers, so any template of the
 usual shape (a header before each message, an end-of-turn after it) works without code for
@@ -51,9 +56,12 @@ class ChatFormat:
     """What closes an assistant message, trained on as the agent's own (e.g. "<|im_end|>")."""
     assistant_to_user: str
     """From after the end-of-turn to the start of the next user content."""
+    examples: tuple[tuple[str, str], ...] = ()
+    """(role, rendered worked conversations) shown before each of that role's questions (``few_shot``)."""
 
-    def prompt(self, instruction: str, body: str) -> str:
-        return self.before_system + instruction + self.system_to_user + body + self.user_to_assistant
+    def prompt(self, instruction: str, body: str, role: str | None = None) -> str:
+        shown = dict(self.examples).get(role, "")
+        return self.before_system + instruction + self.system_to_user + shown + body + self.user_to_assistant
 
     def agent(self, turn: str) -> str:
         return turn + self.end_of_turn
@@ -99,10 +107,30 @@ def render(trajectory: Trajectory, fmt: ChatFormat | None) -> Trajectory:
     for segment in trajectory.segments:
         if segment.source == "prompt":
             instruction, _, body = segment.text.partition("\n")
-            text = fmt.prompt(instruction, body.strip("\n"))
+            text = fmt.prompt(instruction, body.strip("\n"), trajectory.role)
         elif segment.source == "agent":
             text = fmt.agent(segment.text)
         else:
             text = fmt.env(segment.text.strip("\n"))
         segments.append(Segment(segment.source, text))
     return replace(trajectory, segments=segments)
+
+
+def few_shot(fmt: ChatFormat, shots: list[Trajectory]) -> ChatFormat:
+    """``fmt`` with the finished trajectories ``shots`` shown as worked conversations before
+    every question of their role (each role's shots in the order given, replacing any
+    ``fmt`` had for that role).
+
+    A shot is rendered as the template renders a conversation: its question as a user
+    message, then its turns and inserts as they alternate, its last turn closed by the
+    end-of-turn token; the real question follows as the next user message.
+    """
+    shown: dict[str, str] = {}
+    for shot in shots:
+        if not shot.segments or shot.segments[0].source != "prompt" or shot.segments[-1].source != "agent":
+            raise ValueError(f"a shot must be a finished trajectory (prompt first, a turn last), not {shot.role}'s "
+                             f"{[s.source for s in shot.segments]}")
+        question = shot.segments[0].text.partition("\n")[2].strip("\n")
+        rest = "".join(s.text for s in render(shot, replace(fmt, examples=())).segments[1:])
+        shown[shot.role] = shown.get(shot.role, "") + question + fmt.user_to_assistant + rest + fmt.assistant_to_user
+    return replace(fmt, examples=tuple(dict(fmt.examples, **shown).items()))

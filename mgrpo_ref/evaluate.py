@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .chat import few_shot
 from .cli import nonnegative_float, nonnegative_int, one_line, output_file, positive_fraction, positive_int
 from .episode import Agent, Episode, Limits, run_episodes, transcript
 from .grading import normalize_answer
@@ -34,14 +35,29 @@ from .world import DATA_DIR, Question, load_questions
 SCRIPTED = ("oracle", "teacher")
 
 
+def worked_examples(n: int) -> list:
+    """``n`` worked conversations per role for a few-shot prompt (``chat.few_shot``): the
+    oracle's main, sub and single trajectories on the first ``n`` two-hop training questions
+    (never a held-out world)."""
+    questions = [q for q in load_questions("train") if q.n_hops == 2][:n]
+    oracle, tools = ScriptedAgent(ORACLE_NOISE, 0), ToolsByWorld()
+    multi = run_episodes(questions, tools, {"main": oracle, "sub": oracle})
+    single = run_episodes(questions, tools, {"single": oracle}, "single")
+    return [e.main for e in multi] + [e.subs[0] for e in multi] + [e.main for e in single]
+
+
 def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingSettings = SamplingSettings(),
-               quantization: str = "nf4") -> Agent:
+               quantization: str = "nf4", shots: int = 0) -> Agent:
     """An agent: ``oracle``, ``teacher`` (its noise times ``noise``), a model directory (also
     relative to the repository, like ``data/base``) or a hub name (``Qwen/Qwen2.5-0.5B-Instruct``).
+    ``shots`` > 0 gives a model with a chat template a few-shot prompt of that many worked
+    conversations per role (``worked_examples``).
 
     A ValueError for anything else: a local path with no model there (``data/nope``, ``./nope``;
     see ``policy.is_local_path``) at once, never tried on the hub; a model that cannot be loaded
     (a hub name neither cached nor reachable fails within seconds), in one line."""
+    if shots and spec in SCRIPTED:
+        raise ValueError(f"a few-shot prompt is for models, not the scripted {spec}")
     if spec == "oracle":
         return ScriptedAgent(ORACLE_NOISE, seed)
     if spec == "teacher":
@@ -51,9 +67,14 @@ def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingS
         raise ValueError(f"no model directory at {spec}")
     if is_dir or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         try:
-            return load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed)
+            policy = load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed)
         except OSError as err:  # not a model directory, or a hub name neither cached nor reachable
             raise ValueError(f"cannot load agent {spec!r}: {one_line(err)}") from err
+        if shots:
+            if policy.chat is None:
+                raise ValueError(f"a few-shot prompt needs a model with a chat template; {spec} has none")
+            policy.chat = few_shot(policy.chat, worked_examples(shots))
+        return policy
     raise ValueError(f"unknown agent {spec!r}: expected one of {SCRIPTED}, a model directory or a hub name")
 
 
@@ -187,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="episodes run (and batched) together (default: 64)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=output_file, help="write the report as JSON here")
+    parser.add_argument("--shots", type=nonnegative_int, default=0, metavar="N",
+                        help="models with a chat template: a few-shot prompt of N worked conversations per role")
     parser.add_argument("--show", type=nonnegative_int, default=0, metavar="N", help="print N episode transcripts")
     args = parser.parse_args(argv)
     if args.main and not args.sub:
@@ -196,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
 
     def agent(spec: str, seed: int) -> Agent:
-        return make_agent(spec, args.noise, seed, sampling, args.quantization)
+        return make_agent(spec, args.noise, seed, sampling, args.quantization, args.shots)
 
     try:  # the questions first: a bad split is refused before any model is loaded
         questions = load_questions(args.split, args.data_dir)[: args.limit]
@@ -213,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(one_line(err))
     report, episodes = evaluate(questions, agents, mode, data_dir=args.data_dir, batch_size=args.batch_size)
     report.update(split=args.split, mode=mode, agents={r: getattr(args, r) for r in agents},
-                  temperature=args.temperature, seed=args.seed)
+                  temperature=args.temperature, seed=args.seed, shots=args.shots)
     print(format_report(report))
     for episode in episodes[: args.show]:
         print("\n" + transcript(episode))

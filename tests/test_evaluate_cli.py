@@ -42,6 +42,11 @@ def test_cli_errors_are_clear():
     assert proc.returncode == 2 and "cannot load agent 'nobody/no-such-model'" in proc.stderr
     proc = run("--single", "oracle", "--split", "nope")
     assert proc.returncode == 2 and "no split 'nope'" in proc.stderr
+    # a few-shot prompt is rendered in a chat template: not for the scripted agents, nor our base
+    proc = run("--single", "teacher", "--shots", "2")
+    assert proc.returncode == 2 and "not the scripted teacher" in proc.stderr
+    proc = run("--single", "data/base", "--shots", "2", "--limit", "1")
+    assert proc.returncode == 2 and "needs a model with a chat template; data/base has none" in proc.stderr
 
 
 @pytest.mark.parametrize("temperature", ["0", "1"])

@@ -86,6 +86,32 @@ def test_the_chat_format_is_read_off_the_template_and_renders_what_the_template_
     assert render(main, None) is main  # no format (our base): the trajectory as it is
 
 
+def test_a_few_shot_prompt_is_the_worked_conversations_as_the_template_renders_them(tokenizer, oracle_episode):
+    from dataclasses import replace
+
+    from mgrpo_ref.chat import chat_format, few_shot, render
+    from mgrpo_ref.evaluate import worked_examples
+
+    shots = worked_examples(2)
+    assert [t.role for t in shots] == ["main"] * 2 + ["sub"] * 2 + ["single"] * 2
+    fmt = few_shot(chat_format(tokenizer), shots)
+
+    def messages(trajectory):  # a trajectory as chat messages: its system line, then alternating turns
+        instruction, _, question = trajectory.segments[0].text.partition("\n")
+        rest = [{"role": "assistant" if s.source == "agent" else "user", "content": s.text.strip("\n")}
+                for s in trajectory.segments[1:]]
+        return [{"role": "system", "content": instruction}, {"role": "user", "content": question.strip("\n")}] + rest
+
+    for real, (first, second) in ((oracle_episode.main, shots[0:2]), (oracle_episode.subs[0], shots[2:4])):
+        conversation = messages(first) + messages(second)[1:] + messages(real)[1:]
+        by_template = tokenizer.apply_chat_template(conversation, tokenize=False)
+        assert by_template == render(real, fmt).context + "\n"
+    plain = render(oracle_episode.main, chat_format(tokenizer))
+    assert render(oracle_episode.main, fmt).context.endswith(plain.context.split("<|im_start|>user\n", 1)[1])
+    with pytest.raises(ValueError, match="finished trajectory"):
+        few_shot(fmt, [replace(shots[0], segments=shots[0].segments[:1])])  # a question with no turn
+
+
 def test_a_growing_conversation_extends_token_for_token_and_the_mask_is_the_agent_s_turns(tokenizer, oracle_episode):
     from dataclasses import replace
 
