@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # override for your machine, e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup train test lab notebooks data smollm2 clean
+.PHONY: setup train test lab notebooks data smollm2 real-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,19 @@ data: setup
 # A real pretrained instruct model as a standard model directory (docs/base-model.md).
 smollm2: setup
 	$(PY) -m mgrpo_ref.getmodel --out models/SmolLM2-135M-Instruct
+
+# The one-GPU path with a real instruct model (docs/real-model.md): the supervised warm-up,
+# then every arm of the comparison, both in 4-bit NF4 with bf16 compute. REAL_BASE is any
+# local model directory or hub name, e.g. make real-gpu REAL_BASE=Qwen/Qwen2.5-0.5B-Instruct.
+# A finished warm-up is kept, and the comparison resumes where it stopped.
+REAL_BASE ?= models/SmolLM2-135M-Instruct
+REAL_NAME := $(notdir $(REAL_BASE))
+real-gpu: setup
+	$(if $(filter models/SmolLM2-135M-Instruct,$(REAL_BASE)),test -d $(REAL_BASE) || $(MAKE) smollm2)
+	test -f runs/sft-gpu-$(REAL_NAME)/adapter/adapter_config.json || \
+		$(PY) -m mgrpo_ref.sft --base $(REAL_BASE) --quantization nf4 --out runs/sft-gpu-$(REAL_NAME)
+	$(PY) -m mgrpo_ref.compare --preset real-gpu base=runs/sft-gpu-$(REAL_NAME)/adapter \
+		--runs runs/compare-real-gpu-$(REAL_NAME) --out benchmarks/results/comparison-real-gpu-$(REAL_NAME)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

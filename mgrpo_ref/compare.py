@@ -3,6 +3,7 @@
     python -m mgrpo_ref.compare                         # the committed CPU comparison
     python benchmarks/compare_variants.py               # the same (the benchmark entry point)
     python -m mgrpo_ref.compare --preset gpu            # the GPU-scale configuration
+    python -m mgrpo_ref.compare --preset real-gpu       # a warmed-up instruct model on one GPU
     python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # about a minute (CI)
 
 Every arm trains with the same budget: the same config (questions per step, rollouts,
@@ -71,6 +72,13 @@ PRESETS = {
     # A larger base, batch and step count for one GPU of 24 GB or less (docs/gpu.md).
     "gpu": ["base=runs/base-gpu", "quantization=nf4", "steps=200", "questions_per_step=32", "rollouts=8",
             "eval_every=20", "checkpoint_every=20", "microbatch=64"],
+    # A real instruct model after its supervised warm-up (sft.py), in 4-bit NF4 with bf16
+    # compute, for one GPU of 24 GB or less: `make real-gpu` (docs/real-model.md). Its turns
+    # are BPE tokens, several per tag, hence the longer turns; LoRA on a pretrained model
+    # takes a smaller step than on our tiny base. Not run yet: no figures exist for it.
+    "real-gpu": ["base=runs/sft-gpu-SmolLM2-135M-Instruct/adapter", "quantization=nf4", "steps=200",
+                 "questions_per_step=16", "rollouts=8", "max_new_tokens=64", "lr=1e-4", "eval_every=20",
+                 "checkpoint_every=20", "microbatch=32"],
     # CI: two steps on a handful of questions.
     "smoke": ["steps=2", "questions_per_step=2", "rollouts=2", "eval_every=1", "checkpoint_every=2",
               "eval_questions=8", "max_new_tokens=24"],

@@ -115,6 +115,20 @@ def warm_up(cfg: SFTConfig, out: Path, progress: bool = True) -> dict:
     return summary
 
 
+def merge_warm_up(adapter_dir: str | Path, out: str | Path) -> Path:
+    """The other way to start M-GRPO from a warm-up: its adapter merged into the base at full
+    precision, written to ``out`` as a standard model directory that takes a fresh adapter
+    (``base=OUT``). At full precision that model computes what base + adapter computes; in
+    4-bit, the merged weights are quantised, warm-up included, and the reference of the KL
+    term becomes the warmed-up model (``benchmarks/real_model_cpu.py`` measures both ways)."""
+    policy = load_policy(adapter_dir, quantization="none", trainable=False, device="cpu")
+    merged = policy.model.merge_and_unload()
+    out = Path(out)
+    merged.save_pretrained(str(out))
+    policy.tokenizer.save_pretrained(str(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     """The CLI. A bad value or a missing local model is one ``error:`` line and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.sft", description=__doc__.split("\n")[0])

@@ -30,6 +30,18 @@ import torch
 MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
 
 
+def peak_memory_mib() -> dict[str, float]:
+    """This process's peak memory so far, in MiB: resident host memory ("host_peak_mib"),
+    and on a GPU the most its tensors held at once ("gpu_peak_mib"), which the host figure
+    does not include."""
+    import resource
+
+    peaks = {"host_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+    if torch.cuda.is_available():
+        peaks["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
 def update_threads(agent: str, cores: int, d_max: int, sub_batch: str = "distinct") -> int:
     """Threads of a worker's update phase, in which the main and the sub worker run at once.
 
@@ -111,6 +123,7 @@ class AgentWorker:
         self.store.write_stats(step, self.agent, stats)
         store_s += time.perf_counter() - t
         stats[f"{self.agent}/store_s"] = store_s
+        stats.update({f"memory/{self.agent}_{key}": v for key, v in peak_memory_mib().items()})
         return stats
 
     def save(self, directory: Path) -> None:

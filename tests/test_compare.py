@@ -194,6 +194,22 @@ def test_an_ablation_is_mgrpo_with_its_own_overrides_and_a_run_directory_of_its_
         compare.main(["--variants", "no_such_arm"])
 
 
+@pytest.mark.parametrize("preset", sorted(compare.PRESETS))
+def test_every_preset_gives_every_arm_a_valid_config(preset):
+    for arm in compare.ARMS:
+        cfg = compare.run_config(compare.PRESETS[preset], arm, 0, [])
+        assert cfg.variant == compare.ARMS[arm][0] and cfg.seed == 0
+    if preset == "real-gpu":  # the warmed-up real model, in 4-bit
+        assert cfg.quantization == "nf4" and cfg.base.endswith("/adapter")
+
+
+def test_the_real_model_preset_without_its_warm_up_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--preset", "real-gpu", f"base={tmp_path / 'sft' / 'adapter'}", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert "sft/adapter" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_a_tiny_comparison_with_an_ablation_trains_it_and_reports_its_paired_difference(base, tmp_path):
     results = run_comparison(preset="smoke", variants=["mgrpo", "unaligned"], seeds=[0], runs_dir=tmp_path / "runs",
                              out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False)

@@ -41,3 +41,24 @@ def test_the_cli_refuses_bad_values_in_one_line(tmp_path, capsys):
     assert "steps=0 is invalid" in capsys.readouterr().err.strip().splitlines()[-1]
     with pytest.raises(SystemExit):
         sft.main(["--base", "data/nowhere", "--out", str(tmp_path / "o"), "--quiet"])
+
+
+def test_the_warm_up_merged_into_the_base_computes_what_base_and_adapter_compute(warmed, tmp_path):
+    """sft.merge_warm_up: a standard model directory with the warm-up in its weights; a fresh
+    adapter on it gives the logits of the warm-up adapter on the base (full precision)."""
+    import torch
+
+    from mgrpo_ref.policy import load_policy
+
+    out, _ = warmed
+    merged = sft.merge_warm_up(out / "adapter", tmp_path / "merged")
+    assert (merged / "config.json").exists() and not (merged / "adapter_config.json").exists()
+    ids = torch.tensor([load_policy("data/base", quantization="none").encode("<question> Who founded Kiren Works?")])
+
+    def logits(path):
+        with torch.no_grad():
+            return load_policy(path, quantization="none", trainable=False).model(input_ids=ids).logits
+
+    warm, base = logits(out / "adapter"), logits("data/base")
+    assert (warm - base).abs().max() > 1e-3  # six steps moved the model
+    assert torch.allclose(logits(merged), warm, atol=1e-4)

@@ -52,6 +52,8 @@ def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
     for key in ("main/reward_mean", "main/loss", "main/clip_frac", "sub/reward_mean", "sub/loss",
                 "sub/align_duplicated_frac", "time/update_wall_s", "time/store_frac", "rollout/mean_sub_calls"):
         assert key in metrics[1], key
+    for agent in ("main", "sub"):  # each worker's peak memory: at least the base model it holds
+        assert metrics[1][f"memory/{agent}_host_peak_mib"] > 50
     store = Store(run / "store.sqlite", readonly=True)
     assert store.last_finished_step() == 3
     assert all(len(store.rollouts(s)) == 4 for s in (1, 2, 3))

@@ -1,0 +1,196 @@
+"""SmolLM2-135M-Instruct on this CPU at full precision, from the model as it comes to a short
+M-GRPO run: format validity and accuracy at each stage, time and peak memory.
+
+    make smollm2                                          # once: models/SmolLM2-135M-Instruct
+    python benchmarks/real_model_cpu.py                   # every stage not done yet (about 1.5 h on 2 cores)
+    python benchmarks/real_model_cpu.py --stages zero_shot few_shot
+
+Each stage runs in a process of its own (so its peak memory is its own) and writes
+``benchmarks/results/real-model-cpu/<stage>.json`` when it finishes; a finished stage is
+skipped, and the M-GRPO run resumes from its last checkpoint. Every evaluation is greedy, both
+roles played by the same model, on the first ``--questions`` held-out questions of
+``eval_worlds`` (they take the six worlds in turn).
+
+    zero_shot   the model as it comes
+    few_shot    with two worked conversations per role before each question (chat.few_shot)
+    warm_up     after the supervised warm-up (sft.py; its run in runs/real-model-cpu/sft)
+    mgrpo       M-GRPO from the warm-up adapter (runs/real-model-cpu/mgrpo): accuracy before and
+                after, seconds and peak memory per step
+    merge       continue the warm-up adapter, or merge it into the base first: the loss on
+                held-out teacher demonstrations of each way, at full precision and in NF4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
+RUNS = ROOT / "runs" / "real-model-cpu"
+OUT = ROOT / "benchmarks" / "results" / "real-model-cpu"
+STAGES = ("zero_shot", "few_shot", "warm_up", "mgrpo", "merge")
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def held_out(args):
+    from mgrpo_ref.world import load_questions
+
+    return load_questions("eval_worlds")[: args.questions]
+
+
+def report_of(report: dict) -> dict:
+    keys = ("n", "accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops",
+            "format_errors")
+    return {k: report[k] for k in keys if k in report}
+
+
+def evaluate_model(spec: str, args, shots: int = 0) -> dict:
+    from mgrpo_ref.evaluate import evaluate, make_agent
+    from mgrpo_ref.policy import SamplingSettings
+
+    start = time.time()
+    agent = make_agent(spec, sampling=SamplingSettings(0.0, 1.0, args.max_new_tokens), quantization="none",
+                       shots=shots)
+    report, episodes = evaluate(held_out(args), {"main": agent, "sub": agent}, progress=False)
+    from mgrpo_ref.episode import transcript
+
+    return {**report_of(report), "seconds": round(time.time() - start, 1),
+            "example": transcript(episodes[0])}
+
+
+def zero_shot(args) -> dict:
+    return evaluate_model(str(MODEL), args)
+
+
+def few_shot(args) -> dict:
+    return {"shots": args.shots, **evaluate_model(str(MODEL), args, shots=args.shots)}
+
+
+def warm_up(args) -> dict:
+    from mgrpo_ref.sft import SFTConfig, warm_up as run_warm_up
+
+    cfg = SFTConfig(base=str(MODEL), steps=args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
+                    max_tokens=args.sft_max_tokens, eval_questions=0)
+    start = time.time()
+    summary = run_warm_up(cfg, RUNS / "sft", progress=True)
+    train_s = time.time() - start
+    return {"config": summary["config"], "final_loss": summary["final_loss"],
+            "seconds_per_step": round(train_s / cfg.steps, 2), "n_trajectories": summary["n_trajectories"],
+            "held_out": evaluate_model(str(RUNS / "sft" / "adapter"), args)}
+
+
+def mgrpo(args) -> dict:
+    from mgrpo_ref.config import TrainConfig
+    from mgrpo_ref.rundir import read_jsonl
+    from mgrpo_ref.train import Trainer
+
+    cfg = TrainConfig(base=str(RUNS / "sft" / "adapter"), quantization="none", steps=args.rl_steps,
+                      questions_per_step=args.rl_questions, rollouts=args.rl_rollouts,
+                      max_new_tokens=args.max_new_tokens, eval_questions=args.questions, eval_every=args.rl_steps,
+                      eval_sampled_temperature=0.0, checkpoint_every=1, lr=args.rl_lr)
+    run = RUNS / "mgrpo"
+    with Trainer(cfg, run, progress=True, resume=(run / "config.json").exists()) as trainer:
+        trainer.run()
+    metrics = read_jsonl(run / "metrics.jsonl")
+    steps = [m for m in metrics if m["step"] >= 1 and "time/step_s" in m]
+    evals = [m for m in metrics if "eval/accuracy" in m]
+    return {"config": {k: getattr(cfg, k) for k in ("steps", "questions_per_step", "rollouts", "lr", "max_new_tokens")},
+            "held_out_before": {k[5:]: v for k, v in evals[0].items() if k.startswith("eval/")},
+            "held_out_after": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")},
+            "seconds_per_step": [round(m["time/step_s"], 1) for m in steps],
+            "peak_mib": {agent: max(m.get(f"memory/{agent}_host_peak_mib", 0) for m in steps) for agent in ("main", "sub")},
+            "reward_mean": {agent: [m.get(f"{agent}/reward_mean") for m in steps] for agent in ("main", "sub")}}
+
+
+def merge(args) -> dict:
+    """Teacher-forced loss on the agent's tokens of held-out demonstrations (the noisy teacher on
+    held-out questions) under four models: the warm-up adapter on the base (continue), and the
+    warm-up merged into the base (merge), each at full precision and in NF4."""
+    import torch
+
+    from mgrpo_ref.batching import collate, encode_trajectory
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.policy import load_policy
+    from mgrpo_ref.pretrain import masked_nll
+    from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
+    from mgrpo_ref.sft import merge_warm_up
+    from mgrpo_ref.tools import ToolsByWorld
+
+    teacher = ScriptedAgent(TeacherNoise(), seed=1)
+    episodes = run_episodes(held_out(args)[:40], ToolsByWorld(), {"main": teacher, "sub": teacher})
+    trajectories = [t for e in episodes for t in [e.main, *e.subs]]
+    merged = merge_warm_up(RUNS / "sft" / "adapter", RUNS / "sft-merged")
+    losses = {}
+    for way, path in (("continue", RUNS / "sft" / "adapter"), ("merge", merged)):
+        for quantization in ("none", "nf4"):
+            policy = load_policy(path, quantization=quantization, trainable=False, device="cpu")
+            data = [encode_trajectory(policy.render(t), policy.encode) for t in trajectories]
+            total = weight = 0.0
+            with torch.no_grad():
+                for start in range(0, len(data), 8):
+                    batch = collate(data[start:start + 8], policy.pad_id)
+                    n = float(batch["loss_mask"][:, 1:].sum())
+                    total += masked_nll(policy.model, batch, context_weight=0.0).item() * n
+                    weight += n
+            losses[f"{way}/{quantization}"] = round(total / weight, 5)
+    return {"n_trajectories": len(trajectories), "loss": losses}
+
+
+def run_stage(stage: str, args) -> dict:
+    start = time.time()
+    result = globals()[stage](args)
+    return {"stage": stage, **result, "wall_s": round(time.time() - start, 1), "peak_mib": result.get("peak_mib", round(peak_mib()))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--questions", type=int, default=60, help="held-out questions per evaluation")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--shots", type=int, default=2)
+    parser.add_argument("--sft-steps", type=int, default=150)
+    parser.add_argument("--sft-batch", type=int, default=4)
+    parser.add_argument("--sft-lr", type=float, default=5e-4)
+    parser.add_argument("--sft-max-tokens", type=int, default=512)
+    parser.add_argument("--rl-steps", type=int, default=10)
+    parser.add_argument("--rl-questions", type=int, default=4)
+    parser.add_argument("--rl-rollouts", type=int, default=4)
+    parser.add_argument("--rl-lr", type=float, default=1e-4)
+    parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)  # run one stage in this process
+    args = parser.parse_args()
+    if args.one:
+        result = run_stage(args.one, args)
+        result["command"] = "python benchmarks/real_model_cpu.py " + " ".join(
+            a for a in sys.argv[1:] if not a.startswith("--one") and a != args.one)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / f"{args.one}.json").write_text(json.dumps(result, indent=1) + "\n")
+        return
+    if not (MODEL / "config.json").exists():
+        sys.exit(f"error: no model at {MODEL}; run `make smollm2` first")
+    for stage in args.stages:
+        if (OUT / f"{stage}.json").exists():
+            print(f"{stage}: done ({OUT / f'{stage}.json'})")
+            continue
+        print(f"{stage}: running", flush=True)
+        settings = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
+                    if key not in ("stages", "one")]
+        proc = subprocess.run([sys.executable, __file__, *settings, "--one", stage])
+        if proc.returncode:
+            sys.exit(f"error: stage {stage} failed (exit status {proc.returncode})")
+        result = json.loads((OUT / f"{stage}.json").read_text())
+        print(f"{stage}: {json.dumps({k: v for k, v in result.items() if k != 'example'})[:600]}")
+
+
+if __name__ == "__main__":
+    main()
