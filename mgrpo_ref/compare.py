@@ -175,10 +175,13 @@ def base_and_final(records: list[dict], steps: int, run_dir: Path) -> tuple[dict
 
 
 def curves(records: list[dict]) -> dict[str, list]:
-    """Learning-curve data from a run's metrics records."""
+    """Learning-curve data from a run's metrics records. Per training step also the format
+    validity of each role's rollouts and the gradient norm (before clipping) of each adapter:
+    "grad_norm" is the one adapter of single_agent and shared, and main's otherwise."""
     out: dict[str, list] = {"eval_step": [], "eval_accuracy": [], "eval_sampled_accuracy": [],
                             "eval_mean_sub_calls": [], "step": [], "main_reward": [], "sub_reward": [],
-                            "train_sub_calls": []}
+                            "train_sub_calls": [], "main_format_valid": [], "sub_format_valid": [],
+                            "grad_norm": [], "sub_grad_norm": []}
     for r in records:
         if "eval/accuracy" in r:
             out["eval_step"].append(r["step"])
@@ -190,6 +193,11 @@ def curves(records: list[dict]) -> dict[str, list]:
             out["main_reward"].append(r.get("main/reward_mean"))  # the single agent's too
             out["sub_reward"].append(r.get("sub/reward_mean"))
             out["train_sub_calls"].append(r["rollout/mean_sub_calls"])
+            out["main_format_valid"].append(r.get("main/format_valid"))
+            out["sub_format_valid"].append(r.get("sub/format_valid"))
+            out["grad_norm"].append(next((r[f"{name}/grad_norm"] for name in ("main", "single", "shared")
+                                          if f"{name}/grad_norm" in r), None))
+            out["sub_grad_norm"].append(r.get("sub/grad_norm"))
     return out
 
 
