@@ -56,7 +56,7 @@ from pathlib import Path
 from .cli import nonnegative_int, one_line, output_dir
 from .config import VARIANTS, TrainConfig
 from .episode import transcript
-from .evaluate import evaluate, make_agent
+from .evaluate import evaluate, failure_kind, make_agent
 from .policy import REPO_ROOT, SamplingSettings, model_location
 from .stats import paired_difference
 from . import rundir
@@ -141,6 +141,14 @@ def greedy_episodes(cfg: TrainConfig, adapters: Path | None, questions: list, to
     agents = {role: loaded[agent] for role, agent in layout.learners.items()}
     _, episodes = evaluate(questions, agents, layout.mode, cfg.limits, progress=False, tools_for=tools_for)
     return episodes
+
+
+def what_happened(episode) -> str:
+    """One episode's outcome in words: ``evaluate.failure_kind`` for a multi-agent episode
+    (where it first left the gold chain); for a single agent, whether it was correct."""
+    if episode.mode == "multi":
+        return failure_kind(episode)
+    return "correct" if episode.correct else ("format" if not episode.main.format_valid else "wrong answer")
 
 
 def questions_to_show(cfg: TrainConfig, tools_for, pool: int = 60) -> list:
@@ -534,7 +542,10 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
                 shown = questions_to_show(cfg, tools_for)
                 results["shown_questions"] = [q.qid for q in shown]
             if mode not in results["base_episodes"]:
-                results["base_episodes"][mode] = [transcript(e) for e in greedy_episodes(cfg, None, shown, tools_for)]
+                base_shown = greedy_episodes(cfg, None, shown, tools_for)
+                results["base_episodes"][mode] = [transcript(e) for e in base_shown]
+                results.setdefault("base_episode_outcomes", {})[mode] = [what_happened(e) for e in base_shown]
+            final_shown = greedy_episodes(cfg, rundir.latest_checkpoint(run_dir), shown, tools_for)
             results["runs"].append({
                 "variant": variant, "seed": seed, "mode": mode,
                 "config": json.loads((run_dir / rundir.CONFIG).read_text()),
@@ -542,7 +553,8 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
                 "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
                 "curves": curves(records),
                 "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in records), 1),
-                "episodes": [transcript(e) for e in greedy_episodes(cfg, rundir.latest_checkpoint(run_dir), shown, tools_for)]})
+                "episodes": [transcript(e) for e in final_shown],
+                "episode_outcomes": [what_happened(e) for e in final_shown]})
             write_reports(results, out)
             print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",
                   flush=True)

@@ -8,6 +8,7 @@ import pytest
 from mgrpo_ref import compare
 from mgrpo_ref.compare import base_and_final, curves, metrics, run_comparison, table, train_run
 from mgrpo_ref.config import TrainConfig
+from mgrpo_ref.evaluate import FAILURE_KINDS
 from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.protocol import ROLE_INSTRUCTIONS
 
@@ -76,12 +77,14 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     # seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds
     assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("single_agent", 0),
                                                                   ("mgrpo", 1), ("single_agent", 1)]
-    assert set(saved["base_episodes"]) == {"multi", "single"}
+    assert set(saved["base_episodes"]) == set(saved["base_episode_outcomes"]) == {"multi", "single"}
     assert len(saved["shown_questions"]) == 3 and len(set(saved["shown_questions"])) == 3
     for r in saved["runs"]:
         assert 0 <= r["greedy"]["accuracy"] <= 1 and 0 <= r["sampled"]["accuracy"] <= 1
         assert r["curves"]["step"] == [1, 2] and r["curves"]["eval_step"] == [0, 1, 2]
         assert len(r["episodes"]) == 3 and r["config"]["steps"] == 2
+        kinds = FAILURE_KINDS if r["mode"] == "multi" else ("correct", "format", "wrong answer")
+        assert len(r["episode_outcomes"]) == 3 and set(r["episode_outcomes"]) <= set(kinds)
         # the reports are the run's own first and last evaluations, greedy and sampled
         evals = [json.loads(line) for line in
                  (tmp_path / "runs" / f"{r['variant']}-s{r['seed']}" / "metrics.jsonl").read_text().splitlines()]
