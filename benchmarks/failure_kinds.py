@@ -10,7 +10,9 @@ agent's format, a subtask off the chain, a subtask past the last hop, a sub-agen
 a gold hop, an answer before the last hop, a wrong final answer), and the delegations are
 counted for each gold chain length. The base plays once (every arm starts from the same base:
 the runs' step 0). Counts go to ``--out`` as JSON, and the mean count per arm over its seeds
-as a markdown table (``.md`` beside it); runs are read, never trained.
+as a markdown table (``.md`` beside it); runs are read, never trained. A run already counted
+in ``--out`` is kept as it is (a finished run's adapters never change), so a second call
+plays only the runs finished since; ``--again`` plays them all.
 """
 
 from __future__ import annotations
@@ -72,12 +74,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", type=Path, nargs="?", default=Path("runs/compare-cpu"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/comparison-cpu/failure_kinds.json"))
+    parser.add_argument("--again", action="store_true",
+                        help="play every run again; by default the runs already counted in --out are kept")
     args = parser.parse_args()
     tools_for = ToolsByWorld()
     results: dict = {"runs": str(args.runs), "arms": {"base": {}}}
+    if args.out.exists() and not args.again:  # the runs counted before (their adapters are final)
+        results = json.loads(args.out.read_text())
     for arm, seed, run in finished_runs(args.runs):
         cfg = TrainConfig.load(run / rundir.CONFIG)
-        if LAYOUTS[cfg.variant].mode != "multi":
+        if LAYOUTS[cfg.variant].mode != "multi" or str(seed) in results["arms"].get(arm, {}):
             continue
         questions = held_out_questions(cfg)
         if not results["arms"]["base"]:
