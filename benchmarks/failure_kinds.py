@@ -70,6 +70,12 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", type=Path, nargs="?", default=Path("runs/compare-cpu"))
@@ -81,6 +87,10 @@ def main() -> None:
     results: dict = {"runs": str(args.runs), "arms": {"base": {}}}
     if args.out.exists() and not args.again:  # the runs counted before (their adapters are final)
         results = json.loads(args.out.read_text())
+        if results.get("runs") != str(args.runs):
+            parser.error(f"{args.out} counts the runs of {results.get('runs')}, not {args.runs}: "
+                         "choose another --out, or --again to count these instead")
+        results["runs"] = str(args.runs)
     for arm, seed, run in finished_runs(args.runs):
         cfg = TrainConfig.load(run / rundir.CONFIG)
         if LAYOUTS[cfg.variant].mode != "multi" or str(seed) in results["arms"].get(arm, {}):
@@ -92,9 +102,8 @@ def main() -> None:
         after = counts(greedy_episodes(cfg, rundir.latest_checkpoint(run), questions, tools_for))
         results["arms"].setdefault(arm, {})[str(seed)] = after
         print(f"{arm} seed {seed}: " + ", ".join(f"{k} {after[k]}" for k in FAILURE_KINDS), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(table(results))
+        write(results, args.out)  # after every run: a pass that is stopped loses nothing it counted
+    write(results, args.out)
     print(table(results))
 
 
