@@ -90,7 +90,6 @@ def main() -> None:
         if results.get("runs") != str(args.runs):
             parser.error(f"{args.out} counts the runs of {results.get('runs')}, not {args.runs}: "
                          "choose another --out, or --again to count these instead")
-        results["runs"] = str(args.runs)
     for arm, seed, run in finished_runs(args.runs):
         cfg = TrainConfig.load(run / rundir.CONFIG)
         if LAYOUTS[cfg.variant].mode != "multi" or str(seed) in results["arms"].get(arm, {}):
