@@ -61,7 +61,7 @@ smollm2: setup
 # local model directory or hub name, e.g. make real-gpu REAL_BASE=Qwen/Qwen2.5-0.5B-Instruct.
 # A finished warm-up is kept, and the comparison resumes where it stopped.
 REAL_BASE ?= models/SmolLM2-135M-Instruct
-REAL_NAME := $(notdir $(REAL_BASE))
+REAL_NAME := $(notdir $(patsubst %/,%,$(REAL_BASE)))
 real-gpu: setup
 	$(if $(filter models/SmolLM2-135M-Instruct,$(REAL_BASE)),test -d $(REAL_BASE) || $(MAKE) smollm2)
 	test -f runs/sft-gpu-$(REAL_NAME)/adapter/adapter_config.json || \

@@ -87,7 +87,7 @@ def main() -> None:
     results: dict = {"runs": str(args.runs), "arms": {"base": {}}}
     if args.out.exists() and not args.again:  # the runs counted before (their adapters are final)
         results = json.loads(args.out.read_text())
-        if results.get("runs") != str(args.runs):
+        if Path(results.get("runs", "")).resolve() != args.runs.resolve():
             parser.error(f"{args.out} counts the runs of {results.get('runs')}, not {args.runs}: "
                          "choose another --out, or --again to count these instead")
     for arm, seed, run in finished_runs(args.runs):

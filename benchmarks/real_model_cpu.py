@@ -82,11 +82,10 @@ def warm_up(args) -> dict:
 
     cfg = SFTConfig(base=str(MODEL), steps=args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
                     max_tokens=args.sft_max_tokens, eval_questions=0)
-    start = time.time()
     summary = run_warm_up(cfg, RUNS / "sft", progress=True)
-    train_s = time.time() - start
     return {"config": summary["config"], "final_loss": summary["final_loss"],
-            "seconds_per_step": round(train_s / cfg.steps, 2), "n_trajectories": summary["n_trajectories"],
+            "seconds_per_step": round(summary["train_seconds"] / cfg.steps, 2),
+            "n_trajectories": summary["n_trajectories"],
             "held_out": evaluate_model(str(RUNS / "sft" / "adapter"), args)}
 
 
@@ -100,6 +99,8 @@ def mgrpo(args) -> dict:
                       max_new_tokens=args.max_new_tokens, eval_questions=args.questions, eval_every=args.rl_steps,
                       eval_sampled_temperature=0.0, checkpoint_every=1, lr=args.rl_lr)
     run = RUNS / "mgrpo"
+    if (run / "config.json").exists() and TrainConfig.load(run / "config.json") != cfg:
+        sys.exit(f"error: {run} holds a run with other settings; remove it to train these")
     with Trainer(cfg, run, progress=True, resume=(run / "config.json").exists()) as trainer:
         trainer.run()
     metrics = read_jsonl(run / "metrics.jsonl")

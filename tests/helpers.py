@@ -1,4 +1,4 @@
-"""Shared test helpers: a replaying agent and question lookup."""
+"""Shared test helpers: a replaying agent, question lookup, and a metrics line without what varies run to run."""
 
 from mgrpo_ref.world import load_questions
 
@@ -16,3 +16,9 @@ class Replay:
 def one_question(hops):
     """The first evaluation question with ``hops`` hops."""
     return next(q for q in load_questions("eval") if q.n_hops == hops)
+
+
+def deterministic(record: dict) -> dict:
+    """A metrics line without what a seed does not decide: wall-clock timings and memory peaks."""
+    return {k: v for k, v in record.items()
+            if not k.startswith(("time/", "memory/")) and not k.endswith(("update_s", "store_s"))}

@@ -205,8 +205,8 @@ def test_every_preset_gives_every_arm_a_valid_config(preset):
     for arm in compare.ARMS:
         cfg = compare.run_config(compare.PRESETS[preset], arm, 0, [])
         assert cfg.variant == compare.ARMS[arm][0] and cfg.seed == 0
-    if preset == "real-gpu":  # the warmed-up real model, in 4-bit
-        assert cfg.quantization == "nf4" and cfg.base.endswith("/adapter")
+        if preset == "real-gpu":  # the warmed-up real model, in 4-bit
+            assert cfg.quantization == "nf4" and cfg.base.endswith("/adapter")
 
 
 def test_the_real_model_preset_without_its_warm_up_is_refused_in_one_line(tmp_path, capsys):

@@ -24,6 +24,7 @@ def test_the_warm_up_writes_its_adapter_curve_and_held_out_check(warmed):
     assert saved["config"]["steps"] == 6 and len(saved["losses"]) == 6 and saved["n_trajectories"] > 0
     assert set(saved["held_out"]) == {"accuracy", "format_valid", "sub_format_valid", "mean_sub_calls"}
     assert 0 < saved["n_agent_tokens"] and summary["held_out"] == saved["held_out"]
+    assert 0 < saved["train_seconds"] <= saved["seconds"]  # the loop alone, and the whole warm-up
 
 
 def test_m_grpo_continues_the_warm_up_adapter(warmed):
