@@ -15,7 +15,7 @@ roles played by the same model, on the first ``--questions`` held-out questions 
     few_shot    with two worked conversations per role before each question (chat.few_shot)
     warm_up     after the supervised warm-up (sft.py; its run in runs/real-model-cpu/sft)
     mgrpo       M-GRPO from the warm-up adapter (runs/real-model-cpu/mgrpo): accuracy before and
-                after, seconds and peak memory per step
+                after, seconds and peak memory per step; to train on, delete mgrpo.json and pass a larger --rl-steps
     merge       continue the warm-up adapter, or merge it into the base first: the loss on
                 held-out teacher demonstrations of each way, at full precision and in NF4
 """
@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,11 +97,11 @@ def mgrpo(args) -> dict:
 
     cfg = TrainConfig(base=str(RUNS / "sft" / "adapter"), quantization="none", steps=args.rl_steps,
                       questions_per_step=args.rl_questions, rollouts=args.rl_rollouts,
-                      max_new_tokens=args.max_new_tokens, eval_questions=args.questions, eval_every=args.rl_steps,
+                      max_new_tokens=args.max_new_tokens, eval_questions=args.questions, eval_every=5,
                       eval_sampled_temperature=0.0, checkpoint_every=1, lr=args.rl_lr)
     run = RUNS / "mgrpo"
-    if (run / "config.json").exists() and TrainConfig.load(run / "config.json") != cfg:
-        sys.exit(f"error: {run} holds a run with other settings; remove it to train these")
+    if (run / "config.json").exists() and replace(TrainConfig.load(run / "config.json"), steps=cfg.steps) != cfg:
+        sys.exit(f"error: {run} holds a run with other settings; remove it to train these")  # more steps is fine
     with Trainer(cfg, run, progress=True, resume=(run / "config.json").exists()) as trainer:
         trainer.run()
     metrics = read_jsonl(run / "metrics.jsonl")
