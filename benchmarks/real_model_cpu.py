@@ -35,8 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
-RUNS = ROOT / "runs" / "real-model-cpu"
-OUT = ROOT / "benchmarks" / "results" / "real-model-cpu"
 STAGES = ("zero_shot", "few_shot", "warm_up", "mgrpo", "merge")
 
 
@@ -71,23 +69,23 @@ def evaluate_model(spec: str, args, shots: int = 0) -> dict:
 
 
 def zero_shot(args) -> dict:
-    return evaluate_model(str(MODEL), args)
+    return evaluate_model(str(args.model), args)
 
 
 def few_shot(args) -> dict:
-    return {"shots": args.shots, **evaluate_model(str(MODEL), args, shots=args.shots)}
+    return {"shots": args.shots, **evaluate_model(str(args.model), args, shots=args.shots)}
 
 
 def warm_up(args) -> dict:
     from mgrpo_ref.sft import SFTConfig, warm_up as run_warm_up
 
-    cfg = SFTConfig(base=str(MODEL), steps=args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
+    cfg = SFTConfig(base=str(args.model), steps=args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
                     max_tokens=args.sft_max_tokens, eval_questions=0)
-    summary = run_warm_up(cfg, RUNS / "sft", progress=True)
+    summary = run_warm_up(cfg, args.runs / "sft", progress=True)
     return {"config": summary["config"], "final_loss": summary["final_loss"],
             "seconds_per_step": round(summary["train_seconds"] / cfg.steps, 2),
             "n_trajectories": summary["n_trajectories"],
-            "held_out": evaluate_model(str(RUNS / "sft" / "adapter"), args)}
+            "held_out": evaluate_model(str(args.runs / "sft" / "adapter"), args)}
 
 
 def mgrpo(args) -> dict:
@@ -95,11 +93,11 @@ def mgrpo(args) -> dict:
     from mgrpo_ref.rundir import read_jsonl
     from mgrpo_ref.train import Trainer
 
-    cfg = TrainConfig(base=str(RUNS / "sft" / "adapter"), quantization="none", steps=args.rl_steps,
+    cfg = TrainConfig(base=str(args.runs / "sft" / "adapter"), quantization="none", steps=args.rl_steps,
                       questions_per_step=args.rl_questions, rollouts=args.rl_rollouts,
                       max_new_tokens=args.max_new_tokens, eval_questions=args.questions, eval_every=5,
                       eval_sampled_temperature=0.0, checkpoint_every=1, lr=args.rl_lr)
-    run = RUNS / "mgrpo"
+    run = args.runs / "mgrpo"
     if (run / "config.json").exists() and replace(TrainConfig.load(run / "config.json"), steps=cfg.steps) != cfg:
         sys.exit(f"error: {run} holds a run with other settings; remove it to train these")  # more steps is fine
     with Trainer(cfg, run, progress=True, resume=(run / "config.json").exists()) as trainer:
@@ -132,9 +130,9 @@ def merge(args) -> dict:
     teacher = ScriptedAgent(TeacherNoise(), seed=1)
     episodes = run_episodes(held_out(args)[:40], ToolsByWorld(), {"main": teacher, "sub": teacher})
     trajectories = [t for e in episodes for t in [e.main, *e.subs]]
-    merged = merge_warm_up(RUNS / "sft" / "adapter", RUNS / "sft-merged")
+    merged = merge_warm_up(args.runs / "sft" / "adapter", args.runs / "sft-merged")
     losses = {}
-    for way, path in (("continue", RUNS / "sft" / "adapter"), ("merge", merged)):
+    for way, path in (("continue", args.runs / "sft" / "adapter"), ("merge", merged)):
         for quantization in ("none", "nf4"):
             policy = load_policy(path, quantization=quantization, trainable=False, device="cpu")
             data = [encode_trajectory(policy.render(t), policy.encode) for t in trajectories]
@@ -158,6 +156,10 @@ def run_stage(stage: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--model", type=Path, default=MODEL, help="the instruct model's directory")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "real-model-cpu", help="its runs (warm-up, M-GRPO)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real-model-cpu",
+                        help="one JSON per stage")
     parser.add_argument("--questions", type=int, default=60, help="held-out questions per evaluation")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--shots", type=int, default=2)
@@ -175,14 +177,14 @@ def main() -> None:
         result = run_stage(args.one, args)
         result["command"] = "python benchmarks/real_model_cpu.py " + " ".join(
             a for a in sys.argv[1:] if not a.startswith("--one") and a != args.one)
-        OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / f"{args.one}.json").write_text(json.dumps(result, indent=1) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.one}.json").write_text(json.dumps(result, indent=1) + "\n")
         return
-    if not (MODEL / "config.json").exists():
-        sys.exit(f"error: no model at {MODEL}; run `make smollm2` first")
+    if not (args.model / "config.json").exists():
+        sys.exit(f"error: no model at {args.model}; run `make smollm2` first")
     for stage in args.stages:
-        if (OUT / f"{stage}.json").exists():
-            print(f"{stage}: done ({OUT / f'{stage}.json'})")
+        if (args.out / f"{stage}.json").exists():
+            print(f"{stage}: done ({args.out / f'{stage}.json'})")
             continue
         print(f"{stage}: running", flush=True)
         settings = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
@@ -190,7 +192,7 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, *settings, "--one", stage])
         if proc.returncode:
             sys.exit(f"error: stage {stage} failed (exit status {proc.returncode})")
-        result = json.loads((OUT / f"{stage}.json").read_text())
+        result = json.loads((args.out / f"{stage}.json").read_text())
         print(f"{stage}: {json.dumps({k: v for k, v in result.items() if k != 'example'})[:600]}")
 
 
