@@ -162,8 +162,8 @@ class TrainConfig:
         check_int("keep_checkpoints", self.keep_checkpoints, minimum=0)
         if not isinstance(self.record_steps, tuple):
             raise ConfigError("record_steps", self.record_steps, "must be steps, e.g. record_steps=1,30,60")
-        for step in self.record_steps:
-            check_int("record_steps", step, minimum=1)
+        for step in self.record_steps:  # a step the run never reaches would record nothing, silently
+            check_int("record_steps", step, minimum=1, maximum=self.steps)
         if self.sub_staleness and self.variant != "mgrpo":
             raise ConfigError("sub_staleness", self.sub_staleness,
                               "needs a sub-agent that trains its own adapter: variant=mgrpo only")

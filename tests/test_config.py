@@ -97,6 +97,7 @@ def test_every_value_is_accepted_or_refused_as_its_rule_says(field, raw):
     ("reward.nosuch=1", "unknown config field 'reward.nosuch'"),
     ("steps", "is not key=value"),
     ("=3", "is not key=value"),
+    ("record_steps=1,101", "record_steps=101 is invalid: must be an integer in [1, 100]"),  # past the last step
 ])
 def test_named_bad_overrides_are_refused_in_one_line(override, says):
     with pytest.raises(ValueError) as err:
