@@ -139,13 +139,20 @@ def trajectory_html(t: dict) -> str:
             f'<div class="text" style="{STYLE["text"]}">{"".join(spans)}</div></div>')
 
 
-def question_fragment(records: list[dict], question: int) -> str:
-    """The K rollouts of question ``question`` (its index in the step) as one self-contained
-    <div>: every style inline, nothing that reaches outside it."""
+def question_trajectories(records: list[dict], question: int) -> list[dict]:
+    """Every recorded trajectory of question ``question`` (its index in the step), both
+    agents'; a ValueError naming the recorded questions if there is none."""
     found = [t for r in records for t in r["trajectories"] if t["question_index"] == question]
     if not found:
         n = len({t["question_index"] for r in records for t in r["trajectories"]})
         raise ValueError(f"no question {question} in this step's records (questions 0..{n - 1})")
+    return found
+
+
+def question_fragment(records: list[dict], question: int) -> str:
+    """The K rollouts of question ``question`` (its index in the step) as one self-contained
+    <div>: every style inline, nothing that reaches outside it."""
+    found = question_trajectories(records, question)
     step, qid = records[0]["step"], found[0]["qid"]
     blocks = []
     for rollout in sorted({t["rollout"] for t in found}):
@@ -164,8 +171,7 @@ def question_fragment(records: list[dict], question: int) -> str:
 def question_html(records: list[dict], question: int) -> str:
     """A standalone HTML page holding ``question_fragment``."""
     fragment = question_fragment(records, question)
-    step, qid = records[0]["step"], next(t["qid"] for r in records for t in r["trajectories"]
-                                         if t["question_index"] == question)
+    step, qid = records[0]["step"], question_trajectories(records, question)[0]["qid"]
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>step {step}, question {question} ({html.escape(qid)})</title></head>
 <body style="margin: 1.5em">
