@@ -20,6 +20,7 @@ reads and writes, thread counts and timing. ``WorkerHandle`` is the controller's
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import traceback
@@ -225,6 +226,11 @@ class WorkerHandle:
         raise WorkerDied(f"the {self.agent} worker (pid {self.process.pid}) died while {self.doing} "
                          f"(exit code {self.process.exitcode})")
 
+    @functools.cached_property
+    def chat(self):
+        """The worker's model's chat format (``chat.ChatFormat``, None for our base), asked once."""
+        return self.request("chat_format")
+
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit; kill it if it does not answer in time (it may be stuck
         waiting for store records that a failed peer will never write)."""
@@ -251,9 +257,7 @@ class WorkerAgent:
         return self.handle.request("act", role, contexts, self.temperature)
 
     def render(self, trajectory):
-        """The trajectory in the worker's model's own format (chat.py), asked of the worker once."""
+        """The trajectory in the worker's model's own format (chat.py)."""
         from .chat import render
 
-        if not hasattr(self.handle, "chat"):
-            self.handle.chat = self.handle.request("chat_format")
         return render(trajectory, self.handle.chat)
