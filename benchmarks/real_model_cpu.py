@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -36,10 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 STAGES = ("zero_shot", "few_shot", "warm_up", "mgrpo", "merge")
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def held_out(args):
@@ -55,6 +50,7 @@ def report_of(report: dict) -> dict:
 
 
 def evaluate_model(spec: str, args, shots: int = 0) -> dict:
+    from mgrpo_ref.episode import transcript
     from mgrpo_ref.evaluate import evaluate, make_agent
     from mgrpo_ref.policy import SamplingSettings
 
@@ -62,8 +58,6 @@ def evaluate_model(spec: str, args, shots: int = 0) -> dict:
     agent = make_agent(spec, sampling=SamplingSettings(0.0, 1.0, args.max_new_tokens), quantization="none",
                        shots=shots)
     report, episodes = evaluate(held_out(args), {"main": agent, "sub": agent}, progress=False)
-    from mgrpo_ref.episode import transcript
-
     return {**report_of(report), "seconds": round(time.time() - start, 1),
             "example": transcript(episodes[0])}
 
@@ -148,9 +142,12 @@ def merge(args) -> dict:
 
 
 def run_stage(stage: str, args) -> dict:
+    from mgrpo_ref.worker import peak_memory_mib
+
     start = time.time()
-    result = globals()[stage](args)
-    return {"stage": stage, **result, "wall_s": round(time.time() - start, 1), "peak_mib": result.get("peak_mib", round(peak_mib()))}
+    result = globals()[stage](args)  # the mgrpo stage reports its workers' peaks; the others, this process's
+    return {"stage": stage, **result, "wall_s": round(time.time() - start, 1),
+            "peak_mib": result.get("peak_mib", round(peak_memory_mib()["host_peak_mib"]))}
 
 
 def main() -> None:
