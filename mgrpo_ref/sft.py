@@ -4,8 +4,9 @@ teacher's demonstrations, written in the model's own chat format.
     python -m mgrpo_ref.sft --base models/SmolLM2-135M-Instruct --out runs/sft-smollm2
     python -m mgrpo_ref.train --variant mgrpo base=runs/sft-smollm2/adapter quantization=none
 
-An instruct model has never seen our tag protocol; zero-shot it answers in prose, every
-trajectory is format-invalid, every reward 0, and reinforcement learning has no signal. The
+An instruct model has never seen our tag protocol; zero-shot it tends to answer in prose
+instead of our tags, such a trajectory is format-invalid and its reward 0, and a group of
+them gives reinforcement learning no signal. The
 warm-up shows it the protocol: the demonstrations are the ones our tiny base learns from
 (``pretrain.demonstrations``, the noisy teacher over training worlds, with the same planted
 habit of answering after the first hop), each rendered through the model's chat template
