@@ -67,7 +67,7 @@ from .world import WORLD_SCALES, load_questions
 
 PRESETS = {
     # The CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: make train's held-out
-    # curves are flat from about step 40 (docs/results.md, "The comparison's budget").
+    # curves are flat from about step 40 (docs/results.md, "make train").
     "cpu": ["steps=60", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
     # A larger base, batch and step count for one GPU of 24 GB or less (docs/gpu.md).
     "gpu": ["base=runs/base-gpu", "quantization=nf4", "steps=200", "questions_per_step=32", "rollouts=8",
