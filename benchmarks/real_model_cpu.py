@@ -2,8 +2,9 @@
 M-GRPO run: format validity and accuracy at each stage, time and peak memory.
 
     make smollm2                                          # once: models/SmolLM2-135M-Instruct
-    python benchmarks/real_model_cpu.py                   # every stage not done yet (about 1.5 h on 2 cores)
+    python benchmarks/real_model_cpu.py                   # every stage not done yet (about 1 h on 2 cores)
     python benchmarks/real_model_cpu.py --stages zero_shot few_shot
+    python benchmarks/real_model_cpu.py --summary          # summary.md again from the stages' JSON files
 
 Each stage runs in a process of its own (so its peak memory is its own) and writes
 ``benchmarks/results/real-model-cpu/<stage>.json`` when it finishes; a finished stage is
@@ -27,6 +28,7 @@ import json
 import subprocess
 import sys
 import time
+from statistics import fmean
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,12 +101,15 @@ def mgrpo(args) -> dict:
     metrics = read_jsonl(run / "metrics.jsonl")
     steps = [m for m in metrics if m["step"] >= 1 and "time/step_s" in m]
     evals = [m for m in metrics if "eval/accuracy" in m]
-    return {"config": {k: getattr(cfg, k) for k in ("steps", "questions_per_step", "rollouts", "lr", "max_new_tokens")},
+    return {"config": {k: getattr(cfg, k) for k in ("steps", "questions_per_step", "rollouts", "lr", "max_new_tokens",
+                                                    "eval_questions")},
             "held_out_before": {k[5:]: v for k, v in evals[0].items() if k.startswith("eval/")},
             "held_out_after": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")},
             "seconds_per_step": [round(m["time/step_s"], 1) for m in steps],
             "peak_mib": {agent: max(m.get(f"memory/{agent}_host_peak_mib", 0) for m in steps) for agent in ("main", "sub")},
-            "reward_mean": {agent: [m.get(f"{agent}/reward_mean") for m in steps] for agent in ("main", "sub")}}
+            "reward_mean": {agent: [m.get(f"{agent}/reward_mean") for m in steps] for agent in ("main", "sub")},
+            "rollout_sub_calls": [m.get("rollout/mean_sub_calls") for m in steps],
+            "held_out_curve": {m["step"]: m["eval/accuracy"] for m in evals}}
 
 
 def merge(args) -> dict:
@@ -150,6 +155,50 @@ def run_stage(stage: str, args) -> dict:
             "peak_mib": result.get("peak_mib", round(peak_memory_mib()["host_peak_mib"]))}
 
 
+def percent(x) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def summary(out: Path) -> str:
+    """Markdown tables from the stages' JSON files in out (the stages not run yet are left out):
+    held-out figures per stage, time and peak memory, and the merge comparison."""
+    found = {stage: json.loads((out / f"{stage}.json").read_text()) for stage in STAGES if (out / f"{stage}.json").exists()}
+    rows = []  # (model, report, seconds per step, peak MiB)
+    if "zero_shot" in found:
+        rows.append(("as it comes", found["zero_shot"], "", found["zero_shot"]["peak_mib"]))
+    if "few_shot" in found:
+        rows.append((f"{found['few_shot']['shots']}-shot prompt", found["few_shot"], "", found["few_shot"]["peak_mib"]))
+    if "warm_up" in found:
+        w = found["warm_up"]
+        rows.append((f"after the warm-up ({w['config']['steps']} steps of {w['config']['batch_size']})", w["held_out"],
+                     f"{w['seconds_per_step']:.2f}", w["peak_mib"]))
+    if "mgrpo" in found:
+        m = found["mgrpo"]
+        steps = m["seconds_per_step"]
+        rows.append((f"after M-GRPO ({len(steps)} steps of {m['config']['questions_per_step']} x {m['config']['rollouts']})",
+                     m["held_out_after"], f"{sum(steps) / len(steps):.1f}", round(max(m["peak_mib"].values()))))
+    lines = ["| model | n | main format valid | sub format valid | accuracy | sub-agent calls per question | s per training step | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r, seconds, peak in rows:
+        n = r.get("n", found.get("mgrpo", {}).get("config", {}).get("eval_questions", ""))  # M-GRPO's evaluations log no n
+        lines.append(f"| {name} | {n} | {percent(r.get('format_valid'))} | {percent(r.get('sub_format_valid')) or 'no call'} | "
+                     f"{percent(r.get('accuracy'))} | {r.get('mean_sub_calls', 0):.2f} | {seconds} | {peak} |")
+    text = "\n".join(lines) + "\n"
+    if "mgrpo" in found and found["mgrpo"].get("rollout_sub_calls"):
+        m, k = found["mgrpo"], 5
+        calls, main, sub = m["rollout_sub_calls"], m["reward_mean"]["main"], m["reward_mean"]["sub"]
+        text += (f"\n| M-GRPO's training rollouts (T = 1), mean of | sub-agent calls per rollout | main agent's reward | "
+                 f"sub-agent's reward |\n|---|---|---|---|\n"
+                 f"| steps 1-{k} | {fmean(calls[:k]):.2f} | {fmean(main[:k]):.2f} | {fmean(sub[:k]):.2f} |\n"
+                 f"| steps {len(calls) - k + 1}-{len(calls)} | {fmean(calls[-k:]):.2f} | {fmean(main[-k:]):.2f} | "
+                 f"{fmean(sub[-k:]):.2f} |\n")
+    if "merge" in found:
+        loss = found["merge"]["loss"]
+        text += ("\n| warm-up as | loss, full precision | loss, NF4 |\n|---|---|---|\n"
+                 + "".join(f"| {way} | {loss[way + '/none']:.4f} | {loss[way + '/nf4']:.4f} |\n" for way in ("continue", "merge")))
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
@@ -164,12 +213,17 @@ def main() -> None:
     parser.add_argument("--sft-batch", type=int, default=4)
     parser.add_argument("--sft-lr", type=float, default=5e-4)
     parser.add_argument("--sft-max-tokens", type=int, default=512)
-    parser.add_argument("--rl-steps", type=int, default=10)
+    parser.add_argument("--rl-steps", type=int, default=30)
     parser.add_argument("--rl-questions", type=int, default=4)
     parser.add_argument("--rl-rollouts", type=int, default=4)
     parser.add_argument("--rl-lr", type=float, default=1e-4)
+    parser.add_argument("--summary", action="store_true", help="only write summary.md from the stages already run")
     parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)  # run one stage in this process
     args = parser.parse_args()
+    if args.summary:
+        (args.out / "summary.md").write_text(summary(args.out))
+        print((args.out / "summary.md").read_text(), end="")
+        return
     if args.one:
         result = run_stage(args.one, args)
         result["command"] = "python benchmarks/real_model_cpu.py " + " ".join(
@@ -185,12 +239,14 @@ def main() -> None:
             continue
         print(f"{stage}: running", flush=True)
         settings = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                    if key not in ("stages", "one")]
+                    if key not in ("stages", "one", "summary")]
         proc = subprocess.run([sys.executable, __file__, *settings, "--one", stage])
         if proc.returncode:
             sys.exit(f"error: stage {stage} failed (exit status {proc.returncode})")
         result = json.loads((args.out / f"{stage}.json").read_text())
         print(f"{stage}: {json.dumps({k: v for k, v in result.items() if k != 'example'})[:600]}")
+    (args.out / "summary.md").write_text(summary(args.out))
+    print(f"summary: {args.out / 'summary.md'}")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,29 @@ def test_every_speed_row_in_the_docs_comes_from_the_speed_tables(path, heading):
     assert not typed, f"{path.name}: rows not in {SPEED.relative_to(ROOT)}: {typed}"
 
 
+REAL_MODEL = ROOT / "benchmarks" / "results" / "real-model-cpu"
+
+
+def test_the_real_model_summary_is_what_its_stages_give():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_model_cpu import summary
+
+    assert (REAL_MODEL / "summary.md").read_text() == summary(REAL_MODEL), \
+        "run: python benchmarks/real_model_cpu.py --summary"
+
+
+@pytest.mark.parametrize("path, heading", [(README, "Bring your own model"),
+                                           (ROOT / "docs" / "real-model.md", "5. Measured on this CPU")])
+def test_every_real_model_row_in_the_docs_comes_from_the_summary(path, heading):
+    rows = section_table_rows(path.read_text(), heading)
+    committed = set((REAL_MODEL / "summary.md").read_text().splitlines())
+    assert len(rows) >= 5, f"{path.name}: no real-model table under '## {heading}'"
+    typed = [row for row in rows if row not in committed]
+    assert not typed, f"{path.name}: rows not in {(REAL_MODEL / 'summary.md').relative_to(ROOT)}: {typed}"
+
+
 @pytest.mark.parametrize("path", [README, ROOT / "docs" / "results.md"], ids=lambda p: p.name)
 def test_every_paired_difference_in_the_docs_comes_from_the_committed_results(path):
     committed = set((ROOT / "benchmarks" / "results" / "comparison-cpu" / "differences.md").read_text().splitlines())
