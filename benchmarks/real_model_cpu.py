@@ -109,6 +109,7 @@ def mgrpo(args) -> dict:
             "peak_mib": {agent: max(m.get(f"memory/{agent}_host_peak_mib", 0) for m in steps) for agent in ("main", "sub")},
             "reward_mean": {agent: [m.get(f"{agent}/reward_mean") for m in steps] for agent in ("main", "sub")},
             "rollout_sub_calls": [m.get("rollout/mean_sub_calls") for m in steps],
+            "equal_reward_frac": {agent: [m.get(f"{agent}/equal_reward_frac") for m in steps] for agent in ("main", "sub")},
             "held_out_curve": {m["step"]: m["eval/accuracy"] for m in evals}}
 
 
@@ -151,6 +152,7 @@ def run_stage(stage: str, args) -> dict:
 
     start = time.time()
     result = globals()[stage](args)  # the mgrpo stage reports its workers' peaks; the others, this process's
+    # wall_s: this invocation only (a resumed M-GRPO stage counts the steps it ran itself)
     return {"stage": stage, **result, "wall_s": round(time.time() - start, 1),
             "peak_mib": result.get("peak_mib", round(peak_memory_mib()["host_peak_mib"]))}
 
@@ -184,14 +186,17 @@ def summary(out: Path) -> str:
         lines.append(f"| {name} | {n} | {percent(r.get('format_valid'))} | {percent(r.get('sub_format_valid')) or 'no call'} | "
                      f"{percent(r.get('accuracy'))} | {r.get('mean_sub_calls', 0):.2f} | {seconds} | {peak} |")
     text = "\n".join(lines) + "\n"
-    if "mgrpo" in found and found["mgrpo"].get("rollout_sub_calls"):
-        m, k = found["mgrpo"], 5
-        calls, main, sub = m["rollout_sub_calls"], m["reward_mean"]["main"], m["reward_mean"]["sub"]
-        text += (f"\n| M-GRPO's training rollouts (T = 1), mean of | sub-agent calls per rollout | main agent's reward | "
-                 f"sub-agent's reward |\n|---|---|---|---|\n"
-                 f"| steps 1-{k} | {fmean(calls[:k]):.2f} | {fmean(main[:k]):.2f} | {fmean(sub[:k]):.2f} |\n"
-                 f"| steps {len(calls) - k + 1}-{len(calls)} | {fmean(calls[-k:]):.2f} | {fmean(main[-k:]):.2f} | "
-                 f"{fmean(sub[-k:]):.2f} |\n")
+    calls = found.get("mgrpo", {}).get("rollout_sub_calls") or []
+    k = min(5, len(calls) // 2)  # two windows of k steps: the first and the last
+    if k >= 1 and None not in calls and "equal_reward_frac" in found["mgrpo"]:  # older runs lack it
+        m = found["mgrpo"]
+        main, sub, flat = m["reward_mean"]["main"], m["reward_mean"]["sub"], m["equal_reward_frac"]["main"]
+        text += ("\n| M-GRPO's training rollouts (T = 1), over | sub-agent calls per rollout | main agent's reward | "
+                 "sub-agent's reward | steps where every main-agent group had one reward |\n|---|---|---|---|---|\n")
+        for name, window in ((f"steps 1-{k}", slice(0, k)), (f"steps {len(calls) - k + 1}-{len(calls)}", slice(-k, None))):
+            text += (f"| {name} | {fmean(calls[window]):.2f} | {fmean(main[window]):.2f} | {fmean(sub[window]):.2f} | "
+                     f"{sum(f == 1.0 for f in flat[window])} of {k} |\n")
+        text += f"| all {len(calls)} steps |  |  |  | {sum(f == 1.0 for f in flat)} of {len(calls)} |\n"
     if "merge" in found:
         loss = found["merge"]["loss"]
         text += ("\n| warm-up as | loss, full precision | loss, NF4 |\n|---|---|---|\n"
