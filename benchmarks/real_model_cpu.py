@@ -28,9 +28,9 @@ import json
 import subprocess
 import sys
 import time
-from statistics import fmean
 from dataclasses import replace
 from pathlib import Path
+from statistics import fmean
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -165,31 +165,29 @@ def summary(out: Path) -> str:
     """Markdown tables from the stages' JSON files in out (the stages not run yet are left out):
     held-out figures per stage, time and peak memory, and the merge comparison."""
     found = {stage: json.loads((out / f"{stage}.json").read_text()) for stage in STAGES if (out / f"{stage}.json").exists()}
-    rows = []  # (model, report, seconds per step, peak MiB)
-    if "zero_shot" in found:
-        rows.append(("as it comes", found["zero_shot"], "", found["zero_shot"]["peak_mib"]))
-    if "few_shot" in found:
-        rows.append((f"{found['few_shot']['shots']}-shot prompt", found["few_shot"], "", found["few_shot"]["peak_mib"]))
+    rows = []  # (model, report, n, seconds per step, peak MiB)
+    for stage, name in (("zero_shot", "as it comes"), ("few_shot", f"{found.get('few_shot', {}).get('shots')}-shot prompt")):
+        if stage in found:
+            rows.append((name, found[stage], found[stage]["n"], "", found[stage]["peak_mib"]))
     if "warm_up" in found:
         w = found["warm_up"]
         rows.append((f"after the warm-up ({w['config']['steps']} steps of {w['config']['batch_size']})", w["held_out"],
-                     f"{w['seconds_per_step']:.2f}", w["peak_mib"]))
-    if "mgrpo" in found:
-        m = found["mgrpo"]
+                     w["held_out"]["n"], f"{w['seconds_per_step']:.2f}", w["peak_mib"]))
+    m = found.get("mgrpo")
+    if m:
         steps = m["seconds_per_step"]
         rows.append((f"after M-GRPO ({len(steps)} steps of {m['config']['questions_per_step']} x {m['config']['rollouts']})",
-                     m["held_out_after"], f"{sum(steps) / len(steps):.1f}", round(max(m["peak_mib"].values()))))
+                     m["held_out_after"], m["config"]["eval_questions"], f"{fmean(steps):.1f}",
+                     round(max(m["peak_mib"].values()))))
     lines = ["| model | n | main format valid | sub format valid | accuracy | sub-agent calls per question | s per training step | peak memory (MiB) |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, r, seconds, peak in rows:
-        n = r.get("n", found.get("mgrpo", {}).get("config", {}).get("eval_questions", ""))  # M-GRPO's evaluations log no n
+    for name, r, n, seconds, peak in rows:
         lines.append(f"| {name} | {n} | {percent(r.get('format_valid'))} | {percent(r.get('sub_format_valid')) or 'no call'} | "
                      f"{percent(r.get('accuracy'))} | {r.get('mean_sub_calls', 0):.2f} | {seconds} | {peak} |")
     text = "\n".join(lines) + "\n"
-    calls = found.get("mgrpo", {}).get("rollout_sub_calls") or []
+    calls = (m or {}).get("rollout_sub_calls") or []
     k = min(5, len(calls) // 2)  # two windows of k steps: the first and the last
-    if k >= 1 and None not in calls and "equal_reward_frac" in found["mgrpo"]:  # older runs lack it
-        m = found["mgrpo"]
+    if k >= 1 and None not in calls and "equal_reward_frac" in m:  # older runs lack it
         main, sub, flat = m["reward_mean"]["main"], m["reward_mean"]["sub"], m["equal_reward_frac"]["main"]
         text += ("\n| M-GRPO's training rollouts (T = 1), over | sub-agent calls per rollout | main agent's reward | "
                  "sub-agent's reward | steps where every main-agent group had one reward |\n|---|---|---|---|---|\n")
@@ -202,6 +200,12 @@ def summary(out: Path) -> str:
         text += ("\n| warm-up as | loss, full precision | loss, NF4 |\n|---|---|---|\n"
                  + "".join(f"| {way} | {loss[way + '/none']:.4f} | {loss[way + '/nf4']:.4f} |\n" for way in ("continue", "merge")))
     return text
+
+
+def write_summary(out: Path) -> Path:
+    path = out / "summary.md"
+    path.write_text(summary(out))
+    return path
 
 
 def main() -> None:
@@ -226,8 +230,7 @@ def main() -> None:
     parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)  # run one stage in this process
     args = parser.parse_args()
     if args.summary:
-        (args.out / "summary.md").write_text(summary(args.out))
-        print((args.out / "summary.md").read_text(), end="")
+        print(write_summary(args.out).read_text(), end="")
         return
     if args.one:
         result = run_stage(args.one, args)
@@ -250,8 +253,7 @@ def main() -> None:
             sys.exit(f"error: stage {stage} failed (exit status {proc.returncode})")
         result = json.loads((args.out / f"{stage}.json").read_text())
         print(f"{stage}: {json.dumps({k: v for k, v in result.items() if k != 'example'})[:600]}")
-    (args.out / "summary.md").write_text(summary(args.out))
-    print(f"summary: {args.out / 'summary.md'}")
+    print(f"summary: {write_summary(args.out)}")
 
 
 if __name__ == "__main__":
