@@ -6,7 +6,7 @@
    base (2,066 tokens) and of SmolLM2 (49,152), by torch.multinomial and by
    ``policy.sample_by_inverse_cdf``, median of 200 draws.
 2. Generation at equal work: every ``act`` call of the default config's first ``--steps``
-   training steps (the committed base playing both roles at T = 1, ``real_steps.py``) is
+   training steps (the committed base playing both roles at T = 1, ``common.real_steps``) is
    recorded, then replayed through ``generate`` with exactly ``max_new_tokens`` new tokens
    per row (stop tokens off), in four arms, alternating:
 
@@ -27,18 +27,10 @@ Prints both and writes benchmarks/results/generation.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from real_steps import policy_and_config, real_steps, recording_act_calls  # noqa: E402
+from common import learner_and_config, machine, parser, real_steps, recording_act_calls, write_result
 
 
 def multinomial_draw(scores, generator):
@@ -50,12 +42,7 @@ def multinomial_draw(scores, generator):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", default=str(ROOT / "data" / "base"))
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation.json")
-    args = parser.parse_args()
+    args = parser("generation", __doc__, steps=2, repeats=3).parse_args()
 
     import torch
 
@@ -79,9 +66,9 @@ def main() -> None:
                       "ratio_inverse_cdf_over_multinomial": median["inverse cdf"] / median["multinomial"]})
         print(f"one draw, 64 rows, vocabulary {vocab}: " + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in median.items()))
 
-    policy, cfg = policy_and_config(args.base)  # the default: nf4_on_cpu=dequantized
-    packed, _ = policy_and_config(args.base, nf4_on_cpu="packed")
-    with recording_act_calls(policy) as calls:  # (role, contexts) of every act call of the steps
+    learner, cfg = learner_and_config(args.base)  # the default: nf4_on_cpu=dequantized
+    policy, packed = learner.policy, learner_and_config(args.base, nf4_on_cpu="packed")[0].policy
+    with recording_act_calls(policy) as calls:  # the role and contexts of every act call of the steps
         for _ in real_steps(policy, cfg, args.steps):
             pass
 
@@ -109,16 +96,14 @@ def main() -> None:
     policy_module.sample_by_inverse_cdf = draws["inverse cdf"]
     median = {arm: statistics.median(s) for arm, s in seconds.items()}
     summary = {"command": f"python benchmarks/bench_generation.py --steps {args.steps} --repeats {args.repeats}",
-               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+               "machine": machine(),
                "draw_alone": alone,
                "generation": {"calls": len(calls), "rows": sum(len(c) for _, c in calls), "new_tokens_per_row": n,
                               "median_s": median, "seconds": seconds,
                               "ratio_to_before": {arm: m / median["before"] for arm, m in median.items()}}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1) + "\n")
     print("generation at equal work, against 'before': " + ", ".join(
-        f"{arm} x{r:.2f}" for arm, r in summary["generation"]["ratio_to_before"].items() if arm != "before")
-        + f"  -> {args.out}")
+        f"{arm} x{r:.2f}" for arm, r in summary["generation"]["ratio_to_before"].items() if arm != "before"))
+    write_result(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
     python benchmarks/bench_limits.py [--base data/base] [--steps 2] [--repeats 2]
 
 Two ratios, on the default config's first ``--steps`` steps played by the committed base
-(``real_steps.py``):
+(``common.real_steps``):
 
-1. **The update.** Each step's main and sub batches are updated (``step.policy_update``,
-   learning rate 0, on the threads each worker gets) and timed. The work is counted from
+1. **The update.** Each learner's share of each step (``step.learner_step``, through
+   ``common.timed_shares``: its half, then its update, on the threads its worker gets,
+   every repeat on the same adapter) is run and its update timed (the ``update_s`` of
+   ``step.clipped_update``). The work is counted from
    the model's shapes and the tokens processed (the ``update_flops`` rules below) and
    divided by the time: the achieved FLOP/s. The same model's matrix products are then
    timed alone (``torch.nn.functional.linear`` at each linear layer's shape, as many rows as
@@ -34,18 +36,10 @@ Prints both and writes benchmarks/results/limits.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from real_steps import policy_and_config, real_steps, recording_act_calls, update  # noqa: E402
+from common import learner_and_config, machine, parser, real_steps, recording_act_calls, timed_shares, write_result
 
 
 def linear_shapes(policy) -> list[tuple[int, int, bool]]:
@@ -95,46 +89,32 @@ def matmul_rate(policy, rows: int, repeats: int = 20) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", default=str(ROOT / "data" / "base"))
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "limits.json")
-    args = parser.parse_args()
+    args = parser("limits", __doc__, steps=2, repeats=2).parse_args()
 
     import torch
 
-    from mgrpo_ref.step import main_half, sub_half
-    from mgrpo_ref.worker import update_threads
-
-    policy, cfg = policy_and_config(args.base)
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.0)
-    cores = torch.get_num_threads()
+    learner, cfg = learner_and_config(args.base)
+    policy = learner.policy
     updates = []
     with recording_act_calls(policy) as calls:
         steps = list(real_steps(policy, cfg, args.steps))
     for step, episodes in steps:
-        main = main_half(episodes, cfg, policy)
-        halves = {"main": main, "sub": sub_half(episodes, main.correct, cfg, policy, step)}
-        for agent, half in halves.items():
-            threads = update_threads(agent, cores, cfg.d_max, cfg.sub_batch)
-            torch.set_num_threads(threads)
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                update(policy, optimizer, half.batch, cfg)
-                times.append(time.perf_counter() - start)
+        shares = timed_shares({"main": learner, "sub": learner}, episodes, cfg, step, args.repeats, worker_threads=True)
+        for name, share in shares.items():
+            (half,) = share.halves
             tokens_per_microbatch = int(half.batch.attention_mask.sum()) / -(-len(half.batch) // cfg.microbatch)
+            cores = torch.get_num_threads()
+            torch.set_num_threads(share.threads)  # on the update's threads
             rate = matmul_rate(policy, int(tokens_per_microbatch))
             torch.set_num_threads(cores)
-            flops, seconds = update_flops(policy, half.batch), statistics.median(times)
-            updates.append({"step": step, "agent": agent, "threads": threads, "gflops": flops / 1e9,
+            flops, seconds = update_flops(policy, half.batch), statistics.median(share.update_s)
+            updates.append({"step": step, "learner": name, "threads": share.threads, "gflops": flops / 1e9,
                             "seconds": seconds, "achieved_gflop_s": flops / seconds / 1e9,
                             "matmul_gflop_s": rate / 1e9, "ratio": flops / seconds / rate})
             u = updates[-1]
-            print(f"step {step} {agent:4s} update: {u['gflops']:.2f} GFLOP in {seconds:.2f} s on {threads} thread(s) = "
-                  f"{u['achieved_gflop_s']:.2f} GFLOP/s; its matmuls alone {u['matmul_gflop_s']:.1f} GFLOP/s "
-                  f"(x{u['ratio']:.3f})", flush=True)
+            print(f"step {step} {name:4s} update: {u['gflops']:.2f} GFLOP in {seconds:.2f} s on {share.threads} "
+                  f"thread(s) = {u['achieved_gflop_s']:.2f} GFLOP/s; its matmuls alone {u['matmul_gflop_s']:.1f} "
+                  f"GFLOP/s (x{u['ratio']:.3f})", flush=True)
 
     new_tokens, start = 0, time.perf_counter()
     for role, contexts in calls:
@@ -156,16 +136,14 @@ def main() -> None:
     print(f"generation: {new_tokens} new tokens in {generation_s:.1f} s = {generation['tokens_per_s']:.0f} tokens/s; "
           f"one forward pass of 64 x 128 tokens: {forward_rate:.0f} tokens/s (x{generation['ratio']:.3f})")
     summary = {"command": f"python benchmarks/bench_limits.py --steps {args.steps} --repeats {args.repeats}",
-               "machine": f"{platform.machine()}, {cores} torch threads",
+               "machine": machine(),
                "config": {"questions_per_step": cfg.questions_per_step, "rollouts": cfg.rollouts, "d_max": cfg.d_max,
                           "microbatch": cfg.microbatch, "sub_batch": cfg.sub_batch, "quantization": cfg.quantization},
                "update": updates,
-               "update_ratio_median": {agent: statistics.median(u["ratio"] for u in updates if u["agent"] == agent)
-                                       for agent in ("main", "sub")},
+               "update_ratio_median": {name: statistics.median(u["ratio"] for u in updates if u["learner"] == name)
+                                       for name in ("main", "sub")},
                "generation": generation}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"-> {args.out}")
+    write_result(args.out, summary)
 
 
 if __name__ == "__main__":

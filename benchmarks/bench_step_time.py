@@ -19,20 +19,14 @@ to the others, and writes benchmarks/results/step_time.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from mgrpo_ref.rundir import read_jsonl  # noqa: E402
+from common import ROOT, machine, parser, write_result
 
 SHORT = ["eval_questions=8", "eval_sampled_temperature=0"]
 
@@ -47,6 +41,8 @@ def extract(commit: str) -> Path:
 
 def train(tree: Path, steps: int, overrides: list[str]) -> dict:
     """Run the trainer of ``tree`` and average its step records."""
+    from mgrpo_ref.rundir import read_jsonl
+
     run_dir = Path(tempfile.mkdtemp(prefix="step-time-")) / "run"
     settings = [f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}", *SHORT, *overrides]
     subprocess.run([sys.executable, "-m", "mgrpo_ref.train", "--run-dir", str(run_dir), "--quiet", *settings],
@@ -57,14 +53,10 @@ def train(tree: Path, steps: int, overrides: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--before", default="7307547", help="the commit to compare against")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_time.json")
-    args = parser.parse_args()
-
-    import torch
+    options = parser("step_time", __doc__, steps=10, base=False)
+    options.add_argument("--pairs", type=int, default=2)
+    options.add_argument("--before", default="7307547", help="the commit to compare against")
+    args = options.parse_args()
 
     before = extract(args.before)
     arms = {"before": (before, []), "now, slots": (ROOT, ["sub_batch=slots"]), "now": (ROOT, [])}
@@ -81,7 +73,7 @@ def main() -> None:
 
     summary = {"command": f"python benchmarks/bench_step_time.py --steps {args.steps} --pairs {args.pairs} "
                           f"--before {args.before}",
-               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+               "machine": machine(),
                "before": args.before,
                "mean_s": {arm: {key: mean(arm, key) for key in ("step_s", "rollout_s", "update_wall_s")} for arm in arms},
                "ratio_step_now_over_before": mean("now", "step_s") / mean("before", "step_s"),
@@ -89,12 +81,11 @@ def main() -> None:
                "ratio_rollouts_now_over_before": mean("now", "rollout_s") / mean("before", "rollout_s"),
                "ratio_update_phase_now_over_before": mean("now", "update_wall_s") / mean("before", "update_wall_s"),
                "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"now / before ({args.before}): step time x{summary['ratio_step_now_over_before']:.2f} (rollouts "
           f"x{summary['ratio_rollouts_now_over_before']:.2f}, update phase "
           f"x{summary['ratio_update_phase_now_over_before']:.2f}); now / now with slots: "
-          f"x{summary['ratio_step_now_over_now_slots']:.2f}  -> {args.out}")
+          f"x{summary['ratio_step_now_over_now_slots']:.2f}")
+    write_result(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ the group's standard deviation like ours, with its own small constant.
                         (how TRL loads a 4-bit base), the adapter in fp32
     trl, dequantized    the same on the base dequantised once (``nf4_on_cpu``)
     trl, bf16 adapter   TRL as its users get it: packed layers, its bf16 adapter
-    ours                our step (``Policy.act``, ``group_advantages``, ``trajectory_batch``,
-                        ``policy_update``), the base dequantised once: our CPU default
+    ours                our step (``Policy.act``, ``main_advantages``, ``trajectory_batch``,
+                        ``clipped_update``), the base dequantised once: our CPU default
     ours, packed        our step on the packed 4-bit layers
 
 The matched ratios hold the base the same way on both sides: "ours, packed" against "trl",
@@ -62,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,12 +115,13 @@ def load(nf4_on_cpu: str):
 def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
     import torch
 
-    from mgrpo_ref.advantages import group_advantages
+    from mgrpo_ref.advantages import main_advantages
     from mgrpo_ref.batching import encode_trajectory, trajectory_batch
     from mgrpo_ref.episode import Segment, Trajectory
-    from mgrpo_ref.step import policy_update
+    from mgrpo_ref.step import clipped_update
 
     policy, cfg = load(nf4_on_cpu)
+    cfg = replace(cfg, epochs=1, microbatch=16, kl_coef=0.0)  # the workload's, whatever the defaults
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=tuple(cfg.betas))
     baseline_mb = peak_mb()
@@ -130,12 +132,10 @@ def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
         contexts = [prompt for prompt, _ in chunk for _ in range(K)]  # (B*K,), prompt-major
         turns = policy.act("sub", contexts)
         rewards = torch.tensor([reward(t, gold) for t, (_, gold) in zip(turns, [c for c in chunk for _ in range(K)])])
-        advantages = group_advantages(rewards.view(B, K), eps=cfg.adv_eps).flatten()  # (B*K,)
+        advantages = main_advantages(rewards.view(B, K), eps=cfg.adv_eps).flatten()  # (B*K,)
         sequences = [encode_trajectory(Trajectory("sub", [Segment("prompt", c), Segment("agent", t)]), policy.encode)
                      for c, t in zip(contexts, turns)]
-        policy_update(policy, optimizer, trajectory_batch(sequences, advantages, policy.pad_id), epochs=1,
-                      microbatch=16, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=0.0,
-                      max_grad_norm=cfg.max_grad_norm)
+        clipped_update(policy, optimizer, trajectory_batch(sequences, advantages, policy.pad_id), cfg)
         if step > 0:  # step 0 warms up
             times.append(time.perf_counter() - start)
             tokens.append(sum(len(policy.encode(t)) for t in turns))

@@ -2,8 +2,9 @@
 
     python benchmarks/compare_variants.py [--preset cpu|gpu|smoke] [--seeds 0 1 2] [key=value ...]
 
-The work is done by ``mgrpo_ref.compare`` (which notebook 06 imports too); see its docstring
-for what is written where.
+The work is done by ``mgrpo_ref.compare`` (its tables by ``mgrpo_ref.compare_tables``, its
+figures by ``mgrpo_ref.compare_plots``; notebook 06 imports all three); see its docstring for
+what is written where.
 """
 
 import sys

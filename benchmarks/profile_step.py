@@ -2,9 +2,10 @@
 
     python benchmarks/profile_step.py [--steps 3] [--base data/base] [key=value ...]
 
-Runs the default config's first ``--steps`` steps in one process (``step.one_step``, the same
-functions the workers call, so the phases run one after another rather than overlapping as
-they do in the two-process pipeline), with timers around:
+Runs the default config's first ``--steps`` steps in one process (``step.one_step``: each
+learner's share through ``step.learner_step``, as the workers run it, but the phases run one
+after another rather than overlapping as they do in the two-process pipeline), with timers
+around:
 
     generation, per role     each ``Policy.act`` call, split into
                              tokenisation (the tokenizer's encode and decode calls),
@@ -14,7 +15,7 @@ they do in the two-process pipeline), with timers around:
     batching                 each half of step.py outside its own update (rewards, advantages,
                              alignment, encoding trajectories into batches)
     update, per learner      forward passes (``token_logprobs``), the optimiser step, and the
-                             rest of ``policy_update`` (mostly backward)
+                             rest of ``clipped_update`` (mostly backward)
     store                    writing and reading one step's rollout rows (a temporary store)
     evaluation               one held-out evaluation of ``eval_questions`` greedily, timed once
 
@@ -24,9 +25,6 @@ overhead of their own (a clock read per forward pass).
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -34,8 +32,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import machine, parser, write_result
 
 
 class Clock:
@@ -48,6 +45,17 @@ class Clock:
     def add(self, name: str, seconds: float, count: int = 1) -> None:
         self.seconds[name] += seconds
         self.counts[name] += count
+
+    def timed(self, call, name: str):
+        """``call``, its time added to ``name`` at each call."""
+
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            out = call(*args, **kwargs)
+            self.add(name, time.perf_counter() - start)
+            return out
+
+        return timed_call
 
 
 class TimedTokenizer:
@@ -99,12 +107,9 @@ def time_forward_passes(model, clock: Clock, role_of_call: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--base", default=str(ROOT / "data" / "base"))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "profile_step.json")
-    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    args = parser.parse_args()
+    options = parser("profile_step", __doc__, steps=3)
+    options.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    args = options.parse_args()
 
     import torch
 
@@ -128,24 +133,8 @@ def main() -> None:
         policy = learner.policy
         policy.tokenizer = TimedTokenizer(policy.tokenizer, clock, generating)
         time_forward_passes(policy.model.get_base_model(), clock, generating)
-        timed_logprobs = policy.token_logprobs
-
-        def token_logprobs(*a, _inner=timed_logprobs, _name=name, **k):
-            start = time.perf_counter()
-            out = _inner(*a, **k)
-            clock.add(f"update/{_name}/forward", time.perf_counter() - start)
-            return out
-
-        policy.token_logprobs = token_logprobs
-        optimizer_step = learner.optimizer.step
-
-        def timed_step(*a, _inner=optimizer_step, _name=name, **k):
-            start = time.perf_counter()
-            out = _inner(*a, **k)
-            clock.add(f"update/{_name}/optimiser", time.perf_counter() - start)
-            return out
-
-        learner.optimizer.step = timed_step
+        policy.token_logprobs = clock.timed(policy.token_logprobs, f"update/{name}/forward")
+        learner.optimizer.step = clock.timed(learner.optimizer.step, f"update/{name}/optimiser")
 
     class TimedAgent:
         def __init__(self, policy):
@@ -161,18 +150,11 @@ def main() -> None:
                       count=sum(len(self.policy.tokenizer._inner(t, add_special_tokens=False)["input_ids"]) for t in out))
             return out
 
-    # The halves and updates, timed from outside: batching = half - nothing; update = policy_update.
-    for name in ("main_half", "sub_half", "policy_update"):
-        inner = getattr(step_module, name)
-
-        def timed(*a, _inner=inner, _name=name, **k):
-            start = time.perf_counter()
-            out = _inner(*a, **k)
-            key = "update/policy_update" if _name == "policy_update" else f"batching/{_name}"
-            clock.add(key, time.perf_counter() - start)
-            return out
-
-        setattr(step_module, name, timed)
+    # The halves and updates, timed from outside (learner_step calls them from the module):
+    # batching = half - nothing; update = clipped_update.
+    for name in ("main_half", "sub_half", "clipped_update"):
+        key = "update/clipped_update" if name == "clipped_update" else f"batching/{name}"
+        setattr(step_module, name, clock.timed(getattr(step_module, name), key))
 
     pool, tools = load_questions("train"), ToolsByWorld()
     store_dir = Path(tempfile.mkdtemp(prefix="profile-store-"))
@@ -220,11 +202,11 @@ def main() -> None:
         rows.append(("  the rest of generate and act", total - prefill - decode))
     rows.append(("  tokenisation inside generation (all roles)", s["tokenisation/generation"]))
     rows.append(("environment (tools, parsing, episode control)", s["rollouts"] - generation_total))
-    update_total = s["update/policy_update"]
+    update_total = s["update/clipped_update"]
     batching = s["batching/main_half"] + s["batching/sub_half"]
     rows.append(("batching (rewards, advantages, alignment, encoding)", batching))
     rows.append(("  of which tokenisation (encoding trajectories)", s["tokenisation/batching"]))
-    rows.append(("update (policy_update, all learners)", update_total))
+    rows.append(("update (clipped_update, all learners)", update_total))
     for name in learners:
         rows.append((f"  {name}: forward", s[f"update/{name}/forward"]))
         rows.append((f"  {name}: optimiser step", s[f"update/{name}/optimiser"]))
@@ -240,7 +222,7 @@ def main() -> None:
     print(f"  {'evaluation of ' + str(cfg.eval_questions) + ' questions, greedy (once)':62s} "
           f"{wall['evaluation (once)']:7.3f} s")
     result = {"command": "python benchmarks/profile_step.py " + " ".join(sys.argv[1:]),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+              "machine": machine(),
               "config": {"questions_per_step": cfg.questions_per_step, "rollouts": cfg.rollouts,
                          "d_max": cfg.d_max, "sub_batch": cfg.sub_batch, "quantization": cfg.quantization,
                          "nf4_on_cpu": cfg.nf4_on_cpu, "microbatch": cfg.microbatch},
@@ -249,9 +231,7 @@ def main() -> None:
                           "seconds_per_step": seconds / n} for label, seconds in rows],
               "step_seconds": step_total / n, "evaluation_seconds": wall["evaluation (once)"],
               "raw_seconds": dict(s), "counts": counts}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"-> {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

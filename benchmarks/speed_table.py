@@ -44,12 +44,12 @@ def render() -> str:
                      f"{g['median_s']['before']:.2f} s | {g['median_s']['now']:.2f} s | x{g['ratio_to_before']['now']:.2f} |")
         commands.append(f"- (2) `{generation['command']}`: median of the repeats.")
     if update:
-        for agent in ("main", "sub"):
-            rows = [r for r in update["steps"] if r["agent"] == agent]
+        for learner in ("main", "sub"):
+            rows = [r for r in update["steps"] if r["learner"] == learner]
             before = sum(r["median_s"]["before"] for r in rows) / len(rows)
             now = sum(r["median_s"]["now"] for r in rows) / len(rows)
-            lines.append(f"| {agent}-agent update alone, mean over {len(rows)} steps (3) | {before:.2f} s | {now:.2f} s | "
-                         f"x{update['median_ratio_to_before'][agent]['now']:.2f} (median of the steps' ratios) |")
+            lines.append(f"| {learner}-agent update alone, mean over {len(rows)} steps (3) | {before:.2f} s | {now:.2f} s | "
+                         f"x{update['median_ratio_to_before'][learner]['now']:.2f} (median of the steps' ratios) |")
         commands.append(f"- (3) `{update['command']}`: each arm's median of the repeats, per step.")
     lines += [""] + commands
     if generation:
@@ -88,12 +88,12 @@ def render() -> str:
     if limits:
         lines += ["", "## Against this machine's limits", "",
                   "| measure | achieved | the machine at the same shapes | ratio |", "|---|---|---|---|"]
-        for agent in ("main", "sub"):
-            rows = [u for u in limits["update"] if u["agent"] == agent]
+        for learner in ("main", "sub"):
+            rows = [u for u in limits["update"] if u["learner"] == learner]
             achieved = sum(u["achieved_gflop_s"] for u in rows) / len(rows)
             peak = sum(u["matmul_gflop_s"] for u in rows) / len(rows)
-            lines.append(f"| {agent}-agent update, useful GFLOP/s ({rows[0]['threads']} thread) | {achieved:.2f} | "
-                         f"{peak:.1f} (its matrix products alone) | x{limits['update_ratio_median'][agent]:.3f} (median) |")
+            lines.append(f"| {learner}-agent update, useful GFLOP/s ({rows[0]['threads']} thread) | {achieved:.2f} | "
+                         f"{peak:.1f} (its matrix products alone) | x{limits['update_ratio_median'][learner]:.3f} (median) |")
         g = limits["generation"]
         lines.append(f"| generation, new tokens/s | {g['tokens_per_s']:.0f} | {g['forward_tokens_per_s']:.0f} (one "
                      f"forward pass of 64 x 128 tokens) | x{g['ratio']:.3f} |")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mgrpo_ref.evaluate import FAILURE_KINDS, evaluate, failure_counts, make_agent  # noqa: E402
 from mgrpo_ref.policy import SamplingSettings  # noqa: E402
 from mgrpo_ref.rundir import latest_checkpoint  # noqa: E402
-from mgrpo_ref.stats import paired_difference  # noqa: E402
+from mgrpo_ref.intervals import paired_difference  # noqa: E402
 from mgrpo_ref.world import WORLD_SCALES, load_questions  # noqa: E402
 
 TEAMS = (("base", "base"), ("trained", "base"), ("base", "trained"), ("trained", "trained"))

@@ -9,11 +9,11 @@ scale:
 where g is the group of sample i. The two agents differ only in what a group is:
 
 * main agent, Eq. (1): the K rollouts of one question; rewards arrive as a (B, K)
-  tensor and every row is a group -> `group_advantages`.
+  tensor and every row is a group -> `main_advantages`.
 * sub-agent, Eq. (2) [ours]: all the distinct (un-duplicated) sub trajectories that
   the K rollouts of one question produced; their number varies from question to
   question, so rewards arrive flat, (N,), with a group id per trajectory ->
-  `grouped_advantages`. The advantages are later copied into the aligned slots
+  `sub_advantages`. The advantages are later copied into the aligned slots
   (see alignment.gather_slots), so alignment never moves the baseline.
 
 Conventions shared by both:
@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def main_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Main-agent advantages, one group per row. Eq. (1)
 
         A[b, k] = (R[b, k] - mean_k R[b]) / (std_k R[b] + eps)
@@ -56,7 +56,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return advantages.masked_fill(equal[:, None], 0.0)  # (B, K)
 
 
-def grouped_advantages(
+def sub_advantages(
     rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
     """Sub-agent advantages: the same statistic within each group of equal id. Eq. (2)

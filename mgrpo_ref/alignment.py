@@ -20,7 +20,7 @@ with equal probability, so a dropped trajectory stays dropped and `n_dropped` me
 what it says: distinct trajectories that reach no slot.
 
 Alignment only decides which trajectory fills which slot. Advantages are computed
-over the distinct trajectories first (advantages.grouped_advantages) and then copied
+over the distinct trajectories first (advantages.sub_advantages) and then copied
 into the slots with `gather_slots`, so duplicating or dropping never moves a group's
 baseline. It does change how much weight each trajectory has in the token mean,
 which is why the fractions are logged every step.

@@ -88,19 +88,19 @@ def encode_trajectory(traj: Trajectory, encode: Callable[[str], list[int]]) -> E
 def collate(
     sequences: Sequence[Encoded], pad_id: int, max_len: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Right-pad N encoded sequences into one batch.
+    """Right-pad M encoded sequences into one batch of M rows.
 
     Args:
-        sequences: N pairs (ids, loss_mask), as from encode_trajectory.
+        sequences: M pairs (ids, loss_mask), as from encode_trajectory.
         pad_id: the id written into padding positions (they get attention 0, loss 0).
         max_len: if given, a longer sequence is an error. We never truncate silently:
             a cut trajectory would train the agent on a turn without its end.
 
     Returns:
-        input_ids: (N, T) long, T = the longest sequence (so T <= max_len).
-        attention_mask: (N, T) long, 1 on real tokens, 0 on padding.
-        loss_mask: (N, T) float, the sequences' loss masks, 0 on padding.
-        With N = 0 all three are empty tensors of shape (0, 0).
+        input_ids: (M, T) long, T = the longest sequence (so T <= max_len).
+        attention_mask: (M, T) long, 1 on real tokens, 0 on padding.
+        loss_mask: (M, T) float, the sequences' loss masks, 0 on padding.
+        With M = 0 all three are empty tensors of shape (0, 0).
 
     Raises:
         ValueError: a sequence is empty, its ids and mask differ in length, its mask is
@@ -108,11 +108,11 @@ def collate(
     """
     for i, (ids, mask) in enumerate(sequences):
         _check_sequence(i, ids, mask, max_len)
-    n = len(sequences)
+    m = len(sequences)
     t = max((len(ids) for ids, _ in sequences), default=0)
-    input_ids = torch.full((n, t), pad_id, dtype=torch.long)  # (N, T)
-    attention_mask = torch.zeros((n, t), dtype=torch.long)  # (N, T)
-    loss_mask = torch.zeros((n, t), dtype=torch.float)  # (N, T)
+    input_ids = torch.full((m, t), pad_id, dtype=torch.long)  # (M, T)
+    attention_mask = torch.zeros((m, t), dtype=torch.long)  # (M, T)
+    loss_mask = torch.zeros((m, t), dtype=torch.float)  # (M, T)
     for i, (ids, mask) in enumerate(sequences):
         length = len(ids)
         input_ids[i, :length] = torch.tensor(ids, dtype=torch.long)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from .checks import ConfigError, check_choice, check_int, check_number, check_text
 from .episode import Limits
-from .policy import NF4_ON_CPU, LoraSettings
 from .rewards import RewardConfig
 from .world import SPLITS
 
@@ -22,6 +21,33 @@ LR_SCHEDULES = ("constant", "linear")
 SUB_BATCHES = ("slots", "distinct")
 ALIGNMENTS = ("d_max", "none")
 EVAL_SPLITS = tuple(name for name in SPLITS if name != "train")
+
+
+NF4_ON_CPU = ("dequantized", "packed")
+"""How a 4-bit base is held on a CPU: see ``policy.dequantize_4bit_layers``."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter attached to every linear layer of the base."""
+
+    r: int = 16
+    """Rank of the update B @ A."""
+    alpha: int = 32
+    """Scale: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input (0: on-policy ratios stay exact)."""
+    target_modules: str | tuple[str, ...] = "all-linear"
+    """Which modules get adapters ("all-linear": every linear layer but the output head)."""
+
+    def __post_init__(self):
+        check_int("r", self.r, minimum=1)
+        check_int("alpha", self.alpha, minimum=1)
+        check_number("dropout", self.dropout, low=0, high=1, high_open=True)
+        names = (self.target_modules,) if isinstance(self.target_modules, str) else self.target_modules
+        if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ConfigError("target_modules", self.target_modules,
+                              'must be "all-linear" or a tuple of module names')
 
 
 def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
@@ -49,7 +75,7 @@ class TrainConfig:
     single_agent: one agent does every hop itself (GRPO); shared: one LoRA trained on both
     roles' data (the "one unified LLM" the paper argues against)."""
     seed: int = 0
-    """Seeds question sampling, alignment and every agent's sampling, per step."""
+    """Seeds question sampling, alignment and every learner's sampling, per step."""
     base: str = "data/base"
     """The base model: a local directory or a hub name."""
     quantization: str = "nf4"
@@ -100,7 +126,7 @@ class TrainConfig:
     adv_eps: float = 1e-6
     """epsilon of the advantage's denominator, std + eps."""
     max_grad_norm: float = 1.0
-    """Gradient clipping of each agent's adapter."""
+    """Gradient clipping of each learner's adapter."""
     microbatch: int = 16
     """Sequences per forward/backward (gradients accumulate to one token-level mean). On a CPU,
     16 rows was faster than 32 for the tiny base (``benchmarks/bench_update.py``)."""

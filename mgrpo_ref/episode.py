@@ -75,7 +75,7 @@ class Trajectory:
     outcome: str = "running"  # "final" | "format_error" | "turn_limit"
     error: str | None = None  # the FormatError reason, when outcome == "format_error"
     final: str | None = None  # the answer (main, single) or returned result (sub)
-    actions: list[tuple[str, str]] = field(default_factory=list)  # (kind, argument) of each executed turn
+    actions: list[tuple[str, str]] = field(default_factory=list)  # the kind and argument of each executed turn
     subtask: str | None = None  # the subtask a sub-agent was given (None for main and single)
 
     @property

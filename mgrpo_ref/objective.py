@@ -55,13 +55,13 @@ def clipped_surrogate_loss(
     tokens room to grow and slows the collapse of the policy's entropy.
 
     Args:
-        logp: (N, T) log-probs of the sampled tokens under the policy being trained.
-        logp_old: (N, T) log-probs under the policy that sampled them (a constant).
-        advantages: (N,) one advantage per sequence.
-        weights: (N, T) bool or float loss weights w_t (0 = no effect on the loss).
+        logp: (M, T) log-probs of the sampled tokens under the policy being trained.
+        logp_old: (M, T) log-probs under the policy that sampled them (a constant).
+        advantages: (M,) one advantage per sequence.
+        weights: (M, T) bool or float loss weights w_t (0 = no effect on the loss).
         eps_low, eps_high: the clip range is [1 - eps_low, 1 + eps_high].
         kl_coef: beta in Eq. (6); 0 turns the KL term off (the default, as in the release).
-        logp_ref: (N, T) log-probs under the reference (base) model; required when
+        logp_ref: (M, T) log-probs under the reference (base) model; required when
             kl_coef > 0, and when given its KL is logged even if kl_coef is 0.
 
     Returns:
@@ -75,28 +75,28 @@ def clipped_surrogate_loss(
     if kl_coef > 0 and logp_ref is None:
         raise ValueError("kl_coef > 0 needs logp_ref, the reference model's log-probs")
 
-    weight = weights.to(logp.dtype)  # (N, T)
-    active = weight != 0  # (N, T)
+    weight = weights.to(logp.dtype)  # (M, T)
+    active = weight != 0  # (M, T)
     # Padding positions often hold garbage such as -inf. Zero every log-prob there
     # before any exp, so that neither the loss nor its gradient can turn into NaN.
     # pi_old and pi_ref are constants: no gradient flows into them.
-    logp = torch.where(active, logp, 0.0)  # (N, T)
-    logp_old = torch.where(active, logp_old.detach(), 0.0)  # (N, T)
+    logp = torch.where(active, logp, 0.0)  # (M, T)
+    logp_old = torch.where(active, logp_old.detach(), 0.0)  # (M, T)
 
-    log_ratio = logp - logp_old  # (N, T)
-    ratio = torch.exp(log_ratio)  # (N, T)  Eq. (3)
-    adv = advantages.detach().to(logp.dtype)[:, None]  # (N, 1)
-    unclipped = ratio * adv  # (N, T)
-    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv  # (N, T)
-    surrogate = torch.minimum(unclipped, clipped)  # (N, T)  Eq. (4)
+    log_ratio = logp - logp_old  # (M, T)
+    ratio = torch.exp(log_ratio)  # (M, T)  Eq. (3)
+    adv = advantages.detach().to(logp.dtype)[:, None]  # (M, 1)
+    unclipped = ratio * adv  # (M, T)
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv  # (M, T)
+    surrogate = torch.minimum(unclipped, clipped)  # (M, T)  Eq. (4)
 
-    objective = surrogate  # (N, T)
+    objective = surrogate  # (M, T)
     kl_ref = None
     if logp_ref is not None:
-        logp_ref = torch.where(active, logp_ref.detach(), 0.0)  # (N, T)
-        kl_ref = k3_kl(logp, logp_ref)  # (N, T)  Eq. (5)
+        logp_ref = torch.where(active, logp_ref.detach(), 0.0)  # (M, T)
+        kl_ref = k3_kl(logp, logp_ref)  # (M, T)  Eq. (5)
         if kl_coef > 0:
-            objective = surrogate - kl_coef * kl_ref  # (N, T)
+            objective = surrogate - kl_coef * kl_ref  # (M, T)
 
     n_tokens = weight.sum()
     # A batch with no token divides 0 by 1 instead of 0: the loss is 0 and still
@@ -107,7 +107,7 @@ def clipped_surrogate_loss(
     with torch.no_grad():
         diagnostics = {
             "clip_frac": _token_mean((clipped < unclipped).to(weight.dtype), weight),
-            # (r - 1) - log r: the k3 estimator of KL(pi_old || pi_theta) on tokens
+            # r - 1 - log r: the k3 estimator of KL(pi_old || pi_theta) on tokens
             # sampled from pi_old, as PPO implementations log it (e.g. CleanRL).
             "approx_kl": _token_mean((ratio - 1) - log_ratio, weight),
             "mean_ratio": _token_mean(ratio, weight),
@@ -131,7 +131,7 @@ def _token_mean(values: torch.Tensor, weight: torch.Tensor) -> float:
 
 def _check_shapes(logp, logp_old, advantages, weights, logp_ref) -> None:
     if logp.ndim != 2:
-        raise ValueError(f"logp must be (N, T), got shape {tuple(logp.shape)}")
+        raise ValueError(f"logp must be (M, T), got shape {tuple(logp.shape)}")
     named = {"logp_old": logp_old, "weights": weights}
     if logp_ref is not None:
         named["logp_ref"] = logp_ref
@@ -143,5 +143,5 @@ def _check_shapes(logp, logp_old, advantages, weights, logp_ref) -> None:
             )
     if advantages.shape != logp.shape[:1]:
         raise ValueError(
-            f"advantages must be (N,) = ({logp.shape[0]},), got {tuple(advantages.shape)}"
+            f"advantages must be (M,) = ({logp.shape[0]},), got {tuple(advantages.shape)}"
         )

@@ -38,33 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from .chat import ChatFormat, chat_format, render as render_chat
-from .checks import ConfigError, check_choice, check_int, check_number
+from .checks import check_choice
+from .config import NF4_ON_CPU, LoraSettings
 from .protocol import stop_strings
 
 ADAPTER_FILE = "adapter_config.json"
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """The LoRA adapter attached to every linear layer of the base."""
-
-    r: int = 16
-    """Rank of the update B @ A."""
-    alpha: int = 32
-    """Scale: the update is multiplied by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the adapter's input (0: on-policy ratios stay exact)."""
-    target_modules: str | tuple[str, ...] = "all-linear"
-    """Which modules get adapters ("all-linear": every linear layer but the output head)."""
-
-    def __post_init__(self):
-        check_int("r", self.r, minimum=1)
-        check_int("alpha", self.alpha, minimum=1)
-        check_number("dropout", self.dropout, low=0, high=1, high_open=True)
-        names = (self.target_modules,) if isinstance(self.target_modules, str) else self.target_modules
-        if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-            raise ConfigError("target_modules", self.target_modules,
-                              'must be "all-linear" or a tuple of module names')
 
 
 @dataclass(frozen=True)
@@ -82,27 +60,27 @@ class SamplingSettings:
 def token_logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log p(x_t | x_<t) for every position t >= 1; position 0 gets 0.
 
-    logits (N, T, V), input_ids (N, T) -> (N, T). Aligned with the ids, so a loss mask
+    logits (M, T, V), input_ids (M, T) -> (M, T). Aligned with the ids, so a loss mask
     over the ids (1 on the agent's own tokens) applies to the result as is.
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (N, T-1, V)
-    picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
-    return F.pad(picked, (1, 0))  # (N, T)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (M, T-1, V)
+    picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (M, T-1)
+    return F.pad(picked, (1, 0))  # (M, T)
 
 
 def logprobs_at(hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Tensor,
                 where: torch.Tensor) -> torch.Tensor:
-    """log p(x_t | x_<t) at the positions ``where`` is True, 0 elsewhere: (N, T).
+    """log p(x_t | x_<t) at the positions ``where`` is True, 0 elsewhere: (M, T).
 
-    hidden (N, T, H) is the decoder's last hidden state and ``head`` the output layer (H ->
+    hidden (M, T, H) is the decoder's last hidden state and ``head`` the output layer (H ->
     V). The state at t - 1 predicts the token at t, so only the states before a wanted
     position go through the head: (number of wanted positions, V) logits instead of
-    (N, T, V). Position 0 has no prediction and gets 0, as in :func:`token_logprobs_from_logits`.
+    (M, T, V). Position 0 has no prediction and gets 0, as in :func:`token_logprobs_from_logits`.
     """
-    wanted = where[:, 1:].bool()  # (N, T-1): positions 1..T-1
+    wanted = where[:, 1:].bool()  # (M, T-1): positions 1..T-1
     logits = head(hidden[:, :-1][wanted])  # (P, V), P wanted positions
     picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:][wanted][:, None]).squeeze(-1)
-    out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)  # (N, T)
+    out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)  # (M, T)
     out[:, 1:][wanted] = picked
     return out
 
@@ -140,7 +118,7 @@ def _check_plain_head(inner) -> bool:
 
 
 def sample_by_inverse_cdf(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row drawn from softmax(scores), by inverting its CDF: (N, V) -> (N,).
+    """One token per row drawn from softmax(scores), by inverting its CDF: (M, V) -> (M,).
 
     Draw u uniform in [0, 1) per row and take the first token whose cumulative probability
     exceeds u: token i is drawn when cdf[i-1] <= u < cdf[i], an interval of length p_i. A
@@ -150,9 +128,9 @@ def sample_by_inverse_cdf(scores: torch.Tensor, generator: torch.Generator) -> t
     total. On a CPU this is some 20 to 30 times faster than torch.multinomial over a
     vocabulary of thousands (``python benchmarks/bench_generation.py``).
     """
-    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1, dtype=torch.float64)  # (N, V)
-    u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float64).to(cdf.device) * cdf[:, -1:]  # (N, 1)
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)  # (N,)
+    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1, dtype=torch.float64)  # (M, V)
+    u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float64).to(cdf.device) * cdf[:, -1:]  # (M, 1)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)  # (M,)
 
 
 class InverseCdfSampler:
@@ -164,8 +142,8 @@ class InverseCdfSampler:
         self.generator = generator
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        token = sample_by_inverse_cdf(scores, self.generator)  # (N,)
-        chosen = torch.full_like(scores, float("-inf"))  # (N, V)
+        token = sample_by_inverse_cdf(scores, self.generator)  # (M,)
+        chosen = torch.full_like(scores, float("-inf"))  # (M, V)
         return chosen.scatter_(1, token[:, None], 0.0)
 
 
@@ -402,7 +380,7 @@ class Policy:
                 + ([TopPLogitsWarper(s.top_p)] if s.top_p < 1.0 else [])
                 + [InverseCdfSampler(self.generator)])
         out = self.model.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]  # (N, new tokens)
+        new = out[:, batch["input_ids"].shape[1]:]  # (M, T): the T new tokens of each context
         pad = self.tokenizer.pad_token_id  # set in __init__, never None
         return [self._cut_at_stop(self.tokenizer.decode(row[row != pad], skip_special_tokens=False), role)
                 for row in new]
@@ -417,9 +395,9 @@ class Policy:
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        reference: bool = False, where: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, T) log-probs of the given right-padded ids; under the base alone if ``reference``.
+        """(M, T) log-probs of the given right-padded ids; under the base alone if ``reference``.
 
-        ``where`` (N, T), bool: the positions whose log-probs are needed (the loss's weighted
+        ``where`` (M, T), bool: the positions whose log-probs are needed (the loss's weighted
         tokens); every other position gets 0, and the output layer and softmax run only on the
         hidden states that predict those positions. A loss reads only a few positions of a
         multi-turn trajectory (the agent's own tokens), and over a vocabulary of thousands the
@@ -438,8 +416,8 @@ class Policy:
                 context.enter_context(torch.no_grad())
                 context.enter_context(self.model.disable_adapter())
             if where is None or not _logits_are_the_head_of_the_last_state(self.model):
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, T, V)
-                logp = token_logprobs_from_logits(logits, input_ids) * attention_mask  # (N, T)
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (M, T, V)
+                logp = token_logprobs_from_logits(logits, input_ids) * attention_mask  # (M, T)
                 return logp if where is None else logp * where
             inner = self.model.get_base_model()
             hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -455,10 +433,6 @@ class Policy:
         out = Path(out)
         self.model.save_pretrained(str(out))
         self.tokenizer.save_pretrained(str(out))
-
-
-NF4_ON_CPU = ("dequantized", "packed")
-"""How a 4-bit base is held on a CPU: see :func:`dequantize_4bit_layers`."""
 
 
 def dequantize_4bit_layers(model) -> None:
@@ -480,7 +454,7 @@ def dequantize_4bit_layers(model) -> None:
         for name, child in list(parent.named_children()):
             if not isinstance(child, bnb.nn.Linear4bit):
                 continue
-            weight = dequantize_4bit(child.weight.data, child.weight.quant_state).to(torch.float32)  # (out, in)
+            weight = dequantize_4bit(child.weight.data, child.weight.quant_state).to(torch.float32)  # out_features x in_features
             linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
                                      device="meta")  # no initialisation (and no draw from the RNG): set below
             linear.weight = torch.nn.Parameter(weight, requires_grad=False)

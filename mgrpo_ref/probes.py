@@ -41,7 +41,7 @@ def after_first_result(questions: list, tools_for) -> list[Trajectory]:
 
 @torch.no_grad()
 def next_token_probabilities(policy: Policy, contexts: list[Trajectory], strings=CHOICES) -> torch.Tensor:
-    """(n, len(strings)) the probability of each string's first token as the next token after
+    """(M, len(strings)) the probability of each string's first token as the next token after
     each context, read in the policy's own format (chat.py). In our tokenizer every protocol
     tag is one token; in a tokenizer where a tag is several, this is the probability of its
     first token."""
@@ -49,9 +49,9 @@ def next_token_probabilities(policy: Policy, contexts: list[Trajectory], strings
     encoded = [policy.encode(policy.render(c).context) for c in contexts]
     batch = collate([(ids, [0] * len(ids)) for ids in encoded], policy.pad_id)  # right-padded
     input_ids, attention_mask = batch["input_ids"].to(policy.device), batch["attention_mask"].to(policy.device)
-    logits = policy.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (n, T, V)
-    last = attention_mask.sum(dim=1) - 1  # (n,) the last real position of each context
-    probs = logits[torch.arange(len(contexts)), last].float().softmax(dim=-1)  # (n, V)
+    logits = policy.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (M, T, V)
+    last = attention_mask.sum(dim=1) - 1  # (M,) the last real position of each context
+    probs = logits[torch.arange(len(contexts)), last].float().softmax(dim=-1)  # (M, V)
     return probs[:, first_ids].cpu()
 
 
@@ -61,7 +61,7 @@ def probe_adapters(adapters: dict[int, str | Path], contexts: list[Trajectory], 
     rows = []
     for step, path in sorted(adapters.items()):
         policy = make_agent(str(path), quantization=quantization)
-        p = next_token_probabilities(policy, contexts)  # (n, 2)
+        p = next_token_probabilities(policy, contexts)  # (M, 2)
         rows.append({"step": step, **{c: p[:, i].mean().item() for i, c in enumerate(CHOICES)},
                      "delegate_preferred": (p[:, 0] > p[:, 1]).float().mean().item()})
     return rows

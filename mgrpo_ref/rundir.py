@@ -2,12 +2,12 @@
 
     <run_dir>/
         config.json                  the run's TrainConfig, written first
-        store.sqlite                 the store the agents share (store.py)
+        store.sqlite                 the store the learners share (store.py)
         metrics.jsonl                one JSON line per step (step 0: the evaluation before training)
         workers.json                 the worker processes' pids
         checkpoints/step_NNNNN/      the newest ``keep_checkpoints`` checkpoints (0: all): each
-                                     learner's adapter (<agent>/), optimiser and random states
-                                     (<agent>_state.pt), and controller.json, written last: it
+                                     learner's adapter (<learner>/), optimiser and random states
+                                     (<learner>_state.pt), and controller.json, written last: it
                                      marks the checkpoint complete
         records/                     the steps of ``record_steps``, for the viewer (viewer.py)
 

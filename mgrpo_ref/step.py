@@ -2,47 +2,56 @@
 
 It reads top to bottom in data order. The controller has run the step's B * K episodes
 (``episode.run_episodes``), ordered (question, rollout): episode i is rollout k = i % K of
-question b = i // K. From there:
+question b = i // K. From there, each learner takes its share of the step
+(``learner_step``): the half of the agent it plays, then its update.
 
-    main agent                                  sub-agent
-    ----------                                  ---------
+    main agent's learner                        sub-agent's learner
+    --------------------                        -------------------
     R_M (B, K)             Eq. (R1)  main_half
     A_M (B, K)             Eq. (1)
-    correct(M) (B, K)  --- the store --->       correct(M) (B, K)
+    correct(M) (B, K)  --- the channel --->     correct(M) (B, K)
                                                 R_S (N,)            Eq. (R2)  sub_half
                                                 A_S (N,)            Eq. (2)   per question,
                                                                               distinct trajectories
                                                 alignment: B*K*D slots
     batch: B*K rows                             batch: the B*K*D slots, or each distinct
                                                 trajectory once weighted by its slot count
-    clipped update         Eq. (3)-(6)          clipped update      Eq. (3)-(6)   update_agent
+    update                 Eq. (3)-(6)          update              Eq. (3)-(6)   learner_update
 
 Only correct(M), a (B, K) table of booleans, passes from the main agent's half to the
-sub-agent's. In the two-process pipeline (worker.py) each worker calls its own half and
-``learner_update`` (``update_agent``, or for a one-step-stale sub-agent the update on the
-half it kept a step earlier), and correct(M) travels through the store; ``one_step`` calls
-the same functions in one process and passes it directly (notebooks, tests).
+sub-agent's, through a channel. ``one_step`` runs every learner's share in one process and
+the channel is a variable (``DirectChannel``: notebooks, tests); in the two-process pipeline
+each worker runs its own learner's share (worker.py) and the channel is the store
+(``store.StoreChannel``). Either way the same function, ``learner_step``, puts a learner's
+share together.
 
-Shape comments use the dimension letters of the glossary (docs/glossary.md): B questions per step, K rollouts, D slots, N sub trajectories,
-M rows of a batch, T tokens.
+Words: an *agent* is a role in an episode (main, sub, or the single agent); a *learner* is a
+LoRA adapter with its optimiser (main, sub, single or shared), trained on the halves of the
+agents it plays (``Layout``). Shape comments use the dimension letters of the glossary
+(docs/glossary.md): B questions per step, K rollouts, D slots, N sub trajectories, M rows of
+a batch, T tokens; m and t the rows and tokens of one microbatch.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from .advantages import equal_reward_fraction, group_advantages, grouped_advantages
+from .advantages import equal_reward_fraction, main_advantages, sub_advantages
 from .alignment import align_sub_trajectories
 from .batching import (PolicyBatch, concat_batches, distinct_batch, encode_trajectory, slot_batch,
                        trajectory_batch)
 from .config import TrainConfig, learning_rate
-from .episode import Episode
+from .episode import Episode, Trajectory
 from .objective import clipped_surrogate_loss
+from .policy import SamplingSettings, load_policy
 from .rewards import rollout_main_reward, rollout_sub_rewards
 from .seeding import SALT_ALIGNMENT, step_seed
+from .viewer import half_trajectories, learner_record, write_record
 
 
 # ---------------------------------------------------------------------------
@@ -85,29 +94,55 @@ LAYOUTS = {
 
 
 @dataclass
-class Half:
-    """One agent's share of a step: the rows it trains on and the statistics to log."""
+class MainHalf:
+    """The main (or single) agent's share of a step: its rows and what they were made from."""
 
     batch: PolicyBatch
+    """B*K rows, one per rollout's main trajectory."""
     stats: dict
+    """``main/...`` statistics to log."""
     rewards: list[float]
-    """R_M of each rollout (main half: B*K, in episode order) or R_S of each sub trajectory (sub half: N)."""
-    correct: torch.Tensor | None = field(default=None)
-    """(B, K) bool correct(M); the main half only. It is all the sub-agent's half needs of it."""
-    advantages: torch.Tensor | None = field(default=None)
-    """A_M of each rollout (B*K) or A_S of each sub trajectory (N), in the order of ``rewards``."""
-    copies: torch.Tensor | None = field(default=None)
-    """(N,) the slots each sub trajectory fills (0: dropped; 1 each without alignment); the sub half only."""
+    """R_M of each rollout, B*K in episode order."""
+    correct: torch.Tensor
+    """(B, K) bool correct(M): all the sub-agent's half needs of this one."""
+    advantages: torch.Tensor
+    """(B*K,) A_M of each rollout, in episode order."""
+
+    def trajectories(self, episodes: list[Episode]) -> list[tuple[int, int | None, Trajectory, int]]:
+        """(episode index, None, main trajectory, 1) for each rollout, in the order of ``rewards``."""
+        return [(i, None, e.main, 1) for i, e in enumerate(episodes)]
 
 
-def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
+@dataclass
+class SubHalf:
+    """The sub-agent's share of a step: its rows and what they were made from."""
+
+    batch: PolicyBatch
+    """The B*K*D slots, each distinct trajectory once weighted by its slot count, or (no
+    alignment) each trajectory once: ``TrainConfig.sub_batch`` and ``alignment``."""
+    stats: dict
+    """``sub/...`` statistics to log, the alignment's among them."""
+    rewards: list[float]
+    """R_S of each of the N sub trajectories, flat in (question, rollout, call) order."""
+    advantages: torch.Tensor
+    """(N,) A_S of each sub trajectory, in the order of ``rewards``."""
+    copies: torch.Tensor
+    """(N,) long: the slots each sub trajectory fills (0: dropped; 1 each without alignment)."""
+
+    def trajectories(self, episodes: list[Episode]) -> list[tuple[int, int | None, Trajectory, int]]:
+        """(episode index, call, sub trajectory, copies) for each sub trajectory, in the order of ``rewards``."""
+        items = [(i, call, sub) for i, e in enumerate(episodes) for call, sub in enumerate(e.subs)]
+        return [(i, call, sub, int(n)) for (i, call, sub), n in zip(items, self.copies)]
+
+
+def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> MainHalf:
     """The main (or single) agent: R_M, A_M over each question's K rollouts, its batch."""
     b, k = cfg.questions_per_step, cfg.rollouts
     check_episodes(episodes, cfg, with_main=True)
     r_main = [rollout_main_reward(e, cfg.reward) for e in episodes]  # B*K  Eq. (R1)
     rewards = torch.tensor(r_main).view(b, k)  # (B, K)
     correct = torch.tensor([e.correct for e in episodes]).view(b, k)  # (B, K) bool
-    advantages = group_advantages(rewards, cfg.adv_eps)  # (B, K)  Eq. (1)
+    advantages = main_advantages(rewards, cfg.adv_eps)  # (B, K)  Eq. (1)
     sequences = [encode_trajectory(policy.render(e.main), policy.encode) for e in episodes]  # B*K (ids, loss mask)
     batch = trajectory_batch(sequences, advantages.flatten(), policy.pad_id)  # (B*K, T)
     n = len(episodes)
@@ -115,17 +150,17 @@ def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> Half:
              "accuracy": int(correct.sum()) / n,
              "format_valid": sum(e.main.format_valid for e in episodes) / n,
              "equal_reward_frac": equal_reward_fraction(rewards)}
-    return Half(batch, {f"main/{key}": v for key, v in stats.items()}, r_main, correct, advantages.flatten())
+    return MainHalf(batch, {f"main/{key}": v for key, v in stats.items()}, r_main, correct, advantages.flatten())
 
 
-def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConfig, policy, step: int) -> Half:
+def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConfig, policy, step: int) -> SubHalf:
     """The sub-agent: R_S with the main agent's correctness, A_S over each question's distinct
     sub trajectories, then alignment to B*K*D slots and the batch of ``cfg.sub_batch`` (or,
     with the ablation ``alignment="none"``, every trajectory once; the alignment statistics
     are still logged: what alignment would have done).
 
     ``main_correct`` (B, K) is correct(M) as the main agent's half found it; the episodes'
-    main trajectories are not read (in the pipeline the sub-agent's worker never gets them).
+    main trajectories are not read (in the pipeline the sub-agent's learner never gets them).
     """
     b, k = cfg.questions_per_step, cfg.rollouts
     check_episodes(episodes, cfg, with_main=False)
@@ -139,7 +174,7 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
         groups += [i // k] * len(r)  # the group is the question
     rewards = torch.tensor(r_sub, dtype=torch.float)  # (N,)
     groups = torch.tensor(groups, dtype=torch.long)  # (N,)
-    advantages = grouped_advantages(rewards, groups, cfg.adv_eps)  # (N,)  Eq. (2), before any copy
+    advantages = sub_advantages(rewards, groups, cfg.adv_eps)  # (N,)  Eq. (2), before any copy
     counts = [[len(e.subs) for e in episodes[q * k:(q + 1) * k]] for q in range(b)]  # (B, K) d per rollout
     alignment = align_sub_trajectories(counts, cfg.d_max, step_seed(cfg.seed, step, SALT_ALIGNMENT))
     sequences = [encode_trajectory(policy.render(s), policy.encode) for e in episodes for s in e.subs]  # N
@@ -160,7 +195,7 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
              "align_masked_frac": alignment.masked_fraction,
              "d_histogram": {str(d): count for d, count in alignment.d_histogram.items()}}
     copies = torch.ones(n, dtype=torch.long) if cfg.alignment == "none" else alignment.copies  # (N,)
-    return Half(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub, advantages=advantages, copies=copies)
+    return SubHalf(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub, advantages, copies)
 
 
 def check_episodes(episodes: list[Episode], cfg: TrainConfig, with_main: bool) -> None:
@@ -176,60 +211,15 @@ def check_episodes(episodes: list[Episode], cfg: TrainConfig, with_main: bool) -
             raise ValueError(f"episode {i} has no main trajectory")
 
 
-def rollout_rows(episodes: list[Episode], half: Half, rollouts: int) -> list[dict]:
-    """The main half's results as the store's rows, one per rollout: what the sub-agent reads."""
-    return [dict(question_index=i // rollouts, rollout=i % rollouts, qid=e.question.qid,
-                 main_reward=half.rewards[i], correct=bool(half.correct.view(-1)[i]),
-                 format_valid=e.main.format_valid, n_sub=len(e.subs))
-            for i, e in enumerate(episodes)]
-
-
-def correct_from_rows(rows: list[dict], episodes: list[Episode], rollouts: int) -> torch.Tensor:
-    """(B, K) bool correct(M), from the store's rows of one step, checked against the episodes
-    they must describe (the same question and the same number of sub-agent calls)."""
-    if len(rows) != len(episodes):
-        raise ValueError(f"the store holds {len(rows)} rollout rows for the step's {len(episodes)} episodes")
-    correct = torch.zeros(len(episodes) // rollouts, rollouts, dtype=torch.bool)  # (B, K)
-    for row in rows:
-        i = row["question_index"] * rollouts + row["rollout"]
-        e = episodes[i] if 0 <= row["rollout"] < rollouts and 0 <= i < len(episodes) else None
-        if e is None or row["qid"] != e.question.qid or row["n_sub"] != len(e.subs):
-            raise ValueError(f"the store's row for question {row['question_index']}, rollout {row['rollout']} "
-                             "does not describe this step's episodes")
-        correct[row["question_index"], row["rollout"]] = bool(row["correct"])
-    return correct
-
-
 # ---------------------------------------------------------------------------
-# The update: each agent on its own rows, Eq. (3)-(6)
+# The update of one batch: Eq. (3)-(6)
 
 
-def update_agent(name: str, policy, optimizer, halves: list[Half], cfg: TrainConfig, step: int,
-                 train: bool = True, old_logprobs: list[torch.Tensor] | None = None) -> dict:
-    """One agent's update on its halves' rows (two halves: the shared adapter), as ``<name>/...`` stats.
-    ``old_logprobs``: pi_old's, taken when a held-back half was sampled (``learner_update``)."""
-    lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    batches = [h.batch for h in halves]
-    batch = batches[0] if len(batches) == 1 else concat_batches(batches, policy.pad_id)
-    stats = policy_update(policy, optimizer, batch, epochs=cfg.epochs, microbatch=cfg.microbatch,
-                          eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
-                          max_grad_norm=cfg.max_grad_norm, train=train, old_logprobs=old_logprobs)
-    return {**{f"{name}/{key}": v for key, v in stats.items()}, f"{name}/lr": lr}
-
-
-@torch.no_grad()
-def sampling_logprobs(policy, batch: PolicyBatch, microbatch: int) -> list[torch.Tensor]:
-    """The policy's log-probs of the batch's weighted tokens, one tensor per microbatch (in
-    ``_microbatches`` order): pi_old, when taken before the adapter moves."""
-    return [policy.token_logprobs(ids, att, where=w != 0) for ids, att, w, _ in _microbatches(batch, microbatch)]
-
-
-def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microbatch: int,
-                  eps_low: float, eps_high: float, kl_coef: float, max_grad_norm: float,
-                  train: bool = True, old_logprobs: list[torch.Tensor] | None = None) -> dict:
-    """Clipped token-level objective (Eq. 3-6) over the whole batch, ``epochs`` optimiser steps.
+def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, train: bool = True,
+                   old_logprobs: list[torch.Tensor] | None = None) -> dict:
+    """The clipped token-level objective (Eq. 3-6) over one batch: ``cfg.epochs`` optimiser
+    steps, each on the gradient of every microbatch of ``cfg.microbatch`` rows, clipped to
+    ``cfg.max_grad_norm``, at the learning rate the optimiser holds.
 
     The loss of each microbatch is its token mean times its share of the batch's tokens, so
     the accumulated gradient is that of one token-level mean over every weighted token of
@@ -245,8 +235,9 @@ def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microba
     (tested).
     """
     start = time.perf_counter()
+    microbatch, kl_coef = cfg.microbatch, cfg.kl_coef
     n_tokens = batch.token_weights.sum().item()
-    passes = epochs if train else 1
+    passes = cfg.epochs if train else 1
     old = old_logprobs
     if old is None and passes > 1:
         old = sampling_logprobs(policy, batch, microbatch)
@@ -262,20 +253,27 @@ def policy_update(policy, optimizer, batch: PolicyBatch, *, epochs: int, microba
             with torch.set_grad_enabled(train):
                 logp = policy.token_logprobs(ids, att, where=weights != 0)  # (m, t), 0 where unweighted
                 logp_old = old[i].to(logp.device) if old is not None else logp.detach()  # pi_old, see above
-                loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, eps_low, eps_high, kl_coef,
-                                                    ref[i] if ref is not None else None)  # Eq. (3)-(6)
+                loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, cfg.clip_eps_low, cfg.clip_eps_high,
+                                                    kl_coef, ref[i] if ref is not None else None)  # Eq. (3)-(6)
                 if train:
                     (loss * share).backward()
             totals["loss"] += loss.item() * share
             for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref"):
                 totals[key] += diag[key] * share
         if train:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm))
             optimizer.step()
     stats = {key: v / passes for key, v in totals.items()}
     stats.update(grad_norm=grad_norm, n_tokens=n_tokens, n_rows=len(batch),
                  update_s=time.perf_counter() - start, trained=train)
     return stats
+
+
+@torch.no_grad()
+def sampling_logprobs(policy, batch: PolicyBatch, microbatch: int) -> list[torch.Tensor]:
+    """The policy's log-probs of the batch's weighted tokens, one tensor per microbatch (in
+    ``_microbatches`` order): pi_old, when taken before the adapter moves."""
+    return [policy.token_logprobs(ids, att, where=w != 0) for ids, att, w, _ in _microbatches(batch, microbatch)]
 
 
 def _microbatches(batch: PolicyBatch, size: int, longest_first: bool = True):
@@ -303,7 +301,7 @@ def _microbatches(batch: PolicyBatch, size: int, longest_first: bool = True):
 
 
 # ---------------------------------------------------------------------------
-# The whole step in one process
+# A learner: one adapter and its optimiser
 
 
 @dataclass
@@ -311,7 +309,7 @@ class HeldBack:
     """A sub-agent half kept for the next step's update (``sub_staleness=1``), with pi_old's
     log-probs taken by the weights that sampled it."""
 
-    half: Half
+    half: SubHalf
     old_logprobs: list[torch.Tensor]
 
 
@@ -325,34 +323,8 @@ class Learner:
     held_back: HeldBack | None = None
 
 
-def learner_update(name: str, learner: Learner, halves: list[Half], cfg: TrainConfig, step: int) -> dict:
-    """A learner's update on this step's halves; with ``cfg.sub_staleness=1``, the sub-agent's
-    on the previous step's half instead (PAPER.md section 6: the authors' release trains the
-    sub-agent one step off-policy, on the samples of the step before while new rollouts run).
-
-    The stale sub-agent keeps this step's half, with its log-probs under the weights that
-    sampled it, and trains on the one it kept a step ago. So each step's rollouts come from
-    weights that have not yet learned from the step before. At step 1 nothing is kept yet:
-    its statistics are computed on step 1's half with no optimiser step (``trained`` false);
-    the last step's half is never trained on, as when such a pipeline stops.
-    """
-    layout = LAYOUTS[cfg.variant]
-    train = name not in layout.frozen
-    if not (cfg.sub_staleness and name == layout.sub_learner):
-        return update_agent(name, learner.policy, learner.optimizer, halves, cfg, step, train=train)
-    (half,) = halves  # the stale mode is refused for a learner with two halves (config.py)
-    kept = HeldBack(half, sampling_logprobs(learner.policy, half.batch, cfg.microbatch))
-    previous, learner.held_back = learner.held_back, kept
-    if previous is None:
-        return update_agent(name, learner.policy, learner.optimizer, [half], cfg, step, train=False)
-    return update_agent(name, learner.policy, learner.optimizer, [previous.half], cfg, step, train=train,
-                        old_logprobs=previous.old_logprobs)
-
-
 def make_learner(source, cfg: TrainConfig) -> Learner:
     """A policy loaded from ``source`` (the base, or a saved adapter) and its AdamW optimiser."""
-    from .policy import SamplingSettings, load_policy
-
     policy = load_policy(source, quantization=cfg.quantization, lora=cfg.lora,
                          sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens), seed=cfg.seed,
                          nf4_on_cpu=cfg.nf4_on_cpu)
@@ -361,23 +333,109 @@ def make_learner(source, cfg: TrainConfig) -> Learner:
     return Learner(policy, optimizer)
 
 
-def one_step(episodes: list[Episode], learners: dict[str, Learner], cfg: TrainConfig, step: int) -> dict:
-    """Every learner's update for ``step`` in this process, from the step's episodes.
+def learner_update(name: str, learner: Learner, halves: list[MainHalf | SubHalf], cfg: TrainConfig,
+                   step: int) -> dict:
+    """A learner's update at ``step``: what the learner adds to ``clipped_update`` of one batch.
 
-    ``learners`` maps the variant's learner names (``LAYOUTS[cfg.variant]``) to their
-    state. The numbers are those of the two-process pipeline: the same functions, with
-    correct(M) passed directly instead of through the store.
+    * its learning rate at this step (``config.learning_rate``);
+    * its halves' rows joined into one batch (two halves: the shared adapter, one token mean);
+    * a frozen learner (``Layout.frozen``) computes the statistics without an optimiser step;
+    * with ``cfg.sub_staleness=1``, the sub-agent's learner trains on the half it kept a step
+      earlier instead of this one (PAPER.md section 6: the authors' release trains the
+      sub-agent one step off-policy, on the samples of the step before while new rollouts
+      run). It keeps this step's half with its log-probs under the weights that sampled it
+      (pi_old), so each step's rollouts come from weights that have not yet learned from the
+      step before. At step 1 nothing is kept yet: the statistics are those of step 1's half,
+      with no optimiser step (``trained`` false); the last step's half is never trained on,
+      as when such a pipeline stops;
+    * its statistics, as ``<name>/...``.
     """
     layout = LAYOUTS[cfg.variant]
-    halves: dict[str, list[Half]] = {name: [] for name in learners}
-    main = main_half(episodes, cfg, learners[layout.main_learner].policy)
-    halves[layout.main_learner].append(main)
-    if layout.sub_learner is not None:
-        sub = sub_half(episodes, main.correct, cfg, learners[layout.sub_learner].policy, step)
-        halves[layout.sub_learner].append(sub)
-    stats: dict = {}
-    for name, learner in learners.items():
-        for half in halves[name]:
-            stats.update(half.stats)
-        stats.update(learner_update(name, learner, halves[name], cfg, step))
+    train, old_logprobs = name not in layout.frozen, None
+    if cfg.sub_staleness and name == layout.sub_learner:
+        (half,) = halves  # the stale mode is refused for a learner with two halves (config.py)
+        kept = HeldBack(half, sampling_logprobs(learner.policy, half.batch, cfg.microbatch))
+        previous, learner.held_back = learner.held_back, kept
+        if previous is None:
+            train = False
+        else:
+            halves, old_logprobs = [previous.half], previous.old_logprobs
+    lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
+    for group in learner.optimizer.param_groups:
+        group["lr"] = lr
+    batches = [h.batch for h in halves]
+    batch = batches[0] if len(batches) == 1 else concat_batches(batches, learner.policy.pad_id)
+    stats = clipped_update(learner.policy, learner.optimizer, batch, cfg, train=train, old_logprobs=old_logprobs)
+    return {**{f"{name}/{key}": v for key, v in stats.items()}, f"{name}/lr": lr}
+
+
+# ---------------------------------------------------------------------------
+# A learner's share of a step, and the whole step in one process
+
+
+class Channel(Protocol):
+    """How correct(M) goes from the main agent's half to the sub-agent's: a variable in one
+    process (``DirectChannel``), the store in the two-process pipeline (``store.StoreChannel``)."""
+
+    def send(self, step: int, episodes: list[Episode], main: MainHalf) -> None:
+        """After the main agent's half: make its correct(M) available for ``step``."""
+
+    def receive(self, step: int, episodes: list[Episode]) -> torch.Tensor:
+        """For the sub-agent's half: the (B, K) correct(M) of ``step``."""
+
+
+class DirectChannel:
+    """correct(M) from the main agent's half to the sub-agent's, within one process."""
+
+    def __init__(self):
+        self.correct: torch.Tensor | None = None
+
+    def send(self, step: int, episodes: list[Episode], main: MainHalf) -> None:
+        self.correct = main.correct  # (B, K)
+
+    def receive(self, step: int, episodes: list[Episode]) -> torch.Tensor:
+        if self.correct is None:
+            raise RuntimeError("the sub-agent's half needs correct(M): the main agent's learner takes its share first")
+        return self.correct  # (B, K)
+
+
+def learner_step(name: str, learner: Learner, episodes: list[Episode], cfg: TrainConfig, step: int,
+                 channel: Channel, record_to: Path | None = None) -> tuple[list[MainHalf | SubHalf], dict]:
+    """A learner's share of ``step``: the half of each agent it plays, then its update.
+
+    The main agent's learner sends correct(M) through ``channel`` as soon as its half is
+    computed; the sub-agent's learner receives it there (``DirectChannel`` or
+    ``store.StoreChannel``). With ``record_to`` (a run directory) and ``step`` in
+    ``cfg.record_steps``, the learner's trajectories of this step are written there for the
+    rollout viewer (viewer.py). Returns the halves and the step's statistics: each half's,
+    then the update's.
+    """
+    layout = LAYOUTS[cfg.variant]
+    halves: list[MainHalf | SubHalf] = []
+    if name == layout.main_learner:
+        main = main_half(episodes, cfg, learner.policy)
+        channel.send(step, episodes, main)
+        halves.append(main)
+    if name == layout.sub_learner:
+        correct = channel.receive(step, episodes)  # (B, K) correct(M)
+        halves.append(sub_half(episodes, correct, cfg, learner.policy, step))
+    if record_to is not None and step in cfg.record_steps:
+        trajectories = [t for half in halves for t in half_trajectories(half, episodes, cfg.rollouts, learner.policy)]
+        write_record(record_to, learner_record(name, step, trajectories))
+    stats = {key: v for half in halves for key, v in half.stats.items()}
+    stats.update(learner_update(name, learner, halves, cfg, step))
+    return halves, stats
+
+
+def one_step(episodes: list[Episode], learners: dict[str, Learner], cfg: TrainConfig, step: int) -> dict:
+    """Every learner's share of ``step`` in this process, from the step's episodes.
+
+    ``learners`` maps the variant's learner names (``LAYOUTS[cfg.variant]``) to their
+    state. The numbers are those of the two-process pipeline: the same function, with
+    correct(M) passed in a variable instead of through the store.
+    """
+    main_first = sorted(learners, key=lambda name: name != LAYOUTS[cfg.variant].main_learner)
+    channel, stats = DirectChannel(), {}
+    for name in main_first:
+        stats.update(learner_step(name, learners[name], episodes, cfg, step, channel)[1])
     return stats

@@ -1,4 +1,4 @@
-"""The shared store: the only thing the two agents' processes share (PAPER.md section 6).
+"""The shared store: the only thing the two learners' processes share (PAPER.md section 6).
 
 In the paper the main agent logs trajectories and rewards to a shared database and the
 sub-agent reads the rewards it needs from it; no gradient crosses between the agents, only
@@ -11,18 +11,18 @@ scalars. Ours is one SQLite file in the run directory, in WAL mode [ours]:
   back when the file is next opened);
 * a notebook can open the same file read-only during a run.
 
-Schema (``SCHEMA_VERSION`` 2):
+Schema (``SCHEMA_VERSION`` 3):
 
     meta(key TEXT PRIMARY KEY, value TEXT)          run identity: schema version, variant, seed
     rollouts(step, question_index, rollout,         one row per (step, question_index, rollout),
-             qid, main_reward, correct,             written by the main agent's worker;
+             qid, main_reward, correct,             written by the main agent's learner;
              format_valid, n_sub,                   question_index is the question's index b
              PRIMARY KEY (step, question_index,     within the step, qid its identity
                           rollout))
-    agent_stats(step, agent, stats,                 one row per (step, agent): that agent's
-                PRIMARY KEY (step, agent))          training statistics, a JSON object
-    steps(step PRIMARY KEY, finished_at)            a step is in the store once both agents
-                                                    have written their records
+    learner_stats(step, learner, stats,             one row per (step, learner): that learner's
+                  PRIMARY KEY (step, learner))      training statistics, a JSON object
+    steps(step PRIMARY KEY, finished_at)            a step is in the store once every learner
+                                                    has written its records
 
 The file's SQLite header carries ``APPLICATION_ID``, so a foreign SQLite file (or any other
 file) is refused with a clear error and never written to. ``create=True`` writes the schema
@@ -42,8 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 APPLICATION_ID = 0x4D475250  # "MGRP" in the SQLite header's application_id field
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: the learners' statistics in ``learner_stats`` (2 called them ``agent_stats``)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,9 +55,9 @@ CREATE TABLE IF NOT EXISTS rollouts (
     qid TEXT NOT NULL, main_reward REAL NOT NULL, correct INTEGER NOT NULL,
     format_valid INTEGER NOT NULL, n_sub INTEGER NOT NULL,
     PRIMARY KEY (step, question_index, rollout));
-CREATE TABLE IF NOT EXISTS agent_stats (
-    step INTEGER NOT NULL, agent TEXT NOT NULL, stats TEXT NOT NULL,
-    PRIMARY KEY (step, agent));
+CREATE TABLE IF NOT EXISTS learner_stats (
+    step INTEGER NOT NULL, learner TEXT NOT NULL, stats TEXT NOT NULL,
+    PRIMARY KEY (step, learner));
 CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, finished_at REAL NOT NULL);
 """
 
@@ -177,7 +180,8 @@ class Store:
         version = self.meta().get("schema_version")
         if version != str(SCHEMA_VERSION):
             raise StoreError(f"{self.path} is a store of schema version {version}, this code reads "
-                             f"schema version {SCHEMA_VERSION}; it was left untouched")
+                             f"schema version {SCHEMA_VERSION} (start a new run directory, or use the "
+                             "mgrpo_ref that wrote it); it was left untouched")
 
     @_failing_as("write to")
     def _check_writable(self) -> None:
@@ -240,10 +244,11 @@ class Store:
                 [dict(r, step=step, correct=int(r["correct"]), format_valid=int(r["format_valid"])) for r in rows])
 
     @_failing_as("write to")
-    def write_stats(self, step: int, agent: str, stats: dict) -> None:
+    def write_learner_stats(self, step: int, learner: str, stats: dict) -> None:
+        """One learner's statistics of ``step``, a JSON object."""
         with self.transaction():
-            self.conn.execute("INSERT OR REPLACE INTO agent_stats VALUES (?, ?, ?)",
-                              (step, agent, json.dumps(stats, sort_keys=True)))
+            self.conn.execute("INSERT OR REPLACE INTO learner_stats VALUES (?, ?, ?)",
+                              (step, learner, json.dumps(stats, sort_keys=True)))
 
     @_failing_as("write to")
     def finish_step(self, step: int) -> None:
@@ -254,7 +259,7 @@ class Store:
     def truncate_after(self, step: int) -> None:
         """Remove every record of steps after ``step`` (what a killed run left half done)."""
         with self.transaction():
-            for table in ("rollouts", "agent_stats", "steps"):
+            for table in ("rollouts", "learner_stats", "steps"):
                 self.conn.execute(f"DELETE FROM {table} WHERE step > ?", (step,))
 
     # -- reads ---------------------------------------------------------------------------
@@ -282,18 +287,72 @@ class Store:
             time.sleep(poll)
 
     @_failing_as("read")
-    def stats(self, agent: str | None = None) -> list[dict]:
-        query = "SELECT step, agent, stats FROM agent_stats"
+    def learner_stats(self, learner: str | None = None) -> list[dict]:
+        """Every learner's statistics (or ``learner``'s), by step: dicts with ``step``, ``learner``
+        and the statistics' keys."""
+        query = "SELECT step, learner, stats FROM learner_stats"
         args: tuple = ()
-        if agent is not None:
-            query, args = query + " WHERE agent = ?", (agent,)
-        return [{"step": s, "agent": a, **json.loads(j)} for s, a, j in self.conn.execute(query + " ORDER BY step", args)]
+        if learner is not None:
+            query, args = query + " WHERE learner = ?", (learner,)
+        return [{"step": s, "learner": a, **json.loads(j)}
+                for s, a, j in self.conn.execute(query + " ORDER BY step", args)]
 
     @_failing_as("read")
     def last_finished_step(self) -> int:
         """The last step fully in the store; -1 before the first."""
         (step,) = self.conn.execute("SELECT COALESCE(MAX(step), -1) FROM steps").fetchone()
         return step
+
+
+# ---------------------------------------------------------------------------
+# The rollouts' row format, and the store as the channel of correct(M)
+
+
+def rollout_rows(episodes: list, rewards: list[float], correct: torch.Tensor, rollouts: int) -> list[dict]:
+    """The main agent's half as the store's rows, one per rollout (``ROLLOUT_FIELDS``): what
+    the sub-agent's learner reads. ``rewards`` are R_M in episode order, ``correct`` the (B, K)
+    correct(M)."""
+    flat = correct.view(-1)  # (B*K,)
+    return [dict(question_index=i // rollouts, rollout=i % rollouts, qid=e.question.qid,
+                 main_reward=rewards[i], correct=bool(flat[i]), format_valid=e.main.format_valid,
+                 n_sub=len(e.subs))
+            for i, e in enumerate(episodes)]
+
+
+def correct_from_rows(rows: list[dict], episodes: list, rollouts: int) -> torch.Tensor:
+    """(B, K) bool correct(M), from the store's rows of one step, checked against the episodes
+    they must describe (the same question and the same number of sub-agent calls)."""
+    if len(rows) != len(episodes):
+        raise ValueError(f"the store holds {len(rows)} rollout rows for the step's {len(episodes)} episodes")
+    correct = torch.zeros(len(episodes) // rollouts, rollouts, dtype=torch.bool)  # (B, K)
+    for row in rows:
+        i = row["question_index"] * rollouts + row["rollout"]
+        e = episodes[i] if 0 <= row["rollout"] < rollouts and 0 <= i < len(episodes) else None
+        if e is None or row["qid"] != e.question.qid or row["n_sub"] != len(e.subs):
+            raise ValueError(f"the store's row for question {row['question_index']}, rollout {row['rollout']} "
+                             "does not describe this step's episodes")
+        correct[row["question_index"], row["rollout"]] = bool(row["correct"])
+    return correct
+
+
+class StoreChannel:
+    """correct(M) from the main agent's half to the sub-agent's through the store: the channel
+    of ``step.learner_step`` in the two-process pipeline (``step.DirectChannel`` is the one of a
+    single process). ``seconds`` adds up the time spent in the store."""
+
+    def __init__(self, store: Store, rollouts: int):
+        self.store, self.rollouts, self.seconds = store, rollouts, 0.0
+
+    def send(self, step: int, episodes: list, main) -> None:
+        start = time.perf_counter()
+        self.store.write_rollouts(step, rollout_rows(episodes, main.rewards, main.correct, self.rollouts))
+        self.seconds += time.perf_counter() - start
+
+    def receive(self, step: int, episodes: list) -> torch.Tensor:
+        start = time.perf_counter()
+        rows = self.store.wait_rollouts(step, len(episodes))  # the main agent's results
+        self.seconds += time.perf_counter() - start
+        return correct_from_rows(rows, episodes, self.rollouts)  # (B, K)
 
 
 class _Transaction:

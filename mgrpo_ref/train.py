@@ -9,8 +9,9 @@ to the worker process of the learner that must answer, batched across rollouts. 
 
     1. sample B training questions (seeded by the step);
     2. K rollouts each: main turns -> delegations -> sub-agent turns with tools -> results;
-    3. send each worker its episodes; the workers run their halves of step.py in parallel:
-       the main agent writes correct(M) to the store, the sub-agent reads it from there;
+    3. send each worker its episodes; each runs its learner's share of the step
+       (``step.learner_step``), in parallel: the main agent's learner writes correct(M) to
+       the store, the sub-agent's reads it from there;
     4. log one metrics line; every N steps evaluate on the held-out world and checkpoint.
 
 The pieces live by job: step.py (the math of one step), worker.py (the processes),
@@ -122,7 +123,7 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------
 
     def step(self, step: int) -> dict:
-        """Rollouts, then every worker's half and update of step.py; returns the metrics line."""
+        """Rollouts, then every learner's share of the step in its worker; returns the metrics line."""
         cfg = self.cfg
         t_step = time.perf_counter()
         questions = sample_questions(self.train_pool, cfg.questions_per_step, cfg.seed, step)

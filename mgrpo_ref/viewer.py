@@ -5,9 +5,9 @@ it is trained with, the tokens the loss ignores greyed out.
 
 A training run records what this needs only for the steps it is asked to
 (``record_steps=1,30,60``; nothing is recorded by default, so training is not slowed): each
-agent's worker writes ``records/step-NNNN-<agent>.json`` beside the run's metrics, holding
-every trajectory of its half of that step with its tokens, loss mask, reward, advantage and
-slot count (``agent_record``). Two arms train on something else than what is drawn: a frozen
+learner writes ``records/step-NNNN-<learner>.json`` beside the run's metrics, holding every
+trajectory of its halves of that step with its tokens, loss mask, reward, advantage and slot
+count (``learner_record``). Two arms train on something else than what is drawn: a frozen
 sub-agent (``frozen_sub``) is never updated, so its colours are the advantages it would have
 had; a one-step-stale sub-agent (``sub_staleness=1``) trains on each step's half one step
 later, and not at all on the last step's. In a notebook, ``show(run_dir, step, question)`` returns
@@ -37,50 +37,45 @@ FULL_STRENGTH = 2.0
 """|A| at which a token's colour is at full strength."""
 
 
-def record_path(run_dir: Path, step: int, agent: str) -> Path:
-    return Path(run_dir) / RECORDS / f"step-{step:04d}-{agent}.json"
+def record_path(run_dir: Path, step: int, learner: str) -> Path:
+    return Path(run_dir) / RECORDS / f"step-{step:04d}-{learner}.json"
 
 
-def agent_record(agent: str, step: int, trajectories: list[dict]) -> dict:
-    """One agent's record of one step. Each trajectory is a dict with ``question_index``,
+def learner_record(learner: str, step: int, trajectories: list[dict]) -> dict:
+    """One learner's record of one step. Each trajectory is a dict with ``question_index``,
     ``rollout``, ``call`` (the sub-agent call's index, None for a main trajectory), ``qid``,
     ``reward``, ``advantage``, ``copies`` (the slots it fills; 0 if dropped, 1 for a main
     trajectory), ``tokens`` (the text of each token) and ``loss_mask`` (0/1 per token)."""
     for i, t in enumerate(trajectories):
         if len(t["tokens"]) != len(t["loss_mask"]):
             raise ValueError(f"trajectory {i}: {len(t['tokens'])} tokens but {len(t['loss_mask'])} mask values")
-    return {"agent": agent, "step": step, "trajectories": trajectories}
+    return {"learner": learner, "step": step, "trajectories": trajectories}
 
 
 def half_trajectories(half, episodes: list, rollouts: int, policy) -> list[dict]:
-    """The trajectories of one agent's half of a step (``step.Half``), as ``agent_record``
-    takes them: a main half's B*K main trajectories, or a sub half's N sub trajectories, each
-    encoded as training encodes it (``batching.encode_trajectory``), with its reward, its
-    advantage and, for a sub trajectory, the slots it fills."""
-    main = half.copies is None
-    if main:
-        items = [(i, None, e.main) for i, e in enumerate(episodes)]
-    else:
-        items = [(i, call, sub) for i, e in enumerate(episodes) for call, sub in enumerate(e.subs)]
+    """The trajectories of one agent's half of a step (``step.MainHalf`` or ``step.SubHalf``), as
+    ``learner_record`` takes them: a main half's B*K main trajectories, or a sub half's N sub
+    trajectories, each encoded as training encodes it (``batching.encode_trajectory``), with
+    its reward, its advantage and the slots it fills (1 for a main trajectory)."""
     out = []
-    for n, (i, call, trajectory) in enumerate(items):
+    for n, (i, call, trajectory, copies) in enumerate(half.trajectories(episodes)):
         ids, loss_mask = encode_trajectory(policy.render(trajectory), policy.encode)
         out.append({"question_index": i // rollouts, "rollout": i % rollouts, "call": call,
                     "qid": episodes[i].question.qid, "reward": half.rewards[n],
-                    "advantage": half.advantages[n].item(), "copies": 1 if main else int(half.copies[n]),
+                    "advantage": half.advantages[n].item(), "copies": copies,
                     "tokens": [policy.tokenizer.decode([t]) for t in ids], "loss_mask": loss_mask})
     return out
 
 
 def write_record(run_dir: Path, record: dict) -> Path:
-    path = record_path(run_dir, record["step"], record["agent"])
+    path = record_path(run_dir, record["step"], record["learner"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record) + "\n")
     return path
 
 
 def read_records(run_dir: Path, step: int) -> list[dict]:
-    """Every agent's record of ``step``; a clear error naming the recorded steps if there is none."""
+    """Every learner's record of ``step``; a clear error naming the recorded steps if there is none."""
     paths = sorted((Path(run_dir) / RECORDS).glob(f"step-{step:04d}-*.json"))
     if not paths:
         recorded = sorted({int(p.name[5:9]) for p in (Path(run_dir) / RECORDS).glob("step-*.json")})

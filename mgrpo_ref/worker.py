@@ -1,32 +1,44 @@
-"""An agent's worker: its own OS process with its own policy, optimiser and random state.
+"""A learner's worker: its own OS process with its own policy, optimiser and random state.
 
 PAPER.md section 6: the main agent and the sub-agent each have their own rollout engine and
-trainer. Here each is one process (``multiprocess``, spawn start method) that owns one
-learner (a QLoRA policy and its optimiser) and answers the controller's messages over a pipe:
+trainer. Here each learner (a QLoRA policy and its optimiser: main, sub, single or shared) is
+one process (``multiprocess``, spawn start method) that answers the controller's messages
+over a pipe:
 
-    ("act", role, contexts, temperature)  ->  ("ok", texts)    generation
+    ("act", role, contexts, temperature)  ->  ("ok", texts)    generation, for the agent ``role``
     ("reseed", step, salt)                ->  ("ok", None)     per-step sampling seed
-    ("train", step, episodes)             ->  ("ok", stats)    this agent's half and update
+    ("train", step, episodes)             ->  ("ok", stats)    this learner's share of the step
     ("save", directory)                   ->  ("ok", None)     checkpoint
     ("stop",)                             ->  the process exits
 
 What crosses the pipe is text (contexts, generated turns, episodes) and scalars (stats). No
-gradient and no parameter ever leaves a worker. The sub-agent's worker gets its episodes
+gradient and no parameter ever leaves a worker. The sub-agent's learner gets its episodes
 without their main trajectories and reads correct(M) from the store.
 
-The math of a step is in step.py; a worker adds only what is its own: the pipe, the store's
-reads and writes, thread counts and timing. ``WorkerHandle`` is the controller's end.
+The math of a step is in step.py, and ``step.learner_step`` puts a learner's share together;
+a worker adds only what is its own: the pipe, the store as the channel of correct(M) and the
+keeper of the statistics, thread counts, timing and memory. ``WorkerHandle`` is the
+controller's end.
 """
 
 from __future__ import annotations
 
 import functools
 import random
+import resource
 import time
 import traceback
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import multiprocess
 import torch
+
+from .chat import render
+from .config import TrainConfig
+from .seeding import step_seed
+from .step import learner_step, make_learner
+from .store import Store, StoreChannel
 
 MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
 
@@ -35,16 +47,14 @@ def peak_memory_mib() -> dict[str, float]:
     """This process's peak memory so far, in MiB: resident host memory ("host_peak_mib"),
     and on a GPU the most its tensors held at once ("gpu_peak_mib"), which the host figure
     does not include."""
-    import resource
-
     peaks = {"host_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
     if torch.cuda.is_available():
         peaks["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return peaks
 
 
-def update_threads(agent: str, cores: int, d_max: int, sub_batch: str = "distinct") -> int:
-    """Threads of a worker's update phase, in which the main and the sub worker run at once.
+def update_threads(learner: str, cores: int, d_max: int, sub_batch: str = "distinct") -> int:
+    """Threads of a worker's update phase, in which the main and the sub learner's workers run at once.
 
     The split follows the two batches' sizes. The distinct sub batch holds about as many rows
     as the main batch's B*K, so each worker gets half the cores. The slot batch holds D_max
@@ -53,25 +63,22 @@ def update_threads(agent: str, cores: int, d_max: int, sub_batch: str = "distinc
     alone (single, shared) gets every core. ``python benchmarks/bench_pipeline.py threads``
     measures the split against others (docs/results.md, "Time").
     """
-    if agent not in ("main", "sub"):
+    if learner not in ("main", "sub"):
         return cores
     if sub_batch == "distinct":
         return max(1, cores // 2)
-    return max(1, round(cores / (d_max + 1))) if agent == "main" else cores
+    return max(1, round(cores / (d_max + 1))) if learner == "main" else cores
 
 
-class AgentWorker:
-    """The state a worker process holds; ``serve`` is its message loop."""
+class LearnerWorker:
+    """The state a worker process holds for its learner; ``serve`` is its message loop."""
 
-    def __init__(self, agent: str, cfg, run_dir: Path, checkpoint: Path | None):
-        from .step import LAYOUTS, make_learner
-        from .store import Store
-
-        self.agent, self.cfg, self.layout = agent, cfg, LAYOUTS[cfg.variant]
+    def __init__(self, learner: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
+        self.name, self.cfg = learner, cfg
         self.cores = torch.get_num_threads()  # torch's default: the machine's physical cores
-        self.learner = make_learner(checkpoint / agent if checkpoint is not None else cfg.base, cfg)
+        self.learner = make_learner(checkpoint / learner if checkpoint is not None else cfg.base, cfg)
         if checkpoint is not None:
-            state = torch.load(checkpoint / f"{agent}_state.pt", weights_only=False, map_location="cpu")
+            state = torch.load(checkpoint / f"{learner}_state.pt", weights_only=False, map_location="cpu")
             self.learner.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])
@@ -82,57 +89,31 @@ class AgentWorker:
     # -- messages ----------------------------------------------------------------------
 
     def act(self, role: str, contexts: list[str], temperature: float) -> list[str]:
-        from dataclasses import replace
-
         torch.set_num_threads(self.cores)  # generation runs one worker at a time: every core
         policy = self.learner.policy
         policy.sampling = replace(policy.sampling, temperature=temperature)
         return policy.act(role, contexts)
 
     def reseed(self, step: int, salt: int) -> None:
-        from .seeding import step_seed
-
         self.learner.policy.generator.manual_seed(step_seed(self.cfg.seed, step, salt))
 
     def train(self, step: int, episodes: list) -> dict:
-        """This agent's half of ``step`` and its update (step.py), with the store between halves."""
-        from .step import correct_from_rows, learner_update, main_half, rollout_rows, sub_half
-
-        torch.set_num_threads(update_threads(self.agent, self.cores, self.cfg.d_max, self.cfg.sub_batch))
-        cfg, policy, store_s = self.cfg, self.learner.policy, 0.0
-        halves = []
-        if self.agent == self.layout.main_learner:
-            main = main_half(episodes, cfg, policy)
-            t = time.perf_counter()
-            self.store.write_rollouts(step, rollout_rows(episodes, main, cfg.rollouts))  # for the sub-agent
-            store_s += time.perf_counter() - t
-            halves.append(main)
-        if self.agent == self.layout.sub_learner:
-            t = time.perf_counter()
-            rows = self.store.wait_rollouts(step, cfg.questions_per_step * cfg.rollouts)  # the main agent's results
-            store_s += time.perf_counter() - t
-            correct = correct_from_rows(rows, episodes, cfg.rollouts)  # (B, K)
-            halves.append(sub_half(episodes, correct, cfg, policy, step))
-        if step in cfg.record_steps:  # for the rollout viewer: what this agent trains on, token by token
-            from .viewer import agent_record, half_trajectories, write_record
-
-            trajectories = [t for half in halves for t in half_trajectories(half, episodes, cfg.rollouts, policy)]
-            write_record(self.run_dir, agent_record(self.agent, step, trajectories))
-        stats = {key: v for half in halves for key, v in half.stats.items()}
-        stats.update(learner_update(self.agent, self.learner, halves, cfg, step))
-        t = time.perf_counter()
-        self.store.write_stats(step, self.agent, stats)
-        store_s += time.perf_counter() - t
-        stats[f"{self.agent}/store_s"] = store_s
-        stats.update({f"memory/{self.agent}_{key}": v for key, v in peak_memory_mib().items()})
+        """This learner's share of ``step`` (``step.learner_step``), the store its channel."""
+        torch.set_num_threads(update_threads(self.name, self.cores, self.cfg.d_max, self.cfg.sub_batch))
+        channel = StoreChannel(self.store, self.cfg.rollouts)
+        _, stats = learner_step(self.name, self.learner, episodes, self.cfg, step, channel, record_to=self.run_dir)
+        start = time.perf_counter()
+        self.store.write_learner_stats(step, self.name, stats)
+        stats[f"{self.name}/store_s"] = channel.seconds + time.perf_counter() - start
+        stats.update({f"memory/{self.name}_{key}": v for key, v in peak_memory_mib().items()})
         return stats
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
-        self.learner.policy.save_adapter(directory / self.agent)
+        self.learner.policy.save_adapter(directory / self.name)
         torch.save({"optimizer": self.learner.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate(), "held_back": self.learner.held_back},
-                   directory / f"{self.agent}_state.pt")
+                   directory / f"{self.name}_state.pt")
 
     def serve(self, conn) -> None:
         handlers = {"act": self.act, "reseed": self.reseed, "train": self.train, "save": self.save,
@@ -154,12 +135,10 @@ class AgentWorker:
                 conn.send(("error", traceback.format_exc()))
 
 
-def worker_main(conn, agent: str, cfg_dict: dict, run_dir: str, checkpoint: str | None) -> None:
+def worker_main(conn, learner: str, cfg_dict: dict, run_dir: str, checkpoint: str | None) -> None:
     """Entry point of a worker process (spawned: it imports everything itself)."""
-    from .config import TrainConfig
-
     try:
-        worker = AgentWorker(agent, TrainConfig.from_dict(cfg_dict), Path(run_dir),
+        worker = LearnerWorker(learner, TrainConfig.from_dict(cfg_dict), Path(run_dir),
                              Path(checkpoint) if checkpoint else None)
     except Exception:
         conn.send(("error", traceback.format_exc()))
@@ -183,15 +162,12 @@ class WorkerFailed(RuntimeError):
 class WorkerHandle:
     """The controller's end of one worker process."""
 
-    def __init__(self, agent: str, cfg, run_dir: Path, checkpoint: Path | None):
-        import multiprocess
-        from dataclasses import asdict
-
+    def __init__(self, learner: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
         ctx = multiprocess.get_context(MP_START_METHOD)
-        self.agent = agent
+        self.learner = learner
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, name=f"mgrpo-{agent}", daemon=True,
-                                   args=(child, agent, asdict(cfg), str(run_dir),
+        self.process = ctx.Process(target=worker_main, name=f"mgrpo-{learner}", daemon=True,
+                                   args=(child, learner, asdict(cfg), str(run_dir),
                                          str(checkpoint) if checkpoint else None))
         self.process.start()
         child.close()
@@ -214,7 +190,7 @@ class WorkerHandle:
         except (EOFError, OSError):
             self._died()
         if status == "error":
-            raise WorkerFailed(f"the {self.agent} worker failed while {self.doing}:\n{value}")
+            raise WorkerFailed(f"the {self.learner} worker failed while {self.doing}:\n{value}")
         return value
 
     def request(self, *message):
@@ -223,7 +199,7 @@ class WorkerHandle:
 
     def _died(self):
         self.process.join(timeout=1)
-        raise WorkerDied(f"the {self.agent} worker (pid {self.process.pid}) died while {self.doing} "
+        raise WorkerDied(f"the {self.learner} worker (pid {self.process.pid}) died while {self.doing} "
                          f"(exit code {self.process.exitcode})")
 
     @functools.cached_property
@@ -258,6 +234,4 @@ class WorkerAgent:
 
     def render(self, trajectory):
         """The trajectory in the worker's model's own format (chat.py)."""
-        from .chat import render
-
         return render(trajectory, self.handle.chat)

@@ -1,6 +1,15 @@
-"""Shared test helpers: a replaying agent, question lookup, and a metrics line without what varies run to run."""
+"""Shared test helpers: a replaying agent, question lookup, a metrics line without what varies
+run to run, and whether a name the docs cite is in the package."""
 
+import dataclasses
+import importlib
+import inspect
+from pathlib import Path
+
+from mgrpo_ref.config import TrainConfig
 from mgrpo_ref.world import load_questions
+
+MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "mgrpo_ref").glob("*.py") if p.stem != "__init__")
 
 
 class Replay:
@@ -22,3 +31,32 @@ def deterministic(record: dict) -> dict:
     """A metrics line without what a seed does not decide: wall-clock timings and memory peaks."""
     return {k: v for k, v in record.items()
             if not k.startswith(("time/", "memory/")) and not k.endswith(("update_s", "store_s"))}
+
+
+def resolves(name: str) -> bool:
+    """Whether a glossary name is in the package: a config field (``d_max``, ``reward.b2``),
+    ``module.attr[.attr]`` or ``Class.attr`` of any module's class; a call's arguments are ignored."""
+    name = name.split("(")[0]
+    config = TrainConfig()
+    head, *rest = name.split(".")
+    if head in {f.name for f in dataclasses.fields(TrainConfig)}:
+        value = getattr(config, head)
+        if all(has(value, part) for part in rest):
+            return True
+    if head in MODULES:  # "alignment" is a config field and a module
+        obj = importlib.import_module(f"mgrpo_ref.{head}")
+        for part in rest:
+            if not has(obj, part):
+                return False
+            obj = getattr(obj, part, None)
+        return True
+    for module in MODULES:  # Class.attr, the class in any module
+        cls = getattr(importlib.import_module(f"mgrpo_ref.{module}"), head, None)
+        if inspect.isclass(cls) and all(has(cls, part) for part in rest):
+            return True
+    return False
+
+
+def has(obj, name: str) -> bool:
+    """An attribute, or a dataclass field (which a class without a default does not carry)."""
+    return hasattr(obj, name) or name in getattr(obj, "__dataclass_fields__", {})

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mgrpo_ref.advantages import equal_reward_fraction, group_advantages, grouped_advantages
+from mgrpo_ref.advantages import equal_reward_fraction, main_advantages, sub_advantages
 
 EPS = 1e-6
 
@@ -15,7 +15,7 @@ def test_hand_computed_group():
     # so A = (+-0.5) / (0.5 + eps) = +-1 / (1 + 2 eps) ~ [1, -1, -1, 1].
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     expected = torch.tensor([[1.0, -1.0, -1.0, 1.0]]) * 0.5 / (0.5 + EPS)
-    torch.testing.assert_close(group_advantages(rewards), expected)
+    torch.testing.assert_close(main_advantages(rewards), expected)
 
 
 def test_hand_computed_uneven_group():
@@ -26,12 +26,12 @@ def test_hand_computed_uneven_group():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
     s3 = math.sqrt(3)
     expected = torch.tensor([[s3, -1 / s3, -1 / s3, -1 / s3]], dtype=torch.float64)
-    torch.testing.assert_close(group_advantages(rewards, eps=0.0), expected)
+    torch.testing.assert_close(main_advantages(rewards, eps=0.0), expected)
 
 
 def test_rows_are_independent_groups():
     rewards = torch.tensor([[1.0, 0.0], [5.0, 3.0]])
-    adv = group_advantages(rewards)
+    adv = main_advantages(rewards)
     # Each row is centred and scaled on its own: both become ~[1, -1].
     torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0], [1.0, -1.0]]), atol=1e-5, rtol=0)
 
@@ -40,18 +40,18 @@ def test_equal_rewards_give_exactly_zero():
     # 0.1 repeated: the float mean is not exactly 0.1, so without the explicit zeroing
     # the advantage would be a tiny nonzero number divided by eps.
     rewards = torch.tensor([[0.1, 0.1, 0.1], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
-    adv = group_advantages(rewards)
+    adv = main_advantages(rewards)
     assert torch.equal(adv[:2], torch.zeros(2, 3))
     assert (adv[2] != 0).all()
 
 
 def test_single_rollout_group_is_zero():
-    adv = group_advantages(torch.tensor([[0.7], [0.2]]))
+    adv = main_advantages(torch.tensor([[0.7], [0.2]]))
     assert torch.equal(adv, torch.zeros(2, 1))
 
 
 def test_integer_rewards_are_accepted():
-    adv = group_advantages(torch.tensor([[1, 0]]))
+    adv = main_advantages(torch.tensor([[1, 0]]))
     assert adv.is_floating_point()
     torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0]]), atol=1e-5, rtol=0)
 
@@ -60,20 +60,20 @@ def test_integer_rewards_are_accepted():
 def test_non_finite_rewards_raise(bad):
     rewards = torch.tensor([[1.0, 0.0], [0.0, bad]])
     with pytest.raises(ValueError, match=r"\(1, 1\)"):
-        group_advantages(rewards)
+        main_advantages(rewards)
     with pytest.raises(ValueError, match=r"\(3,\)"):
-        grouped_advantages(rewards.flatten(), torch.tensor([0, 0, 1, 1]))
+        sub_advantages(rewards.flatten(), torch.tensor([0, 0, 1, 1]))
 
 
 def test_wrong_ndim_raises():
     with pytest.raises(ValueError, match="B, K"):
-        group_advantages(torch.zeros(4))
+        main_advantages(torch.zeros(4))
     with pytest.raises(ValueError, match="N,"):
-        grouped_advantages(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long))
+        sub_advantages(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="N,"):
-        grouped_advantages(torch.zeros(3), torch.zeros(2, dtype=torch.long))
+        sub_advantages(torch.zeros(3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="integers"):
-        grouped_advantages(torch.zeros(3), torch.zeros(3))
+        sub_advantages(torch.zeros(3), torch.zeros(3))
 
 
 def _grouped_loop(rewards, group_ids, eps=EPS):
@@ -103,13 +103,13 @@ def test_grouped_matches_loop(seed):
     )
     expected = _grouped_loop(rewards.tolist(), group_ids.tolist())
     expected = torch.tensor(expected, dtype=torch.float64)
-    torch.testing.assert_close(grouped_advantages(rewards, group_ids), expected)
+    torch.testing.assert_close(sub_advantages(rewards, group_ids), expected)
 
 
 def test_grouped_single_group_equals_group_advantages():
     rewards = torch.tensor([0.3, 1.0, 0.0, 0.55, 0.9])
-    flat = grouped_advantages(rewards, torch.full((5,), 4, dtype=torch.long))
-    torch.testing.assert_close(flat, group_advantages(rewards[None, :])[0])
+    flat = sub_advantages(rewards, torch.full((5,), 4, dtype=torch.long))
+    torch.testing.assert_close(flat, main_advantages(rewards[None, :])[0])
 
 
 def test_grouped_rows_equal_group_advantages():
@@ -117,12 +117,12 @@ def test_grouped_rows_equal_group_advantages():
     rewards = torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.2, 0.2], [3.0, 1.0, 2.0]])
     ids = torch.arange(3).repeat_interleave(3)
     torch.testing.assert_close(
-        grouped_advantages(rewards.flatten(), ids), group_advantages(rewards).flatten()
+        sub_advantages(rewards.flatten(), ids), main_advantages(rewards).flatten()
     )
 
 
 def test_grouped_empty():
-    out = grouped_advantages(torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    out = sub_advantages(torch.zeros(0), torch.zeros(0, dtype=torch.long))
     assert out.shape == (0,)
 
 

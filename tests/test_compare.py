@@ -1,12 +1,14 @@
-"""The variant comparison (compare.py): table arithmetic, learning curves, and a tiny real run."""
+"""The variant comparison (compare.py, compare_tables.py, compare_plots.py): table arithmetic,
+learning curves, and a tiny real run."""
 
 import json
 from dataclasses import replace
 
 import pytest
 
-from mgrpo_ref import compare
-from mgrpo_ref.compare import base_and_final, curves, metrics, run_comparison, table, train_run
+from mgrpo_ref import compare, compare_plots, compare_tables
+from mgrpo_ref.compare import base_and_final, curves, metrics, run_comparison, train_run
+from mgrpo_ref.compare_tables import table
 from mgrpo_ref.config import TrainConfig
 from mgrpo_ref.evaluate import FAILURE_KINDS
 from mgrpo_ref.pretrain import SIZES, pretrain
@@ -150,7 +152,7 @@ def test_differences_pair_runs_by_seed_and_use_only_common_seeds():
         run("mgrpo", 2, "multi", base, final(0.30)),
         run("frozen_sub", 0, "multi", base, final(0.58)), run("frozen_sub", 1, "multi", base, final(0.70)),
         run("frozen_sub", 2, "multi", base, final(0.52)), run("frozen_sub", 3, "multi", base, final(0.99))]}
-    rows = {r["decoding"]: r for r in compare.differences(results)}
+    rows = {r["decoding"]: r for r in compare_tables.differences(results)}
     greedy, sampled = rows["greedy"], rows["sampled"]
     assert greedy["seeds"] == [0, 1, 2]
     half = 4.302653 * 2 / 3 ** 0.5
@@ -158,7 +160,7 @@ def test_differences_pair_runs_by_seed_and_use_only_common_seeds():
     assert (greedy["low"], greedy["high"]) == pytest.approx((20 - half, 20 + half), abs=1e-3)
     assert greedy["verdict"] == "frozen_sub higher"
     assert sampled["mean"] == 0.0 and sampled["verdict"] == "no measurable difference"
-    text = compare.differences_table(compare.differences(results))
+    text = compare_tables.differences_table(compare_tables.differences(results))
     assert "| frozen_sub - mgrpo | greedy | 3 | +20.0 | [+15.0, +25.0] | frozen_sub higher |" in text
 
 
@@ -229,13 +231,13 @@ def test_a_tiny_comparison_with_an_ablation_trains_it_and_reports_its_paired_dif
 
 def test_accuracy_by_world_size_and_the_range_over_worlds():
     report = {"accuracy_by_world": {"1001": 0.5, "1002": 0.7, "1003": 0.6, "1004": 0.1, "1005": 0.3, "1006": 0.2}}
-    assert compare.by_size(report) == pytest.approx({"default": 0.6, "large": 0.2})
-    assert compare.by_size({"accuracy_by_world": {"1000": 0.4}}) is None  # one size only
-    assert compare.by_size({"accuracy": 0.4}) is None  # a report from before per-world figures
+    assert compare_tables.by_size(report) == pytest.approx({"default": 0.6, "large": 0.2})
+    assert compare_tables.by_size({"accuracy_by_world": {"1000": 0.4}}) is None  # one size only
+    assert compare_tables.by_size({"accuracy": 0.4}) is None  # a report from before per-world figures
     other = {"accuracy_by_world": {w: 1 - a for w, a in report["accuracy_by_world"].items()}}
-    assert compare.world_range([report, other]) == pytest.approx((0.5, 0.5))  # each world averaged first
-    assert compare.world_range([report]) == pytest.approx((0.1, 0.7))
-    assert compare.world_range([report, {"accuracy": 0.3}]) is None
+    assert compare_tables.world_range([report, other]) == pytest.approx((0.5, 0.5))  # each world averaged first
+    assert compare_tables.world_range([report]) == pytest.approx((0.1, 0.7))
+    assert compare_tables.world_range([report, {"accuracy": 0.3}]) is None
 
 
 def curve_run(variant, seed, greedy, sampled, steps=(0, 20, 40, 60)):
@@ -256,7 +258,7 @@ def test_stability_counts_collapsed_runs_and_tests_whether_the_curves_flattened(
         curve_run("mgrpo", 2, (0.2, 0.4, 0.70, 0.75), (0.2, 0.4, 0.60, 0.60)),
         curve_run("unaligned", 0, (0.2, 0.8, 0.75, 0.70), (0.2, 0.5, 0.5, 0.5)),
         curve_run("unaligned", 1, (0.2, 0.8, 0.60, 0.30), (0.2, 0.5, 0.5, 0.1))]}
-    rows = {r["variant"]: r for r in compare.stability(results)}
+    rows = {r["variant"]: r for r in compare_tables.stability(results)}
     mgrpo, unaligned = rows["mgrpo"], rows["unaligned"]
     assert mgrpo["late_step"] == 40 and mgrpo["collapsed"] == []
     half = 4.302653 * 1 / 3 ** 0.5
@@ -264,27 +266,27 @@ def test_stability_counts_collapsed_runs_and_tests_whether_the_curves_flattened(
     assert (greedy["mean"], greedy["low"], greedy["high"]) == pytest.approx((4.0, 4 - half, 4 + half), abs=1e-3)
     assert greedy["verdict"] == "still rising" and mgrpo["late_change_sampled"]["verdict"] == "flat"
     assert unaligned["collapsed"] == [1] and unaligned["best_greedy"] == [0.8, 0.8]
-    text = compare.stability_table(compare.stability(results)).splitlines()
+    text = compare_tables.stability_table(compare_tables.stability(results)).splitlines()
     assert text[2].startswith("| mgrpo | 3 | 74.0 | 74.0 | 0 (none) | +4.0 [+1.5, +6.5] from step 40: still rising |")
     assert text[3].startswith("| unaligned | 2 | 80.0 | 50.0 | 1 (1) |")
     # a longer arm is judged over its own last third; one seed gives no verdict
     longer = {"variants": ["single_agent_3x"], "runs": [
         curve_run("single_agent_3x", 0, [0.3] * 7, [0.2] * 7, steps=range(0, 181, 30))]}
-    (row,) = compare.stability(longer)
+    (row,) = compare_tables.stability(longer)
     assert row["late_step"] == 120 and row["late_change_greedy"]["verdict"] == "one seed: no verdict"
     # a drop of exactly 20 points is not a collapse, whatever the float rounding
-    assert not compare.collapsed(0.7, 0.5) and not compare.collapsed(0.8, 0.6) and compare.collapsed(0.8, 0.59)
+    assert not compare_tables.collapsed(0.7, 0.5) and not compare_tables.collapsed(0.8, 0.6) and compare_tables.collapsed(0.8, 0.59)
     # a wide interval that covers 0 allows no verdict; a run evaluated only at its ends has no late step
     wide = {"variants": ["mgrpo"], "runs": [curve_run("mgrpo", s, (0.2, 0.5, 0.5, 0.5 + g), (0.2, 0.4, 0.4, 0.4))
                                             for s, g in enumerate((0.10, 0.02, -0.05))]}
-    assert compare.stability(wide)[0]["late_change_greedy"]["verdict"] == "no measurable change"
+    assert compare_tables.stability(wide)[0]["late_change_greedy"]["verdict"] == "no measurable change"
     ends_only = {"variants": ["mgrpo"], "runs": [curve_run("mgrpo", s, (0.2, 0.8), (0.2, 0.7), steps=(0, 60))
                                                  for s in (0, 1)]}
-    (row,) = compare.stability(ends_only)
+    (row,) = compare_tables.stability(ends_only)
     assert row["late_step"] is None and row["late_change_greedy"] is None
-    assert "no evaluation between the first and the last" in compare.stability_table([row])
+    assert "no evaluation between the first and the last" in compare_tables.stability_table([row])
     # the per-seed figure draws one panel per arm, each column's lowest panel labelled
-    fig = compare.plot_runs(results, tmp_path / "runs.png")
+    fig = compare_plots.plot_runs(results, tmp_path / "runs.png")
     assert [ax.get_xlabel() for ax in fig.axes[:2]] == ["training step"] * 2
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()][:2] == ["mgrpo (3 seeds)", "unaligned (2 seeds)"]
     assert len(fig.axes[0].lines) == 3 + 1  # three seeds and the base's level

@@ -8,21 +8,17 @@ Fast: reads the notebooks' JSON and the glossary, imports the package, loads no 
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import inspect
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from mgrpo_ref.config import TrainConfig
+from helpers import resolves
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOSSARY = ROOT / "docs" / "glossary.md"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-MODULES = [p.stem for p in (ROOT / "mgrpo_ref").glob("*.py") if p.stem != "__init__"]
 
 
 def code_names(markdown: str) -> list[str]:
@@ -33,35 +29,6 @@ def code_names(markdown: str) -> list[str]:
             last = line.strip().strip("|").split("|")[-1]
             names += re.findall(r"`([^`]+)`", last)
     return names
-
-
-def resolves(name: str) -> bool:
-    """Whether a glossary name is in the package: a config field (``d_max``, ``reward.b2``),
-    ``module.attr[.attr]`` or ``Class.attr`` of any module's class; a call's arguments are ignored."""
-    name = name.split("(")[0]
-    config = TrainConfig()
-    head, *rest = name.split(".")
-    if head in {f.name for f in dataclasses.fields(TrainConfig)}:
-        value = getattr(config, head)
-        if all(has(value, part) for part in rest):
-            return True
-    if head in MODULES:  # "alignment" is a config field and a module
-        obj = importlib.import_module(f"mgrpo_ref.{head}")
-        for part in rest:
-            if not has(obj, part):
-                return False
-            obj = getattr(obj, part, None)
-        return True
-    for module in MODULES:  # Class.attr, the class in any module
-        cls = getattr(importlib.import_module(f"mgrpo_ref.{module}"), head, None)
-        if inspect.isclass(cls) and all(has(cls, part) for part in rest):
-            return True
-    return False
-
-
-def has(obj, name: str) -> bool:
-    """An attribute, or a dataclass field (which a class without a default does not carry)."""
-    return hasattr(obj, name) or name in getattr(obj, "__dataclass_fields__", {})
 
 
 def test_every_name_in_the_glossary_is_in_the_package():
@@ -182,3 +149,71 @@ def test_stored_outputs_carry_no_library_noise(path):
             if o["output_type"] == "stream" and o["name"] == "stderr":
                 text = "".join(o["text"])
                 assert not any(n in text for n in NOISE), f"{path.name}, cell {i}: {text[:200]}"
+
+
+# ---------------------------------------------------------------------------
+# Shape comments: only the glossary's dimension letters
+
+
+SHAPE_ITEM = re.compile(r"^(\.\.\.|\w+(\s*[*+\-/]\s*\w+)*)$")  # "T", "B*K*D", "T-1", "..."
+
+
+def glossary_letters() -> set[str]:
+    """The letters of the glossary's "Dimension letters" table (``m, t`` is two)."""
+    section = GLOSSARY.read_text().split("## Dimension letters", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
+    return {letter.strip() for row in rows for letter in row.split(",")}
+
+
+def shape_comments(code: str) -> list[str]:
+    """The comments of ``code`` that read as a shape: an opening ``(``, then comma-separated
+    items of names, numbers and ``* + - /`` (``# (B*K, T)``, ``# (N,)``, ``# (...)``)."""
+    found = []
+    for line in code.splitlines():
+        comment = re.search(r"#\s*\(([^()]*)\)", line)
+        if comment is None or "#" in line[:comment.start()] or _in_string(line[:comment.start()]):
+            continue
+        items = [item.strip() for item in comment.group(1).split(",") if item.strip()]
+        if items and all(SHAPE_ITEM.match(item) for item in items):
+            found.append(comment.group(0))
+    return found
+
+
+def _in_string(prefix: str) -> bool:
+    """Whether a '#' after ``prefix`` sits inside a string literal (an odd count of quotes)."""
+    return prefix.count('"') % 2 == 1 or prefix.count("'") % 2 == 1
+
+
+def unknown_letters(comment: str, letters: set[str]) -> set[str]:
+    inside = comment[comment.index("(") + 1:comment.rindex(")")]
+    return set(re.findall(r"[A-Za-z_]\w*", inside)) - letters
+
+
+def every_source() -> list[tuple[str, str]]:
+    """(where, code) of every module of the package and the benchmarks, and every notebook code cell."""
+    sources = [(p.relative_to(ROOT).as_posix(), p.read_text())
+               for p in sorted([*(ROOT / "mgrpo_ref").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")])]
+    for path in NOTEBOOKS:
+        sources += [(f"{path.name} cell {i}", source(c)) for i, c in enumerate(cells(path)) if c["cell_type"] == "code"]
+    return sources
+
+
+def test_every_shape_comment_uses_only_the_glossary_letters():
+    letters = glossary_letters()
+    assert {"B", "K", "D", "N", "M", "T", "m", "t"} <= letters
+    checked, wrong = 0, []
+    for where, code in every_source():
+        for comment in shape_comments(code):
+            checked += 1
+            if unknown_letters(comment, letters):
+                wrong.append(f"{where}: {comment}")
+    assert checked > 100, "the shape comments were not found"
+    assert not wrong, "shape comments with letters the glossary does not define:\n" + "\n".join(wrong)
+
+
+def test_the_shape_comment_check_can_fail():
+    letters = glossary_letters()
+    code = 'x = f(y)  # (B*K, T)  Eq. (1)\nz = g(x)  # (n, T-1)\ns = "# (q, r)"\nw = 1  # (the cause) of it\n'
+    comments = shape_comments(code)
+    assert comments == ["# (B*K, T)", "# (n, T-1)"]
+    assert [unknown_letters(c, letters) for c in comments] == [set(), {"n"}]

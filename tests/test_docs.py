@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import MODULES, resolves
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 TABLE = ROOT / "benchmarks" / "results" / "comparison-cpu" / "table.md"
 PACKAGE = ROOT / "mgrpo_ref"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 HISTORY_WORDS = ("session", "previous base", "issue 6")
@@ -214,3 +217,47 @@ def test_the_make_train_curves_in_the_docs_are_the_committed_run():
         assert typed == ", ".join(f"{100 * m[key]:.1f}" for m in evaluations), label
         first, last = (f"{100 * m[key]:.1f}%" for m in (evaluations[0], evaluations[-1]))
         assert row.split("|")[2].strip() == first and row.split("|")[3].strip() == last
+
+
+# ---------------------------------------------------------------------------
+# Every name the docs cite is in the package
+
+
+def cited_names(text: str) -> list[str]:
+    """The backticked package names of a markdown text: ``module.attr`` where module is one of
+    the package's modules (``step.learner_step``, ``mgrpo_ref.store.Store``), and the modules
+    of ``python -m mgrpo_ref.<module>`` commands."""
+    names = []
+    for span in re.findall(r"`([^`\n]+)`", text):
+        names += [f"{m}.__name__" for m in re.findall(r"python -m mgrpo_ref\.(\w+)", span)]
+        name = span.split("(")[0].strip()
+        name = name[len("mgrpo_ref."):] if name.startswith("mgrpo_ref.") else name
+        if re.fullmatch(r"\w+\.py", name) and name[:-3] in MODULES:
+            continue  # a module's file name: it exists
+        if re.fullmatch(r"\w+(\.\w+)+", name) and name.split(".")[0] in MODULES:
+            names.append(name)
+    return names
+
+
+def notebook_markdown(path: Path) -> str:
+    import json
+
+    return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
+
+
+CITING = [README, *[p for p in DOCS if p.name != "history.md"]]  # the history keeps the names of its day
+
+
+@pytest.mark.parametrize("path", [*CITING, *NOTEBOOKS], ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_package_name_the_docs_cite_is_in_the_package(path):
+    text = notebook_markdown(path) if path.suffix == ".ipynb" else path.read_text()
+    missing = [name for name in cited_names(text) if not resolves(name)]
+    assert not missing, f"{path.name} cites names the package does not have: {missing}"
+
+
+def test_the_cited_names_check_can_fail():
+    text = "see `step.learner_step`, `mgrpo_ref.store.StoreChannel`, `step.no_such_thing(x)` and `a.b`;\n" \
+           "run `python -m mgrpo_ref.nosuchmodule --help`"
+    names = cited_names(text)
+    assert names == ["step.learner_step", "store.StoreChannel", "step.no_such_thing", "nosuchmodule.__name__"]
+    assert [resolves(n) for n in names] == [True, True, False, False]

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from mgrpo_ref.advantages import group_advantages, grouped_advantages
+from mgrpo_ref.advantages import main_advantages, sub_advantages
 from mgrpo_ref.episode import run_episodes
 from mgrpo_ref.rewards import RewardConfig, episode_rewards, main_reward, sub_reward, verify_sub_result
 from mgrpo_ref.tools import ToolsByWorld
@@ -191,9 +191,9 @@ def test_non_finite_or_negative_coefficients_are_refused_when_the_config_is_buil
 
 def test_non_finite_rewards_are_rejected_by_the_advantages():
     with pytest.raises(ValueError, match="finite"):
-        group_advantages(torch.tensor([[float("inf"), 0.1]]))
+        main_advantages(torch.tensor([[float("inf"), 0.1]]))
     with pytest.raises(ValueError, match="finite"):
-        grouped_advantages(torch.tensor([float("nan"), 0.5]), torch.zeros(2, dtype=torch.long))
+        sub_advantages(torch.tensor([float("nan"), 0.5]), torch.zeros(2, dtype=torch.long))
 
 
 def test_the_subtask_is_kept_as_the_main_agent_delegated_it():

@@ -14,8 +14,8 @@ from mgrpo_ref.policy import load_policy
 from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.rewards import episode_rewards
 from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
-from mgrpo_ref.step import (LAYOUTS, check_episodes, correct_from_rows, main_half, policy_update,
-                            rollout_rows, sub_half)
+from mgrpo_ref.step import LAYOUTS, check_episodes, clipped_update, main_half, sub_half
+from mgrpo_ref.store import correct_from_rows, rollout_rows
 from mgrpo_ref.config import VARIANTS
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
@@ -68,7 +68,12 @@ def test_the_halves_keep_each_trajectory_s_advantage_and_slot_count(episodes, po
 
     main = main_half(episodes, CFG, policy)
     sub = sub_half(episodes, main.correct, CFG, policy, step=1)
-    assert torch.equal(main.advantages, main.batch.advantages) and main.copies is None
+    assert torch.equal(main.advantages, main.batch.advantages)
+    assert [(i, call, copies) for i, call, _, copies in main.trajectories(episodes)] == [
+        (i, None, 1) for i in range(B * K)]
+    subs = sub.trajectories(episodes)
+    assert [t for _, _, t, _ in subs] == [s for e in episodes for s in e.subs]
+    assert [copies for *_, copies in subs] == sub.copies.tolist()
     counts = [[len(e.subs) for e in episodes[q * K:(q + 1) * K]] for q in range(B)]
     alignment = align_sub_trajectories(counts, D, step_seed(CFG.seed, 1, SALT_ALIGNMENT))
     assert torch.equal(sub.copies, alignment.copies) and len(sub.advantages) == len(sub.rewards)
@@ -81,7 +86,7 @@ def test_the_halves_keep_each_trajectory_s_advantage_and_slot_count(episodes, po
 
 def test_store_rows_carry_correct_m_by_question_and_rollout(episodes, policy):
     main = main_half(episodes, CFG, policy)
-    rows = rollout_rows(episodes, main, K)
+    rows = rollout_rows(episodes, main.rewards, main.correct, K)
     assert [(r["question_index"], r["rollout"]) for r in rows] == [(b, k) for b in range(B) for k in range(K)]
     for e, row in zip(episodes, rows):
         expected = 0.0 if not e.main.format_valid else (1.0 if row["correct"] else 0.1)
@@ -95,6 +100,22 @@ def test_store_rows_carry_correct_m_by_question_and_rollout(episodes, policy):
     beyond = rows[:-1] + [dict(rows[-1], rollout=K)]
     with pytest.raises(ValueError, match="does not describe"):
         correct_from_rows(beyond, episodes, K)
+
+
+def test_the_store_carries_correct_m_as_a_variable_does(episodes, policy, tmp_path):
+    """The two channels of ``learner_step``: the store of the pipeline gives the sub-agent's half
+    the correct(M) that the one-process variable gives, and a sub half cannot come first."""
+    from mgrpo_ref.step import DirectChannel
+    from mgrpo_ref.store import Store, StoreChannel
+
+    main = main_half(episodes, CFG, policy)
+    direct, stored = DirectChannel(), StoreChannel(Store(tmp_path / "store.sqlite", create=True), K)
+    with pytest.raises(RuntimeError, match="main agent's learner takes its share first"):
+        direct.receive(1, episodes)
+    for channel in (direct, stored):
+        channel.send(1, episodes, main)
+    assert torch.equal(stored.receive(1, episodes), direct.receive(1, episodes))
+    assert torch.equal(direct.receive(1, episodes), main.correct) and stored.seconds > 0
 
 
 def test_the_sub_half_uses_the_given_correctness_not_the_trajectories(episodes, policy):
@@ -145,22 +166,22 @@ def test_a_policy_batch_checks_its_shapes():
         PolicyBatch(ids, torch.ones_like(ids), torch.ones(2, 3), torch.zeros(3))
 
 
-def test_policy_update_moves_the_adapter_only_with_a_signal(policy):
+def test_clipped_update_moves_the_adapter_only_with_a_signal(policy):
     ids = torch.tensor([policy.encode("<answer>Kaun</answer>")] * 2)
     batch = PolicyBatch(ids, torch.ones_like(ids), torch.ones(ids.shape), torch.tensor([1.0, -1.0]))
     lora = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2, weight_decay=0.0)
-    kwargs = dict(epochs=1, microbatch=1, eps_low=0.2, eps_high=0.28, kl_coef=0.0, max_grad_norm=1.0)
+    cfg = TrainConfig(epochs=1, microbatch=1, clip_eps_low=0.2, clip_eps_high=0.28, kl_coef=0.0, max_grad_norm=1.0)
     # identical sequences with advantages +1 and -1 cancel exactly: no signal, no move
-    stats = policy_update(policy, opt, batch, **kwargs)
+    stats = clipped_update(policy, opt, batch, cfg)
     assert stats["mean_ratio"] == pytest.approx(1.0) and stats["clip_frac"] == 0.0
     assert all(torch.equal(p, lora[n]) for n, p in policy.model.named_parameters() if p.requires_grad)
     zero = PolicyBatch(ids, torch.ones_like(ids), torch.ones(ids.shape), torch.zeros(2))
-    frozen = policy_update(policy, opt, zero, train=False, **kwargs)
+    frozen = clipped_update(policy, opt, zero, cfg, train=False)
     assert frozen["trained"] is False
     # a real signal moves the adapter
     signal = PolicyBatch(ids, torch.ones_like(ids), torch.ones(ids.shape), torch.tensor([1.0, 1.0]))
-    policy_update(policy, opt, signal, **kwargs)
+    clipped_update(policy, opt, signal, cfg)
     moved = [n for n, p in policy.model.named_parameters() if p.requires_grad and not torch.equal(p, lora[n])]
     assert moved and all("lora_" in n for n in moved)
 
@@ -172,13 +193,12 @@ def test_update_on_a_single_one_token_row(policy):
     batch = PolicyBatch(torch.tensor([[pad]]), torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1),
                         torch.zeros(1))
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
-    stats = policy_update(policy, opt, batch, epochs=1, microbatch=1, eps_low=0.2, eps_high=0.28,
-                          kl_coef=0.0, max_grad_norm=1.0)
+    stats = clipped_update(policy, opt, batch, replace(CFG, microbatch=1, max_grad_norm=1.0))
     assert stats["n_tokens"] == 0 and stats["loss"] == 0.0
 
 
 def test_one_epoch_update_equals_the_textbook_one_with_a_separate_pi_old_pass(policy):
-    """With one epoch, policy_update reuses the current log-probs (detached) as pi_old. The
+    """With one epoch, clipped_update reuses the current log-probs (detached) as pi_old. The
     adapter must land where the textbook recipe puts it: a no-grad pi_old pass first, then
     the clipped loss, backward, clipping and one optimiser step."""
     rows = [policy.encode(t) for t in ("<answer>Kaun</answer>", "<answer>Mira Sol</answer>", "<task>who is it</task>")]
@@ -194,8 +214,7 @@ def test_one_epoch_update_equals_the_textbook_one_with_a_separate_pi_old_pass(po
             p.data.copy_(s)
         return torch.optim.AdamW(policy.trainable_parameters(), lr=5e-2, weight_decay=0.0)
 
-    stats = policy_update(policy, fresh_optimizer(), batch, epochs=1, microbatch=8, eps_low=0.2,
-                          eps_high=0.28, kl_coef=0.0, max_grad_norm=0.5)
+    stats = clipped_update(policy, fresh_optimizer(), batch, replace(CFG, microbatch=8, max_grad_norm=0.5))
     fast = [p.detach().clone() for p in params]
 
     optimizer = fresh_optimizer()
@@ -297,8 +316,7 @@ def test_distinct_rows_weighted_by_copies_give_the_slot_batch_loss_and_gradient(
 
     def loss_and_gradient(half):
         optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: the adapter stays where it is
-        stats = policy_update(policy, optimizer, half.batch, epochs=1, microbatch=5, eps_low=0.2,
-                              eps_high=0.28, kl_coef=0.0, max_grad_norm=1e9)  # no clipping
+        stats = clipped_update(policy, optimizer, half.batch, replace(CFG, microbatch=5, max_grad_norm=1e9))  # no clipping
         return stats, [p.grad.detach().clone() for p in params]
 
     slot_stats, slot_grads = loss_and_gradient(slots)
@@ -332,8 +350,7 @@ def test_microbatches_longest_first_give_the_same_loss_and_gradient(episodes, po
 
     def loss_and_gradient(microbatch):
         optimizer = torch.optim.SGD(params, lr=0.0)
-        stats = policy_update(policy, optimizer, batch, epochs=1, microbatch=microbatch, eps_low=0.2,
-                              eps_high=0.28, kl_coef=0.0, max_grad_norm=1e9)
+        stats = clipped_update(policy, optimizer, batch, replace(CFG, microbatch=microbatch, max_grad_norm=1e9))
         return stats, [p.grad.detach().clone() for p in params]
 
     sorted_stats, sorted_grads = loss_and_gradient(5)
@@ -379,12 +396,13 @@ def test_the_unaligned_ablation_with_no_sub_trajectory_is_one_row_that_weighs_no
 
 
 def test_a_stale_sub_agent_trains_on_the_step_before_with_the_log_probs_that_sampled_it(episodes, policy):
-    from mgrpo_ref.step import Half, Learner, learner_update, sampling_logprobs, update_agent
+    from mgrpo_ref.step import Learner, SubHalf, learner_update, sampling_logprobs
 
     cfg = replace(CFG, sub_staleness=1, microbatch=4, lr=5e-2)
     main = main_half(episodes, cfg, policy)
     halves = [sub_half(episodes, main.correct, cfg, policy, step) for step in (1, 2, 3)]
-    halves[1] = Half(replace(halves[1].batch, advantages=-halves[1].batch.advantages), {}, [])  # another signal
+    halves[1] = replace(halves[1], batch=replace(halves[1].batch, advantages=-halves[1].batch.advantages))  # another signal
+    assert all(isinstance(h, SubHalf) for h in halves)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     now = lambda: [p.detach().clone() for p in params]  # noqa: E731
@@ -407,15 +425,15 @@ def test_a_stale_sub_agent_trains_on_the_step_before_with_the_log_probs_that_sam
     assert third["sub/mean_ratio"] != pytest.approx(1.0, abs=1e-6)  # the adapter moved after step 2 was sampled
 
     # by hand: step 2 trains on step 1's half; step 3 on step 2's, with the log-probs taken before step 2's update
-    optimizer = reset()
-    update_agent("sub", policy, optimizer, [halves[0]], cfg, 2)
+    optimizer = reset()  # at cfg.lr, the constant schedule's rate at every step
+    clipped_update(policy, optimizer, halves[0].batch, cfg)
     for a, b in zip(now(), after_second):
         torch.testing.assert_close(a, b)
     assert any(not torch.equal(a, s) for a, s in zip(after_second, start))
-    by_hand = update_agent("sub", policy, optimizer, [halves[1]], cfg, 3, old_logprobs=old_of_second)
+    by_hand = clipped_update(policy, optimizer, halves[1].batch, cfg, old_logprobs=old_of_second)
     for a, b in zip(now(), after_third):
         torch.testing.assert_close(a, b)
-    assert by_hand["sub/loss"] == pytest.approx(third["sub/loss"], abs=1e-6)
+    assert by_hand["loss"] == pytest.approx(third["sub/loss"], abs=1e-6)
     reset()  # leave the shared fixture as it was
 
 

@@ -35,14 +35,14 @@ def test_round_trip(tmp_path):
     store = Store(tmp_path / "s.sqlite", create=True)
     store.set_meta(variant="mgrpo", seed=3)
     store.write_rollouts(0, rows(4))
-    store.write_stats(0, "main", {"loss": 0.5, "reward_mean": 0.1})
+    store.write_learner_stats(0, "main", {"loss": 0.5, "reward_mean": 0.1})
     store.finish_step(0)
-    assert store.meta()["variant"] == "mgrpo" and store.meta()["schema_version"] == str(SCHEMA_VERSION) == "2"
+    assert store.meta()["variant"] == "mgrpo" and store.meta()["schema_version"] == str(SCHEMA_VERSION) == "3"
     got = store.rollouts(0)
     assert len(got) == 4 and got[3]["n_sub"] == 0 and got[1]["correct"] == 0
     assert [(r["question_index"], r["rollout"]) for r in got] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert "question" not in got[0]
-    assert store.stats("main") == [{"step": 0, "agent": "main", "loss": 0.5, "reward_mean": 0.1}]
+    assert store.learner_stats("main") == [{"step": 0, "learner": "main", "loss": 0.5, "reward_mean": 0.1}]
     assert store.last_finished_step() == 0
     # a second connection (as another process would) sees the same
     reader = Store(tmp_path / "s.sqlite", readonly=True)
@@ -68,11 +68,11 @@ def test_truncate_after_removes_half_done_steps(tmp_path):
     store = Store(tmp_path / "s.sqlite", create=True)
     for step in range(3):
         store.write_rollouts(step, rows(2))
-        store.write_stats(step, "sub", {"loss": step})
+        store.write_learner_stats(step, "sub", {"loss": step})
     store.finish_step(0)
     store.finish_step(1)
     store.truncate_after(1)
-    assert store.rollouts(2) == [] and [s["step"] for s in store.stats()] == [0, 1]
+    assert store.rollouts(2) == [] and [s["step"] for s in store.learner_stats()] == [0, 1]
     assert store.last_finished_step() == 1
 
 
@@ -262,19 +262,23 @@ def test_a_zero_byte_file_becomes_a_store_only_with_create(tmp_path):
     assert len(store.rollouts(0)) == 2
 
 
-def test_an_older_schema_version_is_refused_untouched(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_schema_version_is_refused_untouched_in_one_line(tmp_path, version):
+    """Version 2 is the last one before ``learner_stats``: its statistics sat in ``agent_stats``."""
     path = tmp_path / "s.sqlite"
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     conn.execute("CREATE TABLE rollouts (step INTEGER, question INTEGER, rollout INTEGER)")
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute("CREATE TABLE agent_stats (step INTEGER, agent TEXT, stats TEXT)")
+    conn.execute("INSERT INTO agent_stats VALUES (1, 'main', '{}')")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
     conn.commit()
     conn.close()
     before = path.read_bytes()
     for kwargs in ({}, {"create": True}, {"readonly": True}):
-        message = refused(path, "schema version 1, this code reads schema version 2", **kwargs)
-        assert "left untouched" in message
+        message = refused(path, f"schema version {version}, this code reads schema version 3", **kwargs)
+        assert "left untouched" in message and "new run directory" in message and "\n" not in message
     assert path.read_bytes() == before and tree(tmp_path) == {"s.sqlite"}
 
 
@@ -284,7 +288,7 @@ def test_an_older_schema_version_is_refused_untouched(tmp_path):
 @pytest.mark.parametrize("write", [
     lambda s: s.set_meta(seed=1),
     lambda s: s.write_rollouts(0, rows(2)),
-    lambda s: s.write_stats(0, "main", {"loss": 1.0}),
+    lambda s: s.write_learner_stats(0, "main", {"loss": 1.0}),
     lambda s: s.finish_step(0),
     lambda s: s.truncate_after(0),
 ])
@@ -300,8 +304,8 @@ def test_writes_through_a_read_only_connection_name_the_store(tmp_path, write):
 @pytest.mark.parametrize("read", [
     lambda s: s.rollouts(0),
     lambda s: s.wait_rollouts(0, 1, timeout=0.1),
-    lambda s: s.stats(),
-    lambda s: s.stats("main"),
+    lambda s: s.learner_stats(),
+    lambda s: s.learner_stats("main"),
     lambda s: s.last_finished_step(),
     lambda s: s.meta(),
 ])
@@ -309,7 +313,7 @@ def test_reads_of_a_damaged_store_name_the_store(tmp_path, read):
     path = tmp_path / "s.sqlite"
     store = Store(path, create=True)
     damage = sqlite3.connect(path)
-    damage.executescript("DROP TABLE rollouts; DROP TABLE agent_stats; DROP TABLE steps; DROP TABLE meta;")
+    damage.executescript("DROP TABLE rollouts; DROP TABLE learner_stats; DROP TABLE steps; DROP TABLE meta;")
     damage.close()
     with pytest.raises(StoreError, match="^cannot read .*: no such table") as info:
         read(store)
@@ -339,9 +343,9 @@ def test_two_processes_write_and_read_at_once(tmp_path):
         for step in range(100):
             s.write_rollouts(step, [dict(question_index=q, rollout=0, qid='q', main_reward=float(step),
                                          correct=True, format_valid=True, n_sub=1) for q in range(8)])
-            s.write_stats(step, {{agent!r}}, {{{{'step': step}}}})
+            s.write_learner_stats(step, {{learner!r}}, {{{{'step': step}}}})
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", writer.format(agent=a)]) for a in ("main", "sub")]
+    procs = [subprocess.Popen([sys.executable, "-c", writer.format(learner=a)]) for a in ("main", "sub")]
     reader = Store(path, readonly=True)
     seen_partial = False
     while any(p.poll() is None for p in procs):
@@ -351,7 +355,7 @@ def test_two_processes_write_and_read_at_once(tmp_path):
     assert all(p.wait() == 0 for p in procs)
     assert not seen_partial
     assert all(len(reader.rollouts(s)) == 8 for s in range(100))
-    assert len(reader.stats("main")) == 100 and len(reader.stats("sub")) == 100
+    assert len(reader.learner_stats("main")) == 100 and len(reader.learner_stats("sub")) == 100
 
 
 def test_a_killed_writer_leaves_a_consistent_store(tmp_path):

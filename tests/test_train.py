@@ -59,7 +59,7 @@ def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
     store = Store(run / "store.sqlite", readonly=True)
     assert store.last_finished_step() == 3
     assert all(len(store.rollouts(s)) == 4 for s in (1, 2, 3))
-    assert {s["agent"] for s in store.stats()} == {"main", "sub"}
+    assert {s["learner"] for s in store.learner_stats()} == {"main", "sub"}
     # what crossed between the agents is scalars: every stored value is a number or a flag
     for row in store.rollouts(1):
         assert all(isinstance(v, (int, float)) for k, v in row.items() if k != "qid")
@@ -80,7 +80,7 @@ def test_frozen_sub_never_updates_the_sub_adapter(base, tmp_path):
     assert proc.returncode == 0, proc.stderr
     ckpt = run / "checkpoints" / "step_00002"
     assert all(w.abs().sum() == 0 for w in lora_b(ckpt / "sub"))  # a fresh LoRA has B = 0
-    stats = Store(run / "store.sqlite", readonly=True).stats("sub")
+    stats = Store(run / "store.sqlite", readonly=True).learner_stats("sub")
     assert stats and not any(s["sub/trained"] for s in stats)
 
 
@@ -90,7 +90,7 @@ def test_other_variants_run(base, tmp_path, variant, agents):
     proc = train("--variant", variant, "--run-dir", str(run), f"base={base}", "steps=1", *SMALL)
     assert proc.returncode == 0, proc.stderr
     store = Store(run / "store.sqlite", readonly=True)
-    assert {s["agent"] for s in store.stats()} == agents
+    assert {s["learner"] for s in store.learner_stats()} == agents
     assert set(json.loads((run / "workers.json").read_text())) == agents
 
 
@@ -114,8 +114,8 @@ def test_killed_worker_then_resume_finishes_with_a_consistent_store(base, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     store = Store(run / "store.sqlite", readonly=True)
     assert store.last_finished_step() == 5
-    assert [s["step"] for s in store.stats("main")] == [1, 2, 3, 4, 5]  # none lost, none repeated
-    assert [s["step"] for s in store.stats("sub")] == [1, 2, 3, 4, 5]
+    assert [s["step"] for s in store.learner_stats("main")] == [1, 2, 3, 4, 5]  # none lost, none repeated
+    assert [s["step"] for s in store.learner_stats("sub")] == [1, 2, 3, 4, 5]
     assert all(len(store.rollouts(s)) == 4 for s in range(1, 6))
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4, 5]
@@ -200,7 +200,7 @@ def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]  # the base evaluation once, every step once
-    stats = Store(run / "store.sqlite", readonly=True).stats("main")
+    stats = Store(run / "store.sqlite", readonly=True).learner_stats("main")
     assert [s["step"] for s in stats] == [1, 2]
     # the linear schedule, a function of the step alone, holds across the restart
     assert [s["main/lr"] for s in stats] == pytest.approx([1e-3, 5e-4])
@@ -266,7 +266,7 @@ def test_the_held_out_questions_come_from_the_chosen_split():
 def test_a_stale_sub_agent_run_keeps_its_held_back_half_in_each_checkpoint(base, tmp_path):
     from mgrpo_ref.rundir import read_jsonl
     from mgrpo_ref.train import Trainer
-    from mgrpo_ref.worker import AgentWorker
+    from mgrpo_ref.worker import LearnerWorker
 
     cfg = TrainConfig(base=str(base), steps=2, sub_staleness=1).override(SMALL)
     with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
@@ -277,12 +277,12 @@ def test_a_stale_sub_agent_run_keeps_its_held_back_half_in_each_checkpoint(base,
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00002"
     held = torch.load(checkpoint / "sub_state.pt", weights_only=False)["held_back"]
     assert held is not None and len(held.old_logprobs) >= 1
-    resumed = AgentWorker("sub", cfg, tmp_path / "run", checkpoint)  # what --resume would continue from
+    resumed = LearnerWorker("sub", cfg, tmp_path / "run", checkpoint)  # what --resume would continue from
     assert torch.equal(resumed.learner.held_back.half.batch.input_ids, held.half.batch.input_ids)
     assert torch.load(checkpoint / "main_state.pt", weights_only=False)["held_back"] is None
 
 
-def test_recorded_steps_hold_what_each_agent_trained_on_and_every_checkpoint_can_be_kept(base, tmp_path):
+def test_recorded_steps_hold_what_each_learner_trained_on_and_every_checkpoint_can_be_kept(base, tmp_path):
     from mgrpo_ref import viewer
     from mgrpo_ref.rundir import checkpoints, read_jsonl
     from mgrpo_ref.train import Trainer

@@ -1,7 +1,6 @@
 """The rollout viewer (viewer.py): records, the page, the CLI, and the page as a real
 headless browser draws it (Debian's Chromium; skipped with the install command elsewhere)."""
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,7 +29,7 @@ def records():
             trajectory(1, None, -1.5, 1, [question, ("agent", ["<answer>", " Rok", "</answer>"])])]
     sub = [trajectory(0, 0, 0.7, 3, [("prompt", ["<task>", " Who", "</task>"]), ("agent", ["<return>", " Kaun", "</return>"])]),
            trajectory(0, 1, -0.7, 0, [("prompt", ["<task>", " x", "</task>"]), ("agent", ["<return>", " y", "</return>"])])]
-    return [viewer.agent_record("main", 7, main), viewer.agent_record("sub", 7, sub)]
+    return [viewer.learner_record("main", 7, main), viewer.learner_record("sub", 7, sub)]
 
 
 def test_a_token_is_coloured_by_the_sign_and_size_of_its_advantage_or_greyed():
@@ -58,13 +57,13 @@ def test_the_page_holds_every_rollout_and_marks_trained_ignored_and_dropped_toke
 def test_records_round_trip_and_bad_input_is_one_clear_error(tmp_path):
     for record in records():
         viewer.write_record(tmp_path, record)
-    assert viewer.read_records(tmp_path, 7) == sorted(records(), key=lambda r: r["agent"])
+    assert viewer.read_records(tmp_path, 7) == sorted(records(), key=lambda r: r["learner"])
     with pytest.raises(FileNotFoundError, match=r"no record of step 8; recorded steps: \[7\]"):
         viewer.read_records(tmp_path, 8)
     with pytest.raises(ValueError, match=r"no question 3 .*questions 0..0"):
         viewer.question_html(records(), 3)
     with pytest.raises(ValueError, match="3 tokens but 2 mask values"):
-        viewer.agent_record("main", 1, [dict(tokens=["a", "b", "c"], loss_mask=[0, 1])])
+        viewer.learner_record("main", 1, [dict(tokens=["a", "b", "c"], loss_mask=[0, 1])])
     viewer.record_path(tmp_path, 9, "main").write_text("{not json")
     with pytest.raises(ValueError, match="not a record"):
         viewer.read_records(tmp_path, 9)

@@ -1,4 +1,4 @@
-"""Paired differences and their t intervals (stats.py): table values, hand cases, properties."""
+"""Paired differences and their t intervals (intervals.py): table values, hand cases, properties."""
 
 import math
 import statistics
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgrpo_ref.stats import paired_difference, t_cdf, t_quantile
+from mgrpo_ref.intervals import paired_difference, t_cdf, t_quantile
 
 # Two-sided 95% critical values t_{0.975, df}, from any statistics table.
 TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 19: 2.093, 30: 2.042, 120: 1.980}

@@ -1,0 +1,223 @@
+"""The comparison's statistics and tables, from its results alone (PAPER.md section 7).
+
+Everything here reads the results that ``compare.run_comparison`` collects (per run: the
+greedy and sampled held-out accuracy of the base and of the final adapters, overall, by hop
+count and by world, and the learning curves) and trains nothing; ``python -m mgrpo_ref.compare
+--report DIR`` writes the tables again from DIR/results.json with it:
+
+    table          mean and standard deviation across seeds, overall, by world size, by hops
+    differences    each arm against mgrpo, paired by seed, with its 95% interval
+                   (``intervals.paired_difference``) and what it allows one to say
+    stability      each arm's best and final accuracy, its collapsed runs (``COLLAPSE_DROP``),
+                   and whether its curves had flattened over the last third of training
+    write_reports  results.json, table.md, differences.md and stability.md in one directory
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .intervals import paired_difference
+from .world import WORLD_SCALES
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def by_size(report: dict) -> dict[str, float] | None:
+    """A report's accuracy on the default-size and on the large held-out worlds (the mean of
+    their per-world accuracies; every world of a split holds as many questions), or None for
+    a report without per-world figures or without both sizes."""
+    worlds = report.get("accuracy_by_world")
+    if not worlds:
+        return None
+    sizes = {"default": [], "large": []}
+    for seed, accuracy in worlds.items():
+        sizes["large" if WORLD_SCALES.get(int(seed), 1) > 1 else "default"].append(accuracy)
+    return {size: statistics.fmean(v) for size, v in sizes.items()} if all(sizes.values()) else None
+
+
+def world_range(reports: list[dict]) -> tuple[float, float] | None:
+    """The lowest and highest per-world accuracy, each world's averaged over the reports (seeds)."""
+    if not all(r.get("accuracy_by_world") for r in reports):
+        return None
+    worlds = reports[0]["accuracy_by_world"]
+    means = [statistics.fmean(r["accuracy_by_world"][w] for r in reports) for w in worlds]
+    return min(means), max(means)
+
+
+def table(results: dict) -> str:
+    """Markdown: one row per variant (and the base), mean ± std across seeds, in percent; with
+    held-out worlds of two sizes, greedy accuracy on each size and the range over the worlds."""
+    hops = sorted({h for r in results["runs"] for h in r["base_greedy"]["accuracy_by_hops"]}, key=int)
+    sized = all(by_size(r["greedy"]) for r in results["runs"])
+    head = (["variant", "runs", "greedy", f"sampled (T={results['sampled_temperature']:g})"]
+            + (["greedy, default worlds", "greedy, large worlds", "greedy, range over worlds"] if sized else [])
+            + [f"greedy, {h} hop{'s' * (h != '1')}" for h in hops])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(values: list[float]) -> str:
+        m, s = mean_std([100 * v for v in values])
+        return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
+
+    def size_cells(reports: list[dict]) -> list[str]:
+        if not sized:
+            return []
+        low, high = world_range(reports)
+        return [cell([by_size(r)[size] for r in reports]) for size in ("default", "large")] + [
+            f"{100 * low:.1f}-{100 * high:.1f}"]
+
+    for mode in sorted({r["mode"] for r in results["runs"]}):
+        # The base: the step-0 evaluation, once per seed (the variants of one mode start from
+        # the same base with the same evaluation seed, so their step-0 evaluations coincide).
+        runs = list({r["seed"]: r for r in reversed(results["runs"]) if r["mode"] == mode}.values())
+        row = [f"base ({mode})", str(len(runs)), cell([r["base_greedy"]["accuracy"] for r in runs]),
+               cell([r["base_sampled"]["accuracy"] for r in runs])] + size_cells([r["base_greedy"] for r in runs])
+        row += [cell([r["base_greedy"]["accuracy_by_hops"][h] for r in runs]) for h in hops]
+        lines.append("| " + " | ".join(row) + " |")
+    for variant in results["variants"]:
+        runs = [r for r in results["runs"] if r["variant"] == variant]
+        if not runs:
+            continue
+        row = [variant, str(len(runs)), cell([r["greedy"]["accuracy"] for r in runs]),
+               cell([r["sampled"]["accuracy"] for r in runs])] + size_cells([r["greedy"] for r in runs])
+        row += [cell([r["greedy"]["accuracy_by_hops"][h] for r in runs]) for h in hops]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.95) -> list[dict]:
+    """Each variant against ``reference``, paired by seed, greedy and sampled: the mean
+    difference in held-out accuracy (points, variant minus reference) and its interval.
+    Only seeds both have finished count; a variant with no common seed is left out."""
+    by = {(r["variant"], r["seed"]): r for r in results["runs"]}
+    rows = []
+    for variant in results["variants"]:
+        if variant == reference:
+            continue
+        seeds = sorted(s for v, s in by if v == variant and (reference, s) in by)
+        if not seeds:
+            continue
+        for decoding in ("greedy", "sampled"):
+            a = [100 * by[(variant, s)][decoding]["accuracy"] for s in seeds]
+            b = [100 * by[(reference, s)][decoding]["accuracy"] for s in seeds]
+            interval = paired_difference(a, b, confidence)
+            rows.append({"variant": variant, "reference": reference, "decoding": decoding, "seeds": seeds,
+                         "mean": interval.mean, "low": interval.low, "high": interval.high,
+                         "confidence": confidence,
+                         "verdict": interval.verdict(f"{variant} higher", f"{variant} lower")})
+    return rows
+
+
+def differences_table(rows: list[dict]) -> str:
+    """Markdown: one row per (variant, decoding), the difference in points with its interval."""
+    lines = ["| variant - reference | decoding | seeds | difference (points) | 95% interval | verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} - {r['reference']} | {r['decoding']} | {len(r['seeds'])} | {r['mean']:+.1f} | "
+                     f"[{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+COLLAPSE_DROP = 20.0
+"""A run has collapsed when it ends more than this many points below its own best held-out
+greedy accuracy during training."""
+LATE = 2 / 3
+"""Where the last part of a run starts, as a fraction of its steps."""
+FLAT_WITHIN = 3.0
+"""A curve has flattened when the change over its last part is known to within this many
+points either way: the whole interval of the change lies in [-3, +3]."""
+
+
+def late_step(steps: list[int], total: int) -> int | None:
+    """The evaluation step between the base's (0) and the last nearest ``LATE`` of ``total``
+    steps (step 40 of 60, 120 of 180); None when the run has no evaluation in between."""
+    earlier = [s for s in steps if 0 < s < total]
+    return min(earlier, key=lambda s: (abs(s - LATE * total), -s)) if earlier else None
+
+
+def collapsed(best: float, final: float) -> bool:
+    """Whether a run ended more than ``COLLAPSE_DROP`` points below its best (accuracies as fractions;
+    the drop is rounded to a millionth of a point, so 0.8 -> 0.6 and 0.7 -> 0.5 are judged alike)."""
+    return round(100 * (best - final), 6) > COLLAPSE_DROP
+
+
+def change_verdict(interval) -> str:
+    """What the change of a curve over its last part allows one to say."""
+    if interval.n == 1:
+        return "one seed: no verdict"
+    if interval.low > 0:
+        return "still rising"
+    if interval.high < 0:
+        return "falling"
+    if -FLAT_WITHIN <= interval.low and interval.high <= FLAT_WITHIN:
+        return "flat"
+    return "no measurable change"
+
+
+def stability(results: dict, confidence: float = 0.95) -> list[dict]:
+    """Per arm: how its runs ended against how they went. For each run, the best held-out
+    greedy accuracy of any evaluation, whether the run collapsed (ended more than
+    ``COLLAPSE_DROP`` points below that best), and the change over the last third of training
+    (final minus the evaluation at ``late_step``), greedy and sampled, with its interval
+    across seeds. An interval above 0 says the curve was still rising when the budget ran
+    out, below 0 that it was falling; one inside [-FLAT_WITHIN, +FLAT_WITHIN] that it had
+    flattened; any other interval that covers 0 allows no verdict ("no measurable change")."""
+    rows = []
+    for variant in results["variants"]:
+        runs = [r for r in results["runs"] if r["variant"] == variant and "curves" in r]
+        if not runs:
+            continue
+        row = {"variant": variant, "seeds": [r["seed"] for r in runs],
+               "best_greedy": [max(r["curves"]["eval_accuracy"]) for r in runs],
+               "final_greedy": [r["greedy"]["accuracy"] for r in runs]}
+        row["collapsed"] = [r["seed"] for r, best, final in zip(runs, row["best_greedy"], row["final_greedy"])
+                            if collapsed(best, final)]
+        c = [r["curves"] for r in runs]
+        late = [late_step(curve["eval_step"], curve["eval_step"][-1]) for curve in c]
+        row["late_step"] = late[0]
+        for decoding, key in (("greedy", "eval_accuracy"), ("sampled", "eval_sampled_accuracy")):
+            if None in late:
+                row[f"late_change_{decoding}"] = None  # a run evaluated only at its start and end
+                continue
+            interval = paired_difference(
+                [100 * curve[key][-1] for curve in c],
+                [100 * curve[key][curve["eval_step"].index(s)] for curve, s in zip(c, late)], confidence)
+            row[f"late_change_{decoding}"] = {"mean": interval.mean, "low": interval.low, "high": interval.high,
+                                              "verdict": change_verdict(interval)}
+        rows.append(row)
+    return rows
+
+
+def stability_table(rows: list[dict]) -> str:
+    """Markdown: one row per arm, best and final greedy accuracy (mean over seeds, percent),
+    the collapsed runs, and the change over the last third of training."""
+    lines = ["| arm | runs | best greedy during training | final greedy | collapsed (seeds) | "
+             "change over the last third, greedy (points, 95% interval) | sampled |",
+             "|---|---|---|---|---|---|---|"]
+
+    def change(c: dict | None, last: int | None) -> str:
+        if c is None:
+            return "no evaluation between the first and the last"
+        return f"{c['mean']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}] from step {last}: {c['verdict']}"
+
+    for r in rows:
+        collapsed = ", ".join(map(str, r["collapsed"])) or "none"
+        lines.append(f"| {r['variant']} | {len(r['seeds'])} | {100 * statistics.fmean(r['best_greedy']):.1f} | "
+                     f"{100 * statistics.fmean(r['final_greedy']):.1f} | {len(r['collapsed'])} ({collapsed}) | "
+                     f"{change(r['late_change_greedy'], r['late_step'])} | "
+                     f"{change(r['late_change_sampled'], r['late_step'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: dict, out: Path) -> None:
+    """results.json, table.md, differences.md and stability.md in ``out``."""
+    results["differences"] = differences(results)
+    results["stability"] = stability(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "table.md").write_text(table(results))
+    (out / "differences.md").write_text(differences_table(results["differences"]))
+    (out / "stability.md").write_text(stability_table(results["stability"]))
