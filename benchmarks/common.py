@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import platform
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +49,26 @@ def parser(name: str, doc: str, *, steps: int | None = None, repeats: int | None
     options.add_argument("--out", type=Path, default=RESULTS / f"{name}.json",
                          help=f"the result's JSON file (default: benchmarks/results/{name}.json)")
     return options
+
+
+def within_project(path) -> str:
+    """``path`` as a recorded result gives it: relative to the project root when it lies inside
+    the project, as it is otherwise."""
+    resolved = Path(path).expanduser().resolve()
+    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(path)
+
+
+def command_line(script: str, arguments: list[str]) -> str:
+    """The command that ran, as a result records it: ``python <script> <arguments>``, every
+    argument that names a path inside the project (alone, or as ``--option=path``) written
+    relative to the project root, so that the command reads the same on any machine."""
+    shown = []
+    for argument in arguments:
+        option, equals, value = argument.rpartition("=") if argument.startswith("--") else ("", "", argument)
+        if value.startswith("/"):
+            value = within_project(value)
+        shown.append(shlex.quote(f"{option}{equals}{value}"))
+    return " ".join(["python", script, *shown])
 
 
 def machine() -> str:

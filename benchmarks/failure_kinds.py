@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import ROOT, within_project  # noqa: E402
+
 from mgrpo_ref import rundir  # noqa: E402
 from mgrpo_ref.compare import greedy_episodes  # noqa: E402
 from mgrpo_ref.config import TrainConfig  # noqa: E402
@@ -84,10 +86,10 @@ def main() -> None:
                         help="play every run again; by default the runs already counted in --out are kept")
     args = parser.parse_args()
     tools_for = ToolsByWorld()
-    results: dict = {"runs": str(args.runs), "arms": {"base": {}}}
+    results: dict = {"runs": within_project(args.runs), "arms": {"base": {}}}
     if args.out.exists() and not args.again:  # the runs counted before (their adapters are final)
         results = json.loads(args.out.read_text())
-        if Path(results.get("runs", "")).resolve() != args.runs.resolve():
+        if (ROOT / results.get("runs", "")).resolve() != args.runs.resolve():
             parser.error(f"{args.out} counts the runs of {results.get('runs')}, not {args.runs}: "
                          "choose another --out, or --again to count these instead")
     for arm, seed, run in finished_runs(args.runs):

@@ -35,6 +35,8 @@ from statistics import fmean
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import command_line  # noqa: E402
+
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 STAGES = ("zero_shot", "few_shot", "warm_up", "mgrpo", "merge")
 
@@ -234,8 +236,8 @@ def main() -> None:
         return
     if args.one:
         result = run_stage(args.one, args)
-        result["command"] = "python benchmarks/real_model_cpu.py " + " ".join(
-            a for a in sys.argv[1:] if not a.startswith("--one") and a != args.one)
+        result["command"] = command_line("benchmarks/real_model_cpu.py",
+                                         [a for a in sys.argv[1:] if not a.startswith("--one") and a != args.one])
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.one}.json").write_text(json.dumps(result, indent=1) + "\n")
         return

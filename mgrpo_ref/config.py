@@ -130,6 +130,16 @@ class TrainConfig:
     microbatch: int = 16
     """Sequences per forward/backward (gradients accumulate to one token-level mean). On a CPU,
     16 rows was faster than 32 for the tiny base (``benchmarks/bench_update.py``)."""
+    microbatch_tokens: int = 0
+    """0: every microbatch holds ``microbatch`` rows. Above 0: rows are taken longest first,
+    and a microbatch holds as many of them (at most ``microbatch``) as fit in this many tokens
+    of the padded microbatch (its rows times its longest row; a longer row goes alone), so
+    that long multi-turn trajectories do not share one microbatch's memory. The loss and
+    gradient are the same either way (tested): only the update's memory and time change."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input in the update's forward pass and recompute the
+    layer during the backward pass: much less memory for long rows, at the cost of a second
+    forward pass. The same loss and gradient (tested). Generation is not affected."""
     temperature: float = 1.0
     """Sampling temperature of rollouts (release: 1.0)."""
     top_p: float = 1.0
@@ -186,6 +196,9 @@ class TrainConfig:
         check_choice("sub_batch", self.sub_batch, SUB_BATCHES)
         check_int("sub_staleness", self.sub_staleness, minimum=0, maximum=1)
         check_int("keep_checkpoints", self.keep_checkpoints, minimum=0)
+        check_int("microbatch_tokens", self.microbatch_tokens, minimum=0)
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ConfigError("activation_checkpointing", self.activation_checkpointing, "must be true or false")
         if not isinstance(self.record_steps, tuple):
             raise ConfigError("record_steps", self.record_steps, "must be steps, e.g. record_steps=1,30,60")
         for step in self.record_steps:  # a step the run never reaches would record nothing, silently

@@ -416,12 +416,35 @@ class Policy:
                 context.enter_context(torch.no_grad())
                 context.enter_context(self.model.disable_adapter())
             if where is None or not _logits_are_the_head_of_the_last_state(self.model):
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (M, T, V)
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (M, T, V)
                 logp = token_logprobs_from_logits(logits, input_ids) * attention_mask  # (M, T)
                 return logp if where is None else logp * where
             inner = self.model.get_base_model()
-            hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                         use_cache=False).last_hidden_state  # no cache: nothing is generated
             return logprobs_at(hidden, inner.get_output_embeddings(), input_ids, where)
+
+    @contextlib.contextmanager
+    def checkpointing(self, on: bool = True):
+        """Within the block (when ``on``), each decoder layer of a forward pass keeps only its
+        input, and the backward pass recomputes the layer: the update's activations cost one
+        layer's worth of memory instead of every layer's, at the price of a second forward pass.
+        Switched off again after the block, so generation keeps its cache. The values and the
+        gradients are those without it (tested)."""
+        inner = self.model.get_base_model()
+        if not on or not getattr(inner, "supports_gradient_checkpointing", False):
+            yield
+            return
+        if hasattr(inner, "activation_checkpointing_enable"):  # transformers 5
+            inner.activation_checkpointing_enable({"use_reentrant": False})
+            disable = inner.activation_checkpointing_disable
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            disable = inner.gradient_checkpointing_disable
+        try:
+            yield
+        finally:
+            disable()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -218,8 +218,10 @@ def check_episodes(episodes: list[Episode], cfg: TrainConfig, with_main: bool) -
 def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, train: bool = True,
                    old_logprobs: list[torch.Tensor] | None = None) -> dict:
     """The clipped token-level objective (Eq. 3-6) over one batch: ``cfg.epochs`` optimiser
-    steps, each on the gradient of every microbatch of ``cfg.microbatch`` rows, clipped to
-    ``cfg.max_grad_norm``, at the learning rate the optimiser holds.
+    steps, each on the gradient of every microbatch (``_microbatches``: ``cfg.microbatch``
+    rows, or fewer within ``cfg.microbatch_tokens``), clipped to ``cfg.max_grad_norm``, at the
+    learning rate the optimiser holds. With ``cfg.activation_checkpointing`` each decoder
+    layer is recomputed in the backward pass instead of kept (``Policy.checkpointing``).
 
     The loss of each microbatch is its token mean times its share of the batch's tokens, so
     the accumulated gradient is that of one token-level mean over every weighted token of
@@ -235,22 +237,23 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     (tested).
     """
     start = time.perf_counter()
-    microbatch, kl_coef = cfg.microbatch, cfg.kl_coef
+    kl_coef = cfg.kl_coef
     n_tokens = batch.token_weights.sum().item()
     passes = cfg.epochs if train else 1
     old = old_logprobs
     if old is None and passes > 1:
-        old = sampling_logprobs(policy, batch, microbatch)
+        old = sampling_logprobs(policy, batch, cfg)
     with torch.no_grad():
         ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0)
-                for ids, att, w, _ in _microbatches(batch, microbatch)] if kl_coef > 0 else None)
+                for ids, att, w, _ in _microbatches(batch, cfg.microbatch, cfg.microbatch_tokens)]
+               if kl_coef > 0 else None)
     totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0}
     grad_norm = 0.0
     for _ in range(passes):
         optimizer.zero_grad(set_to_none=True)
-        for i, (ids, att, weights, adv) in enumerate(_microbatches(batch, microbatch)):
+        for i, (ids, att, weights, adv) in enumerate(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens)):
             share = weights.sum().item() / max(n_tokens, 1.0)
-            with torch.set_grad_enabled(train):
+            with torch.set_grad_enabled(train), policy.checkpointing(train and cfg.activation_checkpointing):
                 logp = policy.token_logprobs(ids, att, where=weights != 0)  # (m, t), 0 where unweighted
                 logp_old = old[i].to(logp.device) if old is not None else logp.detach()  # pi_old, see above
                 loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, cfg.clip_eps_low, cfg.clip_eps_high,
@@ -270,18 +273,22 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
 
 
 @torch.no_grad()
-def sampling_logprobs(policy, batch: PolicyBatch, microbatch: int) -> list[torch.Tensor]:
+def sampling_logprobs(policy, batch: PolicyBatch, cfg: TrainConfig) -> list[torch.Tensor]:
     """The policy's log-probs of the batch's weighted tokens, one tensor per microbatch (in
-    ``_microbatches`` order): pi_old, when taken before the adapter moves."""
-    return [policy.token_logprobs(ids, att, where=w != 0) for ids, att, w, _ in _microbatches(batch, microbatch)]
+    ``_microbatches`` order, as ``clipped_update`` takes them): pi_old, when taken before the
+    adapter moves."""
+    return [policy.token_logprobs(ids, att, where=w != 0)
+            for ids, att, w, _ in _microbatches(batch, cfg.microbatch, cfg.microbatch_tokens)]
 
 
-def _microbatches(batch: PolicyBatch, size: int, longest_first: bool = True):
-    """Microbatches of at most ``size`` rows, each trimmed to its own longest sequence.
+def _microbatches(batch: PolicyBatch, size: int, tokens: int = 0, longest_first: bool = True):
+    """Microbatches of at most ``size`` rows, each trimmed to its own longest sequence; with
+    ``tokens`` > 0, also of at most ``tokens`` padded tokens (rows x the longest row), a row
+    longer than that alone.
 
     With ``longest_first`` the rows are taken in order of length, longest first, so rows of
     similar length share a microbatch and little of it is padding; the loss and gradient
-    are sums over rows and do not depend on the order (tested).
+    are sums over rows and do not depend on the order or the grouping (tested).
     ``python benchmarks/bench_update.py`` measures the saving.
 
     At least two positions are kept: bitsandbytes takes an inference-only kernel when a
@@ -292,12 +299,26 @@ def _microbatches(batch: PolicyBatch, size: int, longest_first: bool = True):
     lengths = batch.attention_mask.sum(dim=1)  # (M,)
     order = (torch.argsort(lengths, descending=True, stable=True) if longest_first
              else torch.arange(len(batch)))  # (M,)
-    for start in range(0, len(batch), size):
-        rows = order[start:start + size]
+    for rows in _row_groups(order, lengths, size, tokens):
         t = max(2, int(lengths[rows].max()))
         extra = max(0, t - batch.input_ids.shape[1])
         yield (pad(batch.input_ids[rows, :t], (0, extra)), pad(batch.attention_mask[rows, :t], (0, extra)),
                pad(batch.token_weights[rows, :t], (0, extra)), batch.advantages[rows])
+
+
+def _row_groups(order: torch.Tensor, lengths: torch.Tensor, size: int, tokens: int) -> list[torch.Tensor]:
+    """``order`` cut into consecutive groups of at most ``size`` rows and, with ``tokens`` > 0,
+    at most ``tokens`` padded tokens (the group's rows times its longest row)."""
+    groups, current, longest = [], [], 0
+    for row in order.tolist():
+        n = int(lengths[row])
+        wider = max(longest, n)
+        if current and (len(current) == size or (tokens and wider * (len(current) + 1) > tokens)):
+            groups.append(torch.tensor(current))
+            current, wider = [], n
+        current.append(row)
+        longest = wider
+    return groups + ([torch.tensor(current)] if current else [])
 
 
 # ---------------------------------------------------------------------------
@@ -354,7 +375,7 @@ def learner_update(name: str, learner: Learner, halves: list[MainHalf | SubHalf]
     train, old_logprobs = name not in layout.frozen, None
     if cfg.sub_staleness and name == layout.sub_learner:
         (half,) = halves  # the stale mode is refused for a learner with two halves (config.py)
-        kept = HeldBack(half, sampling_logprobs(learner.policy, half.batch, cfg.microbatch))
+        kept = HeldBack(half, sampling_logprobs(learner.policy, half.batch, cfg))
         previous, learner.held_back = learner.held_back, kept
         if previous is None:
             train = False

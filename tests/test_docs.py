@@ -261,3 +261,43 @@ def test_the_cited_names_check_can_fail():
     names = cited_names(text)
     assert names == ["step.learner_step", "store.StoreChannel", "step.no_such_thing", "nosuchmodule.__name__"]
     assert [resolves(n) for n in names] == [True, True, False, False]
+
+
+def recorded_commands(value) -> list[str]:
+    """Every string under a "command" or "runs" key of a result, at any depth."""
+    if isinstance(value, dict):
+        found = [v for k, v in value.items() if k in ("command", "runs") and isinstance(v, str)]
+        return found + [c for v in value.values() for c in recorded_commands(v)]
+    if isinstance(value, list):
+        return [c for v in value for c in recorded_commands(v)]
+    return []
+
+
+def test_recorded_commands_and_paths_in_the_results_are_relative_to_the_project():
+    import json
+
+    results = sorted((ROOT / "benchmarks" / "results").rglob("*.json"))
+    commands = {path: recorded_commands(json.loads(path.read_text())) for path in results}
+    assert sum(map(len, commands.values())) >= 10
+    absolute = [(path.name, c) for path, found in commands.items() for c in found
+                if re.search(r"(^|[\s=])/", c)]
+    assert not absolute, f"absolute paths in recorded commands: {absolute}"
+    assert recorded_commands({"a": [{"command": "python x.py --out=/abs"}]}) == ["python x.py --out=/abs"]
+
+
+def test_the_real_model_levers_tables_are_what_their_profiles_give():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_step_levers import render
+
+    assert (REAL_MODEL / "levers.md").read_text() == render(REAL_MODEL / "levers.json"), \
+        "run: python benchmarks/real_step_levers.py --arms (it rewrites levers.md)"
+
+
+def test_every_row_of_the_real_step_section_comes_from_the_levers_tables():
+    heading = "6. Where a real step's time and memory go"
+    rows = section_table_rows((ROOT / "docs" / "real-model.md").read_text(), heading)
+    committed = [line for line in (REAL_MODEL / "levers.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) >= 8, f"real-model.md: no tables under '## {heading}'"
+    assert rows == committed, "real-model.md: the tables must be levers.md's, whole"

@@ -364,6 +364,46 @@ def test_microbatches_longest_first_give_the_same_loss_and_gradient(episodes, po
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_microbatches_within_a_token_budget_hold_every_row_once_and_stay_within_it(episodes, policy):
+    from mgrpo_ref import step as step_module
+
+    batch = sub_half(episodes, main_half(episodes, CFG, policy).correct, CFG, policy, step=1).batch
+    lengths = batch.attention_mask.sum(dim=1)
+    longest = int(lengths.max())
+    for budget in (longest, 2 * longest, 3 * longest + 1, 10 ** 6):
+        parts = [(ids.shape, att.sum(dim=1)) for ids, att, _, _ in step_module._microbatches(batch, 5, budget)]
+        assert torch.equal(torch.cat([taken for _, taken in parts]), lengths.sort(descending=True).values)
+        assert all(rows <= 5 and (rows == 1 or rows * width <= budget) for (rows, width), _ in parts)
+    alone = list(step_module._microbatches(batch, 5, 1))  # a budget below every row: one row each
+    assert len(alone) == len(batch)
+    unbounded = [ids.shape for ids, *_ in step_module._microbatches(batch, 5, 0)]
+    assert unbounded == [ids.shape for ids, *_ in step_module._microbatches(batch, 5, 10 ** 9)]
+
+
+@pytest.mark.parametrize("change", [dict(microbatch_tokens=1), dict(microbatch_tokens=120),
+                                    dict(activation_checkpointing=True)])
+def test_the_update_s_memory_savings_give_the_same_loss_and_gradient(episodes, policy, change):
+    """Token-budget microbatches regroup a sum; activation checkpointing recomputes what it
+    did not keep. Neither moves the loss, the statistics or the adapter's gradient."""
+    batch = sub_half(episodes, main_half(episodes, CFG, policy).correct, CFG, policy, step=1).batch
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+
+    def loss_and_gradient(cfg):
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        stats = clipped_update(policy, optimizer, batch, replace(cfg, max_grad_norm=1e9))
+        return stats, [p.grad.detach().clone() for p in params]
+
+    before, before_grads = loss_and_gradient(replace(CFG, microbatch=5))
+    after, after_grads = loss_and_gradient(replace(CFG, microbatch=5, **change))
+    assert before["n_tokens"] == after["n_tokens"] and before["n_rows"] == after["n_rows"]
+    for key in ("loss", "clip_frac", "mean_ratio"):
+        assert after[key] == pytest.approx(before[key], rel=1e-5, abs=1e-7), key
+    assert any(g.abs().sum() > 0 for g in before_grads)
+    for a, b in zip(after_grads, before_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert not policy.model.get_base_model().is_activation_checkpointing  # generation keeps its cache
+
+
 def test_the_unaligned_ablation_trains_every_sub_trajectory_once_at_weight_one(episodes, policy):
     """alignment="none": N rows, each trajectory's own loss mask, its own advantage; the
     alignment statistics are still those of D slots (what alignment would have done)."""
@@ -416,7 +456,7 @@ def test_a_stale_sub_agent_trains_on_the_step_before_with_the_log_probs_that_sam
     first = learner_update("sub", learner, [halves[0]], cfg, 1)
     assert first["sub/trained"] is False and all(torch.equal(a, b) for a, b in zip(now(), start))
     assert learner.held_back.half is halves[0]
-    old_of_second = sampling_logprobs(policy, halves[1].batch, cfg.microbatch)  # the weights that sample step 2
+    old_of_second = sampling_logprobs(policy, halves[1].batch, cfg)  # the weights that sample step 2
     second = learner_update("sub", learner, [halves[1]], cfg, 2)
     after_second = now()
     third = learner_update("sub", learner, [halves[2]], cfg, 3)
