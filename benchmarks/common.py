@@ -10,7 +10,9 @@
   ``recording_act_calls``: a record of the policy's ``act`` calls;
 * ``timed_shares``: learners' shares of a step (``step.learner_step``, what ``one_step`` and
   the workers run), each repeat on the same adapter (``unchanged``), with the time of each
-  update.
+  update; ``given_correct``: a channel holding correct(M), for the sub learner's share alone;
+* ``command_line`` and ``within_project``: recorded commands and paths relative to the
+  project root.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where the time and memory of one training step go: a profile by agent and by phase.
+"""Where the time and memory of one training step go: by role (generation), by learner (update) and by phase.
 
     python benchmarks/profile_step.py [--steps 3] [--base data/base] [--no-evaluation] [key=value ...]
     python benchmarks/profile_step.py --base runs/real-model-cpu/sft/adapter --no-evaluation \
@@ -268,7 +268,7 @@ def main() -> None:
         w = work[f"update/{name}"]
         w["tokens"] += float(batch.attention_mask.sum())
         w["weighted_tokens"] += float((batch.token_weights != 0).sum())
-        w["passes"] += -(-len(batch) // cfg.microbatch)  # microbatches
+        w["passes"] += sum(1 for _ in step_module._microbatches(batch, cfg.microbatch, cfg.microbatch_tokens))
         w["flops"] += update_flops(policy, batch)
         return clock.timed(clipped_update, f"update/{name}", trim=True)(policy, optimizer, batch, cfg, **kwargs)
 

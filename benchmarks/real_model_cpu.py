@@ -108,7 +108,7 @@ def mgrpo(args) -> dict:
             "held_out_before": {k[5:]: v for k, v in evals[0].items() if k.startswith("eval/")},
             "held_out_after": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")},
             "seconds_per_step": [round(m["time/step_s"], 1) for m in steps],
-            "peak_mib": {agent: max(m.get(f"memory/{agent}_host_peak_mib", 0) for m in steps) for agent in ("main", "sub")},
+            "peak_mib": {learner: max(m.get(f"memory/{learner}_host_peak_mib", 0) for m in steps) for learner in ("main", "sub")},
             "reward_mean": {agent: [m.get(f"{agent}/reward_mean") for m in steps] for agent in ("main", "sub")},
             "rollout_sub_calls": [m.get("rollout/mean_sub_calls") for m in steps],
             "equal_reward_frac": {agent: [m.get(f"{agent}/equal_reward_frac") for m in steps] for agent in ("main", "sub")},

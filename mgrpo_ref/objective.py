@@ -1,7 +1,7 @@
-"""The clipped surrogate objective each agent minimises (PAPER.md section 5).
+"""The clipped surrogate objective each learner minimises (PAPER.md section 5).
 
-Each agent is trained separately, in its own process, on its own tokens, with the
-same PPO-style objective. For every token t the agent generated,
+Each learner is trained separately, in its own process, on the tokens of the agents it
+plays, with the same PPO-style objective. For every token t the agent generated,
 
     r_t = pi_theta(y_t | ...) / pi_old(y_t | ...) = exp(logp_t - logp_old_t)      Eq. (3)
     s_t = min(r_t * A, clip(r_t, 1 - eps_low, 1 + eps_high) * A)                  Eq. (4)
@@ -14,7 +14,7 @@ alignment slots. The mean in Eq. (6) is over all unmasked tokens of the batch
 ("token-level mean" [ours]), so a long sequence weighs more than a short one, rather
 than every sequence weighing the same whatever its length.
 
-Dimension letters: N sequences (sub trajectories or main trajectories), T tokens.
+Dimension letters: M rows of a batch (main or sub trajectories), T tokens.
 """
 
 from __future__ import annotations

@@ -178,9 +178,9 @@ def masked_nll(model, batch: dict[str, torch.Tensor], context_weight: float) -> 
     """Weighted mean negative log-likelihood: the agent's own tokens weigh 1, the rest
     ``context_weight`` (the first token of a sequence has no prediction and weighs 0)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp = token_logprobs_from_logits(logits, batch["input_ids"])  # (N, T)
-    agent = batch["loss_mask"]  # (N, T)
-    weight = agent + context_weight * (batch["attention_mask"] - agent)  # (N, T)
+    logp = token_logprobs_from_logits(logits, batch["input_ids"])  # (M, T)
+    agent = batch["loss_mask"]  # (M, T)
+    weight = agent + context_weight * (batch["attention_mask"] - agent)  # (M, T)
     weight[:, 0] = 0.0
     return -(logp * weight).sum() / weight.sum().clamp(min=1)
 

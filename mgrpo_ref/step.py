@@ -3,7 +3,7 @@
 It reads top to bottom in data order. The controller has run the step's B * K episodes
 (``episode.run_episodes``), ordered (question, rollout): episode i is rollout k = i % K of
 question b = i // K. From there, each learner takes its share of the step
-(``learner_step``): the half of the agent it plays, then its update.
+(``learner_step``): the half of each agent it plays, then its update.
 
     main agent's learner                        sub-agent's learner
     --------------------                        -------------------
@@ -95,7 +95,7 @@ LAYOUTS = {
 
 @dataclass
 class MainHalf:
-    """The main (or single) agent's share of a step: its rows and what they were made from."""
+    """The main (or single) agent's half of a step: its rows and what they were made from."""
 
     batch: PolicyBatch
     """B*K rows, one per rollout's main trajectory."""
@@ -115,7 +115,7 @@ class MainHalf:
 
 @dataclass
 class SubHalf:
-    """The sub-agent's share of a step: its rows and what they were made from."""
+    """The sub-agent's half of a step: its rows and what they were made from."""
 
     batch: PolicyBatch
     """The B*K*D slots, each distinct trajectory once weighted by its slot count, or (no
@@ -226,7 +226,7 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     The loss of each microbatch is its token mean times its share of the batch's tokens, so
     the accumulated gradient is that of one token-level mean over every weighted token of
     the batch. ``train=False`` computes the same statistics without changing the adapter
-    (the frozen sub-agent).
+    (a frozen learner).
 
     pi_old is the policy that sampled the batch. A batch trained a step after it was sampled
     (``sub_staleness=1``) brings pi_old's log-probs along (``old_logprobs``): the adapter has

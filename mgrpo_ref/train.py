@@ -5,7 +5,8 @@
 
 PAPER.md section 6. The controller (this process: the CLI, or a notebook kernel) runs the
 world and its tools and drives the call-return interaction; every generation request goes
-to the worker process of the learner that must answer, batched across rollouts. A step:
+to the worker process of the learner that plays the role whose turn it is, batched across
+rollouts. A step:
 
     1. sample B training questions (seeded by the step);
     2. K rollouts each: main turns -> delegations -> sub-agent turns with tools -> results;

@@ -73,12 +73,12 @@ def update_threads(learner: str, cores: int, d_max: int, sub_batch: str = "disti
 class LearnerWorker:
     """The state a worker process holds for its learner; ``serve`` is its message loop."""
 
-    def __init__(self, learner: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
-        self.name, self.cfg = learner, cfg
+    def __init__(self, name: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
+        self.name, self.cfg = name, cfg  # the learner's name ("main", "sub", "single", "shared")
         self.cores = torch.get_num_threads()  # torch's default: the machine's physical cores
-        self.learner = make_learner(checkpoint / learner if checkpoint is not None else cfg.base, cfg)
+        self.learner = make_learner(checkpoint / name if checkpoint is not None else cfg.base, cfg)
         if checkpoint is not None:
-            state = torch.load(checkpoint / f"{learner}_state.pt", weights_only=False, map_location="cpu")
+            state = torch.load(checkpoint / f"{name}_state.pt", weights_only=False, map_location="cpu")
             self.learner.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])

@@ -76,7 +76,7 @@ def test_wrong_ndim_raises():
         sub_advantages(torch.zeros(3), torch.zeros(3))
 
 
-def _grouped_loop(rewards, group_ids, eps=EPS):
+def _sub_loop(rewards, group_ids, eps=EPS):
     """Reference: one group at a time, in plain Python."""
     out = [0.0] * len(rewards)
     for g in set(group_ids):
@@ -90,7 +90,7 @@ def _grouped_loop(rewards, group_ids, eps=EPS):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_grouped_matches_loop(seed):
+def test_sub_advantages_match_loop(seed):
     gen = torch.Generator().manual_seed(seed)
     n = 60
     # Sparse ids (not 0..G-1) and a mix of binary and continuous rewards, so that
@@ -101,18 +101,18 @@ def test_grouped_matches_loop(seed):
         torch.randint(0, 2, (n,), generator=gen).double(),
         torch.rand(n, generator=gen, dtype=torch.float64),
     )
-    expected = _grouped_loop(rewards.tolist(), group_ids.tolist())
+    expected = _sub_loop(rewards.tolist(), group_ids.tolist())
     expected = torch.tensor(expected, dtype=torch.float64)
     torch.testing.assert_close(sub_advantages(rewards, group_ids), expected)
 
 
-def test_grouped_single_group_equals_group_advantages():
+def test_sub_advantages_of_one_group_equal_main_advantages():
     rewards = torch.tensor([0.3, 1.0, 0.0, 0.55, 0.9])
     flat = sub_advantages(rewards, torch.full((5,), 4, dtype=torch.long))
     torch.testing.assert_close(flat, main_advantages(rewards[None, :])[0])
 
 
-def test_grouped_rows_equal_group_advantages():
+def test_sub_advantages_by_row_equal_main_advantages():
     # A (B, K) layout flattened with row ids must give the same numbers.
     rewards = torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.2, 0.2], [3.0, 1.0, 2.0]])
     ids = torch.arange(3).repeat_interleave(3)
@@ -121,7 +121,7 @@ def test_grouped_rows_equal_group_advantages():
     )
 
 
-def test_grouped_empty():
+def test_sub_advantages_empty():
     out = sub_advantages(torch.zeros(0), torch.zeros(0, dtype=torch.long))
     assert out.shape == (0,)
 

@@ -192,8 +192,8 @@ def test_aligned_batch_masked_and_duplicated_slots():
 
 def attend(x, allowed):
     """Plain causal self-attention with masked scores set to -inf, as textbook code does it."""
-    scores = (x @ x.transpose(1, 2)).masked_fill(~allowed, float("-inf"))  # (N, T, T)
-    return torch.softmax(scores, dim=-1) @ x  # (N, T, C)
+    scores = (x @ x.transpose(1, 2)).masked_fill(~allowed, float("-inf"))  # (M, T, T)
+    return torch.softmax(scores, dim=-1) @ x  # (M, T, H)
 
 
 def test_masked_rows_give_no_nan_in_attention():
@@ -204,8 +204,8 @@ def test_masked_rows_give_no_nan_in_attention():
     batch = aligned_sub_batch([(encode("hello"), [0, 1, 1, 1, 1])], alignment, pad_id=PAD)
     n, t = batch["input_ids"].shape
     causal = torch.ones(t, t, dtype=torch.bool).tril()  # (T, T)
-    allowed = causal & batch["attention_mask"].bool()[:, None, :]  # (N, T, T)
-    x = torch.randn(n, t, 8)  # (N, T, C) stand-in embeddings
+    allowed = causal & batch["attention_mask"].bool()[:, None, :]  # (M, T, T)
+    x = torch.randn(n, t, 8)  # (M, T, H) stand-in embeddings
     assert torch.isfinite(attend(x, allowed)).all()
     nothing = causal & torch.zeros(n, 1, t, dtype=torch.bool)  # an all-zero attention mask
     assert torch.isnan(attend(x, nothing)).all()

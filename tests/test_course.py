@@ -155,7 +155,7 @@ def test_stored_outputs_carry_no_library_noise(path):
 # Shape comments: only the glossary's dimension letters
 
 
-SHAPE_ITEM = re.compile(r"^(\.\.\.|\w+(\s*[*+\-/]\s*\w+)*)$")  # "T", "B*K*D", "T-1", "..."
+SHAPE_ITEM = re.compile(r"^(\.\.\.|\w+'?(=\d+)?(\s*[*+\-/]\s*\w+)*)$")  # "T", "B*K*D", "T-1", "M=2", "N'", "..."
 
 
 def glossary_letters() -> set[str]:
@@ -213,7 +213,8 @@ def test_every_shape_comment_uses_only_the_glossary_letters():
 
 def test_the_shape_comment_check_can_fail():
     letters = glossary_letters()
-    code = 'x = f(y)  # (B*K, T)  Eq. (1)\nz = g(x)  # (n, T-1)\ns = "# (q, r)"\nw = 1  # (the cause) of it\n'
+    code = ('x = f(y)  # (B*K, T)  Eq. (1)\nz = g(x)  # (n, T-1)\ns = "# (q, r)"\nw = 1  # (the cause) of it\n'
+            "v = h(w)  # (Q=2, T')\n")
     comments = shape_comments(code)
-    assert comments == ["# (B*K, T)", "# (n, T-1)"]
-    assert [unknown_letters(c, letters) for c in comments] == [set(), {"n"}]
+    assert comments == ["# (B*K, T)", "# (n, T-1)", "# (Q=2, T')"]
+    assert [unknown_letters(c, letters) for c in comments] == [set(), {"n"}, {"Q"}]

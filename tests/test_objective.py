@@ -9,7 +9,7 @@ from mgrpo_ref.objective import clipped_surrogate_loss, k3_kl
 
 
 def _logps_with_ratios(ratios, logp_old=-1.0):
-    """(N, T) logp and logp_old such that exp(logp - logp_old) = ratios."""
+    """(M, T) logp and logp_old such that exp(logp - logp_old) = ratios."""
     ratios = torch.tensor(ratios, dtype=torch.float64)
     old = torch.full_like(ratios, logp_old)
     logp = (old + ratios.log()).requires_grad_()

@@ -142,7 +142,7 @@ def test_logprobs_equal_a_direct_forward_pass_for_padded_batches(base):
     perturb_adapter(policy)
     batch = batch_of(policy, CONTEXTS)  # three lengths: right padding differs per row
     with torch.no_grad():
-        got = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])  # (N, T)
+        got = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])  # (M, T)
         for i, text in enumerate(CONTEXTS):
             ids = torch.tensor([policy.encode(text)])
             logits = policy.model(input_ids=ids).logits
@@ -159,7 +159,7 @@ def test_logprobs_at_chosen_positions_equal_the_full_computation(base, reference
     perturb_adapter(policy)
     batch = batch_of(policy, CONTEXTS)
     ids, att = batch["input_ids"], batch["attention_mask"]
-    where = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.4  # (N, T), some on padding
+    where = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.4  # (M, T), some on padding
     where[:, 0] = True  # position 0 has no prediction: it stays 0 either way
 
     def loss_and_grads(**kwargs):

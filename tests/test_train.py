@@ -54,13 +54,13 @@ def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
     for key in ("main/reward_mean", "main/loss", "main/clip_frac", "sub/reward_mean", "sub/loss",
                 "sub/align_duplicated_frac", "time/update_wall_s", "time/store_frac", "rollout/mean_sub_calls"):
         assert key in metrics[1], key
-    for agent in ("main", "sub"):  # each worker's peak memory: at least the base model it holds
-        assert metrics[1][f"memory/{agent}_host_peak_mib"] > 50
+    for learner in ("main", "sub"):  # each worker's peak memory: at least the base model it holds
+        assert metrics[1][f"memory/{learner}_host_peak_mib"] > 50
     store = Store(run / "store.sqlite", readonly=True)
     assert store.last_finished_step() == 3
     assert all(len(store.rollouts(s)) == 4 for s in (1, 2, 3))
     assert {s["learner"] for s in store.learner_stats()} == {"main", "sub"}
-    # what crossed between the agents is scalars: every stored value is a number or a flag
+    # what crossed between the learners' processes is scalars: every stored value is a number or a flag
     for row in store.rollouts(1):
         assert all(isinstance(v, (int, float)) for k, v in row.items() if k != "qid")
     ckpt = run / "checkpoints" / "step_00003"
@@ -68,8 +68,9 @@ def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
     # by default the newest two checkpoints are kept and nothing is recorded for the viewer
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00002", "step_00003"]
     assert not (run / "records").exists()
-    # the main agent's optimiser stepped once per step (the tiny base's rewards may all be
-    # equal, so its adapter may not move: that is tested with real advantages in test_update)
+    # the main learner's optimiser stepped once per step (the tiny base's rewards may all be
+    # equal, so its adapter may not move: that is tested with real advantages in
+    # tests/test_step.py::test_clipped_update_moves_the_adapter_only_with_a_signal)
     state = torch.load(ckpt / "main_state.pt", weights_only=False)["optimizer"]["state"]
     assert state and all(int(s["step"]) == 3 for s in state.values())
 
@@ -84,14 +85,14 @@ def test_frozen_sub_never_updates_the_sub_adapter(base, tmp_path):
     assert stats and not any(s["sub/trained"] for s in stats)
 
 
-@pytest.mark.parametrize("variant,agents", [("single_agent", {"single"}), ("shared", {"shared"})])
-def test_other_variants_run(base, tmp_path, variant, agents):
+@pytest.mark.parametrize("variant,learners", [("single_agent", {"single"}), ("shared", {"shared"})])
+def test_other_variants_run(base, tmp_path, variant, learners):
     run = tmp_path / variant
     proc = train("--variant", variant, "--run-dir", str(run), f"base={base}", "steps=1", *SMALL)
     assert proc.returncode == 0, proc.stderr
     store = Store(run / "store.sqlite", readonly=True)
-    assert {s["learner"] for s in store.learner_stats()} == agents
-    assert set(json.loads((run / "workers.json").read_text())) == agents
+    assert {s["learner"] for s in store.learner_stats()} == learners
+    assert set(json.loads((run / "workers.json").read_text())) == learners
 
 
 def test_killed_worker_then_resume_finishes_with_a_consistent_store(base, tmp_path):
@@ -214,7 +215,7 @@ def test_update_threads_follow_the_two_batches_sizes():
     assert [update_threads("main", c, 4, "slots") for c in (1, 2, 16)] == [1, 1, 3]
     assert update_threads("main", 16, 1, "slots") == 8  # D_max = 1: equal batches, equal shares
     # the distinct sub batch is about the main batch's size: half the cores each
-    assert [update_threads(agent, c, 4, "distinct") for agent in ("main", "sub") for c in (1, 2, 16)] == [1, 1, 8] * 2
+    assert [update_threads(learner, c, 4, "distinct") for learner in ("main", "sub") for c in (1, 2, 16)] == [1, 1, 8] * 2
     # a worker that updates alone (single agent, shared adapter) uses the whole machine
     assert update_threads("single", 2, 4) == 2 and update_threads("shared", 16, 4) == 16
 
