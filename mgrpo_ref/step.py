@@ -243,29 +243,31 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     old = old_logprobs
     if old is None and passes > 1:
         old = sampling_logprobs(policy, batch, cfg)
+    parts = list(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens))  # each (ids, mask, weights, A)
     with torch.no_grad():
-        ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0)
-                for ids, att, w, _ in _microbatches(batch, cfg.microbatch, cfg.microbatch_tokens)]
+        ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0) for ids, att, w, _ in parts]
                if kl_coef > 0 else None)
     totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0}
     grad_norm = 0.0
-    for _ in range(passes):
-        optimizer.zero_grad(set_to_none=True)
-        for i, (ids, att, weights, adv) in enumerate(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens)):
-            share = weights.sum().item() / max(n_tokens, 1.0)
-            with torch.set_grad_enabled(train), policy.checkpointing(train and cfg.activation_checkpointing):
-                logp = policy.token_logprobs(ids, att, where=weights != 0)  # (m, t), 0 where unweighted
-                logp_old = old[i].to(logp.device) if old is not None else logp.detach()  # pi_old, see above
-                loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, cfg.clip_eps_low, cfg.clip_eps_high,
-                                                    kl_coef, ref[i] if ref is not None else None)  # Eq. (3)-(6)
-                if train:
-                    (loss * share).backward()
-            totals["loss"] += loss.item() * share
-            for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref"):
-                totals[key] += diag[key] * share
-        if train:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm))
-            optimizer.step()
+    with policy.checkpointing(train and cfg.activation_checkpointing):
+        for _ in range(passes):
+            optimizer.zero_grad(set_to_none=True)
+            for i, (ids, att, weights, adv) in enumerate(parts):
+                share = weights.sum().item() / max(n_tokens, 1.0)
+                with torch.set_grad_enabled(train):
+                    logp = policy.token_logprobs(ids, att, where=weights != 0)  # (m, t), 0 where unweighted
+                    logp_old = old[i].to(logp.device) if old is not None else logp.detach()  # pi_old, see above
+                    loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, cfg.clip_eps_low,
+                                                        cfg.clip_eps_high, kl_coef,
+                                                        ref[i] if ref is not None else None)  # Eq. (3)-(6)
+                    if train:
+                        (loss * share).backward()
+                totals["loss"] += loss.item() * share
+                for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref"):
+                    totals[key] += diag[key] * share
+            if train:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm))
+                optimizer.step()
     stats = {key: v / passes for key, v in totals.items()}
     stats.update(grad_norm=grad_norm, n_tokens=n_tokens, n_rows=len(batch),
                  update_s=time.perf_counter() - start, trained=train)
