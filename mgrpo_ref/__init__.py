@@ -2,7 +2,7 @@
 
 M-GRPO (Hong et al., arXiv 2511.13288) trains a two-level multi-agent system: a main agent
 M that plans and delegates, and sub-agents S that use tools, each its own LLM, with
-group-relative advantages computed per agent. See ../shared/PAPER.md and README.md.
+group-relative advantages computed per agent. See docs/paper.md (the method, summarised) and README.md.
 
 Where to start reading: ``step.py`` holds one whole training step in data order.
 

@@ -1,4 +1,4 @@
-"""Group-relative advantages for each agent (PAPER.md section 3).
+"""Group-relative advantages for each agent (docs/paper.md section 3).
 
 GRPO has no value network. Its baseline for a sample is the mean reward of the
 other samples drawn for the same question, and the spread of those rewards sets the

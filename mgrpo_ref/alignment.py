@@ -1,4 +1,4 @@
-"""Trajectory alignment: a fixed number of sub-agent slots per rollout (PAPER.md section 4).
+"""Trajectory alignment: a fixed number of sub-agent slots per rollout (docs/paper.md section 4).
 
 A rollout of the main agent delegates d >= 0 subtasks, and d varies from rollout to
 rollout. The sub-agent's trainer wants a fixed-size batch, so every rollout gets

@@ -1,4 +1,4 @@
-r"""Batch assembly: trajectories to token tensors and a loss mask (PAPER.md sections 1, 4, 5).
+r"""Batch assembly: trajectories to token tensors and a loss mask (docs/paper.md sections 1, 4, 5).
 
 Section 1: only the tokens an agent generated itself are trained on [release]. A
 trajectory is stored as text segments marked ``prompt``, ``agent`` or ``env``

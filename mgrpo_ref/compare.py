@@ -1,4 +1,4 @@
-"""M-GRPO against its baselines: every variant, several seeds, one budget (PAPER.md section 7).
+"""M-GRPO against its baselines: every variant, several seeds, one budget (docs/paper.md section 7).
 
     python -m mgrpo_ref.compare                         # the committed CPU comparison
     python benchmarks/compare_variants.py               # the same (the benchmark entry point)

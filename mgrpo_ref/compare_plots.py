@@ -1,4 +1,4 @@
-"""The comparison's figures, from its results alone (PAPER.md section 7).
+"""The comparison's figures, from its results alone (docs/paper.md section 7).
 
 Each figure is drawn from the results that ``compare.run_comparison`` collects, on a
 matplotlib ``Figure`` (no pyplot: the same in a script and in a notebook), saved if given a

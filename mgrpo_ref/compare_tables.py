@@ -1,4 +1,4 @@
-"""The comparison's statistics and tables, from its results alone (PAPER.md section 7).
+"""The comparison's statistics and tables, from its results alone (docs/paper.md section 7).
 
 Everything here reads the results that ``compare.run_comparison`` collects (per run: the
 greedy and sampled held-out accuracy of the base and of the final adapters, overall, by hop

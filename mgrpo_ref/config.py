@@ -1,6 +1,6 @@
 """One typed configuration for a training run, saved as ``config.json`` in its run directory.
 
-Every [ours] decision of PAPER.md that a reader may want to change is a field here (or in
+Every [ours] decision of docs/paper.md that a reader may want to change is a field here (or in
 the nested configs it holds), with its reason in the docstring. Override any field from the
 command line as ``key=value``, nested ones as ``reward.b2=0.6``.
 """
@@ -68,7 +68,7 @@ def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run of one variant (PAPER.md sections 3-6)."""
+    """A training run of one variant (docs/paper.md sections 3-6)."""
 
     variant: str = "mgrpo"
     """mgrpo: main and sub trained, each its own LoRA; frozen_sub: only the main agent trains;
@@ -97,7 +97,7 @@ class TrainConfig:
     step's, as the authors' release does while new rollouts run [release]
     (``step.learner_update``). Only for variant mgrpo, whose sub-agent has its own adapter."""
     alignment: str = "d_max"
-    """The sub-agent's batch: "d_max", aligned to D slots per rollout (PAPER.md section 4:
+    """The sub-agent's batch: "d_max", aligned to D slots per rollout (docs/paper.md section 4:
     duplicate, drop, borrow, mask), or "none", an ablation: every distinct sub trajectory once,
     weight 1, however many calls a rollout made (``sub_batch`` then does not apply)."""
     sub_batch: str = "distinct"

@@ -1,6 +1,6 @@
 """Episodes: the controller that runs the call-return interaction between the agents.
 
-PAPER.md sections 1 and 6: an agent controller drives the multi-turn interaction; the
+docs/paper.md sections 1 and 6: an agent controller drives the multi-turn interaction; the
 main agent's delegation call blocks until the sub-agent returns. One rollout of a question
 is a main trajectory tau_M and d >= 0 sub trajectories tau_S(1..d).
 

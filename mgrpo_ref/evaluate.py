@@ -8,7 +8,7 @@
 An agent is a scripted one (``oracle``, ``teacher``) or a model directory: a base model
 (for example ``data/base``, or any Hugging Face causal LM) or an adapter saved by a
 policy. Models decode greedily unless ``--temperature`` is above 0. Accuracy is exact
-match after normalisation (PAPER.md section 2); the lenient score is reported beside it.
+match after normalisation (docs/paper.md section 2); the lenient score is reported beside it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Grading answers: exact match after normalisation, and a lenient score beside it.
 
-PAPER.md section 2: correctness is exact match after normalising case, whitespace and
+docs/paper.md section 2: correctness is exact match after normalising case, whitespace and
 punctuation. A lenient score (the gold answer contained in the output) may be logged
 beside it, never instead of it.
 """

@@ -1,4 +1,4 @@
-"""Paired differences with confidence intervals: how the comparison states a claim (PAPER.md section 7).
+"""Paired differences with confidence intervals: how the comparison states a claim (docs/paper.md section 7).
 
 Two variants trained with the same seed share everything the seed decides (the training
 questions in order, the adapter's initialisation, the evaluation's draws), so their

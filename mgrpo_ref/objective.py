@@ -1,4 +1,4 @@
-"""The clipped surrogate objective each learner minimises (PAPER.md section 5).
+"""The clipped surrogate objective each learner minimises (docs/paper.md section 5).
 
 Each learner is trained separately, in its own process, on the tokens of the agents it
 plays, with the same PPO-style objective. For every token t the agent generated,

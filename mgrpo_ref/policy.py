@@ -1,6 +1,6 @@
 """A QLoRA policy: a frozen 4-bit base model with a trainable LoRA adapter.
 
-PAPER.md section 1: the main agent and the sub-agent are distinct LLMs. Here each is one
+docs/paper.md section 1: the main agent and the sub-agent are distinct LLMs. Here each is one
 frozen base model, quantised to 4-bit NF4 by bitsandbytes, with its own LoRA adapter from
 peft [ours, per the design card]. The same code loads our tiny base from ``data/base`` or
 any Hugging Face causal LM from a local directory or a hub name (for example

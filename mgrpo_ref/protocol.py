@@ -1,6 +1,6 @@
 """The protocol: the text tags each role speaks, and a parser per role.
 
-PAPER.md section 1: the main agent delegates subtasks and writes the final answer; a
+docs/paper.md section 1: the main agent delegates subtasks and writes the final answer; a
 sub-agent receives one subtask, uses tools and returns a result (call-return: the main
 agent waits). Our protocol is plain text tags, which any tokenizer can produce [ours]:
 

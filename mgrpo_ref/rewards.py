@@ -1,4 +1,4 @@
-"""Rewards of the main agent and of the sub-agent (PAPER.md section 2).
+"""Rewards of the main agent and of the sub-agent (docs/paper.md section 2).
 
 The main agent is rewarded for a well-formed trajectory and a correct final answer; the
 sub-agent for its own well-formed trajectory, for the main agent's final correctness (the

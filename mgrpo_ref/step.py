@@ -1,4 +1,4 @@
-"""One M-GRPO training step, all of it in this file (PAPER.md sections 2-5).
+"""One M-GRPO training step, all of it in this file (docs/paper.md sections 2-5).
 
 It reads top to bottom in data order. The controller has run the step's B * K episodes
 (``episode.run_episodes``), ordered (question, rollout): episode i is rollout k = i % K of
@@ -364,7 +364,7 @@ def learner_update(name: str, learner: Learner, halves: list[MainHalf | SubHalf]
     * its halves' rows joined into one batch (two halves: the shared adapter, one token mean);
     * a frozen learner (``Layout.frozen``) computes the statistics without an optimiser step;
     * with ``cfg.sub_staleness=1``, the sub-agent's learner trains on the half it kept a step
-      earlier instead of this one (PAPER.md section 6: the authors' release trains the
+      earlier instead of this one (docs/paper.md section 6: the authors' release trains the
       sub-agent one step off-policy, on the samples of the step before while new rollouts
       run). It keeps this step's half with its log-probs under the weights that sampled it
       (pi_old), so each step's rollouts come from weights that have not yet learned from the

@@ -1,4 +1,4 @@
-"""The shared store: the only thing the two learners' processes share (PAPER.md section 6).
+"""The shared store: the only thing the two learners' processes share (docs/paper.md section 6).
 
 In the paper the main agent logs trajectories and rewards to a shared database and the
 sub-agent reads the rewards it needs from it; no gradient crosses between the agents, only

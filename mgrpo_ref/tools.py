@@ -1,6 +1,6 @@
 """The sub-agent's tools: ``search`` and ``visit`` over one world's documents.
 
-PAPER.md section 6: a tool server runs the tools. Ours is in-process and offline: a
+docs/paper.md section 6: a tool server runs the tools. Ours is in-process and offline: a
 lexical search (BM25, the classic bag-of-words relevance score) over the world's
 documents, and a visit that returns one document. A bad call never raises: it returns an
 error observation, so a model's mistake ends up as text the model can read and learn

@@ -3,7 +3,7 @@
     python -m mgrpo_ref.train --variant mgrpo --seed 0 [key=value ...]
     python -m mgrpo_ref.train --resume runs/mgrpo-s0
 
-PAPER.md section 6. The controller (this process: the CLI, or a notebook kernel) runs the
+docs/paper.md section 6. The controller (this process: the CLI, or a notebook kernel) runs the
 world and its tools and drives the call-return interaction; every generation request goes
 to the worker process of the learner that plays the role whose turn it is, batched across
 rollouts. A step:

@@ -1,6 +1,6 @@
 """A learner's worker: its own OS process with its own policy, optimiser and random state.
 
-PAPER.md section 6: the main agent and the sub-agent each have their own rollout engine and
+docs/paper.md section 6: the main agent and the sub-agent each have their own rollout engine and
 trainer. Here each learner (a QLoRA policy and its optimiser: main, sub, single or shared) is
 one process (``multiprocess``, spawn start method) that answers the controller's messages
 over a pipe:

@@ -1,6 +1,6 @@
 """The offline deep-research world: entities, documents and multi-hop questions.
 
-PAPER.md section 1 describes the system being trained: a main agent that decomposes a
+docs/paper.md section 1 describes the system being trained: a main agent that decomposes a
 question and delegates hops, and a sub-agent that searches and reads. The paper trains on
 web research benchmarks; our users have no web access, so this module generates a small
 research world from a seed [ours]:

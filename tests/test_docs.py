@@ -301,3 +301,51 @@ def test_every_row_of_the_real_step_section_comes_from_the_levers_tables():
     committed = [line for line in (REAL_MODEL / "levers.md").read_text().splitlines() if line.startswith("| ")]
     assert len(rows) >= 8, f"real-model.md: no tables under '## {heading}'"
     assert rows == committed, "real-model.md: the tables must be levers.md's, whole"
+
+
+# ---------------------------------------------------------------------------
+# Every citation resolves inside the repository (a clone has nothing beside it)
+
+TEXT_FILES = [README, ROOT / "Makefile", ROOT / "pyproject.toml", ROOT / "environment.yml", ROOT / ".ci" / "run",
+              *DOCS, *NOTEBOOKS, *sorted(PACKAGE.glob("*.py")),
+              *[p for p in sorted((ROOT / "tests").glob("*.py")) if p.name != "test_docs.py"],  # not its own examples
+              *sorted((ROOT / "benchmarks").glob("*.py")), *sorted((ROOT / "benchmarks").rglob("*.md"))]
+MARKDOWN_FILE = re.compile(r"(?<![\w/.-])((?:\.\./|[\w-]+/)*[\w-]+\.md)\b")  # "docs/paper.md", "paper.md", "../x.md"
+
+
+def outside_references(path: Path, text: str) -> list[str]:
+    """What a file cites outside the repository: a ``../`` path that does not lead to a file or
+    folder of the repository, and a markdown file name that no file of the repository has
+    (``PAPER.md`` of a sibling folder)."""
+    found = []
+    for match in re.finditer(r"(?<![\w.])(?:\.\./)+[\w.-]+", text):  # not ".../x", an elision
+        target = (path.parent / match.group(0)).resolve()
+        if not (target.exists() and target.is_relative_to(ROOT)):
+            found.append(match.group(0))
+    known = {p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
+    names = {k.rsplit("/", 1)[-1] for k in known}
+    for match in MARKDOWN_FILE.finditer(text):
+        cited = match.group(1)
+        here = (path.parent / cited).resolve()
+        if not (cited in known or cited.rsplit("/", 1)[-1] in names and not cited.startswith("..")
+                or here.exists() and here.is_relative_to(ROOT)):
+            found.append(cited)
+    return found
+
+
+@pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_citation_resolves_inside_the_repository(path):
+    # Code may hold relative paths as data (a test's bad input); prose may not leave the repository.
+    text = notebook_markdown(path) if path.suffix == ".ipynb" else "" if path.suffix == ".py" else path.read_text()
+    if path.suffix in (".py", ".ipynb"):
+        code = path.read_text()
+        text += "\n" + "\n".join(MARKDOWN_FILE.findall(code) + re.findall(r"\.\./shared\b", code))
+    outside = outside_references(path, text)
+    assert not outside, f"{path.relative_to(ROOT)} cites what a clone does not have: {sorted(set(outside))}"
+
+
+def test_the_citation_check_can_fail(tmp_path):
+    text = "see PAPER.md section 2, ../shared/PAPER.md, ../../elsewhere/notes and docs/paper.md section 3"
+    assert outside_references(ROOT / "docs" / "glossary.md", text) == ["../shared", "../../elsewhere", "PAPER.md",
+                                                                       "../shared/PAPER.md"]
+    assert outside_references(ROOT / "docs" / "glossary.md", "[x](paper.md) and ../README.md") == []
