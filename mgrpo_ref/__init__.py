@@ -41,6 +41,7 @@ One concept per module:
     probes.py          P(<delegate>) against P(<answer>) after the first result, per checkpoint
     viewer.py          one question's rollouts token by token, coloured by advantage (HTML)
     cli.py             argument types shared by the command-line tools
+    course.py          for the notebooks: the package's lines beside each equation, exercise checks
 
 Glossary: one letter per dimension (B questions, K rollouts, D slots, N distinct sub
 trajectories, M batch rows, T tokens) and one name per quantity, the same in shape comments
