@@ -64,11 +64,36 @@ def test_every_notebook_has_exercises_each_with_a_collapsed_solution_that_checks
     exercises = [i for i, c in enumerate(nb) if c["cell_type"] == "markdown" and "**Exercise" in source(c)]
     assert len(exercises) >= 2, f"{path.name}: {len(exercises)} exercises"
     for i in exercises:
-        solution = nb[i + 1]
-        assert solution["cell_type"] == "code" and "solution" in solution["metadata"].get("tags", []), \
-            f"{path.name}: the cell after exercise at cell {i} is not a tagged solution"
-        assert solution["metadata"].get("jupyter", {}).get("source_hidden") is True  # collapsed in JupyterLab
-        assert "assert" in source(solution), f"{path.name}: the solution at cell {i + 1} checks nothing"
+        following = []  # the code cells up to the next markdown cell
+        for cell in nb[i + 1:]:
+            if cell["cell_type"] != "code":
+                break
+            following.append(cell)
+        solutions = [c for c in following if "solution" in c["metadata"].get("tags", [])]
+        assert len(solutions) == 1, f"{path.name}: exercise at cell {i} has {len(solutions)} tagged solutions"
+        hidden = solutions[0]["metadata"].get("jupyter", {})
+        assert hidden.get("source_hidden") is True and hidden.get("outputs_hidden") is True, \
+            f"{path.name}: the solution of the exercise at cell {i} is not collapsed with its outputs hidden"
+        assert "assert" in source(solutions[0]), f"{path.name}: the solution of the exercise at cell {i} checks nothing"
+
+
+WRITING = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04")]  # the notebooks on the math
+
+
+@pytest.mark.parametrize("path", WRITING, ids=lambda p: p.stem)
+def test_every_notebook_on_the_math_makes_the_learner_write_a_piece_of_it(path):
+    """An empty function to fill in, a check cell that tests it against the package, and a
+    solution that passes the same check."""
+    nb = cells(path)
+    tagged = lambda tag: [i for i, c in enumerate(nb) if tag in c["metadata"].get("tags", [])]  # noqa: E731
+    blanks = tagged("exercise")
+    assert blanks, f"{path.name}: no exercise cell for the learner to write in"
+    for i in blanks:
+        assert "raise NotImplementedError" in source(nb[i]), f"{path.name}: cell {i} is not left for the learner"
+        assert i + 1 in tagged("check") and "check(" in source(nb[i + 1]), f"{path.name}: cell {i} has no check under it"
+        solution = nb[i + 2]
+        assert "solution" in solution["metadata"].get("tags", []) and "assert check(" in source(solution), \
+            f"{path.name}: the solution of cell {i} does not pass the check"
 
 
 def test_the_notebooks_are_numbered_in_reading_order():
