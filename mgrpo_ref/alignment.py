@@ -7,21 +7,27 @@ row per slot, or each distinct trajectory once weighted by its slot count: batch
 What goes into the slots of one rollout with d sub trajectories:
 
     1 <= d <= D   its own d trajectories once each, then D - d more drawn uniformly
-                  with replacement among its own ("duplicated")          [paper]
+                  with replacement among its own ("duplicated")          [ours]
     d > D         D of its own drawn uniformly without replacement; the other
-                  d - D are left out ("dropped")                         [paper]
+                  d - D are left out ("dropped")                         [ours]
     d = 0         D drawn uniformly with replacement among the trajectories kept by
                   the other rollouts of the same question ("borrowed")  [ours]
     question has  every slot of every rollout of that question is masked
     no trajectory (source -1, loss weight 0)                            [ours]
+
+The paper says only that batches must have a fixed size although d varies; duplicating and
+dropping to D_max slots follow a widely read summary of it, and every rule in full is ours
+(docs/paper.md section 4).
 
 Borrowing draws from the trajectories the other rollouts *kept*, each distinct one
 with equal probability, so a dropped trajectory stays dropped and `n_dropped` means
 what it says: distinct trajectories that reach no slot.
 
 Alignment only decides which trajectory fills which slot. Advantages are computed
-over the distinct trajectories first (advantages.sub_advantages) and then copied
-into the slots with `gather_slots`, so duplicating or dropping never moves a group's
+over the distinct trajectories first (advantages.sub_advantages); the default batch then
+gives each kept trajectory its advantage once, weighted by its slot count
+(batching.distinct_batch), and the slot batch copies it into every slot it fills
+(`gather_slots`). Either way duplicating or dropping never moves a group's
 baseline. It does change how much weight each trajectory has in the token mean,
 which is why the fractions are logged every step.
 

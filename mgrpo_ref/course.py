@@ -82,10 +82,10 @@ def _is_docstring(statement: ast.stmt) -> bool:
 
 
 def _is_input_check(statement: ast.stmt) -> bool:
-    """A call to a `_check...` helper, or an `if` whose body only raises."""
+    """A call to a `_check...` or `_validate` helper, or an `if` whose body only raises."""
     if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
         name = getattr(statement.value.func, "id", getattr(statement.value.func, "attr", ""))
-        return name.startswith("_check")
+        return name.startswith("_check") or name == "_validate"
     return isinstance(statement, ast.If) and all(isinstance(s, ast.Raise) for s in statement.body) \
         and not statement.orelse
 
