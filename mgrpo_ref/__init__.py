@@ -37,7 +37,7 @@ One concept per module:
     compare.py         M-GRPO against its baselines, several seeds, one budget: runs the arms
     compare_tables.py  the comparison's statistics and tables (differences, stability)
     compare_plots.py   the comparison's figures (accuracy, runs, differences)
-    intervals.py       paired differences between variants, with t intervals
+    intervals.py       paired differences with t intervals; an accuracy with its Wilson interval
     probes.py          P(<delegate>) against P(<answer>) after the first result, per checkpoint
     viewer.py          one question's rollouts token by token, coloured by advantage (HTML)
     cli.py             argument types shared by the command-line tools

@@ -1,4 +1,4 @@
-"""Paired differences with confidence intervals: how the comparison states a claim (docs/paper.md section 7).
+"""Paired differences with confidence intervals, and an accuracy with its interval: how the course states a claim (docs/paper.md section 7).
 
 Two variants trained with the same seed share everything the seed decides (the training
 questions in order, the adapter's initialisation, the evaluation's draws), so their
@@ -60,7 +60,7 @@ def t_quantile(p: float, df: int) -> float:
 
 @dataclass(frozen=True)
 class Interval:
-    """The mean of paired differences and its confidence interval."""
+    """An estimate (the mean of paired differences, or a proportion) and its confidence interval."""
 
     mean: float
     low: float
@@ -95,3 +95,26 @@ def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) 
         return Interval(mean, -math.inf, math.inf, 1, confidence)
     half = t_quantile(1 - (1 - confidence) / 2, n - 1) * statistics.stdev(d) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, confidence)
+
+
+def proportion_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
+    """A share of successes, successes / n, and its Wilson score interval at ``confidence``.
+
+    How an accuracy on n questions is drawn with its uncertainty (the question set as a sample).
+    Unlike the normal approximation p +- z sqrt(p(1-p)/n), the Wilson interval stays inside
+    [0, 1] and does not shrink to a point at 0% or 100%:
+
+        centre = (p + z^2 / 2n) / (1 + z^2 / n),  half = z sqrt(p(1-p)/n + z^2 / 4n^2) / (1 + z^2 / n)
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = statistics.NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    scale = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
+    low = 0.0 if successes == 0 else centre - half  # exact ends where rounding would leave 1e-17
+    high = 1.0 if successes == n else centre + half
+    return Interval(p, low, high, n, confidence)

@@ -2,22 +2,27 @@
 it is trained with, the tokens the loss ignores greyed out.
 
     python -m mgrpo_ref.viewer runs/mgrpo-s0 --step 30 --question 0 --out rollouts.html
+    python -m mgrpo_ref.viewer runs/mgrpo-s0 --step 30     # the question pick_question picks
 
 A training run records what this needs only for the steps it is asked to
 (``record_steps=1,30,60``; nothing is recorded by default, so training is not slowed): each
 learner writes ``records/step-NNNN-<learner>.json`` beside the run's metrics, holding every
-trajectory of its halves of that step with its tokens, loss mask, reward, advantage and slot
-count (``learner_record``). Two arms train on something else than what is drawn: a frozen
-sub-agent (``frozen_sub``) is never updated, so its colours are the advantages it would have
-had; a one-step-stale sub-agent (``sub_staleness=1``) trains on each step's half one step
-later, and not at all on the last step's. In a notebook, ``show(run_dir, step, question)`` returns
-the same page as an HTML object.
+trajectory of its halves of that step with its tokens, loss mask, reward, advantage, slot
+count and its question's hop count (``learner_record``). Two arms train on something else
+than what is drawn: a frozen sub-agent (``frozen_sub``) is never updated, so its colours are
+the advantages it would have had; a one-step-stale sub-agent (``sub_staleness=1``) trains on
+each step's half one step later, and not at all on the last step's. In a notebook, ``show(run_dir, step, question)`` returns
+the same page as an HTML object. Without a question, both draw the one ``pick_question`` picks: a
+question of two hops or more whose rollouts differ most, rather than question 0, which may be a
+one-hop question whose K rollouts are all the same text.
 
 How to read the page. Each rollout is one block: the main agent's trajectory, then each
 sub-agent call of that rollout, indented. A token the agent generated has a background of
-its trajectory's advantage: green when A > 0 (its probability is pushed up), red when A < 0,
-stronger the larger |A| (full strength at |A| >= 2). Grey text with no background is a token
-the loss ignores (loss mask 0: the question, tool observations, the other agent's results).
+its trajectory's advantage on a diverging scale that colour-blind readers can read too: blue
+when A > 0 (its probability is pushed up), orange when A < 0, white at A = 0, stronger the larger
+|A| (full strength at |A| >= 2, clipped beyond). A legend at the top of the page shows the scale
+with its ticks. Grey text with no background is a token the loss ignores (loss mask 0: the
+question, tool observations, the other agent's results).
 A sub trajectory that reached no slot (dropped by alignment) is drawn faded and struck out;
 one that fills several slots says so ("x3"). Hovering a token shows its advantage and weight.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import statistics
 from pathlib import Path
 
 from .batching import encode_trajectory
@@ -34,7 +40,14 @@ from .batching import encode_trajectory
 RECORDS = "records"
 """The folder of a run directory that holds the recorded steps."""
 FULL_STRENGTH = 2.0
-"""|A| at which a token's colour is at full strength."""
+"""|A| at which a token's colour is at full strength; a larger |A| is drawn the same (clipped)."""
+NEUTRAL = (255, 255, 255)
+"""The colour of A = 0: white, the middle of the scale."""
+POSITIVE = (70, 153, 199)
+NEGATIVE = (219, 118, 37)
+"""The colours of A >= +FULL_STRENGTH and A <= -FULL_STRENGTH: Okabe and Ito's colour-blind-safe
+blue (#0072B2) and vermillion (#D55E00), each mixed with white to the same lightness (CIE L* 60),
+so that black text stays readable on both and the same |A| looks equally strong either side."""
 
 
 def record_path(run_dir: Path, step: int, learner: str) -> Path:
@@ -44,8 +57,9 @@ def record_path(run_dir: Path, step: int, learner: str) -> Path:
 def learner_record(learner: str, step: int, trajectories: list[dict]) -> dict:
     """One learner's record of one step. Each trajectory is a dict with ``question_index``,
     ``rollout``, ``call`` (the sub-agent call's index, None for a main trajectory), ``qid``,
-    ``reward``, ``advantage``, ``copies`` (the slots it fills; 0 if dropped, 1 for a main
-    trajectory), ``tokens`` (the text of each token) and ``loss_mask`` (0/1 per token)."""
+    ``hops`` (the question's hop count, what ``pick_question`` looks for), ``reward``,
+    ``advantage``, ``copies`` (the slots it fills; 0 if dropped, 1 for a main trajectory),
+    ``tokens`` (the text of each token) and ``loss_mask`` (0/1 per token)."""
     for i, t in enumerate(trajectories):
         if len(t["tokens"]) != len(t["loss_mask"]):
             raise ValueError(f"trajectory {i}: {len(t['tokens'])} tokens but {len(t['loss_mask'])} mask values")
@@ -61,8 +75,8 @@ def half_trajectories(half, episodes: list, rollouts: int, policy) -> list[dict]
     for n, (i, call, trajectory, copies) in enumerate(half.trajectories(episodes)):
         ids, loss_mask = encode_trajectory(policy.render(trajectory), policy.encode)
         out.append({"question_index": i // rollouts, "rollout": i % rollouts, "call": call,
-                    "qid": episodes[i].question.qid, "reward": half.rewards[n],
-                    "advantage": half.advantages[n].item(), "copies": copies,
+                    "qid": episodes[i].question.qid, "hops": episodes[i].question.n_hops,
+                    "reward": half.rewards[n], "advantage": half.advantages[n].item(), "copies": copies,
                     "tokens": [policy.tokenizer.decode([t]) for t in ids], "loss_mask": loss_mask})
     return out
 
@@ -99,21 +113,60 @@ STYLE = {
     "dropped": "margin: 0.3em 0 0.3em 2.5em; opacity: 0.45; text-decoration: line-through",
     "head": "font-size: 0.8em; color: #555",
     "text": "font-family: monospace; line-height: 1.7; white-space: pre-wrap",
+    "legend": "font-size: 0.8em; color: #333; margin: 0.5em 0 1em",
+    "scale": "display: flex; align-items: flex-start; gap: 2em; margin-top: 0.4em",
+    "bar": "width: 16em; margin: 0 1.5em",
+    "ticks": "position: relative; height: 1.3em",
+    "tick": "position: absolute; transform: translateX(-50%); white-space: nowrap",
 }
 """Inline styles, so that the fragment looks the same in a notebook (whose HTML outputs may
 drop a <style> element, and must not restyle the notebook around them) as in the file."""
 
 
+def advantage_rgb(advantage: float) -> tuple[int, int, int]:
+    """The scale: white mixed towards blue (A > 0) or orange (A < 0) in proportion to |A|,
+    clipped at FULL_STRENGTH. A straight line in RGB, as a CSS gradient draws the legend's bar."""
+    strength = min(abs(advantage) / FULL_STRENGTH, 1.0)
+    end = POSITIVE if advantage > 0 else NEGATIVE
+    return tuple(round(n + (e - n) * strength) for n, e in zip(NEUTRAL, end))
+
+
 def colour(advantage: float, trained: bool) -> str:
     """The CSS style of one token: a background by the sign and size of its advantage, or grey
-    text when the loss ignores it."""
+    text when the loss ignores it. Trained text is black, so that it stays readable on the light
+    scale in a notebook with a dark theme."""
     if not trained:
         return "color:#9a9a9a"
-    strength = min(abs(advantage) / FULL_STRENGTH, 1.0)
-    rgb = "22,150,60" if advantage > 0 else "205,40,40"
     edge = "border-radius:2px;box-shadow:inset -1px 0 0 rgba(0,0,0,0.25)"  # where one token ends
-    return (f"background:rgba({rgb},{0.12 + 0.6 * strength:.2f});{edge}" if advantage != 0
-            else f"background:#e8e8e8;{edge}")
+    return f"background:rgb{advantage_rgb(advantage)};color:#000;{edge}"
+
+
+def tick_label(advantage: float) -> str:
+    """A tick of the legend: signed, and an end of the scale says it holds everything beyond it."""
+    if advantage == 0:
+        return "0"
+    clipped = "&le; " if advantage <= -FULL_STRENGTH else ("&ge; " if advantage >= FULL_STRENGTH else "")
+    return f"{clipped}{advantage:+g}"
+
+
+def legend_html() -> str:
+    """What the colours mean, drawn at the top of every page: a colour bar of the scale from
+    -FULL_STRENGTH to +FULL_STRENGTH with five ticks, then how an untrained or dropped token looks."""
+    ticks = [FULL_STRENGTH * k / 2 for k in (-2, -1, 0, 1, 2)]
+    stops = ", ".join(f"rgb{advantage_rgb(a)} {25 * k}%" for k, a in enumerate(ticks))
+    labels = "".join(f'<span class="tick" style="{STYLE["tick"]}; left: {25 * k}%">{tick_label(a)}</span>'
+                     for k, a in enumerate(ticks))
+    bar = (f'<div class="colour-bar" style="{STYLE["bar"]}">'
+           f'<div style="height: 1em; border: 1px solid #999; background: linear-gradient(to right, {stops})"></div>'
+           f'<div style="{STYLE["ticks"]}">{labels}</div></div>')
+    ignored = (f'<div><span class="legend-sample" style="{colour(0.0, False)}">grey text</span>, no background: '
+               'not trained (loss mask 0: the question, tool observations, the other agent\'s results).<br>'
+               '<span style="text-decoration: line-through">struck out</span>: a sub trajectory that alignment '
+               'dropped, not trained either.</div>')
+    return (f'<div class="legend" style="{STYLE["legend"]}">Background: the advantage A the token was '
+            f'trained with. Blue: A &gt; 0, its probability pushed up; orange: A &lt; 0, pushed down; white: '
+            f'A = 0. The stronger the colour, the larger |A|, full strength at |A| &ge; {FULL_STRENGTH:g}. '
+            f'Hover over a token for its numbers.<div style="{STYLE["scale"]}">{bar}{ignored}</div></div>')
 
 
 def trajectory_html(t: dict) -> str:
@@ -144,23 +197,53 @@ def question_trajectories(records: list[dict], question: int) -> list[dict]:
     return found
 
 
+def variety(mains: list[dict]) -> tuple[int, float]:
+    """How much one question's rollouts differ, from their main trajectories: how many distinct
+    transcripts they are, then the spread (standard deviation) of their rewards, which is what
+    makes their advantages, and so their colours, differ."""
+    return len({"".join(t["tokens"]) for t in mains}), statistics.pstdev(t["reward"] for t in mains)
+
+
+def pick_question(records: list[dict], min_hops: int = 2) -> int:
+    """The index in the step of the question most worth drawing: of the questions of at least
+    ``min_hops`` hops whose rollouts differ, one whose rewards differ too (else every token of
+    it is white: advantage 0), then the most ``variety`` (the lowest index on a tie). Question 0 may be a one-hop question whose K rollouts are all the same text, and so
+    all the same colour: it shows neither the multi-hop delegation nor any contrast.
+
+    Fallbacks, in order: when no multi-hop question's rollouts differ, the question whose
+    rollouts differ most whatever its hops; when no question's rollouts differ, the first
+    multi-hop question; failing that, the first question. A record written before trajectories
+    carried their ``hops`` counts every question as of unknown hops, so only the fallbacks apply."""
+    mains: dict[int, list[dict]] = {}
+    for record in records:
+        for t in record["trajectories"]:
+            if t["call"] is None:
+                mains.setdefault(t["question_index"], []).append(t)
+    if not mains:
+        raise ValueError("these records hold no main trajectory")
+
+    def rank(question: int) -> tuple:
+        distinct, spread = variety(mains[question])
+        multi_hop = mains[question][0].get("hops", 0) >= min_hops
+        return multi_hop and distinct > 1, spread > 0, distinct, spread, multi_hop
+
+    return max(sorted(mains), key=rank)  # max keeps the first of equals: the lowest index
+
+
 def question_fragment(records: list[dict], question: int) -> str:
     """The K rollouts of question ``question`` (its index in the step) as one self-contained
     <div>: every style inline, nothing that reaches outside it."""
     found = question_trajectories(records, question)
     step, qid = records[0]["step"], found[0]["qid"]
+    hops = f", {found[0]['hops']} hop" + "s" * (found[0]["hops"] != 1) if "hops" in found[0] else ""
     blocks = []
     for rollout in sorted({t["rollout"] for t in found}):
         mine = sorted((t for t in found if t["rollout"] == rollout), key=lambda t: -1 if t["call"] is None else t["call"])
         blocks.append(f'<section><h2 style="{STYLE["rollout"]}">rollout {rollout}</h2>'
                       f'{"".join(trajectory_html(t) for t in mine)}</section>')
-    legend = ('<p class="legend"><span class="tok" style="{}">pushed up (A &gt; 0)</span> '
-              '<span class="tok" style="{}">pushed down (A &lt; 0)</span> '
-              '<span class="tok" style="{}">ignored by the loss</span></p>').format(
-        colour(1.0, True), colour(-1.0, True), colour(0.0, False))
     return (f'<div class="mgrpo-viewer" style="{STYLE["page"]}">'
-            f'<div style="{STYLE["title"]}">step {step} · question {question} ({html.escape(qid)}) · '
-            f'{len(blocks)} rollouts</div>\n{legend}\n{"".join(blocks)}</div>')
+            f'<div style="{STYLE["title"]}">step {step} · question {question} ({html.escape(qid)}{hops}) · '
+            f'{len(blocks)} rollouts</div>\n{legend_html()}\n{"".join(blocks)}</div>')
 
 
 def question_html(records: list[dict], question: int) -> str:
@@ -175,11 +258,13 @@ def question_html(records: list[dict], question: int) -> str:
 """
 
 
-def show(run_dir: Path, step: int, question: int = 0):
-    """One question's rollouts (``question_fragment``) as a notebook's HTML output."""
+def show(run_dir: Path, step: int, question: int | None = None):
+    """One question's rollouts (``question_fragment``) as a notebook's HTML output; without a
+    question, the one ``pick_question`` picks."""
     from IPython.display import HTML
 
-    return HTML(question_fragment(read_records(run_dir, step), question))
+    records = read_records(run_dir, step)
+    return HTML(question_fragment(records, pick_question(records) if question is None else question))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -188,14 +273,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.viewer", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--step", type=int, required=True)
-    parser.add_argument("--question", type=int, default=0, help="the question's index in the step (default 0)")
+    parser.add_argument("--question", type=int, help="the question's index in the step (default: the one "
+                        "pick_question picks, a multi-hop question whose rollouts differ most)")
     parser.add_argument("--out", type=Path, help="the HTML file (default RUN_DIR/records/step-NNNN-qQ.html)")
     args = parser.parse_args(argv)
     try:
-        page = question_html(read_records(args.run_dir, args.step), args.question)
+        records = read_records(args.run_dir, args.step)
+        question = pick_question(records) if args.question is None else args.question
+        page = question_html(records, question)
     except (OSError, ValueError) as err:
         parser.error(str(err).splitlines()[0])
-    out = args.out or args.run_dir / RECORDS / f"step-{args.step:04d}-q{args.question}.html"
+    out = args.out or args.run_dir / RECORDS / f"step-{args.step:04d}-q{question}.html"
     out.write_text(page)
     print(out)
     return out

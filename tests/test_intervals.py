@@ -73,3 +73,21 @@ def test_shifting_both_sides_changes_nothing_and_the_mean_is_inside(values, shif
     assert moved.mean == pytest.approx(base.mean, abs=1e-9)
     assert moved.high - moved.low == pytest.approx(base.high - base.low, abs=1e-6)
     assert base.low <= base.mean <= base.high
+
+
+def test_the_wilson_interval_of_a_proportion_matches_hand_values():
+    from mgrpo_ref.intervals import proportion_interval
+
+    # 31 of 120 at 95%: z = 1.95996; centre (0.25833 + 0.016005) / 1.032011, half from the formula.
+    interval = proportion_interval(31, 120)
+    assert interval.mean == 31 / 120
+    assert abs(interval.low - 0.1882) < 5e-4 and abs(interval.high - 0.3434) < 5e-4
+    # At 0% and 100% the interval keeps a width and stays inside [0, 1].
+    none, every = proportion_interval(0, 20), proportion_interval(20, 20)
+    assert none.low == 0.0 and 0.15 < none.high < 0.18
+    assert every.high == 1.0 and 0.82 < every.low < 0.85
+    # It narrows with n and widens with the confidence.
+    assert proportion_interval(300, 1200).high - proportion_interval(300, 1200).low < interval.high - interval.low
+    assert proportion_interval(31, 120, 0.99).low < interval.low
+    with pytest.raises(ValueError, match="successes <= n"):
+        proportion_interval(5, 4)
