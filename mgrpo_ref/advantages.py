@@ -13,8 +13,9 @@ where g is the group of sample i. The two agents differ only in what a group is:
 * sub-agent, Eq. (2) [ours]: all the distinct (un-duplicated) sub trajectories that
   the K rollouts of one question produced; their number varies from question to
   question, so rewards arrive flat, (N,), with a group id per trajectory ->
-  `sub_advantages`. The advantages are later copied into the aligned slots
-  (see alignment.gather_slots), so alignment never moves the baseline.
+  `sub_advantages`. Alignment comes after and never moves the baseline: the default
+  batch holds each trajectory once with its advantage, weighted by its slot count
+  (batching.distinct_batch); only `sub_batch="slots"` copies it into the slots (gather_slots).
 
 Conventions shared by both:
 
@@ -24,8 +25,7 @@ Conventions shared by both:
   learning signal, and we do not want a 1e-7 leftover from rounding in the mean;
 * NaN or infinite rewards are a bug upstream and raise a ValueError naming them.
 
-Dimension letters: B questions in a step, K rollouts per question, N sub
-trajectories (flat, distinct).
+Dimension letters: B questions in a step, K rollouts per question, N sub trajectories (flat, distinct).
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ EPISODES_SHOWN = 3
 
 ABLATIONS = {
     "no_shared_fate": ("mgrpo", ["reward.b2=0"]),  # R_S without the main agent's outcome, Eq. (R2)
-    "shared_fate_only": ("mgrpo", ["reward.b3=0"]),  # R_S without the verifier: the authors' release
+    "shared_fate_only": ("mgrpo", ["reward.b3=0"]),  # R_S without the verifier (the release has none either, with b2 = 0.9)
     "unaligned": ("mgrpo", ["alignment=none"]),  # every sub trajectory once, no D slots
     "stale_sub": ("mgrpo", ["sub_staleness=1"]),  # the sub-agent one step off-policy: the release
 }

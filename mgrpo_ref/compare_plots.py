@@ -31,8 +31,9 @@ def band(runs: list[dict], x_key: str, y_key: str, smooth: int = 1) -> tuple[lis
 
 
 def plot_accuracy(results: dict, path: Path | None = None):
-    """The comparison's figure (accuracy.png): held-out accuracy over training, greedy and
-    sampled, mean ± std across seeds for each variant. Saved to ``path`` if given; returns the figure."""
+    """The comparison's figure (accuracy.png): held-out accuracy over training in %, greedy and
+    sampled, each variant's mean across seeds with a band of one standard deviation either side
+    (cut at 0 and 100, where accuracy ends). Saved to ``path`` if given; returns the figure."""
     from matplotlib.figure import Figure  # no pyplot: works the same in a script and a notebook
 
     fig = Figure(figsize=(12, 3.8), layout="constrained")
@@ -44,11 +45,13 @@ def plot_accuracy(results: dict, path: Path | None = None):
         color = None
         for ax, key in zip(axes, ("eval_accuracy", "eval_sampled_accuracy")):
             x, m, sd = band(runs, "eval_step", key)
-            line, = ax.plot(x, m, "o-", label=f"{variant} ({_seeds(len(runs))})", color=color)
+            line, = ax.plot(x, [100 * v for v in m], "o-", ms=3, label=f"{variant} ({_seeds(len(runs))})", color=color)
             color = line.get_color()
-            ax.fill_between(x, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15, color=color)
-    axes[0].set(xlabel="training step", ylabel="held-out accuracy", title="greedy")
+            ax.fill_between(x, [max(100 * (a - b), 0.0) for a, b in zip(m, sd)],
+                            [min(100 * (a + b), 100.0) for a, b in zip(m, sd)], alpha=0.15, color=color)
+    axes[0].set(xlabel="training step", ylabel="held-out accuracy (%)", ylim=(0, 100), title="greedy")
     axes[1].set(xlabel="training step", title=f"sampled, T = {results['sampled_temperature']:g}")
+    fig.suptitle("lines: mean over seeds; bands: one standard deviation across seeds, cut at 0 and 100", fontsize=9)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)  # off the curves
     if path is not None:
         fig.savefig(path, dpi=100)

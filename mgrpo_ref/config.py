@@ -73,7 +73,7 @@ class TrainConfig:
     variant: str = "mgrpo"
     """mgrpo: main and sub trained, each its own LoRA; frozen_sub: only the main agent trains;
     single_agent: one agent does every hop itself (GRPO); shared: one LoRA trained on both
-    roles' data (the "one unified LLM" the paper argues against)."""
+    roles' data (a question of ours: the paper trains distinct models without testing a shared one)."""
     seed: int = 0
     """Seeds question sampling, alignment and every learner's sampling, per step."""
     base: str = "data/base"
@@ -103,7 +103,7 @@ class TrainConfig:
     sub_batch: str = "distinct"
     """How the sub-agent's aligned batch is computed: "distinct", each distinct trajectory that
     fills a slot once, its tokens weighted by its slot count, or "slots", one row per slot
-    (B*K*D rows, the fixed shape the paper's distributed trainer needs). The two give the same
+    (B*K*D rows: the paper's trainer needs a fixed batch size, and this is our way to one). The two give the same
     loss and gradient (batching.distinct_batch says why; tests/test_step.py checks it), and the
     distinct batch is the faster (docs/results.md, "The sub-agent's batch")."""
     lr: float = 1e-3

@@ -12,7 +12,7 @@ agent's correctness, credit flows down the hierarchy without any gradient crossi
 
 r_eval(S) is our offline stand-in for the paper's LLM scorer [ours]: 1 when the subtask
 S was given is one of the question's gold hop sub-questions and S returned that hop's
-gold answer, 0 otherwise (including subtasks that match no gold hop).
+gold answer, 0 otherwise (a subtask that matches no gold hop too). No tensors: Python values in, floats out.
 """
 
 from __future__ import annotations

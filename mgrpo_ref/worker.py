@@ -3,13 +3,20 @@
 docs/paper.md section 6: the main agent and the sub-agent each have their own rollout engine and
 trainer. Here each learner (a QLoRA policy and its optimiser: main, sub, single or shared) is
 one process (``multiprocess``, spawn start method) that answers the controller's messages
-over a pipe:
+over a pipe. Once loaded it sends ("ok", "ready") (or ("error", traceback) if loading
+failed, and exits); then it answers each message in turn (``LearnerWorker.serve``):
 
     ("act", role, contexts, temperature)  ->  ("ok", texts)    generation, for the agent ``role``
     ("reseed", step, salt)                ->  ("ok", None)     per-step sampling seed
     ("train", step, episodes)             ->  ("ok", stats)    this learner's share of the step
     ("save", directory)                   ->  ("ok", None)     checkpoint
-    ("stop",)                             ->  the process exits
+    ("chat_format",)                      ->  ("ok", chat)     the model's ``chat.ChatFormat``
+                                                               (None for our base, which has none)
+    ("stop",)                             ->  ("ok", None), then the process exits
+
+A message that raises, or of any other kind, is answered ("error", traceback), and the
+worker goes on serving: the controller decides what to do (``WorkerHandle.receive`` raises
+``WorkerFailed``).
 
 What crosses the pipe is text (contexts, generated turns, episodes) and scalars (stats). No
 gradient and no parameter ever leaves a worker. The sub-agent's learner gets its episodes

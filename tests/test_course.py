@@ -243,3 +243,13 @@ def test_the_shape_comment_check_can_fail():
     comments = shape_comments(code)
     assert comments == ["# (B*K, T)", "# (n, T-1)", "# (Q=2, T')"]
     assert [unknown_letters(c, letters) for c in comments] == [set(), {"n"}, {"Q"}]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_cell_that_shows_the_package_code_has_its_output_checked(path):
+    """A cell printing the package's lines (course.show_code) stores that text; nbval compares it
+    with a fresh run only in cells marked NBVAL_CHECK_OUTPUT, so an edit to the package that the
+    stored notebook does not show fails the suite."""
+    unchecked = [i for i, c in enumerate(cells(path)) if c["cell_type"] == "code" and "show_code(" in source(c)
+                 and "# NBVAL_CHECK_OUTPUT" not in source(c)]
+    assert not unchecked, f"{path.name}: cells {unchecked} print package code without NBVAL_CHECK_OUTPUT"

@@ -349,3 +349,61 @@ def test_the_citation_check_can_fail(tmp_path):
     assert outside_references(ROOT / "docs" / "glossary.md", text) == ["../shared", "../../elsewhere", "PAPER.md",
                                                                        "../shared/PAPER.md"]
     assert outside_references(ROOT / "docs" / "glossary.md", "[x](paper.md) and ../README.md") == []
+
+
+# ---------------------------------------------------------------------------
+# The docs describe the code as it is; its history is in docs/history.md alone
+
+NARRATION = [
+    r"\bthe (?:code|split|sampler|version|default) before\b",  # "against the code before"
+    r"\bearlier (?:figures|numbers|results|code|runs|versions?|measurements)\b",
+    r"\bused to be\b",
+    r"\bpreviously\b",
+    r"\bno longer\b",
+    r"\bbefore\s*/\s*now\b",
+    r"\bnow\s*/\s*before\b",
+    r"\|\s*before\s*\|\s*now\s*\|",  # a table of before and now
+    r"\b(?:than|as) before\b",
+    r"\b(?:is|are) now (?:drawn|done|computed|run|taken|made|the default)\b",
+    r"\bnow (?:draws|restores|uses|runs|holds|takes|computes|trains|logs|writes)\b",
+    r"\b(?:old|new) code\b",
+    r"\bthis session\b",
+    r"\b(?:was|were|has been|have been) changed\b",
+    r"\bwe changed\b",
+    r"\bof that time\b",
+    r"\b(?:was|were) made (?:faster|slower)\b",
+    r"\bthe old (?:code|sampler|base|default|way|version)\b",
+]
+"""Phrases that tell how the code used to be rather than what it is (case-insensitive)."""
+
+PRESENT_TENSE = [README, *[p for p in DOCS if p.name != "history.md"]]
+
+
+def narration(text: str) -> list[str]:
+    """The phrases of ``NARRATION`` in a text, in the order they appear, as "line N: phrase"; a
+    space of a phrase matches any run of white space, a line break included (prose is wrapped)."""
+    found = []
+    for phrase in NARRATION:
+        for match in re.finditer(phrase.replace(" ", r"\s+"), text, flags=re.IGNORECASE):
+            found.append((match.start(), f"line {text.count(chr(10), 0, match.start()) + 1}: {match.group(0)!r}"))
+    return [where for _, where in sorted(found)]
+
+
+@pytest.mark.parametrize("path", PRESENT_TENSE, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_docs_describe_the_code_as_it_is(path):
+    found = narration(path.read_text())
+    assert not found, (f"{path.relative_to(ROOT)} tells history (say it in the present tense, or move it to "
+                       f"docs/history.md): {found}")
+
+
+def test_the_narration_check_can_fail():
+    told = ("The step against the code before: | measure | before | now | now / before |. Tokens are now drawn\n"
+            "otherwise; it is faster than before and no longer slow; previously it took longer, and the earlier\n"
+            "figures used to be higher. The benchmark now restores the adapter, of that time.")
+    assert len(narration(told)) == 11
+    assert narration(told)[0] == "line 1: 'the code before'" and "line 2: 'earlier\\nfigures'" in narration(told)
+    present = ("Before the update, pi_old's log-probs are taken. A stale sub-agent trains on the step before's\n"
+               "half, the rollouts of one step before. Now and then it delegates twice; earlier turns keep their\n"
+               "log-probs; the seed is used to draw the questions. Memory before the first step.")
+    assert narration(present) == []
+    assert narration((ROOT / "docs" / "history.md").read_text()), "the history tells history"
