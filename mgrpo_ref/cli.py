@@ -68,7 +68,7 @@ def _writable_path(text: str, directory: bool) -> Path:
     """``text`` as a path that a file (or, with ``directory``, a directory) can be written to:
     if it exists it is of that kind and writable; else its nearest existing ancestor is a
     writable directory. Nothing is created."""
-    path = Path(text).expanduser()
+    path = expanded(text)
     kind = "directory" if directory else "file"
     if path.exists():
         if path.is_dir() != directory:
@@ -81,6 +81,27 @@ def _writable_path(text: str, directory: bool) -> Path:
         raise argparse.ArgumentTypeError(f"cannot write the {kind} {text}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write the {kind} {text}: {ancestor} is not writable")
+    return path
+
+
+def expanded(text: str) -> Path:
+    """``text`` as a path with ``~`` expanded; an empty string or an unknown ``~user`` is an
+    ArgumentTypeError."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a path, not an empty string")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a NUL character, which no path can")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~nosuchuser": pathlib cannot expand it
+        raise argparse.ArgumentTypeError(f"cannot expand {text}: no such user") from None
+
+
+def existing_dir(text: str) -> Path:
+    """A directory that exists (``~`` is expanded)."""
+    path = expanded(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory" if path.exists() else f"{text} does not exist")
     return path
 
 

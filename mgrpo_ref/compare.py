@@ -53,7 +53,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .cli import nonnegative_int, one_line, output_dir
+from .cli import existing_dir, nonnegative_int, one_line, output_dir
 from .compare_plots import plot_figures
 from .compare_tables import differences_table, stability_table, table, write_reports
 from .config import VARIANTS, TrainConfig
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=output_dir, help="run directories (default runs/compare-<preset>)")
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--report", type=Path, metavar="DIR",
+    parser.add_argument("--report", type=existing_dir, metavar="DIR",
                         help="write the tables and the figures again from DIR/results.json; no training")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)

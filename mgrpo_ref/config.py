@@ -234,6 +234,8 @@ class TrainConfig:
             raise ValueError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+        except RecursionError:  # brackets nested thousands deep
+            raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object of config fields, got {type(d).__name__}")
         try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .chat import few_shot
-from .cli import nonnegative_float, nonnegative_int, one_line, output_file, positive_fraction, positive_int
+from .cli import existing_dir, nonnegative_float, nonnegative_int, one_line, output_file, positive_fraction, positive_int
 from .episode import Agent, Episode, Limits, run_episodes, transcript
 from .grading import normalize_answer
 from .policy import REPO_ROOT, SamplingSettings, is_local_path, load_policy
@@ -62,7 +62,12 @@ def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingS
         return ScriptedAgent(ORACLE_NOISE, seed)
     if spec == "teacher":
         return ScriptedAgent(TeacherNoise().scaled(noise), seed)
-    is_dir = Path(spec).expanduser().is_dir() or (REPO_ROOT / spec).is_dir()
+    if not spec.strip():
+        raise ValueError(f"an agent must be one of {SCRIPTED}, a model directory or a hub name, not an empty string")
+    try:
+        is_dir = Path(spec).expanduser().is_dir() or (REPO_ROOT / spec).is_dir()
+    except RuntimeError:  # "~nosuchuser/model"
+        raise ValueError(f"no model directory at {spec}: no such user") from None
     if not is_dir and is_local_path(spec):  # data/nope, ./nope, ~/nope: never a hub name
         raise ValueError(f"no model directory at {spec}")
     if is_dir or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
@@ -186,14 +191,22 @@ def format_report(report: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def agent_spec(text: str) -> str:
+    """An agent on the command line: a scripted agent's name, a model directory or a hub name;
+    never an empty string."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be one of {SCRIPTED}, a model directory or a hub name, not an empty string")
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict:
     """The CLI. Bad input (an option's value, a split, an agent that cannot be loaded) is one
     ``error:`` line and exit status 2, before anything is written."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.evaluate", description=__doc__.split("\n")[0])
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--main", help=f"main agent: one of {SCRIPTED} or a model directory")
-    who.add_argument("--single", help=f"single agent (does every hop itself): {SCRIPTED} or a model directory")
-    parser.add_argument("--sub", help=f"sub-agent, with --main: one of {SCRIPTED} or a model directory")
+    who.add_argument("--main", type=agent_spec, help=f"main agent: one of {SCRIPTED} or a model directory")
+    who.add_argument("--single", type=agent_spec, help=f"single agent (does every hop itself): {SCRIPTED} or a model directory")
+    parser.add_argument("--sub", type=agent_spec, help=f"sub-agent, with --main: one of {SCRIPTED} or a model directory")
     parser.add_argument("--split", default="eval_worlds",
                         help="question split, a file name in DATA_DIR/questions (default: eval_worlds)")
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N questions only")
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="models: 4-bit NF4 base (default) or full precision")
     parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="episodes run (and batched) together (default: 64)")
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--data-dir", type=existing_dir, default=DATA_DIR)
     parser.add_argument("--out", type=output_file, help="write the report as JSON here")
     parser.add_argument("--shots", type=nonnegative_int, default=0, metavar="N",
                         help="models with a chat template: a few-shot prompt of N worked conversations per role")

@@ -198,7 +198,10 @@ def _resolve_base(base: str | Path, adapter_dir: Path | None = None) -> str:
     the repository (so the default ``data/base`` works from ``notebooks/`` too); else the hub
     name it is. A local path (see :func:`is_local_path`) with no model directory is a
     FileNotFoundError at once, never tried on the hub."""
-    path = Path(base).expanduser()
+    try:
+        path = Path(base).expanduser()
+    except RuntimeError:  # "~nosuchuser/model"
+        raise FileNotFoundError(f"no model directory at {base}: no such user") from None
     roots = (*([adapter_dir] if adapter_dir else []), REPO_ROOT)
     candidates = [path] if path.is_absolute() else [path, *(root / path for root in roots)]
     for candidate in candidates:
@@ -230,6 +233,35 @@ def model_location(spec: str | Path) -> str:
         raise FileNotFoundError(f"{location} is neither a local model directory nor in the Hugging Face cache, "
                                 f"and the hub cannot be reached ({why})")
     return location
+
+
+def check_lora_targets(spec: str | Path, lora: LoraSettings) -> None:
+    """A ValueError, before anything is loaded or written, when ``lora.target_modules`` names a
+    module the base ``spec`` does not have (peft would fail only once a worker loads it). The
+    base is built on PyTorch's meta device, with no weights. An adapter directory brings its
+    own targets, so it is not checked."""
+    if lora.target_modules == "all-linear":
+        return
+    location = model_location(spec)
+    if (Path(location) / ADAPTER_FILE).exists():
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError):
+        return  # loading will say what is wrong with the base itself
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = [name for name, _ in model.named_modules() if name]
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    if isinstance(lora.target_modules, str):  # peft reads a string as a regular expression over full names
+        missing = [] if any(re.fullmatch(lora.target_modules, n) for n in names) else [lora.target_modules]
+    else:
+        missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(f"lora.target_modules: {', '.join(missing)} matches no module of {spec} "
+                         f"(its linear layers: {', '.join(linear)}, or \"all-linear\")")
 
 
 def _adapter_base(adapter_dir: Path) -> str:

@@ -8,35 +8,56 @@
         checkpoints/step_NNNNN/      the newest ``keep_checkpoints`` checkpoints (0: all): each
                                      learner's adapter (<learner>/), optimiser and random states
                                      (<learner>_state.pt), and controller.json, written last: it
-                                     marks the checkpoint complete
+                                     marks the checkpoint complete and records the size and
+                                     SHA-256 of every other file of it
         records/                     the steps of ``record_steps``, for the viewer (viewer.py)
+        errors.log                   the full traceback of each error that stopped the run
 
-Resuming cuts the store and the metrics back to the last complete checkpoint; the steps
-after it are redone, and since every step is seeded by its number (seeding.py) they draw
-what they drew before.
+Resuming goes back to the newest checkpoint that is intact (every file as it was written)
+and whose steps are all in the store and in metrics.jsonl, cuts the store and the metrics
+back to it, and redoes the steps after it; since every step is seeded by its number
+(seeding.py) they draw what they drew before. Each checkpoint passed over is named in one
+line. A run killed before its config.json was written never started, and is started afresh.
+Nothing is changed in a run directory that is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Callable
 
 from .config import TrainConfig
-from .store import Store
+from .store import Store, StoreError
 
 CONFIG, METRICS, STORE, WORKERS = "config.json", "metrics.jsonl", "store.sqlite", "workers.json"
-CHECKPOINTS, MARKER = "checkpoints", "controller.json"
+CHECKPOINTS, MARKER, ERRORS = "checkpoints", "controller.json", "errors.log"
 
 
-def start(run_dir: Path, cfg: TrainConfig) -> None:
-    """A new run: refuse a directory that holds one, else write its config and an empty store."""
+class ResumeError(ValueError):
+    """A run directory that cannot be resumed as it is; the one-line message says why and what to do."""
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def start(run_dir: Path, cfg: TrainConfig, say: Callable[[str], None] = _stderr) -> None:
+    """A new run: refuse a directory that holds one, else write its config and an empty store.
+    A directory left by a run killed before its config was written (``never_started``) is
+    cleared and started afresh, with one line through ``say``."""
     run_dir = Path(run_dir)
-    if (run_dir / STORE).exists() or (run_dir / CONFIG).exists():
-        raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or choose another --run-dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file, not a run directory")
+    if not (run_dir / CONFIG).exists() and never_started(run_dir):
+        say(f"{run_dir} holds a run that never started (no config.json, nothing in its store): starting it afresh")
+        discard(run_dir)
+    if (run_dir / STORE).exists() or (run_dir / CONFIG).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         store = Store(run_dir / STORE, create=True)
@@ -48,36 +69,114 @@ def start(run_dir: Path, cfg: TrainConfig) -> None:
         raise
 
 
+def never_started(run_dir: Path) -> bool:
+    """True for what ``start`` leaves when killed before it wrote config.json: a store (or
+    none) with no record in it, and no metrics, checkpoint or record."""
+    run_dir = Path(run_dir)
+    if not (run_dir / STORE).exists() or (run_dir / CONFIG).exists():
+        return False
+    if any((run_dir / name).exists() for name in (METRICS, CHECKPOINTS, "records")):
+        return False
+    wal = run_dir / (STORE + "-wal")
+    if (run_dir / STORE).stat().st_size == 0:
+        return not (wal.exists() and wal.stat().st_size > 0)
+    try:
+        store = Store(run_dir / STORE, readonly=True, at_rest=True)
+    except StoreError:
+        return False  # not a store of ours: never ours to remove
+    try:
+        return store.is_empty()
+    finally:
+        store.close()
+
+
 def discard(run_dir: Path) -> None:
     """Remove what ``start`` wrote (a run that failed before its first step), and the directory
     itself if nothing else is in it."""
     run_dir = Path(run_dir)
-    for name in (CONFIG, STORE, STORE + "-wal", STORE + "-shm", WORKERS, METRICS):
+    for name in (CONFIG, CONFIG + ".tmp", STORE, STORE + "-wal", STORE + "-shm", WORKERS, METRICS):
         (run_dir / name).unlink(missing_ok=True)
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
 
 
-def resume(run_dir: Path, cfg: TrainConfig) -> Path | None:
-    """Cut the store and the metrics back to the last complete checkpoint, and return it
-    (None: no checkpoint, the run restarts from the base, step-0 evaluation included).
-    A store written for another variant or seed than ``cfg``'s is refused, untouched."""
+def resume(run_dir: Path, cfg: TrainConfig, learners: list[str],
+           say: Callable[[str], None] = _stderr) -> Path | None:
+    """Cut the store and the metrics back to the checkpoint to resume from, and return it
+    (None: the run restarts from the base, step-0 evaluation included).
+
+    That checkpoint is the newest one that is intact (``checkpoint_problem``) and whose steps
+    are all in the store (each finished, with the statistics of every one of ``learners``) and
+    in metrics.jsonl. Each newer checkpoint passed over is named, in one line through ``say``:
+    the steps after the one chosen are replayed, exactly, since every step is seeded by its
+    number. When no intact checkpoint is left the run is refused (``ResumeError``); when every
+    intact one lacks steps in the store, it restarts from its start. A store written for
+    another variant or seed is refused too. A refused run directory is left untouched: the
+    checks open the store read-only.
+    """
     run_dir = Path(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
-    done = checkpoint_step(checkpoint) if checkpoint else 0
-    store = Store(run_dir / STORE)
-    meta = store.meta()
-    if (meta.get("variant"), meta.get("seed")) != (cfg.variant, str(cfg.seed)):
+    store = Store(run_dir / STORE, readonly=True, at_rest=True)
+    try:
+        meta = store.meta()
+        if (meta.get("variant"), meta.get("seed")) != (cfg.variant, str(cfg.seed)):
+            raise ValueError(f"{run_dir / STORE} belongs to variant {meta.get('variant')!r}, seed {meta.get('seed')}, "
+                             f"but {run_dir / CONFIG} says variant {cfg.variant!r}, seed {cfg.seed}")
+        held = store.complete_steps(learners)
+    finally:
         store.close()
-        raise ValueError(f"{run_dir / STORE} belongs to variant {meta.get('variant')!r}, seed {meta.get('seed')}, "
-                         f"but {run_dir / CONFIG} says variant {cfg.variant!r}, seed {cfg.seed}")
-    store.truncate_after(done)  # steps after the checkpoint are redone, never repeated
-    store.close()
+    logged = {r.get("step") for r in read_jsonl(run_dir / METRICS)} if (run_dir / METRICS).exists() else set()
+
+    chosen, passed_over, any_intact = None, [], False
+    for checkpoint in reversed(checkpoints(run_dir)):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            any_intact = True
+            done = checkpoint_step(checkpoint)
+            problem = _missing_steps(held, logged, done)
+        if problem is None:
+            chosen = checkpoint
+            break
+        passed_over.append(f"checkpoint {checkpoint.name} {problem}")
+    if passed_over and chosen is None and not any_intact:
+        raise ResumeError(f"{'; '.join(passed_over)}; no earlier complete checkpoint is left to resume from, and "
+                          f"nothing was changed: start the run again in a new directory")
+    if passed_over:
+        where = f"{chosen.name} (step {checkpoint_step(chosen)})" if chosen else "its start (step 0)"
+        say(f"{'; '.join(passed_over)}: resuming {run_dir} from {where}, replaying the steps after it")
+
+    done = checkpoint_step(chosen) if chosen else 0
+    store = Store(run_dir / STORE)
+    try:
+        store.truncate_after(done)  # steps after the checkpoint are redone, never repeated
+    finally:
+        store.close()
     metrics = run_dir / METRICS
     if metrics.exists():
-        kept = [r for r in read_jsonl(metrics) if checkpoint is not None and r["step"] <= done]
+        kept = [r for r in read_jsonl(metrics) if chosen is not None and r["step"] <= done]
         write_atomically(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    return checkpoint
+    return chosen
+
+
+def _missing_steps(held: set[int], logged: set, done: int) -> str | None:
+    """What the store and metrics.jsonl lack of steps 1..done (and 0 in the metrics), or None."""
+    lacks = []
+    store_gap = [s for s in range(1, done + 1) if s not in held]
+    if store_gap:
+        lacks.append(f"needs step{'s' * (len(store_gap) > 1)} {_steps(store_gap)} that the store lacks")
+    metrics_gap = [s for s in range(0, done + 1) if s not in logged]
+    if metrics_gap:
+        lacks.append(f"needs step{'s' * (len(metrics_gap) > 1)} {_steps(metrics_gap)} that {METRICS} lacks")
+    return " and ".join(lacks) or None
+
+
+def _steps(steps: list[int]) -> str:
+    """[4, 5, 6, 9] -> '4-6, 9'."""
+    runs, start = [], steps[0]
+    for previous, step in zip(steps, steps[1:] + [None]):
+        if step != previous + 1 if step is not None else True:
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+            start = step
+    return ", ".join(runs)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -87,8 +186,48 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def checkpoint_step(checkpoint: Path) -> int:
-    """The step a complete checkpoint was taken after."""
-    return json.loads((checkpoint / MARKER).read_text())["step"]
+    """The step a complete checkpoint was taken after (``ResumeError`` naming the file if its
+    marker cannot say)."""
+    marker = Path(checkpoint) / MARKER
+    try:
+        step = json.loads(marker.read_text()).get("step")
+    except (OSError, ValueError, AttributeError, RecursionError) as err:
+        raise ResumeError(f"{marker} cannot be read as a checkpoint marker ({type(err).__name__})") from None
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise ResumeError(f"{marker} names no step")
+    return step
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint that has its marker, or None if it is intact: the marker
+    must name its step, and every file it records must be there with its size and SHA-256. A
+    marker that records no files (written before markers did) is taken as it is."""
+    marker = Path(checkpoint) / MARKER
+    try:
+        text = marker.read_text()
+        record = json.loads(text)
+    except (OSError, ValueError, RecursionError):
+        return f"has an {'empty' if not marker.exists() or not marker.stat().st_size else 'unreadable'} {MARKER}"
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return f"has a {MARKER} that names no step"
+    for name, recorded in sorted((record.get("files") or {}).items()):
+        path = Path(checkpoint) / name
+        if not path.is_file():
+            return f"lacks {name}"
+        size = path.stat().st_size
+        if size != recorded["bytes"]:
+            return f"has {name} of {size:,} bytes, written with {recorded['bytes']:,}"
+        if _sha256(path) != recorded["sha256"]:
+            return f"has {name} changed since it was written (SHA-256)"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def new_checkpoint(run_dir: Path, step: int) -> Path:
@@ -99,8 +238,12 @@ def new_checkpoint(run_dir: Path, step: int) -> Path:
 
 
 def complete_checkpoint(directory: Path, step: int, time: float, keep: int) -> None:
-    """Write the marker (last), then keep only the newest ``keep`` checkpoints (0: all)."""
-    write_atomically(directory / MARKER, json.dumps({"step": step, "time": time}))
+    """Write the marker (last), with the size and SHA-256 of every other file of the checkpoint,
+    then keep only the newest ``keep`` checkpoints (0: all)."""
+    directory = Path(directory)
+    files = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MARKER}
+    write_atomically(directory / MARKER, json.dumps({"step": step, "time": time, "files": files}, sort_keys=True))
     if keep > 0:
         for old in sorted(directory.parent.glob("step_*"))[:-keep]:
             shutil.rmtree(old)

@@ -27,7 +27,9 @@ Schema (``SCHEMA_VERSION`` 3):
 The file's SQLite header carries ``APPLICATION_ID``, so a foreign SQLite file (or any other
 file) is refused with a clear error and never written to. ``create=True`` writes the schema
 only into a file that does not exist yet or is zero bytes long. A store opened for writing
-is checked to be writable when it is opened. Every SQLite error leaves a ``Store`` as a
+is checked to be writable when it is opened. An empty file beside a non-empty write-ahead log
+is refused (SQLite would drop the log). A store in a directory this process may not write is
+read from a private copy (``readonly=True``). Every SQLite error leaves a ``Store`` as a
 ``StoreError`` whose one-line message names the file and what failed.
 """
 
@@ -37,6 +39,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -88,13 +91,18 @@ class Store:
     """A connection to the run's store. Open one per process; each method is one transaction.
 
     ``create=True`` makes a new store if the file does not exist or is empty; ``readonly=True``
-    opens an existing store for reading only (the two cannot be combined).
+    opens an existing store for reading only (the two cannot be combined). ``at_rest=True``
+    (with ``readonly``) is for a store no process has open or will open while it is read, as
+    when a run is checked before it resumes: read that way it leaves no -wal or -shm file behind.
     """
 
-    def __init__(self, path: str | Path, create: bool = False, readonly: bool = False, timeout: float = 30.0):
+    def __init__(self, path: str | Path, create: bool = False, readonly: bool = False, timeout: float = 30.0,
+                 at_rest: bool = False):
         if create and readonly:
             raise ValueError("Store: create=True and readonly=True cannot be combined")
-        self.path = Path(path)
+        if at_rest and not readonly:
+            raise ValueError("Store: at_rest=True is for reading only (readonly=True)")
+        self.path, self.at_rest = Path(path), at_rest
         self._check_path(create, readonly)
         if create and (not self.path.exists() or self.path.stat().st_size == 0):
             self._create()
@@ -119,6 +127,11 @@ class Store:
         if not self.path.exists() and not create:
             raise StoreError(f"cannot open {self.path}: no such file, so no store there "
                              "(create=True makes one)")
+        wal = self.path.with_name(self.path.name + "-wal")
+        if self.path.exists() and self.path.stat().st_size == 0 and wal.exists() and wal.stat().st_size > 0:
+            # SQLite would take the empty file for a new database and drop the log on closing it
+            raise StoreError(f"cannot open {self.path}: the file is empty but its write-ahead log {wal.name} holds "
+                             f"{wal.stat().st_size:,} bytes, perhaps the run's data; both were left untouched")
         if readonly:
             return
         if self.path.exists() and not os.access(self.path, os.W_OK):
@@ -129,8 +142,30 @@ class Store:
                              "keeps its -wal and -shm files there (readonly=True opens it for reading)")
 
     def _connect(self, mode: str, timeout: float) -> sqlite3.Connection:
+        path, uri = self.path, None
+        if mode == "ro" and not os.access(path.parent, os.W_OK | os.X_OK):
+            path = self._snapshot()
+        elif mode == "ro" and self.at_rest and not any(path.with_name(path.name + s).exists() for s in ("-wal", "-shm")):
+            # No connection has the store open (each one keeps a -shm file) and every write is in
+            # the file itself: read it as it is, leaving no -wal or -shm file behind.
+            uri = _uri(path, mode) + "&immutable=1"
         with self._errors("open"):
-            return sqlite3.connect(_uri(self.path, mode), uri=True, timeout=timeout, isolation_level=None)
+            return sqlite3.connect(uri or _uri(path, mode), uri=True, timeout=timeout, isolation_level=None)
+
+    def _snapshot(self) -> Path:
+        """A copy of the store and its write-ahead log in a private temporary directory, to read
+        a store whose directory this process may not write: SQLite reads a WAL store only
+        beside a shared-memory file it can create. No writer can be at work in such a directory."""
+        self._snapshot_dir = tempfile.TemporaryDirectory(prefix="mgrpo-store-")
+        copy = Path(self._snapshot_dir.name) / self.path.name
+        for suffix in ("", "-wal"):
+            source = self.path.with_name(self.path.name + suffix)
+            if source.exists():
+                try:
+                    shutil.copyfile(source, copy.with_name(copy.name + suffix))
+                except OSError as err:
+                    raise StoreError(f"cannot read {source}: {err.strerror or err}") from err
+        return copy
 
     def _create(self) -> None:
         """Build a new store in a temporary file beside ``path``, then move it into place, so
@@ -138,6 +173,9 @@ class Store:
         fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
         os.close(fd)
         tmp = Path(name)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as any new file (mkstemp's are private to this user)
         try:
             with self._errors("create a store at"):
                 conn = sqlite3.connect(_uri(tmp, "rw"), uri=True, isolation_level=None)
@@ -210,6 +248,8 @@ class Store:
     @_failing_as("close")
     def close(self) -> None:
         self.conn.close()
+        if getattr(self, "_snapshot_dir", None) is not None:
+            self._snapshot_dir.cleanup()
 
     # -- meta ----------------------------------------------------------------------------
 
@@ -296,6 +336,20 @@ class Store:
             query, args = query + " WHERE learner = ?", (learner,)
         return [{"step": s, "learner": a, **json.loads(j)}
                 for s, a, j in self.conn.execute(query + " ORDER BY step", args)]
+
+    @_failing_as("read")
+    def complete_steps(self, learners: list[str]) -> set[int]:
+        """The steps that are whole in the store: finished, with the statistics of every learner."""
+        finished = {s for (s,) in self.conn.execute("SELECT step FROM steps")}
+        for learner in learners:
+            finished &= {s for (s,) in self.conn.execute("SELECT step FROM learner_stats WHERE learner = ?", (learner,))}
+        return finished
+
+    @_failing_as("read")
+    def is_empty(self) -> bool:
+        """True while no step, statistic or rollout has been written."""
+        return not any(self.conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                       for table in ("steps", "learner_stats", "rollouts"))
 
     @_failing_as("read")
     def last_finished_step(self) -> int:

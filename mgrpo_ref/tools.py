@@ -92,8 +92,9 @@ class Tools:
         if not _DOC_ID_RE.match(doc_id):
             return f"error: {doc_id[:40]!r} is not a document id (ids are numbers, like 12)"
         entity = self.world.by_id.get(doc_id)
-        if entity is None:
-            return f"error: no document {doc_id}"
+        if entity is None:  # the id echoed at most 40 characters long: an observation stays short
+            shown = doc_id if len(doc_id) <= 40 else f"{doc_id[:20]}...{doc_id[-8:]} ({len(doc_id)} digits)"
+            return f"error: no document {shown}"
         return entity.text
 
 

@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 import sys
+import tempfile
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import rundir
+from .cli import existing_dir, one_line, output_dir
 from .config import TrainConfig
 from .episode import run_episodes
 from .evaluate import evaluate
-from .policy import model_location
+from .policy import check_lora_targets, model_location
 from .seeding import SALT_EVALUATION, SALT_QUESTIONS, rollout_salt, step_seed
 from .step import LAYOUTS
 from .store import Store, StoreError
@@ -74,14 +79,16 @@ class Trainer:
             raise ValueError(f"questions_per_step={cfg.questions_per_step} is invalid: the train split has "
                              f"{len(self.train_pool)} questions")
         model_location(cfg.base)  # a missing local base is refused here, before anything is written
+        check_lora_targets(cfg.base, cfg.lora)  # so is a LoRA target the base does not have
         self.tools_for = ToolsByWorld()
         self.metrics_path = self.run_dir / rundir.METRICS
         if resume:
-            checkpoint = rundir.resume(self.run_dir, cfg)
+            checkpoint = rundir.resume(self.run_dir, cfg, list(dict.fromkeys(self.layout.learners.values())))
         else:
             rundir.start(self.run_dir, cfg)
             checkpoint = None
         self.start_step = rundir.checkpoint_step(checkpoint) + 1 if checkpoint else 1
+        self.current_step = self.start_step
         self.store = Store(self.run_dir / rundir.STORE)  # the controller's one connection
         self.workers: dict[str, WorkerHandle] = {}
         try:
@@ -169,6 +176,7 @@ class Trainer:
         bar = tqdm(range(self.start_step, cfg.steps + 1), desc=f"train {cfg.variant}", disable=not self.progress,
                    initial=self.start_step - 1, total=cfg.steps)
         for step in bar:
+            self.current_step = step
             record = self.step(step)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record.update(self.evaluate(step))
@@ -179,10 +187,13 @@ class Trainer:
         return {"run_dir": str(self.run_dir), **first_and_last_accuracy(rundir.read_jsonl(self.metrics_path))}
 
     def close(self) -> None:
-        for w in self.workers.values():
+        """Stop every worker and close the store; closing twice does nothing more."""
+        workers, self.workers = getattr(self, "workers", {}), {}
+        for w in workers.values():
             w.stop()
-        if hasattr(self, "store"):
+        if getattr(self, "store", None) is not None:
             self.store.close()
+            self.store = None
 
     def __enter__(self):
         return self
@@ -221,8 +232,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path, bool, bool]:
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.train", description=__doc__.split("\n")[0])
     parser.add_argument("--variant", default=None, help="mgrpo | frozen_sub | single_agent | shared")
     parser.add_argument("--seed", default=None, help="the run's seed (an integer >= 0)")
-    parser.add_argument("--run-dir", type=Path, help="default: runs/<variant>-s<seed>")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run")
+    parser.add_argument("--run-dir", type=output_dir, help="default: runs/<variant>-s<seed>")
+    parser.add_argument("--resume", type=existing_dir, metavar="RUN_DIR", help="continue a killed run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. steps=20 reward.b2=0.6)")
     args = parser.parse_args(argv)
@@ -230,6 +241,11 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path, bool, bool]:
         if args.resume:
             if args.variant or args.seed is not None or args.overrides or args.run_dir:
                 raise ValueError("--resume takes the run's own config.json; no other options")
+            if not (args.resume / rundir.CONFIG).exists():
+                if rundir.never_started(args.resume):
+                    raise ValueError(f"{args.resume} holds a run that never started (no config.json): start it "
+                                     "again with the command that started it, without --resume")
+                raise ValueError(f"{args.resume} holds no run to resume: it has no {rundir.CONFIG}")
             return TrainConfig.load(args.resume / rundir.CONFIG), args.resume, True, args.quiet
         named = [f"variant={args.variant}"] if args.variant is not None else []
         named += [f"seed={args.seed}"] if args.seed is not None else []
@@ -237,26 +253,53 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path, bool, bool]:
         run_dir = args.run_dir or Path("runs") / f"{cfg.variant}-s{cfg.seed}"
         return cfg, run_dir, False, args.quiet
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+class Stopped(Exception):
+    """The controller received SIGTERM: leave the run as Ctrl-C would."""
+
+
+def _stop_on_sigterm(signum, frame):
+    raise Stopped("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train, or resume; every way a run can stop ends in at most one line (and a resume
+    command when the run can go on), the full traceback of an error in the run's errors.log."""
     cfg, run_dir, resume, quiet = parse_args(argv)
+    again = f"python -m mgrpo_ref.train --resume {run_dir}"
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    trainer = None
     try:
-        with Trainer(cfg, run_dir, resume=resume, progress=not quiet) as trainer:
-            result = trainer.run()
-    except (WorkerDied, WorkerFailed) as err:
-        if not (Path(run_dir) / rundir.CONFIG).exists():  # it failed before its first step
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        kept = "the last checkpoint" if rundir.latest_checkpoint(run_dir) else "the run's config (no checkpoint yet)"
-        print(f"error: {err}\nThe store and {kept} are intact. Continue with:\n"
-              f"  python -m mgrpo_ref.train --resume {run_dir}", file=sys.stderr)
+        trainer = Trainer(cfg, run_dir, resume=resume, progress=not quiet)
+        result = trainer.run()
+    except (KeyboardInterrupt, Stopped) as stop:
+        if trainer is not None:
+            trainer.close()
+        what = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        if not (Path(run_dir) / rundir.CONFIG).exists():  # a new run stopped while it started: nothing is left
+            print(f"stopped ({what}) before the run started; nothing was kept", file=sys.stderr)
+        else:
+            when = f"during step {trainer.current_step}" if trainer is not None else "while the run started up"
+            print(f"stopped ({what}) {when}; continue with: {again}", file=sys.stderr)
+        return 143 if isinstance(stop, Stopped) else 130
+    except Exception as err:
+        _close(trainer)
+        if trainer is None and isinstance(err, (OSError, StoreError, ValueError)):  # refused before it ran
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return 2
+        # a worker's error, a full disk, a killed worker, anything else: one line, the traceback in a file
+        details = err.details if isinstance(err, WorkerFailed) else traceback.format_exc()
+        where = _log_error(Path(run_dir), details)
+        started = (Path(run_dir) / rundir.CONFIG).exists()
+        cause = one_line(err) if isinstance(err, (WorkerFailed, WorkerDied)) else f"{type(err).__name__}: {one_line(err)}"
+        print(f"error: {cause} ({where})" + (f"; continue with: {again}" if started else ""), file=sys.stderr)
         return 1
-    except (OSError, StoreError, ValueError) as err:  # a bad run directory, store or base
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    trainer.close()
     for name, temperature in (("", cfg.eval_temperature), ("_sampled", cfg.eval_sampled_temperature)):
         base, final = result[f"base{name}_accuracy"], result[f"final{name}_accuracy"]
         if base is not None and final is not None:
@@ -264,6 +307,29 @@ def main(argv: list[str] | None = None) -> int:
                   f"base {100 * base:.1f}% -> final {100 * final:.1f}%")
     print(f"run directory: {result['run_dir']}")
     return 0
+
+
+def _close(trainer: "Trainer | None") -> None:
+    """Stop the workers of a run that failed; an error while doing so must not hide the first."""
+    if trainer is not None:
+        try:
+            trainer.close()
+        except Exception:
+            pass
+
+
+def _log_error(run_dir: Path, details: str) -> str:
+    """Append ``details`` (a traceback) to the run's errors.log, or to a file in the temporary
+    directory when the run directory cannot take it (a full disk); returns where it went."""
+    entry = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{details.rstrip()}\n"
+    for path in (run_dir / rundir.ERRORS, Path(tempfile.gettempdir()) / f"mgrpo-errors-{os.getpid()}.log"):
+        try:
+            with open(path, "a") as f:
+                f.write(entry)
+            return f"traceback in {path}"
+        except OSError:
+            continue
+    return "the traceback could not be written anywhere"
 
 
 if __name__ == "__main__":

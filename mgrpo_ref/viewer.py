@@ -36,6 +36,7 @@ import statistics
 from pathlib import Path
 
 from .batching import encode_trajectory
+from .cli import existing_dir, nonnegative_int, one_line, output_file
 
 RECORDS = "records"
 """The folder of a run directory that holds the recorded steps."""
@@ -98,10 +99,32 @@ def read_records(run_dir: Path, step: int) -> list[dict]:
     records = []
     for path in paths:
         try:
-            records.append(json.loads(path.read_text()))
-        except ValueError as err:
-            raise ValueError(f"{path}: not a record ({err})") from None
+            record = json.loads(path.read_text())
+        except (ValueError, RecursionError) as err:
+            raise ValueError(f"{path}: not a record ({one_line(err)})") from None
+        problem = _record_problem(record)
+        if problem:
+            raise ValueError(f"{path}: not a record the viewer can draw ({problem})")
+        records.append(record)
     return records
+
+
+TRAJECTORY_KEYS = ("question_index", "rollout", "call", "qid", "reward", "advantage", "copies", "tokens", "loss_mask")
+
+
+def _record_problem(record) -> str | None:
+    """What keeps ``record`` from being drawn, or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("trajectories"), list):
+        return "no list of trajectories"
+    for i, t in enumerate(record["trajectories"]):
+        missing = [key for key in TRAJECTORY_KEYS if not isinstance(t, dict) or key not in t]
+        if missing:
+            return f"trajectory {i} lacks {', '.join(missing)}"
+        if not isinstance(t["tokens"], list) or not isinstance(t["loss_mask"], list) or len(t["tokens"]) != len(t["loss_mask"]):
+            return f"trajectory {i} has tokens and a loss mask of different lengths"
+    if "step" not in record:
+        return "no step"
+    return None
 
 
 STYLE = {
@@ -271,11 +294,11 @@ def main(argv: list[str] | None = None) -> Path:
     """The CLI: write one question's page as a standalone HTML file. Bad input (no run, no
     record of the step, no such question) is one ``error:`` line and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.viewer", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--step", type=int, required=True)
-    parser.add_argument("--question", type=int, help="the question's index in the step (default: the one "
+    parser.add_argument("run_dir", type=existing_dir)
+    parser.add_argument("--step", type=nonnegative_int, required=True)
+    parser.add_argument("--question", type=nonnegative_int, help="the question's index in the step (default: the one "
                         "pick_question picks, a multi-hop question whose rollouts differ most)")
-    parser.add_argument("--out", type=Path, help="the HTML file (default RUN_DIR/records/step-NNNN-qQ.html)")
+    parser.add_argument("--out", type=output_file, help="the HTML file (default RUN_DIR/records/step-NNNN-qQ.html)")
     args = parser.parse_args(argv)
     try:
         records = read_records(args.run_dir, args.step)
@@ -284,7 +307,10 @@ def main(argv: list[str] | None = None) -> Path:
     except (OSError, ValueError) as err:
         parser.error(str(err).splitlines()[0])
     out = args.out or args.run_dir / RECORDS / f"step-{args.step:04d}-q{question}.html"
-    out.write_text(page)
+    try:
+        out.write_text(page)
+    except OSError as err:
+        parser.error(f"cannot write {out}: {err.strerror or one_line(err)}")
     print(out)
     return out
 

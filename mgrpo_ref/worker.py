@@ -16,7 +16,8 @@ failed, and exits); then it answers each message in turn (``LearnerWorker.serve`
 
 A message that raises, or of any other kind, is answered ("error", traceback), and the
 worker goes on serving: the controller decides what to do (``WorkerHandle.receive`` raises
-``WorkerFailed``).
+``WorkerFailed``). A worker ignores Ctrl-C (the controller stops it), and ends quietly when
+the controller is gone.
 
 What crosses the pipe is text (contexts, generated turns, episodes) and scalars (stats). No
 gradient and no parameter ever leaves a worker. The sub-agent's learner gets its episodes
@@ -30,9 +31,11 @@ controller's end.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import resource
+import signal
 import time
 import traceback
 from dataclasses import asdict, replace
@@ -117,10 +120,12 @@ class LearnerWorker:
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
-        self.learner.policy.save_adapter(directory / self.name)
-        torch.save({"optimizer": self.learner.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(), "held_back": self.learner.held_back},
-                   directory / f"{self.name}_state.pt")
+        with _writing(directory / self.name):
+            self.learner.policy.save_adapter(directory / self.name)
+        state = directory / f"{self.name}_state.pt"
+        with _writing(state):
+            torch.save({"optimizer": self.learner.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "python_rng": random.getstate(), "held_back": self.learner.held_back}, state)
 
     def serve(self, conn) -> None:
         handlers = {"act": self.act, "reseed": self.reseed, "train": self.train, "save": self.save,
@@ -128,30 +133,55 @@ class LearnerWorker:
         while True:
             try:
                 message = conn.recv()
-            except EOFError:  # the controller is gone
+            except (EOFError, OSError):  # the controller is gone
                 return
             kind, args = message[0], message[1:]
             if kind == "stop":
-                conn.send(("ok", None))
+                _answer(conn, ("ok", None))
                 return
             try:
                 if kind not in handlers:
                     raise ValueError(f"unknown message {kind!r}")
-                conn.send(("ok", handlers[kind](*args)))
+                answer = ("ok", handlers[kind](*args))
             except Exception:  # report, keep serving: the controller decides what to do
-                conn.send(("error", traceback.format_exc()))
+                answer = ("error", traceback.format_exc())
+            if not _answer(conn, answer):
+                return
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """A failed write inside the block leaves as one OSError naming ``path`` (torch reports a
+    failed save as a RuntimeError that names no file)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        raise OSError(f"cannot write {path}: {' '.join(str(err).split())}") from err
+
+
+def _answer(conn, message) -> bool:
+    """Send ``message``; False (and nothing printed) when the controller is gone."""
+    try:
+        conn.send(message)
+        return True
+    except (BrokenPipeError, EOFError, OSError):
+        return False
 
 
 def worker_main(conn, learner: str, cfg_dict: dict, run_dir: str, checkpoint: str | None) -> None:
-    """Entry point of a worker process (spawned: it imports everything itself)."""
+    """Entry point of a worker process (spawned: it imports everything itself).
+
+    Ctrl-C in a terminal interrupts the whole process group; a worker ignores it and leaves the
+    stopping to the controller, which stops every worker and says so in one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         worker = LearnerWorker(learner, TrainConfig.from_dict(cfg_dict), Path(run_dir),
-                             Path(checkpoint) if checkpoint else None)
+                               Path(checkpoint) if checkpoint else None)
     except Exception:
-        conn.send(("error", traceback.format_exc()))
+        _answer(conn, ("error", traceback.format_exc()))
         return
-    conn.send(("ok", "ready"))
-    worker.serve(conn)
+    if _answer(conn, ("ok", "ready")):
+        worker.serve(conn)
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +193,12 @@ class WorkerDied(RuntimeError):
 
 
 class WorkerFailed(RuntimeError):
-    """A worker raised an exception; its traceback is in the message."""
+    """A worker raised an exception: the message says which worker, doing what, and the
+    exception's last line; ``details`` holds the worker's full traceback."""
+
+    def __init__(self, message: str, details: str):
+        super().__init__(message)
+        self.details = details
 
 
 class WorkerHandle:
@@ -197,7 +232,8 @@ class WorkerHandle:
         except (EOFError, OSError):
             self._died()
         if status == "error":
-            raise WorkerFailed(f"the {self.learner} worker failed while {self.doing}:\n{value}")
+            cause = next((line for line in reversed(value.strip().splitlines()) if line.strip()), "unknown error")
+            raise WorkerFailed(f"the {self.learner} worker failed while {self.doing}: {cause.strip()}", value)
         return value
 
     def request(self, *message):

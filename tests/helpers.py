@@ -4,6 +4,7 @@ run to run, and whether a name the docs cite is in the package."""
 import dataclasses
 import importlib
 import inspect
+import os
 from pathlib import Path
 
 from mgrpo_ref.config import TrainConfig
@@ -60,3 +61,13 @@ def resolves(name: str) -> bool:
 def has(obj, name: str) -> bool:
     """An attribute, or a dataclass field (which a class without a default does not carry)."""
     return hasattr(obj, name) or name in getattr(obj, "__dataclass_fields__", {})
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie still answers signal 0 until reaped; it runs nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mgrpo_ref import cli, compare, evaluate, pretrain, world
+from mgrpo_ref import cli, compare, evaluate, getmodel, pretrain, sft, train, viewer, world
 
 
 def run_cli(module, *args, cwd=None, env=None):
@@ -247,3 +247,61 @@ def test_the_compare_command_refuses_in_one_line(tree):
     proc = run_cli("compare", "--seeds", "-1", "--runs", tree / "runs", "--out", tree / "out")
     assert "--seeds" in assert_refused(proc.returncode, proc.stderr, "compare")
     assert contents(tree) == ONLY_THE_FILE
+
+
+# -- a fuzz over every command's paths and names ------------------------------------------
+
+HOSTILE = ["", " ", "~nosuchuser", "~nosuchuser/x", "/dev/null/x", "a\0b"]
+"""Values no path or name option may take: each must be one error line and exit status 2."""
+
+CASES = [
+    (train.main, "train", lambda v: ["--run-dir", v, "steps=1"]),
+    (train.main, "train", lambda v: ["--resume", v]),
+    (evaluate.main, "evaluate", lambda v: ["--main", v, "--sub", "teacher"]),
+    (evaluate.main, "evaluate", lambda v: ["--main", "teacher", "--sub", v]),
+    (evaluate.main, "evaluate", lambda v: ["--single", v]),
+    (evaluate.main, "evaluate", lambda v: ["--single", "teacher", "--out", v]),
+    (evaluate.main, "evaluate", lambda v: ["--single", "teacher", "--data-dir", v]),
+    (compare.main, "compare", lambda v: ["--runs", v]),
+    (compare.main, "compare", lambda v: ["--out", v]),
+    (compare.main, "compare", lambda v: ["--report", v]),
+    (viewer.main, "viewer", lambda v: [v, "--step", "1"]),
+    (pretrain.main, "pretrain", lambda v: ["--out", v]),
+    (world.main, "world", lambda v: ["--out", v]),
+    (getmodel.main, "getmodel", lambda v: ["--out", v, "--no-install"]),
+    (sft.main, "sft", lambda v: ["--out", v]),
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=repr)
+@pytest.mark.parametrize("main, module, args", CASES, ids=[f"{m}-{i}" for i, (_, m, _) in enumerate(CASES)])
+def test_no_command_gives_a_traceback_for_a_hostile_path_or_name(main, module, args, value, capsys, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative value that were accepted would land here
+    with pytest.raises(SystemExit) as exit_:
+        main(args(value))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_viewer_record_without_trajectories_is_one_line(tmp_path, capsys):
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "step-0001-main.json").write_text('{"learner": "main", "step": 1}')
+    line = refused_in_process(viewer.main, [tmp_path, "--step", "1"], capsys, "viewer")
+    assert "not a record the viewer can draw (no list of trajectories)" in line
+    (records / "step-0001-main.json").write_text("[" * 100_000)
+    line = refused_in_process(viewer.main, [tmp_path, "--step", "1"], capsys, "viewer")
+    assert "not a record" in line
+
+
+def test_a_config_of_brackets_nested_deep_is_one_line(tmp_path):
+    from mgrpo_ref.config import TrainConfig
+
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="not a readable JSON file"):
+        TrainConfig.load(tmp_path / "config.json")

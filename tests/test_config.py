@@ -137,8 +137,14 @@ def test_resume_without_a_run_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         train.main(["--resume", str(tmp_path / "nothing")])
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and err.startswith("error: ") and "no such file" in err
+    assert exit_.value.code == 2 and err.splitlines()[-1].startswith("python -m mgrpo_ref.train: error: ")
+    assert "nothing does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "nothing").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--resume", str(tmp_path / "empty")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err == f"error: {tmp_path / 'empty'} holds no run to resume: it has no config.json"
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -1,4 +1,4 @@
-"""A 2-step run logs the numbers it logged when its fixtures were written.
+"""A 2-step run logs the numbers it logged when its fixtures were written, so one seed gives one run.
 
 ``tests/data/metrics-2-steps-<variant>.jsonl`` were written with the committed base and the
 config below by the code that introduced inverse-CDF sampling (``policy.sample_by_inverse_cdf``).
@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
+
+from mgrpo_ref.store import Store
 
 from helpers import deterministic
 
@@ -43,3 +46,16 @@ def test_a_two_step_run_logs_the_numbers_of_its_fixture(tmp_path, variant):
                 assert new[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (old["step"], key)
             else:
                 assert new[key] == value, (old["step"], key)
+    # The same numbers as when the fixture was written: one seed gives one run. What each
+    # variant's learners are, and what they did, from the run's own files:
+    learners = {"mgrpo": {"main", "sub"}, "frozen_sub": {"main", "sub"}, "single_agent": {"single"}, "shared": {"shared"}}
+    store = Store(run / "store.sqlite", readonly=True)
+    assert {s["learner"] for s in store.learner_stats()} == learners[variant]
+    assert set(json.loads((run / "workers.json").read_text())) == learners[variant]
+    if variant == "mgrpo":  # the committed base's rewards vary, so both adapters really move
+        assert all(any(m.get(f"{a}/grad_norm", 0) > 0 for m in now) for a in ("main", "sub"))
+    if variant == "frozen_sub":  # the sub-agent's adapter is never updated: a fresh LoRA has B = 0
+        weights = load_file(run / "checkpoints" / "step_00002" / "sub" / "adapter_model.safetensors")
+        assert all(w.abs().sum() == 0 for n, w in weights.items() if "lora_B" in n)
+        assert not any(s["sub/trained"] for s in store.learner_stats("sub"))
+    store.close()

@@ -58,3 +58,19 @@ def test_stop_strings_and_blocks():
     assert stop_strings("sub") == ["</search>", "</visit>", "</return>"]
     assert blocks("<question>q?</question>\n<delegate>a</delegate>\n<result>r\ns</result>") == [
         ("question", "q?"), ("delegate", "a"), ("result", "r\ns")]
+
+
+def test_blocks_finds_what_the_block_regex_finds_on_random_texts():
+    """protocol.blocks scans tags once instead of running the regex, which rescans the text from
+    every unclosed opening tag; both must find the same blocks."""
+    import random
+
+    from mgrpo_ref.protocol import _BLOCK_RE, blocks
+
+    pieces = ["<a>", "</a>", "<b>", "</b>", "<delegate>", "</delegate>", "x", " ", "<", ">", "</", "<a", "a>", "\n"]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(30)))
+        assert blocks(text) == [(m.group(1), m.group(2).strip()) for m in _BLOCK_RE.finditer(text)], text
+    many = "<think>" * 20_000 + "<result>x</result>"  # the regex takes seconds here
+    assert blocks(many) == [("result", "x")]

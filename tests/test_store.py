@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -377,3 +378,40 @@ def test_a_killed_writer_leaves_a_consistent_store(tmp_path):
     assert len(store.rollouts(0)) == 1 and store.rollouts(1) == []
     store.write_rollouts(1, rows(2))  # and it is writable again
     assert len(store.rollouts(1)) == 2
+
+
+def test_a_store_in_a_directory_this_process_cannot_write_is_read_from_a_copy(tmp_path):
+    """SQLite reads a WAL store only beside a shared-memory file it can create; in a directory
+    another user owns, readonly=True reads a private copy and leaves the directory as it was."""
+    import os
+    import subprocess
+    import sys
+
+    from mgrpo_ref.store import Store
+
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="mgrpo-theirs-"))  # pytest's tmp_path is private to this user
+    os.chmod(home, 0o755)
+    folder = home / "theirs"
+    folder.mkdir()
+    store = Store(folder / "store.sqlite", create=True)
+    store.finish_step(1)
+    store.close()
+    os.chmod(folder, 0o555)
+    script = ("import os, sys\n"
+              "from mgrpo_ref.store import Store  # imported first: the interpreter lives where only root may read\n"
+              "if os.getuid() == 0: os.setgid(65534); os.setuid(65534)  # root can write anywhere: be another user\n"
+              f"s = Store({str(folder / 'store.sqlite')!r}, readonly=True)\n"
+              "print(s.last_finished_step()); s.close()\n")
+    try:
+        before = sorted(p.name for p in folder.iterdir())
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "1"
+        assert sorted(p.name for p in folder.iterdir()) == before
+    finally:
+        os.chmod(folder, 0o755)
+        shutil.rmtree(home)

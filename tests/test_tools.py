@@ -44,3 +44,11 @@ def test_bad_calls_are_error_observations():
 
 def test_tokenize():
     assert tokenize("Who is the founder of Velu-Labs?") == ["founder", "velu", "labs"]
+
+
+
+def test_an_unknown_document_id_is_echoed_short():
+    huge = "7" * 1_000_000
+    observation = TOOLS.visit(huge)
+    assert len(observation) < 100 and observation.startswith("error: no document 777") and "(1000000 digits)" in observation
+    assert TOOLS.visit("9" * 40) == f"error: no document {'9' * 40}"  # up to 40 characters: as it was given
