@@ -84,14 +84,19 @@ TRAIN_SEEDS = (1, 2, 3, 4)
 
 EVAL_WORLD_SEEDS = (1001, 1002, 1003, 1004, 1005, 1006)
 """Six more held-out worlds (split ``eval_worlds``), of both sizes that training uses: never
-used to build the base or to train."""
+used to build the base or to train. The split results are reported on, and nothing else."""
+VALIDATION_SEEDS = (1501, 1502, 1503, 1504, 1505, 1506)
+"""Six held-out worlds for choosing (split ``validation``): a base build, a budget, a learning
+rate are chosen on them, so that ``eval_worlds`` is read only for the results. Of both sizes,
+never used to build the base or to train, and disjoint from every other split's worlds."""
 LARGE_SCALE = 3
 """The size of the project's large worlds, in multiples of the default (``WorldConfig.scaled``)."""
-WORLD_SCALES = {3: LARGE_SCALE, 4: LARGE_SCALE, 1004: LARGE_SCALE, 1005: LARGE_SCALE, 1006: LARGE_SCALE}
+WORLD_SCALES = {3: LARGE_SCALE, 4: LARGE_SCALE, 1004: LARGE_SCALE, 1005: LARGE_SCALE, 1006: LARGE_SCALE,
+                1504: LARGE_SCALE, 1505: LARGE_SCALE, 1506: LARGE_SCALE}
 """The committed worlds that are not of the default size: two of the four training worlds
-and three of the six in ``eval_worlds``. Their long document ids are what the sub-agent has
+and three of the six in each of ``eval_worlds`` and ``validation``. Their long document ids are what the sub-agent has
 to learn to copy (docs/world.md, "Worlds of two sizes")."""
-HELD_OUT_SEEDS = (EVAL_SEED, *EVAL_WORLD_SEEDS)
+HELD_OUT_SEEDS = (EVAL_SEED, *EVAL_WORLD_SEEDS, *VALIDATION_SEEDS)
 
 
 def world_config(seed: int) -> WorldConfig:
@@ -386,12 +391,14 @@ def generate_questions(world: World, n: int, config: WorldConfig = WorldConfig()
 # ---------------------------------------------------------------------------
 # The committed data: worlds and question splits as JSONL
 
-SPLITS = {"train": (TRAIN_SEEDS, 100), "eval": ((EVAL_SEED,), 200), "eval_worlds": (EVAL_WORLD_SEEDS, 40)}
+SPLITS = {"train": (TRAIN_SEEDS, 100), "eval": ((EVAL_SEED,), 200), "eval_worlds": (EVAL_WORLD_SEEDS, 40),
+          "validation": (VALIDATION_SEEDS, 40)}
 """split name -> (world seeds, questions per world). ``eval_worlds`` is the held-out split of
 record: six worlds, three of the default size and three large, 40 questions each, so that no
 figure rests on one world (``TrainConfig.eval_split``; the evaluation reports accuracy per
-world). ``eval`` is one default-size held-out world of 200 questions, kept for comparison with
-the project's earlier figures."""
+world). ``validation`` is its twin for choosing: six other worlds, the same sizes and counts.
+``eval`` is one default-size held-out world of 200 questions, the split most of
+docs/history.md was measured on."""
 
 
 def write_jsonl(path: Path, rows) -> None:

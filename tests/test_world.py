@@ -171,3 +171,29 @@ def test_a_share_of_the_base_demonstrations_comes_from_large_worlds(monkeypatch)
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="large_worlds"):
             P.PretrainConfig(large_worlds=bad)
+
+
+def test_the_validation_split_is_disjoint_from_every_world_training_or_reporting_uses():
+    """Choices are made on ``validation``; ``eval_worlds`` is read only for results. The two,
+    the training worlds and the base's demonstration worlds share no world, and validation has
+    worlds of both sizes training uses."""
+    from mgrpo_ref.pretrain import PretrainConfig
+    from mgrpo_ref.sft import SFTConfig
+
+    validation = W.load_questions("validation")
+    by_world = Counter(q.world_seed for q in validation)
+    assert by_world == {seed: 40 for seed in W.VALIDATION_SEEDS}
+    assert [q.world_seed for q in validation[:6]] == list(W.VALIDATION_SEEDS)  # the worlds take turns
+    seeds = set(W.VALIDATION_SEEDS)
+    base = PretrainConfig()
+    demonstrations = set(range(base.first_world, base.first_world + max(base.n_worlds, SFTConfig().n_worlds)))
+    for other in (set(W.TRAIN_SEEDS), {W.EVAL_SEED}, set(W.EVAL_WORLD_SEEDS), demonstrations):
+        assert seeds.isdisjoint(other)
+    for seed in W.VALIDATION_SEEDS:
+        with pytest.raises(ValueError, match="held-out"):
+            W.check_training_seed(seed)
+    sizes = {seed: len(W.load_world(seed).entities) for seed in W.VALIDATION_SEEDS}
+    default, large = len(W.load_world(W.EVAL_WORLD_SEEDS[0]).entities), len(W.load_world(W.EVAL_WORLD_SEEDS[-1]).entities)
+    assert sum(v > (default + large) / 2 for v in sizes.values()) == 3  # three large, three of the default size
+    texts = {q.text for q in validation}
+    assert texts.isdisjoint(q.text for q in W.load_questions("eval_worlds"))
