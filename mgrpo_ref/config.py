@@ -168,6 +168,9 @@ class TrainConfig:
     """Steps whose trajectories each worker records, with their tokens, loss masks, rewards and
     advantages, for the rollout viewer (``viewer.py``, ``records/`` in the run directory);
     none by default, so training does no extra work."""
+    tensorboard: bool = True
+    """Also write every metric as TensorBoard events, in ``tensorboard/`` beside metrics.jsonl
+    (needs the optional ``tensorboard`` package; without it, none are written)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     reward: RewardConfig = field(default_factory=RewardConfig)
     limits: Limits = field(default_factory=Limits)

@@ -101,6 +101,7 @@ class Trainer:
             raise
         pids = {learner: w.process.pid for learner, w in self.workers.items()}
         rundir.write_atomically(self.run_dir / rundir.WORKERS, json.dumps(pids))
+        self.events = event_writer(self.run_dir, self.start_step, resume) if cfg.tensorboard else None
 
     def agents(self, temperature: float) -> dict[str, WorkerAgent]:
         """role -> the agent that answers it, sampling at ``temperature``."""
@@ -172,7 +173,7 @@ class Trainer:
         the run directory and the base's (step 0) and the last held-out accuracies."""
         cfg = self.cfg
         if self.start_step == 1:
-            rundir.append_jsonl(self.metrics_path, {"step": 0, **self.evaluate(0)})
+            self.log({"step": 0, **self.evaluate(0)})
         bar = tqdm(range(self.start_step, cfg.steps + 1), desc=f"train {cfg.variant}", disable=not self.progress,
                    initial=self.start_step - 1, total=cfg.steps)
         for step in bar:
@@ -180,14 +181,23 @@ class Trainer:
             record = self.step(step)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 record.update(self.evaluate(step))
-            rundir.append_jsonl(self.metrics_path, record)
+            self.log(record)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 self.save_checkpoint(step)
             bar.set_postfix(_postfix(record))
         return {"run_dir": str(self.run_dir), **first_and_last_accuracy(rundir.read_jsonl(self.metrics_path))}
 
+    def log(self, record: dict) -> None:
+        """One line of metrics.jsonl, and the same numbers as TensorBoard events."""
+        rundir.append_jsonl(self.metrics_path, record)
+        if self.events is not None:
+            log_events(self.events, record)
+
     def close(self) -> None:
         """Stop every worker and close the store; closing twice does nothing more."""
+        if getattr(self, "events", None) is not None:
+            self.events.close()
+            self.events = None
         workers, self.workers = getattr(self, "workers", {}), {}
         for w in workers.values():
             w.stop()
@@ -201,6 +211,30 @@ class Trainer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def event_writer(run_dir: Path, start_step: int, resume: bool):
+    """A TensorBoard writer into ``<run_dir>/tensorboard``, or None when the optional
+    ``tensorboard`` package is not installed. A resumed run hides the events it logged for the
+    steps it now redoes (``purge_step``), so each step shows once."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    purge = (start_step if start_step > 1 else 0) if resume else None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+
+
+def log_events(writer, record: dict) -> None:
+    """Every number of one metrics line as a scalar at its step; a dict of numbers (accuracy by
+    hops, by world) as one scalar per entry, ``<key>/<entry>``."""
+    step = record["step"]
+    for key, value in record.items():
+        entries = value.items() if isinstance(value, dict) else [(None, value)]
+        for entry, number in entries:
+            if isinstance(number, (int, float)) and key != "step":
+                writer.add_scalar(key if entry is None else f"{key}/{entry}", float(number), step)
+    writer.flush()
 
 
 def _postfix(record: dict) -> dict:

@@ -325,6 +325,11 @@ def test_stopping_a_run_says_one_line_and_leaves_it_resumable(base, reference, t
         resumed = command("--resume", run)
         assert resumed.returncode == 0, resumed.stderr
         assert_same_run(run, reference)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()  # the redone steps' events replace the ones logged before the stop
+        assert [e.step for e in events.Scalars("main/reward_mean")] == list(range(1, STEPS + 1))
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -58,6 +58,17 @@ def test_mgrpo_run_writes_store_metrics_and_checkpoints(base, tmp_path):
     # what crossed between the learners' processes is scalars: every stored value is a number or a flag
     for row in store.rollouts(1):
         assert all(isinstance(v, (int, float)) for k, v in row.items() if k != "qid")
+    # every metric also as TensorBoard events, at the step metrics.jsonl gives it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("main/reward_mean")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [0, 2, 3]
+    assert [e.value for e in events.Scalars("eval/accuracy")] == pytest.approx([m["eval/accuracy"] for m in metrics
+                                                                                if "eval/accuracy" in m])
+    by_hops = [f"eval/accuracy_by_hops/{h}" for h in metrics[0]["eval/accuracy_by_hops"]]
+    assert by_hops and set(by_hops) <= set(events.Tags()["scalars"])  # a dict: one scalar per entry
     ckpt = run / "checkpoints" / "step_00003"
     assert (ckpt / "controller.json").exists() and (ckpt / "main_state.pt").exists()
     # by default the newest two checkpoints are kept and nothing is recorded for the viewer
