@@ -125,8 +125,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
     if (run_dir / rundir.CONFIG).exists() and TrainConfig.load(run_dir / rundir.CONFIG) != cfg:
         raise FileExistsError(f"{run_dir} holds a run with another config; remove it or choose another --runs")
     done = rundir.latest_checkpoint(run_dir)
-    if done is not None and rundir.checkpoint_step(done) >= cfg.steps:
-        return
+    if done is not None and rundir.checkpoint_problem(done) is None and rundir.checkpoint_step(done) >= cfg.steps:
+        return  # finished, and its final checkpoint is intact (a broken one is redone by the resume)
     with Trainer(cfg, run_dir, resume=(run_dir / rundir.CONFIG).exists(), progress=progress) as trainer:
         trainer.run()
 

@@ -292,3 +292,36 @@ def test_stability_counts_collapsed_runs_and_tests_whether_the_curves_flattened(
     assert len(fig.axes[0].lines) == 3 + 1  # three seeds and the base's level
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 0", "seed 1", "seed 2"]
     assert (tmp_path / "runs.png").stat().st_size > 0
+
+
+def test_a_finished_run_is_skipped_only_when_its_final_checkpoint_is_intact(tmp_path, monkeypatch):
+    from mgrpo_ref import rundir
+
+    cfg = TrainConfig(steps=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text(cfg.to_json())
+    final = rundir.new_checkpoint(run, 2)
+    (final / "main_state.pt").write_bytes(b"state")
+    rundir.complete_checkpoint(final, 2, 0.0, keep=0)
+    trained = []
+
+    class Recorder:  # stands in for Trainer: what train_run would train
+        def __init__(self, cfg, run_dir, resume, progress):
+            trained.append(resume)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(compare, "Trainer", Recorder)
+    train_run(cfg, run, progress=False)
+    assert trained == []  # finished: skipped
+    (final / "main_state.pt").write_bytes(b"stat")  # same size, other bytes
+    train_run(cfg, run, progress=False)
+    assert trained == [True]  # its final checkpoint is broken: resumed, which redoes it
