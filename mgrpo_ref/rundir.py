@@ -53,7 +53,7 @@ def start(run_dir: Path, cfg: TrainConfig, say: Callable[[str], None] = _stderr)
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file, not a run directory")
-    if not (run_dir / CONFIG).exists() and never_started(run_dir):
+    if never_started(run_dir):
         say(f"{run_dir} holds a run that never started (no config.json, nothing in its store): starting it afresh")
         discard(run_dir)
     if (run_dir / STORE).exists() or (run_dir / CONFIG).exists():
@@ -173,7 +173,7 @@ def _steps(steps: list[int]) -> str:
     """[4, 5, 6, 9] -> '4-6, 9'."""
     runs, start = [], steps[0]
     for previous, step in zip(steps, steps[1:] + [None]):
-        if step != previous + 1 if step is not None else True:
+        if step is None or step != previous + 1:  # a run of consecutive steps ends at previous
             runs.append(str(start) if start == previous else f"{start}-{previous}")
             start = step
     return ", ".join(runs)
@@ -186,30 +186,21 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def checkpoint_step(checkpoint: Path) -> int:
-    """The step a complete checkpoint was taken after (``ResumeError`` naming the file if its
-    marker cannot say)."""
-    marker = Path(checkpoint) / MARKER
-    try:
-        step = json.loads(marker.read_text()).get("step")
-    except (OSError, ValueError, AttributeError, RecursionError) as err:
-        raise ResumeError(f"{marker} cannot be read as a checkpoint marker ({type(err).__name__})") from None
-    if not isinstance(step, int) or isinstance(step, bool):
-        raise ResumeError(f"{marker} names no step")
-    return step
+    """The step a complete checkpoint was taken after (``ResumeError`` naming the checkpoint if
+    its marker cannot say)."""
+    record, problem = _marker(checkpoint)
+    if problem is not None:
+        raise ResumeError(f"checkpoint {checkpoint} {problem}")
+    return record["step"]
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """What is wrong with a checkpoint that has its marker, or None if it is intact: the marker
     must name its step, and every file it records must be there with its size and SHA-256. A
     marker that records no files (written before markers did) is taken as it is."""
-    marker = Path(checkpoint) / MARKER
-    try:
-        text = marker.read_text()
-        record = json.loads(text)
-    except (OSError, ValueError, RecursionError):
-        return f"has an {'empty' if not marker.exists() or not marker.stat().st_size else 'unreadable'} {MARKER}"
-    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-        return f"has a {MARKER} that names no step"
+    record, problem = _marker(checkpoint)
+    if problem is not None:
+        return problem
     for name, recorded in sorted((record.get("files") or {}).items()):
         path = Path(checkpoint) / name
         if not path.is_file():
@@ -220,6 +211,19 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         if _sha256(path) != recorded["sha256"]:
             return f"has {name} changed since it was written (SHA-256)"
     return None
+
+
+def _marker(checkpoint: Path) -> tuple[dict | None, str | None]:
+    """A checkpoint's marker as a dict naming its step, or (None, what is wrong with it)."""
+    marker = Path(checkpoint) / MARKER
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None, f"has an {'empty' if not marker.exists() or not marker.stat().st_size else 'unreadable'} {MARKER}"
+    step = record.get("step") if isinstance(record, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None, f"has a {MARKER} that names no step"
+    return record, None
 
 
 def _sha256(path: Path) -> str:

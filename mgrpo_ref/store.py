@@ -103,6 +103,7 @@ class Store:
         if at_rest and not readonly:
             raise ValueError("Store: at_rest=True is for reading only (readonly=True)")
         self.path, self.at_rest = Path(path), at_rest
+        self._snapshot_dir = None  # the private copy a read-only store is read from, if any (``_snapshot``)
         self._check_path(create, readonly)
         if create and (not self.path.exists() or self.path.stat().st_size == 0):
             self._create()
@@ -142,15 +143,16 @@ class Store:
                              "keeps its -wal and -shm files there (readonly=True opens it for reading)")
 
     def _connect(self, mode: str, timeout: float) -> sqlite3.Connection:
-        path, uri = self.path, None
+        path = self.path
         if mode == "ro" and not os.access(path.parent, os.W_OK | os.X_OK):
             path = self._snapshot()
-        elif mode == "ro" and self.at_rest and not any(path.with_name(path.name + s).exists() for s in ("-wal", "-shm")):
+        uri = _uri(path, mode)
+        if mode == "ro" and self.at_rest and not any(path.with_name(path.name + s).exists() for s in ("-wal", "-shm")):
             # No connection has the store open (each one keeps a -shm file) and every write is in
             # the file itself: read it as it is, leaving no -wal or -shm file behind.
-            uri = _uri(path, mode) + "&immutable=1"
+            uri += "&immutable=1"
         with self._errors("open"):
-            return sqlite3.connect(uri or _uri(path, mode), uri=True, timeout=timeout, isolation_level=None)
+            return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
 
     def _snapshot(self) -> Path:
         """A copy of the store and its write-ahead log in a private temporary directory, to read
@@ -248,7 +250,7 @@ class Store:
     @_failing_as("close")
     def close(self) -> None:
         self.conn.close()
-        if getattr(self, "_snapshot_dir", None) is not None:
+        if self._snapshot_dir is not None:
             self._snapshot_dir.cleanup()
 
     # -- meta ----------------------------------------------------------------------------

