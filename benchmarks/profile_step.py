@@ -182,10 +182,13 @@ def watch_forward_passes(policy, clock: Clock, work: dict, generating: dict) -> 
             mask = torch.ones(rows, seen)
         w = work[f"generation/{role}/{kind}"]
         if kind == "prefill":
-            lengths = mask.sum(dim=1).double()  # (M,) real tokens of each context
-            w["tokens"] += float(lengths.sum())
+            # With a prefix cache the mask also covers the cached tokens, before the ``width`` new ones.
+            seen = mask.sum(dim=1).double()  # (M,) real tokens of each context, cached or new
+            new = mask[:, -width:].sum(dim=1).double()  # (M,) those encoded by this pass
+            w["tokens"] += float(new.sum())
             w["padded_tokens"] += rows * width
-            w["flops"] += forward_flops(policy, float(lengths.sum()), float((lengths * (lengths + 1) / 2).sum()), rows)
+            attended = new * (2 * seen - new + 1) / 2  # the new tokens at positions seen - new + 1 .. seen
+            w["flops"] += forward_flops(policy, float(new.sum()), float(attended.sum()), rows)
         else:
             w["tokens"] += rows
             w["flops"] += forward_flops(policy, rows, float(mask.sum()), rows)

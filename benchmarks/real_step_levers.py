@@ -14,6 +14,7 @@ with the configuration of the CPU M-GRPO run (B = 4, K = 4, full precision, lr 1
     both                     the two together
     token budget 2048        microbatch_tokens=2048
     token budget 1024        microbatch_tokens=1024
+    prefix cache             prefix_cache_mib=2048: generation keeps each conversation's keys and values
 
 ``--arms`` runs some of them and keeps the others' figures from an earlier run in ``--out``.
 
@@ -37,7 +38,8 @@ from common import ROOT, RESULTS, command_line, machine, parser, within_project,
 ARMS = {"today": [], "checkpointing": ["activation_checkpointing=true"],
         "token budget": ["microbatch_tokens=4096"],
         "both": ["activation_checkpointing=true", "microbatch_tokens=4096"],
-        "token budget 2048": ["microbatch_tokens=2048"], "token budget 1024": ["microbatch_tokens=1024"]}
+        "token budget 2048": ["microbatch_tokens=2048"], "token budget 1024": ["microbatch_tokens=1024"],
+        "prefix cache": ["prefix_cache_mib=2048"]}
 """arm -> config overrides on top of the CPU run's."""
 CONFIG = ["quantization=none", "questions_per_step=4", "rollouts=4", "lr=1e-4", "max_new_tokens=48"]
 

@@ -8,10 +8,11 @@ any Hugging Face causal LM from a local directory or a hub name (for example
 
 What a policy offers the rest of the package:
 
-* :meth:`Policy.act` - batched sampling of one turn per context (KV cache, temperature,
-  top-p, max new tokens, stop at the role's closing tags), left-padded prompts of
-  different lengths; each token is drawn by :func:`sample_by_inverse_cdf` from the
-  policy's own generator; this is the ``Agent`` interface of ``episode.run_episodes``;
+* :meth:`Policy.act` - batched sampling of one turn per context (temperature, top-p, max
+  new tokens, stop at the role's closing tags), left-padded prompts of different lengths;
+  each token is drawn by :func:`sample_by_inverse_cdf` from the policy's own generator;
+  with a prefix cache, each conversation's keys and values are kept between its turns
+  (prefix_cache.py); this is the ``Agent`` interface of ``episode.run_episodes``;
 * :meth:`Policy.token_logprobs` - per-token log-probabilities of given sequences under
   the adapter, or under the reference (the same network with its adapters disabled, so no
   second copy of the base sits in memory), at every position or only where asked;
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from .chat import ChatFormat, chat_format, render as render_chat
 from .checks import check_choice
 from .config import NF4_ON_CPU, LoraSettings
+from .prefix_cache import PrefixCache, generate as generate_with_prefix_cache
 from .protocol import stop_strings
 
 ADAPTER_FILE = "adapter_config.json"
@@ -349,8 +351,10 @@ class Policy:
     """A causal LM with one LoRA adapter, able to sample turns and score tokens."""
 
     def __init__(self, model, tokenizer, device: str, sampling: SamplingSettings = SamplingSettings(),
-                 seed: int = 0):
+                 seed: int = 0, prefix_cache_mib: float = 0):
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.prefix_cache = PrefixCache(prefix_cache_mib) if prefix_cache_mib else None
+        """Each conversation's keys and values kept between its turns (prefix_cache.py), or None."""
         self.sampling = sampling
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         if tokenizer.pad_token_id is None:
@@ -388,12 +392,36 @@ class Policy:
 
         With a temperature above 0, every token is drawn by :func:`sample_by_inverse_cdf`
         from the policy's own generator (``self.generator``; torch's global one is never
-        touched), after temperature and top-p; at temperature 0 decoding is greedy.
+        touched), after temperature and top-p; at temperature 0 decoding is greedy. With a
+        prefix cache (``self.prefix_cache``, prefix_cache.py) only the tokens of each context
+        that the cache does not hold are encoded; without one, transformers' ``generate``
+        encodes every context whole.
         """
         if not contexts:
             return []
+        if self.prefix_cache is not None:
+            turns = self._write_turns_with_prefix_cache(role, contexts)
+        else:
+            turns = self._write_turns(role, contexts)
+        pad = self.tokenizer.pad_token_id  # set in __init__, never None
+        return [self._cut_at_stop(self.tokenizer.decode([t for t in turn if t != pad], skip_special_tokens=False), role)
+                for turn in turns]
+
+    def _processors(self):
+        """The logits processors of a sampled turn (None when greedy): temperature, top-p, and
+        last the draw, which leaves 0 at the drawn token and -inf elsewhere, so that taking
+        the largest score emits exactly the sampled token."""
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+        s = self.sampling
+        if s.temperature == 0:
+            return None
+        return LogitsProcessorList(([TemperatureLogitsWarper(s.temperature)] if s.temperature != 1.0 else [])
+                                   + ([TopPLogitsWarper(s.top_p)] if s.top_p < 1.0 else [])
+                                   + [InverseCdfSampler(self.generator)])
+
+    def _write_turns(self, role: str, contexts: list[str]) -> list[list[int]]:
+        """Each context's new tokens, by transformers' ``generate`` on left-padded contexts."""
         s = self.sampling
         self.tokenizer.padding_side = "left"  # generation appends on the right
         batch = self.tokenizer(contexts, add_special_tokens=False, return_tensors="pt", padding=True)
@@ -404,18 +432,36 @@ class Policy:
             kwargs["eos_token_id"] = stop_ids  # the closing tags are single tokens: stop on their ids
         else:
             kwargs.update(stop_strings=stop_strings(role), tokenizer=self.tokenizer)
-        if s.temperature > 0:
+        processors = self._processors()
+        if processors is not None:
             # generate() decodes greedily over scores in which the last processor has already
             # drawn the token: it emits exactly the sampled tokens.
-            kwargs["logits_processor"] = LogitsProcessorList(
-                ([TemperatureLogitsWarper(s.temperature)] if s.temperature != 1.0 else [])
-                + ([TopPLogitsWarper(s.top_p)] if s.top_p < 1.0 else [])
-                + [InverseCdfSampler(self.generator)])
+            kwargs["logits_processor"] = processors
         out = self.model.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]  # (M, T): the T new tokens of each context
-        pad = self.tokenizer.pad_token_id  # set in __init__, never None
-        return [self._cut_at_stop(self.tokenizer.decode(row[row != pad], skip_special_tokens=False), role)
-                for row in new]
+        return out[:, batch["input_ids"].shape[1]:].tolist()  # (M, T): the T new tokens of each context
+
+    def _write_turns_with_prefix_cache(self, role: str, contexts: list[str]) -> list[list[int]]:
+        """Each context's new tokens, by :func:`prefix_cache.generate`: the same stops as
+        :meth:`_write_turns` (the role's closing tags; when they are not single tokens, their
+        text or the model's own end-of-sequence token)."""
+        processors = self._processors()
+        stop_ids = self._stop_ids[role]
+        if stop_ids is None:
+            eos = self.model.generation_config.eos_token_id
+            stop_ids_too = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos))
+            texts = stop_strings(role)
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:  # (M, V) -> (M,)
+            return (logits if processors is None else processors(None, logits)).argmax(dim=-1)
+
+        def stopped(written: torch.Tensor, t: int) -> torch.Tensor:  # (M, t + 1) -> (M,)
+            if stop_ids is not None:
+                return torch.isin(written[:, t], torch.tensor(stop_ids))
+            return torch.isin(written[:, t], stop_ids_too) | torch.tensor(
+                [any(x in self.tokenizer.decode(row) for x in texts) for row in written.tolist()])
+
+        return generate_with_prefix_cache(self.model, self.prefix_cache, [self.encode(c) for c in contexts], pick,
+                                     stopped, self.sampling.max_new_tokens, self.tokenizer.pad_token_id)
 
     @staticmethod
     def _cut_at_stop(text: str, role: str) -> str:
@@ -520,7 +566,8 @@ def dequantize_4bit_layers(model) -> None:
 
 def load_policy(path: str | Path, quantization: str = "nf4", device: str | None = None,
                 lora: LoraSettings = LoraSettings(), sampling: SamplingSettings = SamplingSettings(),
-                trainable: bool = True, seed: int = 0, nf4_on_cpu: str = "dequantized") -> Policy:
+                trainable: bool = True, seed: int = 0, nf4_on_cpu: str = "dequantized",
+                prefix_cache_mib: float = 0) -> Policy:
     """Load a base (local directory or hub name) with a fresh adapter, or a saved adapter.
 
     ``path`` is either a base model (a directory with config.json, or a hub name), which
@@ -536,6 +583,9 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
     same numbers, faster: :func:`dequantize_4bit_layers`) or kept "packed" in bitsandbytes'
     4-bit layers (linear weights in 4 bits instead of 32, dequantised again on every forward
     pass).
+
+    ``prefix_cache_mib`` > 0 keeps each conversation's keys and values between its turns, in
+    at most that many MiB (prefix_cache.py); 0 encodes every context whole.
     """
     check_choice("nf4_on_cpu", nf4_on_cpu, NF4_ON_CPU)
     with quiet_loading():  # what the libraries print while loading teaches nothing here
@@ -573,4 +623,4 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
         # fails. Our configs have no dropout (LoRA dropout 0, the base's attention dropout 0), so
         # training mode computes exactly what eval mode would.
         model.train()
-        return Policy(model, tokenizer, device, sampling, seed)
+        return Policy(model, tokenizer, device, sampling, seed, prefix_cache_mib)

@@ -155,6 +155,24 @@ def test_a_policy_on_an_instruct_model_reads_and_trains_in_its_chat_format(smoll
     assert len(policy.encode(turn)) < 40  # it stopped at its end-of-turn, not at the token limit
 
 
+def test_with_a_prefix_cache_the_real_model_writes_the_same_turns_and_stops_at_its_end_of_turn(smollm2):
+    """Prefix caching on a chat model: its turns end at the template's end-of-turn token (the
+    closing tags are several tokens here, so the cached path stops on their text or on that
+    token, as ``generate`` does), and a second turn reuses the first's keys and values."""
+    from mgrpo_ref.policy import SamplingSettings, load_policy
+
+    plain, cached = (load_policy(smollm2, quantization="none", trainable=False, prefix_cache_mib=mib,
+                                 sampling=SamplingSettings(0.0, 1.0, 24)) for mib in (0, 64))
+    contexts = [plain.chat.prompt("You answer in one word.", f"What is the capital of {country}?")
+                for country in ("France", "Italy")]
+    turns = [policy.act("main", contexts) for policy in (plain, cached)]
+    assert turns[0] == turns[1] and "Paris" in turns[0][0]
+    follow = [c + t + "<|im_end|>\n<|im_start|>user\nAnd of Spain?<|im_end|>\n<|im_start|>assistant\n"
+              for c, t in zip(contexts, turns[0])]
+    assert plain.act("main", follow) == cached.act("main", follow)
+    assert cached.prefix_cache.reused_tokens > sum(len(plain.encode(c)) for c in contexts)
+
+
 def test_a_few_warm_up_steps_on_the_real_model_lower_the_loss_on_its_own_turns(smollm2, tmp_path):
     """sft.py on SmolLM2 in its chat format, a handful of steps: the loss on the agent's turns
     (and their <|im_end|>) falls, and the adapter is saved for M-GRPO to continue."""

@@ -1,0 +1,263 @@
+"""Prefix caching: each conversation's keys and values kept from one turn to the next.
+
+An agent's context only grows (docs/paper.md section 2): its prompt, its turn, what the
+environment returned, its next turn, and so on. Handed the context as text, ``generate``
+encodes all of it again for every turn, although writing the previous turn already computed
+the keys and values of every token of it but the last one written. A :class:`PrefixCache`
+keeps them, one entry per conversation, and :func:`generate` encodes only what is new: the
+tokens of each context past its longest cached prefix. Serving engines call this prefix
+caching (vLLM's automatic prefix caching, SGLang's radix attention); here it is a dictionary
+of tensors and one loop.
+
+Nothing the agent samples depends on it. A causal model's keys and values at a position
+depend only on the tokens up to that position, so a kept prefix holds what encoding it again
+would compute (equal up to float rounding: tested against ``generate`` on the same contexts).
+Three rules keep it that way:
+
+* a prefix is reused only as far as its token ids equal the new context's, token for token:
+  text that tokenises differently once more text follows it is encoded again from the first
+  token that differs;
+* any change of the model's weights (an optimiser step, a loaded state dict) empties the
+  cache: keys computed by other weights are other keys (:meth:`PrefixCache.check_weights`);
+* the cache holds at most ``max_mib`` MiB of tensors and drops the least recently used entry
+  first. A conversation that ended leaves its entry behind until then, or until the next update.
+
+A call of :func:`generate` lays each context out as
+``[padding | cached prefix | padding | new tokens]``: every row's cached prefix ends at column
+C and its new tokens at column C + S, so one key-value tensor per layer holds every row's
+prefix, and the attention mask hides the padding. Positions count the unmasked tokens only,
+so each token sits at the position it has in its own context.
+
+Shapes: M contexts of one call; C the longest cached prefix reused and S the most new tokens
+among them; T tokens of a conversation; J key-value heads of one layer and E the size of one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+"""One (keys, values) pair per layer of the model, each (J, T, E) for one conversation
+(or (M, J, T, E) for a batch)."""
+
+
+def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading tokens two id sequences (1-D) share."""
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
+
+
+@dataclass
+class Entry:
+    """What one conversation left after its last turn: the ids whose keys and values are
+    kept (its context, then the turn it wrote but the last token), how many of them were the
+    context, and the keys and values."""
+
+    ids: torch.Tensor  # (T,)
+    context_tokens: int
+    kv: KeysValues  # per layer, (J, T, E) each
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.kv)
+
+
+class PrefixCache:
+    """Entries of the conversations an agent is in, for at most ``max_mib`` MiB."""
+
+    def __init__(self, max_mib: float):
+        if not max_mib > 0:
+            raise ValueError(f"a prefix cache needs room: max_mib must be > 0, not {max_mib}")
+        self.max_bytes = int(max_mib * 2**20)
+        self.entries: list[Entry] = []  # least recently used first
+        self._weights: tuple | None = None
+        self.reused_tokens = self.encoded_tokens = self.evicted = 0
+        """Running counts: context tokens taken from the cache, and encoded anew; entries dropped
+        to stay within the budget."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def check_weights(self, model: torch.nn.Module) -> None:
+        """Empty the cache if any parameter changed since the last call. torch counts every
+        in-place change of a tensor in its ``_version`` (an optimiser step, ``copy_`` and
+        ``load_state_dict`` all write in place), so a changed count means changed weights."""
+        weights = tuple((id(p), p._version) for p in model.parameters())
+        if weights != self._weights:
+            self.entries.clear()
+            self._weights = weights
+
+    def find(self, ids: list[torch.Tensor]) -> list[tuple[int, Entry | None]]:
+        """For each context's ids, its longest cached prefix: (how many tokens, the entry
+        holding them), (0, None) if none. Any entry serves, not only the context's own
+        conversation: conversations of one role share at least their instruction. At least one
+        token of each context is left to encode: its output predicts the turn's first token."""
+        if not self.entries:
+            return [(0, None)] * len(ids)
+        longest = max(len(e.ids) for e in self.entries)
+        table = torch.full((len(self.entries), longest), -1, dtype=torch.long)  # (entries, T)
+        for row, e in enumerate(self.entries):
+            table[row, :len(e.ids)] = e.ids
+        found = []
+        for i in ids:
+            n = min(len(i) - 1, longest)
+            shared = (table[:, :n] == i[:n]).long().cumprod(dim=1).sum(dim=1)  # (entries,)
+            best = int(shared.argmax())
+            found.append((int(shared[best]), self.entries[best]) if shared[best] > 0 else (0, None))
+        return found
+
+    def keep(self, new: list[Entry], used: list[tuple[int, Entry | None]]) -> None:
+        """Store the entries a call wrote. An entry whose conversation went on (a row reused
+        all of its context, and so is the same conversation one turn later) is replaced by the
+        row's new entry; one that only lent a shared beginning stays, as recently used. Then
+        the least recently used entries go while the cache is over its budget."""
+        continued = {id(e) for n, e in used if e is not None and n >= e.context_tokens}
+        lent = {id(e) for n, e in used if e is not None} - continued
+        self.entries = ([e for e in self.entries if id(e) not in continued | lent]
+                        + [e for e in self.entries if id(e) in lent] + new)
+        size = self.nbytes
+        while size > self.max_bytes and self.entries:
+            size -= self.entries.pop(0).nbytes
+            self.evicted += 1
+
+
+# ---------------------------------------------------------------------------
+# The model's side: a batch key-value cache from per-conversation tensors, and back
+
+
+def _forward_names(model) -> tuple[str, str | None]:
+    """The names under which the model's forward takes a cache (``cache`` from transformers
+    5.2x on, ``past_key_values`` before) and the number of positions to compute logits at
+    (``logits_to_keep``, ``num_logits_to_keep`` before; None if neither)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = inspect.signature(inner.forward).parameters
+    keep = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in names), None)
+    return ("cache" if "cache" in names else "past_key_values"), keep
+
+
+def _as_model_cache(kv: KeysValues):
+    from transformers import DynamicCache
+
+    if hasattr(DynamicCache, "from_legacy_cache"):  # transformers 4.x
+        return DynamicCache.from_legacy_cache(tuple(kv))
+    return DynamicCache(ddp_cache_data=kv)
+
+
+def _from_model_cache(cache) -> KeysValues:
+    if hasattr(cache, "layers"):  # transformers 5
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]  # 4.x
+
+
+def forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+    """One pass over new tokens ``ids`` (M, S) after what the model's ``cache`` holds (C
+    tokens, or None), with ``mask`` (M, C + S) over both and each new token's ``positions``
+    (M, S): the logits of each row's last position (M, V), and the model's cache, which now
+    holds all C + S positions."""
+    cache_name, keep_name = _forward_names(model)
+    kwargs = {cache_name: cache}
+    if keep_name is not None:
+        kwargs[keep_name] = 1  # the output layer at the last position only: its logits are all a turn needs
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+    return out.logits[:, -1].float(), getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
+def batch_layout(reused: list[int], lengths: list[int]) -> tuple[int, int, torch.Tensor]:
+    """Where each row's tokens go in ``[padding | cached prefix | padding | new tokens]``:
+    (C, S, mask (M, C + S)) for rows that reuse ``reused[i]`` tokens of contexts of
+    ``lengths[i]`` tokens."""
+    c, s = max(reused), max(n - r for n, r in zip(lengths, reused))
+    mask = torch.zeros(len(reused), c + s, dtype=torch.long)  # (M, C + S)
+    for row, (r, n) in enumerate(zip(reused, lengths)):
+        mask[row, c - r:c] = 1
+        mask[row, c + s - (n - r):] = 1
+    return c, s, mask
+
+
+def positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Each unmasked token's position in its own sequence (the count of unmasked tokens before
+    it); padding gets 0, which nothing reads. (M, T) -> (M, T)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def stack_prefixes(found: list[tuple[int, Entry | None]], c: int) -> KeysValues:
+    """Per layer, each row's reused prefix left-padded to C tokens: (M, J, C, E) each."""
+    like = next(e for _, e in found if e is not None).kv  # any entry: the shapes of a row that reuses nothing
+    out = []
+    for layer, (k0, v0) in enumerate(like):
+        keys, values = [], []
+        for r, entry in found:
+            k, v = (entry.kv[layer] if entry is not None else (k0, v0))
+            keys.append(F.pad(k[:, :r], (0, 0, c - r, 0)))  # (J, C, E)
+            values.append(F.pad(v[:, :r], (0, 0, c - r, 0)))
+        out.append((torch.stack(keys), torch.stack(values)))
+    return out
+
+
+def row_of(kv: KeysValues, row: int, columns: torch.Tensor) -> KeysValues:
+    """One row's keys and values at the given columns of a batch cache, copied out of it (so
+    that keeping them does not keep the whole batch alive): per layer (J, T, E)."""
+    return [(k[row][:, columns].clone(), v[row][:, columns].clone()) for k, v in kv]
+
+
+def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callable[[torch.Tensor], torch.Tensor],
+             stopped: Callable[[torch.Tensor, int], torch.Tensor], max_new_tokens: int,
+             pad_id: int) -> list[list[int]]:
+    """One turn for each context (its token ids), encoding only what the cache does not hold.
+
+    ``pick`` turns the last position's logits (M, V) into every row's next token (greedy or
+    sampled: ``Policy.act`` decides); ``stopped(written, t)`` says which rows end their turn
+    with the tokens written so far, ``written`` (M, t + 1). A row that stopped is fed padding
+    until every row has stopped, as transformers' ``generate`` does. Returns each row's new
+    tokens, its stop included, and keeps in the cache each row's context and turn with the
+    keys and values of all their tokens but the last.
+    """
+    device = next(model.parameters()).device
+    cache.check_weights(model)
+    ids = [torch.tensor(i, dtype=torch.long) for i in contexts]
+    found = cache.find(ids)
+    reused = [n for n, _ in found]
+    cache.reused_tokens += sum(reused)
+    cache.encoded_tokens += sum(len(i) for i in ids) - sum(reused)
+    c, s, mask = batch_layout(reused, [len(i) for i in ids])
+    new = torch.full((len(ids), s), pad_id, dtype=torch.long)  # (M, S)
+    for row, (i, r) in enumerate(zip(ids, reused)):
+        new[row, s - (len(i) - r):] = i[r:]
+    past = _as_model_cache([(k.to(device), v.to(device)) for k, v in stack_prefixes(found, c)]) if c > 0 else None
+    position = positions_of(mask)  # (M, C + S)
+    mask = mask.to(device)
+    logits, past = forward(model, new.to(device), mask, position[:, c:].to(device), past)
+    position = position[:, -1:]  # (M, 1): the last token's
+    written = torch.full((len(ids), max_new_tokens), pad_id, dtype=torch.long)  # (M, T): the turns' tokens
+    lengths = torch.zeros(len(ids), dtype=torch.long)  # tokens written per row, its stop included
+    done = torch.zeros(len(ids), dtype=torch.bool)
+    for t in range(max_new_tokens):
+        token = pick(logits).cpu()  # (M,)
+        token[done] = pad_id
+        written[:, t] = token
+        lengths += (~done).long()
+        done |= stopped(written[:, :t + 1], t)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype, device=device)], dim=1)
+        position = position + 1
+        logits, past = forward(model, token[:, None].to(device), mask, position.to(device), past)
+    kv = _from_model_cache(past)
+    turns, entries = [], []
+    for row, (i, r) in enumerate(zip(ids, reused)):
+        n = int(lengths[row])
+        turns.append(written[row, :n].tolist())
+        # The row's columns in the batch cache: its reused prefix, its new tokens, and the
+        # tokens it wrote but the last (which was never fed back).
+        columns = torch.cat([torch.arange(c - r, c), torch.arange(c + s - (len(i) - r), c + s),
+                             torch.arange(c + s, c + s + n - 1)]).to(device)
+        entries.append(Entry(torch.cat([i, written[row, :n - 1]]), len(i), row_of(kv, row, columns)))
+    cache.keep(entries, found)
+    return turns

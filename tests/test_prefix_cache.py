@@ -1,0 +1,144 @@
+"""Prefix caching (prefix_cache.py): the layout by hand, which prefix is reused and what is
+kept, the cache emptied when the weights change, and generation with it equal to
+transformers' ``generate`` on whole contexts, greedy and sampled, on our base."""
+
+import pytest
+import torch
+
+from mgrpo_ref.episode import run_episodes
+from mgrpo_ref.policy import SamplingSettings, load_policy
+from mgrpo_ref.prefix_cache import (Entry, PrefixCache, _as_model_cache, _from_model_cache, batch_layout,
+                                    common_prefix, forward, positions_of, stack_prefixes)
+from mgrpo_ref.tools import ToolsByWorld
+from mgrpo_ref.world import load_questions
+
+BASE = "data/base"
+
+
+def entry(ids, context_tokens, heads=1, size=2):
+    """An entry whose keys and values are numbers that name their position: easy to follow."""
+    t = torch.arange(len(ids), dtype=torch.float32)[None, :, None].expand(heads, len(ids), size)
+    return Entry(torch.tensor(ids), context_tokens, [(t.clone(), -t.clone())])
+
+
+def test_common_prefix_counts_the_leading_tokens_two_sequences_share():
+    assert common_prefix(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 4, 5])) == 2
+    assert common_prefix(torch.tensor([1, 2]), torch.tensor([1, 2, 3])) == 2
+    assert common_prefix(torch.tensor([7]), torch.tensor([1])) == 0
+
+
+def test_the_layout_ends_every_prefix_at_column_c_and_every_context_at_c_plus_s():
+    # Row 0 reuses 2 of its 5 tokens, row 1 nothing of its 3: C = 2, S = max(3, 3) = 3.
+    c, s, mask = batch_layout([2, 0], [5, 3])
+    assert (c, s) == (2, 3)
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert positions_of(mask).tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]
+    # Row 0 reuses 1 of 2 tokens, row 1 3 of 6: a hole between row 0's prefix and its new token.
+    c, s, mask = batch_layout([1, 3], [2, 6])
+    assert (c, s) == (3, 3)
+    assert mask.tolist() == [[0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1]]
+    assert positions_of(mask)[0, -1] == 1  # row 0's new token sits at position 1 of its own context
+
+
+def test_each_context_reuses_its_longest_cached_prefix_and_leaves_one_token_to_encode():
+    cache = PrefixCache(1)
+    short, long = entry([1, 2, 3], 2), entry([1, 2, 3, 4, 5], 4)
+    cache.entries = [short, long]
+    found = cache.find([torch.tensor([1, 2, 3, 4, 9]), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([8, 1])])
+    assert found[0] == (4, long)
+    assert found[1] == (4, long)  # all five are cached, but the last must be encoded for its logits
+    assert found[2] == (0, None)
+    stacked = stack_prefixes(found, 4)  # per layer (M, J, C, E), left-padded with zeros
+    keys = stacked[0][0][:, 0, :, 0]  # (M, C)
+    assert keys.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 0, 0]]
+
+
+def test_a_conversation_that_went_on_replaces_its_entry_and_one_that_lent_a_beginning_stays():
+    cache = PrefixCache(1)
+    mine, shared, old = entry([1, 2, 3, 4], 3), entry([1, 2, 9, 9], 3), entry([5, 6], 1)
+    cache.entries = [old, mine, shared]
+    new = entry([1, 2, 3, 4, 5, 6], 5)
+    # The row went on from its own entry (reused its whole context) and a second row borrowed
+    # only the beginning [1, 2] that ``shared`` has in common with it.
+    cache.keep([new], [(4, mine), (2, shared)])
+    assert cache.entries == [old, shared, new]  # ``mine`` replaced; ``shared`` now the most recently used but one
+    cache.max_bytes = new.nbytes + shared.nbytes
+    cache.keep([], [])
+    assert cache.entries == [shared, new]  # over budget: the least recently used went first
+
+
+def test_a_cache_needs_room():
+    with pytest.raises(ValueError, match="max_mib"):
+        PrefixCache(0)
+
+
+def test_any_change_of_the_weights_empties_the_cache():
+    model = torch.nn.Linear(2, 2)
+    cache = PrefixCache(1)
+    cache.check_weights(model)
+    cache.entries = [entry([1, 2], 1)]
+    cache.check_weights(model)
+    assert cache.entries  # nothing changed
+    model(torch.ones(1, 2)).sum().backward()
+    torch.optim.AdamW(model.parameters(), lr=0.1).step()
+    cache.check_weights(model)
+    assert not cache.entries
+    cache.entries = [entry([1, 2], 1)]
+    model.load_state_dict({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
+    cache.check_weights(model)
+    assert not cache.entries
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_policy(BASE, quantization="none", trainable=False, device="cpu").model
+
+
+def test_keys_and_values_taken_from_the_cache_give_the_logits_of_the_whole_context(model):
+    torch.manual_seed(0)
+    a, b = torch.randint(10, 200, (12,)), torch.randint(10, 200, (7,))
+    with torch.no_grad():
+        whole = [model(input_ids=x[None], use_cache=False).logits[0, -1] for x in (a, b)]
+        # Each row's first tokens encoded alone, as an earlier turn would have, then kept.
+        kept = []
+        for x, n in ((a, 9), (b, 3)):
+            _, past = forward(model, x[None, :n], torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], None)
+            kept.append(Entry(x[:n], n, [(k[0], v[0]) for k, v in _from_model_cache(past)]))
+        found = [(9, kept[0]), (3, kept[1])]
+        c, s, mask = batch_layout([9, 3], [12, 7])
+        new = torch.zeros(2, s, dtype=torch.long)
+        new[0, s - 3:], new[1, s - 4:] = a[9:], b[3:]
+        logits, _ = forward(model, new, mask, positions_of(mask)[:, c:], _as_model_cache(stack_prefixes(found, c)))
+    for row in range(2):
+        torch.testing.assert_close(logits[row], whole[row], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_episodes_with_a_prefix_cache_are_the_episodes_without_one(temperature):
+    questions = load_questions("validation")[:6]
+    runs = {}
+    for mib in (0, 256):
+        policy = load_policy(BASE, quantization="none", trainable=False, device="cpu", seed=3, prefix_cache_mib=mib,
+                             sampling=SamplingSettings(temperature, 1.0, 48))
+        runs[mib] = (run_episodes(questions, ToolsByWorld(), {"main": policy, "sub": policy}, rollouts=3), policy)
+    (plain, _), (cached, policy) = runs[0], runs[256]
+    assert [e.to_dict() for e in cached] == [e.to_dict() for e in plain]
+    assert any(e.subs and e.main.n_turns > 1 for e in plain)  # conversations of several turns, and sub-agents
+    cache = policy.prefix_cache
+    assert cache.reused_tokens > cache.encoded_tokens / 2  # most of a later turn's context came from the cache
+    assert 0 < cache.nbytes <= 256 * 2**20
+
+
+def test_a_small_budget_keeps_the_cache_within_it_and_changes_no_turn():
+    questions = load_questions("validation")[:4]
+    turns = {}
+    budget = 1.0  # MiB: a handful of this base's conversations
+    for mib in (0, budget):
+        policy = load_policy(BASE, quantization="none", trainable=False, device="cpu", prefix_cache_mib=mib,
+                             sampling=SamplingSettings(0.0, 1.0, 48))
+        turns[mib] = [e.to_dict() for e in run_episodes(questions, ToolsByWorld(), {"main": policy, "sub": policy},
+                                                       rollouts=4)]
+    cache = policy.prefix_cache
+    assert cache.evicted > 0 and cache.reused_tokens > 0  # it had to drop entries, and still reused some
+    assert cache.nbytes <= budget * 2**20
+    assert turns[budget] == turns[0]
