@@ -6,6 +6,10 @@ M-GRPO run: format validity and accuracy at each stage, time and peak memory.
     python benchmarks/real_model_cpu.py --stages zero_shot few_shot
     python benchmarks/real_model_cpu.py --summary          # summary.md again from the stages' JSON files
 
+``--split validation`` evaluates on the validation split instead, for choosing a setting (a
+warm-up's ``--sft-hasty``, say) without reading the reported split; ``--runs`` and ``--out``
+then keep such a trial apart from the committed results.
+
 Each stage runs in a process of its own (so its peak memory is its own) and writes
 ``benchmarks/results/real-model-cpu/<stage>.json`` when it finishes; a finished stage is
 skipped, and the M-GRPO run resumes from its last checkpoint. Every evaluation is greedy, both
@@ -15,6 +19,12 @@ roles played by the same model, on the first ``--questions`` held-out questions 
     zero_shot   the model as it comes
     few_shot    with two worked conversations per role before each question (chat.few_shot)
     warm_up     after the supervised warm-up (sft.py; its run in runs/real-model-cpu/sft)
+    signal      what an M-GRPO step could learn from, at the warm-up: K = --signal-rollouts rollouts
+                at T = 1 of each of the first --signal-questions questions of the validation split;
+                per hop count, how often a rollout is right and how many sub-agent calls it makes,
+                and for each group size k <= K the share of groups of k rollouts whose rewards
+                differ (a group of one reward has no advantage) and, on multi-hop questions, that
+                hold a right answer (counted exactly over every k of the K rollouts)
     mgrpo       M-GRPO from the warm-up adapter (runs/real-model-cpu/mgrpo): accuracy before and
                 after, seconds and peak memory per step; to train on, delete mgrpo.json and pass a larger --rl-steps
     merge       continue the warm-up adapter, or merge it into the base first: the loss on
@@ -38,13 +48,13 @@ sys.path.insert(0, str(ROOT))
 from common import command_line  # noqa: E402
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
-STAGES = ("zero_shot", "few_shot", "warm_up", "mgrpo", "merge")
+STAGES = ("zero_shot", "few_shot", "warm_up", "signal", "mgrpo", "merge")
 
 
 def held_out(args):
     from mgrpo_ref.world import load_questions
 
-    return load_questions("eval_worlds")[: args.questions]
+    return load_questions(args.split)[: args.questions]
 
 
 def report_of(report: dict) -> dict:
@@ -62,7 +72,7 @@ def evaluate_model(spec: str, args, shots: int = 0) -> dict:
     agent = make_agent(spec, sampling=SamplingSettings(0.0, 1.0, args.max_new_tokens), quantization="none",
                        shots=shots)
     report, episodes = evaluate(held_out(args), {"main": agent, "sub": agent}, progress=False)
-    return {**report_of(report), "seconds": round(time.time() - start, 1),
+    return {**report_of(report), "split": args.split, "seconds": round(time.time() - start, 1),
             "example": transcript(episodes[0])}
 
 
@@ -78,12 +88,62 @@ def warm_up(args) -> dict:
     from mgrpo_ref.sft import SFTConfig, warm_up as run_warm_up
 
     cfg = SFTConfig(base=str(args.model), steps=args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
-                    max_tokens=args.sft_max_tokens, eval_questions=0)
+                    max_tokens=args.sft_max_tokens, demo_hasty=args.sft_hasty, eval_questions=0)
     summary = run_warm_up(cfg, args.runs / "sft", progress=True)
     return {"config": summary["config"], "final_loss": summary["final_loss"],
             "seconds_per_step": round(summary["train_seconds"] / cfg.steps, 2),
             "n_trajectories": summary["n_trajectories"],
             "held_out": evaluate_model(str(args.runs / "sft" / "adapter"), args)}
+
+
+def shares_over_subgroups(rewards: list[float], k: int) -> tuple[float, float]:
+    """Over every group of k of one question's rollouts (their rewards): the share whose
+    rewards are not all one value, and the share that holds a reward above every format-only
+    one (a right answer). Exact: a group of k is all one value v in C(n_v, k) of the C(K, k) ways."""
+    from math import comb
+
+    groups = comb(len(rewards), k)
+    same = sum(comb(rewards.count(v), k) for v in set(rewards))
+    best = max(rewards)
+    right = sum(r >= 0.5 for r in rewards)  # (R1): 0 or a1 without a right answer, a1 + a2 with one
+    return 1 - same / groups, (1 - comb(len(rewards) - right, k) / groups) if best >= 0.5 else 0.0
+
+
+def signal(args) -> dict:
+    from mgrpo_ref.episode import run_episodes
+    from mgrpo_ref.policy import SamplingSettings, load_policy
+    from mgrpo_ref.rewards import rollout_main_reward
+    from mgrpo_ref.tools import ToolsByWorld
+    from mgrpo_ref.world import load_questions
+
+    questions = load_questions("validation")[: args.signal_questions]
+    policy = load_policy(args.runs / "sft" / "adapter", quantization="none", trainable=False, device="cpu", seed=1,
+                         sampling=SamplingSettings(1.0, 1.0, args.max_new_tokens), prefix_cache_mib=2048)
+    start = time.time()
+    episodes = run_episodes(questions, ToolsByWorld(), {"main": policy, "sub": policy}, rollouts=args.signal_rollouts)
+    seconds = time.time() - start
+    K = args.signal_rollouts
+    by_question = [episodes[i * K:(i + 1) * K] for i in range(len(questions))]
+    hops = sorted({q.n_hops for q in questions})
+    per_hops = {}
+    for h in hops:
+        group = [e for q, es in zip(questions, by_question) if q.n_hops == h for e in es]
+        calls = [len(e.subs) for e in group]
+        per_hops[h] = {"questions": sum(q.n_hops == h for q in questions), "rollouts": len(group),
+                       "accuracy": round(fmean(e.correct for e in group), 4),
+                       "format_valid": round(fmean(e.main.format_valid for e in group), 4),
+                       "mean_sub_calls": round(fmean(calls), 3),
+                       "share_with_at_least_hops_calls": round(fmean(c >= h for c in calls), 4),
+                       "calls": {c: calls.count(c) for c in sorted(set(calls))},
+                       "right_by_calls": {c: sum(e.correct for e in group if len(e.subs) == c) for c in sorted(set(calls))}}
+    groups = {}
+    for k in range(2, K + 1):
+        shares = [shares_over_subgroups([rollout_main_reward(e) for e in es], k) for es in by_question]
+        multi = [s for q, s in zip(questions, shares) if q.n_hops >= 2]
+        groups[k] = {"share_of_groups_with_differing_rewards": round(fmean(s[0] for s in shares), 4),
+                     "multi_hop_share_of_groups_with_a_right_answer": round(fmean(s[1] for s in multi), 4) if multi else None}
+    return {"questions": len(questions), "rollouts": K, "temperature": 1.0, "split": "validation",
+            "seconds": round(seconds, 1), "by_hops": per_hops, "by_group_size": groups}
 
 
 def mgrpo(args) -> dict:
@@ -197,10 +257,32 @@ def summary(out: Path) -> str:
             text += (f"| {name} | {fmean(calls[window]):.2f} | {fmean(main[window]):.2f} | {fmean(sub[window]):.2f} | "
                      f"{sum(f == 1.0 for f in flat[window])} of {k} |\n")
         text += f"| all {len(calls)} steps |  |  |  | {sum(f == 1.0 for f in flat)} of {len(calls)} |\n"
+    if "signal" in found:
+        text += signal_tables(found["signal"])
     if "merge" in found:
         loss = found["merge"]["loss"]
         text += ("\n| warm-up as | loss, full precision | loss, NF4 |\n|---|---|---|\n"
                  + "".join(f"| {way} | {loss[way + '/none']:.4f} | {loss[way + '/nf4']:.4f} |\n" for way in ("continue", "merge")))
+    return text
+
+
+def signal_tables(sig: dict) -> str:
+    """The signal stage as two tables: by hop count, and by group size."""
+    text = ("\n| hops | questions | rollouts | right | format valid | sub-agent calls per rollout | "
+            "rollouts with a call per hop or more | right answers among rollouts of 1 call / of more |"
+            "\n|---|---|---|---|---|---|---|---|\n")
+    for hops, r in sig["by_hops"].items():
+        right = r.get("right_by_calls")
+        split = "" if right is None else (
+            f"{right.get('1', 0)} of {r['calls'].get('1', 0)} / "
+            f"{sum(v for c, v in right.items() if c != '1')} of {sum(v for c, v in r['calls'].items() if c != '1')}")
+        text += (f"| {hops} | {r['questions']} | {r['rollouts']} | {percent(r['accuracy'])} | {percent(r['format_valid'])} | "
+                 f"{r['mean_sub_calls']:.2f} | {percent(r['share_with_at_least_hops_calls'])} | {split} |\n")
+    text += ("\n| group size k | groups of k rollouts whose rewards differ | multi-hop groups of k that hold a right answer |"
+             "\n|---|---|---|\n")
+    for k, g in sig["by_group_size"].items():
+        text += (f"| {k} | {percent(g['share_of_groups_with_differing_rewards'])} | "
+                 f"{percent(g['multi_hop_share_of_groups_with_a_right_answer'])} |\n")
     return text
 
 
@@ -218,12 +300,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real-model-cpu",
                         help="one JSON per stage")
     parser.add_argument("--questions", type=int, default=60, help="held-out questions per evaluation")
+    parser.add_argument("--split", default="eval_worlds", choices=("eval_worlds", "validation"),
+                        help="the held-out split of the evaluations: validation while choosing")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--shots", type=int, default=2)
     parser.add_argument("--sft-steps", type=int, default=150)
     parser.add_argument("--sft-batch", type=int, default=4)
     parser.add_argument("--sft-lr", type=float, default=5e-4)
     parser.add_argument("--sft-max-tokens", type=int, default=512)
+    parser.add_argument("--sft-hasty", type=float, default=0.6, help="the demonstrating planner's haste (SFTConfig.demo_hasty)")
+    parser.add_argument("--signal-questions", type=int, default=24)
+    parser.add_argument("--signal-rollouts", type=int, default=8)
     parser.add_argument("--rl-steps", type=int, default=30)
     parser.add_argument("--rl-questions", type=int, default=4)
     parser.add_argument("--rl-rollouts", type=int, default=4)

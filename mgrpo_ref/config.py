@@ -88,6 +88,10 @@ class TrainConfig:
     """Training steps."""
     questions_per_step: int = 8
     """B: questions per step, sampled from the training split."""
+    min_train_hops: int = 1
+    """Train only on questions of at least this many hops (1: the whole training split). A
+    choice of ours for a base that rarely goes on to a second hop: its one-hop questions then
+    teach mostly to stop (docs/real-model.md)."""
     rollouts: int = 8
     """K: rollouts per question (the group of the main agent's advantage); 8 in the release."""
     d_max: int = 4
@@ -207,6 +211,7 @@ class TrainConfig:
         check_int("keep_checkpoints", self.keep_checkpoints, minimum=0)
         check_int("microbatch_tokens", self.microbatch_tokens, minimum=0)
         check_int("prefix_cache_mib", self.prefix_cache_mib, minimum=0)
+        check_int("min_train_hops", self.min_train_hops, minimum=1)
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError("activation_checkpointing", self.activation_checkpointing, "must be true or false")
         if not isinstance(self.record_steps, tuple):

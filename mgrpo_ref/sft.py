@@ -58,6 +58,10 @@ class SFTConfig:
     """Demonstration worlds (the teacher plays each world's questions in every role)."""
     max_tokens: int = 1024
     """Longer demonstrations are left out (a few sub trajectories that read many documents)."""
+    demo_hasty: float = PretrainConfig.demo_hasty
+    """How often the demonstrating planner answers after the first hop of a multi-hop question
+    (``PretrainConfig.demo_hasty``, as our tiny base learns from): what the warm-up teaches of
+    going on, and so how often an M-GRPO rollout goes on at T = 1 (docs/real-model.md)."""
     eval_questions: int = 60
     """Held-out questions of the check at the end (the first N of ``eval_worlds``; 0: no check)."""
 
@@ -68,6 +72,7 @@ class SFTConfig:
         check_int("eval_questions", self.eval_questions, minimum=0)
         check_int("seed", self.seed, minimum=0)
         check_number("lr", self.lr, low=0, low_open=True)
+        check_number("demo_hasty", self.demo_hasty, low=0, high=1)
 
 
 def warm_up(cfg: SFTConfig, out: Path, progress: bool = True) -> dict:
@@ -78,7 +83,7 @@ def warm_up(cfg: SFTConfig, out: Path, progress: bool = True) -> dict:
     rng = random.Random(cfg.seed)
     policy = load_policy(cfg.base, quantization=cfg.quantization, seed=cfg.seed,
                          sampling=SamplingSettings(0.0, 1.0, 48))
-    trajectories = demonstrations(PretrainConfig(seed=cfg.seed, n_worlds=cfg.n_worlds))
+    trajectories = demonstrations(PretrainConfig(seed=cfg.seed, n_worlds=cfg.n_worlds, demo_hasty=cfg.demo_hasty))
     data = [encode_trajectory(policy.render(t), policy.encode) for t in trajectories]  # in the model's format
     data = [d for d in data if len(d[0]) <= cfg.max_tokens]
     params = policy.trainable_parameters()
@@ -144,11 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=nonnegative_int, default=SFTConfig.seed)
     parser.add_argument("--n-worlds", type=nonnegative_int, default=SFTConfig.n_worlds)
     parser.add_argument("--eval-questions", type=nonnegative_int, default=SFTConfig.eval_questions)
+    parser.add_argument("--demo-hasty", type=float, default=SFTConfig.demo_hasty,
+                        help="how often the demonstrating planner stops after the first hop (0 to 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         cfg = SFTConfig(base=args.base, quantization=args.quantization, steps=args.steps, seed=args.seed,
-                        n_worlds=args.n_worlds, eval_questions=args.eval_questions)
+                        n_worlds=args.n_worlds, eval_questions=args.eval_questions, demo_hasty=args.demo_hasty)
         summary = warm_up(cfg, args.out, progress=not args.quiet)
     except (ValueError, OSError) as err:
         parser.error(one_line(err))

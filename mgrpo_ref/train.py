@@ -53,6 +53,16 @@ EVAL_KEYS = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid",
 """What each held-out evaluation logs, as ``eval/<key>`` (and ``eval_sampled/<key>``)."""
 
 
+def training_pool(cfg: TrainConfig) -> list:
+    """The questions a run's steps draw from: the train split's of at least ``min_train_hops``
+    hops; a clear error if they are fewer than a step's B."""
+    pool = [q for q in load_questions("train") if q.n_hops >= cfg.min_train_hops]
+    if cfg.questions_per_step > len(pool):
+        raise ValueError(f"questions_per_step={cfg.questions_per_step} is invalid: the train split has "
+                         f"{len(pool)} questions of at least {cfg.min_train_hops} hop(s)")
+    return pool
+
+
 def sample_questions(pool: list, questions_per_step: int, seed: int, step: int) -> list:
     """The step's B training questions, drawn without replacement (the same on resume)."""
     return random.Random(step_seed(seed, step, SALT_QUESTIONS)).sample(pool, questions_per_step)
@@ -74,10 +84,7 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.layout = LAYOUTS[cfg.variant]
         self.eval_questions = held_out_questions(cfg)  # checked before anything is written
-        self.train_pool = load_questions("train")
-        if cfg.questions_per_step > len(self.train_pool):
-            raise ValueError(f"questions_per_step={cfg.questions_per_step} is invalid: the train split has "
-                             f"{len(self.train_pool)} questions")
+        self.train_pool = training_pool(cfg)
         model_location(cfg.base)  # a missing local base is refused here, before anything is written
         check_lora_targets(cfg.base, cfg.lora)  # so is a LoRA target the base does not have
         self.tools_for = ToolsByWorld()

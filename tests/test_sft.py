@@ -22,6 +22,7 @@ def test_the_warm_up_writes_its_adapter_curve_and_held_out_check(warmed):
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "loss_curve.png").stat().st_size > 0
     saved = json.loads((out / "sft.json").read_text())
     assert saved["config"]["steps"] == 6 and len(saved["losses"]) == 6 and saved["n_trajectories"] > 0
+    assert saved["config"]["demo_hasty"] == 0.6  # the teacher our tiny base learns from
     assert set(saved["held_out"]) == {"accuracy", "format_valid", "sub_format_valid", "mean_sub_calls"}
     assert 0 < saved["n_agent_tokens"] and summary["held_out"] == saved["held_out"]
     assert 0 < saved["train_seconds"] <= saved["seconds"]  # the loop alone, and the whole warm-up
@@ -42,6 +43,9 @@ def test_the_cli_refuses_bad_values_in_one_line(tmp_path, capsys):
     assert "steps=0 is invalid" in capsys.readouterr().err.strip().splitlines()[-1]
     with pytest.raises(SystemExit):
         sft.main(["--base", "data/nowhere", "--out", str(tmp_path / "o"), "--quiet"])
+    with pytest.raises(SystemExit):
+        sft.main(["--base", "data/base", "--out", str(tmp_path / "o"), "--demo-hasty", "1.5", "--quiet"])
+    assert "demo_hasty=1.5 is invalid" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_the_warm_up_merged_into_the_base_computes_what_base_and_adapter_compute(warmed, tmp_path):

@@ -220,6 +220,20 @@ def test_the_held_out_questions_come_from_the_chosen_split():
         held_out_questions(TrainConfig(eval_split="eval"))  # 240 by default
 
 
+def test_a_run_can_train_on_questions_of_several_hops_only():
+    from mgrpo_ref.checks import ConfigError
+    from mgrpo_ref.train import training_pool
+
+    everything = training_pool(TrainConfig())
+    assert len(everything) == 400 and {q.n_hops for q in everything} == {1, 2, 3, 4}
+    multi = training_pool(TrainConfig(min_train_hops=2))
+    assert multi == [q for q in everything if q.n_hops >= 2] and len(multi) == 282
+    with pytest.raises(ValueError, match="the train split has 50 questions of at least 4 hop"):
+        training_pool(TrainConfig(min_train_hops=4, questions_per_step=51))
+    with pytest.raises(ConfigError, match="min_train_hops"):
+        TrainConfig(min_train_hops=0)
+
+
 def test_a_stale_sub_agent_run_keeps_its_held_back_half_in_each_checkpoint(base, tmp_path):
     from mgrpo_ref.rundir import read_jsonl
     from mgrpo_ref.train import Trainer

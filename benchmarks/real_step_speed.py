@@ -1,0 +1,82 @@
+"""The real model's M-GRPO step at B = 8, K = 8: seconds per trained episode and each worker's
+peak memory, today's defaults against the levers, in the pipeline as a user runs it.
+
+    python benchmarks/real_step_speed.py [--base runs/real-model-cpu/sft/adapter] [--steps 2]
+
+Each arm trains ``--steps`` steps with ``python -m mgrpo_ref.train`` (two worker processes,
+one per learner) from the warm-up adapter (``benchmarks/real_model_cpu.py --stages warm_up``),
+in a run directory of its own in a temporary folder, with the CPU configuration (full
+precision, lr 1e-4, turns of 48 tokens) at 8 questions x 8 rollouts, and the arm's overrides:
+
+    today     the defaults
+    levers    prefix_cache_mib=2048 microbatch_tokens=1024 activation_checkpointing=true
+
+Evaluations shrink to 6 held-out questions (before the first step and after the last) and
+checkpoints to the last step, so the steps are what is measured. From each run's
+metrics.jsonl: seconds per trained episode (a step's ``time/step_s`` over its B*K episodes;
+the median over the steps), and each worker's peak resident memory over its whole run
+(``memory/<learner>_host_peak_mib`` of the last step), and their ratios to "today". The arms
+run one after the other in one invocation, so the ratios come from one run of this machine.
+Writes benchmarks/results/real-model-cpu/speed.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+from common import ROOT, RESULTS, command_line, machine, parser, within_project, write_result
+
+ARMS = {"today": [],
+        "levers": ["prefix_cache_mib=2048", "microbatch_tokens=1024", "activation_checkpointing=true"]}
+"""arm -> config overrides on top of CONFIG."""
+CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
+          "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",
+          "tensorboard=false"]
+
+
+def figures(run: Path, episodes_per_step: int) -> dict:
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "time/step_s" in m]
+    seconds = [m["time/step_s"] for m in steps]
+    return {"step_seconds": [round(s, 1) for s in seconds],
+            "seconds_per_episode": round(median(seconds) / episodes_per_step, 3),
+            "peak_mib": {learner: round(steps[-1][f"memory/{learner}_host_peak_mib"]) for learner in ("main", "sub")}}
+
+
+def main() -> None:
+    options = parser("speed", __doc__, steps=2, base=False)
+    options.add_argument("--base", default=str(ROOT / "runs" / "real-model-cpu" / "sft" / "adapter"),
+                         help="the warm-up adapter (default: runs/real-model-cpu/sft/adapter)")
+    options.set_defaults(out=RESULTS / "real-model-cpu" / "speed.json")
+    args = options.parse_args()
+    if not (Path(args.base) / "adapter_config.json").exists():
+        sys.exit(f"error: no adapter at {args.base}; run `python benchmarks/real_model_cpu.py --stages warm_up` first")
+    arms = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for arm, overrides in ARMS.items():
+            run = Path(folder) / arm
+            command = [sys.executable, "-m", "mgrpo_ref.train", "--run-dir", str(run), f"base={args.base}",
+                       f"steps={args.steps}", *CONFIG, *overrides]
+            print(f"{arm}: {' '.join(overrides) or 'the defaults'}", flush=True)
+            start = time.time()
+            subprocess.run(command, cwd=ROOT, check=True)
+            arms[arm] = {"overrides": overrides, **figures(run, 64), "wall_s": round(time.time() - start, 1)}
+            print(f"{arm}: {json.dumps(arms[arm])}", flush=True)
+    today = arms["today"]
+    for f in arms.values():
+        f["ratio_to_today"] = {"seconds_per_episode": round(f["seconds_per_episode"] / today["seconds_per_episode"], 3),
+                               **{f"{learner}_peak_mib": round(f["peak_mib"][learner] / today["peak_mib"][learner], 3)
+                                  for learner in ("main", "sub")}}
+    write_result(args.out, {"command": command_line("benchmarks/real_step_speed.py", sys.argv[1:]),
+                            "base": within_project(args.base), "config": CONFIG, "steps": args.steps,
+                            "machine": machine(), "arms": arms})
+
+
+if __name__ == "__main__":
+    main()
