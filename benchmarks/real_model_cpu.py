@@ -45,7 +45,7 @@ from statistics import fmean
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import command_line  # noqa: E402
+from common import command_line, within_project  # noqa: E402
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 STAGES = ("zero_shot", "few_shot", "warm_up", "signal", "mgrpo", "merge")
@@ -90,7 +90,8 @@ def warm_up(args) -> dict:
     cfg = SFTConfig(base=str(args.model), steps=args.sft_steps, batch_size=args.sft_batch, lr=args.sft_lr,
                     max_tokens=args.sft_max_tokens, demo_hasty=args.sft_hasty, eval_questions=0)
     summary = run_warm_up(cfg, args.runs / "sft", progress=True)
-    return {"config": summary["config"], "final_loss": summary["final_loss"],
+    return {"config": {**summary["config"], "base": within_project(summary["config"]["base"])},
+            "final_loss": summary["final_loss"],
             "seconds_per_step": round(summary["train_seconds"] / cfg.steps, 2),
             "n_trajectories": summary["n_trajectories"],
             "held_out": evaluate_model(str(args.runs / "sft" / "adapter"), args)}
@@ -105,7 +106,7 @@ def shares_over_subgroups(rewards: list[float], k: int) -> tuple[float, float]:
     groups = comb(len(rewards), k)
     same = sum(comb(rewards.count(v), k) for v in set(rewards))
     best = max(rewards)
-    right = sum(r >= 0.5 for r in rewards)  # (R1): 0 or a1 without a right answer, a1 + a2 with one
+    right = sum(r >= 0.5 for r in rewards)  # Eq. (R1): 0 or a1 without a right answer, a1 + a2 with one
     return 1 - same / groups, (1 - comb(len(rewards) - right, k) / groups) if best >= 0.5 else 0.0
 
 
@@ -259,6 +260,8 @@ def summary(out: Path) -> str:
         text += f"| all {len(calls)} steps |  |  |  | {sum(f == 1.0 for f in flat)} of {len(calls)} |\n"
     if "signal" in found:
         text += signal_tables(found["signal"])
+    if (out / "trials").is_dir():
+        text += trial_tables(out / "trials", found)
     if "merge" in found:
         loss = found["merge"]["loss"]
         text += ("\n| warm-up as | loss, full precision | loss, NF4 |\n|---|---|---|\n"
@@ -283,6 +286,50 @@ def signal_tables(sig: dict) -> str:
     for k, g in sig["by_group_size"].items():
         text += (f"| {k} | {percent(g['share_of_groups_with_differing_rewards'])} | "
                  f"{percent(g['multi_hop_share_of_groups_with_a_right_answer'])} |\n")
+    return text
+
+
+def warm_up_row(name: str, w: dict, sig: dict) -> str:
+    """One warm-up as a row: its teacher and length, greedy accuracy where it was evaluated on
+    the validation split, and its signal stage's figures for two-hop questions."""
+    two, groups = sig["by_hops"]["2"], sig["by_group_size"][str(sig["rollouts"])]
+    greedy = percent(w["held_out"]["accuracy"]) if w["held_out"].get("split") == "validation" else ""
+    return (f"| {name} | {w['config'].get('demo_hasty', 0.6)} | {w['config']['steps']} x {w['config']['batch_size']} | "
+            f"{greedy} | {percent(two['share_with_at_least_hops_calls'])} | {percent(two['accuracy'])} | "
+            f"{percent(groups['multi_hop_share_of_groups_with_a_right_answer'])} |")
+
+
+def trial_tables(trials: Path, found: dict) -> str:
+    """The trials kept under ``trials/`` (each a folder), every one on the validation split: a
+    warm-up trial keeps its stages' JSON files (warm_up.json, signal.json), an M-GRPO trial
+    its run's config.json and metrics.jsonl. The committed warm-up heads the warm-up table
+    (``found``: the stages above; its greedy accuracy is on eval_worlds, so not shown)."""
+    warm, rl = [], []
+    if "warm_up" in found and "signal" in found:
+        warm.append(warm_up_row("the warm-up above", found["warm_up"], found["signal"]))
+    for folder in sorted(p for p in trials.iterdir() if p.is_dir()):
+        if (folder / "signal.json").exists():
+            w, sig = (json.loads((folder / f"{n}.json").read_text()) for n in ("warm_up", "signal"))
+            warm.append(warm_up_row(folder.name, w, sig))
+        if (folder / "metrics.jsonl").exists():
+            cfg = json.loads((folder / "config.json").read_text())
+            lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            evals = [m for m in lines if "eval/accuracy" in m]
+            steps = [m for m in lines if "time/step_s" in m]
+            flat = sum(m["main/equal_reward_frac"] == 1.0 for m in steps)
+            rl.append(f"| {folder.name} | {cfg['questions_per_step']} x {cfg['rollouts']} | {cfg['lr']:g} | "
+                      f"{cfg['min_train_hops']} | {len(steps)} | {steps[0]['rollout/mean_sub_calls']:.2f} -> "
+                      f"{steps[-1]['rollout/mean_sub_calls']:.2f} | {flat} of {len(steps)} | "
+                      + ", ".join(f"{percent(m['eval/accuracy'])} (step {m['step']})" for m in evals) + " |")
+    text = ""
+    if warm:
+        text += ("\n| warm-up trial | demo_hasty | steps x batch | greedy accuracy, 60 validation questions | "
+                 "two-hop rollouts at T = 1 that go on | two-hop rollouts right | multi-hop groups of 8 with a right answer |"
+                 "\n|---|---|---|---|---|---|---|\n" + "\n".join(warm) + "\n")
+    if rl:
+        text += ("\n| M-GRPO trial | B x K | lr | min_train_hops | steps run | sub-agent calls per rollout, first -> last step | "
+                 "steps where every main-agent group had one reward | greedy accuracy, 60 validation questions |"
+                 "\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rl) + "\n")
     return text
 
 

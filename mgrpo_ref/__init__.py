@@ -23,6 +23,7 @@ One concept per module:
     tokenizer.py       the BPE tokenizer with single-token protocol tags
     pretrain.py        the tiny base model, trained from scratch on demonstrations
     policy.py          a QLoRA policy: 4-bit base + LoRA, sampling and log-probs
+    prefix_cache.py    generation that keeps each conversation's keys and values between turns
     getmodel.py        a real instruct model (SmolLM2-135M-Instruct) from a wheel, as a model directory
     chat.py            the protocol inside an instruct model's chat template (segments, loss mask)
     sft.py             a supervised warm-up (LoRA on the teacher's demonstrations) for a pretrained model

@@ -102,13 +102,13 @@ class PrefixCache:
         if not self.entries:
             return [(0, None)] * len(ids)
         longest = max(len(e.ids) for e in self.entries)
-        table = torch.full((len(self.entries), longest), -1, dtype=torch.long)  # (entries, T)
+        table = torch.full((len(self.entries), longest), -1, dtype=torch.long)  # one row of ids per entry, -1 past its end
         for row, e in enumerate(self.entries):
             table[row, :len(e.ids)] = e.ids
         found = []
         for i in ids:
             n = min(len(i) - 1, longest)
-            shared = (table[:, :n] == i[:n]).long().cumprod(dim=1).sum(dim=1)  # (entries,)
+            shared = (table[:, :n] == i[:n]).long().cumprod(dim=1).sum(dim=1)  # per entry: its leading tokens shared with i
             best = int(shared.argmax())
             found.append((int(shared[best]), self.entries[best]) if shared[best] > 0 else (0, None))
         return found

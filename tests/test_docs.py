@@ -167,7 +167,7 @@ def test_the_real_model_summary_is_what_its_stages_give():
 
 
 @pytest.mark.parametrize("path, heading, tables", [(README, "Bring your own model", 1),  # the first table only
-                                                   (ROOT / "docs" / "real-model.md", "5. Measured on this CPU", 3)])
+                                                   (ROOT / "docs" / "real-model.md", "5. Measured on this CPU", None)])  # None: every table
 def test_every_real_model_row_in_the_docs_comes_from_the_summary(path, heading, tables):
     rows = section_table_rows(path.read_text(), heading)
     blocks = (REAL_MODEL / "summary.md").read_text().strip().split("\n\n")
