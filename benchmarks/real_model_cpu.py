@@ -118,7 +118,7 @@ def signal(args) -> dict:
     from mgrpo_ref.world import load_questions
 
     questions = load_questions("validation")[: args.signal_questions]
-    policy = load_policy(args.runs / "sft" / "adapter", quantization="none", trainable=False, device="cpu", seed=1,
+    policy = load_policy(args.signal_model or args.runs / "sft" / "adapter", quantization="none", trainable=False, device="cpu", seed=1,
                          sampling=SamplingSettings(1.0, 1.0, args.max_new_tokens), prefix_cache_mib=2048)
     start = time.time()
     episodes = run_episodes(questions, ToolsByWorld(), {"main": policy, "sub": policy}, rollouts=args.signal_rollouts)
@@ -143,7 +143,8 @@ def signal(args) -> dict:
         multi = [s for q, s in zip(questions, shares) if q.n_hops >= 2]
         groups[k] = {"share_of_groups_with_differing_rewards": round(fmean(s[0] for s in shares), 4),
                      "multi_hop_share_of_groups_with_a_right_answer": round(fmean(s[1] for s in multi), 4) if multi else None}
-    return {"questions": len(questions), "rollouts": K, "temperature": 1.0, "split": "validation",
+    return {"model": within_project(args.signal_model or args.runs / "sft" / "adapter"),
+            "questions": len(questions), "rollouts": K, "temperature": 1.0, "split": "validation",
             "seconds": round(seconds, 1), "by_hops": per_hops, "by_group_size": groups}
 
 
@@ -289,10 +290,13 @@ def signal_tables(sig: dict) -> str:
     return text
 
 
-def warm_up_row(name: str, w: dict, sig: dict) -> str:
+def warm_up_row(name: str, w: dict | None, sig: dict) -> str:
     """One warm-up as a row: its teacher and length, greedy accuracy where it was evaluated on
     the validation split, and its signal stage's figures for two-hop questions."""
     two, groups = sig["by_hops"]["2"], sig["by_group_size"][str(sig["rollouts"])]
+    if w is None:
+        return (f"| {name} |  |  |  | {percent(two['share_with_at_least_hops_calls'])} | {percent(two['accuracy'])} | "
+                f"{percent(groups['multi_hop_share_of_groups_with_a_right_answer'])} |")
     greedy = percent(w["held_out"]["accuracy"]) if w["held_out"].get("split") == "validation" else ""
     return (f"| {name} | {w['config'].get('demo_hasty', 0.6)} | {w['config']['steps']} x {w['config']['batch_size']} | "
             f"{greedy} | {percent(two['share_with_at_least_hops_calls'])} | {percent(two['accuracy'])} | "
@@ -308,9 +312,12 @@ def trial_tables(trials: Path, found: dict) -> str:
     if "warm_up" in found and "signal" in found:
         warm.append(warm_up_row("the warm-up above", found["warm_up"], found["signal"]))
     for folder in sorted(p for p in trials.iterdir() if p.is_dir()):
-        if (folder / "signal.json").exists():
+        if (folder / "warm_up.json").exists():
             w, sig = (json.loads((folder / f"{n}.json").read_text()) for n in ("warm_up", "signal"))
             warm.append(warm_up_row(folder.name, w, sig))
+        elif (folder / "signal.json").exists():  # a model with no warm-up of ours, for reference
+            sig = json.loads((folder / "signal.json").read_text())
+            warm.append(warm_up_row(f"{folder.name} ({sig['model']})", None, sig))
         if (folder / "metrics.jsonl").exists():
             cfg = json.loads((folder / "config.json").read_text())
             lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -358,6 +365,8 @@ def main() -> None:
     parser.add_argument("--sft-hasty", type=float, default=0.6, help="the demonstrating planner's haste (SFTConfig.demo_hasty)")
     parser.add_argument("--signal-questions", type=int, default=24)
     parser.add_argument("--signal-rollouts", type=int, default=8)
+    parser.add_argument("--signal-model", type=Path, default=None,
+                        help="the signal stage's model (default: the warm-up adapter in --runs)")
     parser.add_argument("--rl-steps", type=int, default=30)
     parser.add_argument("--rl-questions", type=int, default=4)
     parser.add_argument("--rl-rollouts", type=int, default=4)
