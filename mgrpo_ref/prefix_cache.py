@@ -46,13 +46,6 @@ KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
 (or (M, J, T, E) for a batch)."""
 
 
-def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
-    """How many leading tokens two id sequences (1-D) share."""
-    n = min(len(a), len(b))
-    differ = (a[:n] != b[:n]).nonzero()
-    return int(differ[0]) if len(differ) else n
-
-
 @dataclass
 class Entry:
     """What one conversation left after its last turn: the ids whose keys and values are

@@ -7,8 +7,8 @@ import torch
 
 from mgrpo_ref.episode import run_episodes
 from mgrpo_ref.policy import SamplingSettings, load_policy
-from mgrpo_ref.prefix_cache import (Entry, PrefixCache, _as_model_cache, _from_model_cache, batch_layout,
-                                    common_prefix, forward, positions_of, stack_prefixes)
+from mgrpo_ref.prefix_cache import (Entry, PrefixCache, _as_model_cache, _from_model_cache, batch_layout, forward,
+                                    positions_of, stack_prefixes)
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
 
@@ -19,12 +19,6 @@ def entry(ids, context_tokens, heads=1, size=2):
     """An entry whose keys and values are numbers that name their position: easy to follow."""
     t = torch.arange(len(ids), dtype=torch.float32)[None, :, None].expand(heads, len(ids), size)
     return Entry(torch.tensor(ids), context_tokens, [(t.clone(), -t.clone())])
-
-
-def test_common_prefix_counts_the_leading_tokens_two_sequences_share():
-    assert common_prefix(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 4, 5])) == 2
-    assert common_prefix(torch.tensor([1, 2]), torch.tensor([1, 2, 3])) == 2
-    assert common_prefix(torch.tensor([7]), torch.tensor([1])) == 0
 
 
 def test_the_layout_ends_every_prefix_at_column_c_and_every_context_at_c_plus_s():
@@ -44,11 +38,13 @@ def test_each_context_reuses_its_longest_cached_prefix_and_leaves_one_token_to_e
     cache = PrefixCache(1)
     short, long = entry([1, 2, 3], 2), entry([1, 2, 3, 4, 5], 4)
     cache.entries = [short, long]
-    found = cache.find([torch.tensor([1, 2, 3, 4, 9]), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([8, 1])])
+    found = cache.find([torch.tensor([1, 2, 3, 4, 9]), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([8, 1]),
+                        torch.tensor([1, 2, 7])])
     assert found[0] == (4, long)
     assert found[1] == (4, long)  # all five are cached, but the last must be encoded for its logits
-    assert found[2] == (0, None)
-    stacked = stack_prefixes(found, 4)  # per layer (M, J, C, E), left-padded with zeros
+    assert found[2] == (0, None)  # nothing in common at the start: nothing reused
+    assert found[3][0] == 2  # a shared beginning of another conversation serves too
+    stacked = stack_prefixes(found[:3], 4)  # per layer (M, J, C, E), left-padded with zeros
     keys = stacked[0][0][:, 0, :, 0]  # (M, C)
     assert keys.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 0, 0]]
 
