@@ -1,5 +1,6 @@
-"""The real model's M-GRPO step at B = 8, K = 8: seconds per trained episode and each worker's
-peak memory, today's defaults against the levers, in the pipeline as a user runs it.
+"""The real model's M-GRPO step at B = 8, K = 8, today's defaults against the levers.
+
+Seconds per trained episode and each worker's peak memory, in the pipeline as a user runs it.
 
     python benchmarks/real_step_speed.py [--base runs/real-model-cpu/sft/adapter] [--steps 2]
 
