@@ -308,6 +308,8 @@ def trial_tables(trials: Path, found: dict) -> str:
     warm-up trial keeps its stages' JSON files (warm_up.json, signal.json), an M-GRPO trial
     its run's config.json and metrics.jsonl. The committed warm-up heads the warm-up table
     (``found``: the stages above; its greedy accuracy is on eval_worlds, so not shown)."""
+    from mgrpo_ref.rundir import read_jsonl
+
     warm, rl = [], []
     if "warm_up" in found and "signal" in found:
         warm.append(warm_up_row("the warm-up above", found["warm_up"], found["signal"]))
@@ -320,7 +322,7 @@ def trial_tables(trials: Path, found: dict) -> str:
             warm.append(warm_up_row(f"{folder.name} ({sig['model']})", None, sig))
         if (folder / "metrics.jsonl").exists():
             cfg = json.loads((folder / "config.json").read_text())
-            lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            lines = read_jsonl(folder / "metrics.jsonl")
             evals = [m for m in lines if "eval/accuracy" in m]
             steps = [m for m in lines if "time/step_s" in m]
             flat = sum(m["main/equal_reward_frac"] == 1.0 for m in steps)

@@ -42,8 +42,9 @@ CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", 
 
 
 def figures(run: Path, episodes_per_step: int) -> dict:
-    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [m for m in steps if "time/step_s" in m]
+    from mgrpo_ref.rundir import read_jsonl
+
+    steps = [m for m in read_jsonl(run / "metrics.jsonl") if "time/step_s" in m]
     seconds = [m["time/step_s"] for m in steps]
     return {"step_seconds": [round(s, 1) for s in seconds],
             "seconds_per_episode": round(median(seconds) / episodes_per_step, 3),

@@ -445,20 +445,21 @@ class Policy:
         :meth:`_write_turns` (the role's closing tags; when they are not single tokens, their
         text or the model's own end-of-sequence token)."""
         processors = self._processors()
-        stop_ids = self._stop_ids[role]
+        stop_ids, texts = self._stop_ids[role], []
         if stop_ids is None:
             eos = self.model.generation_config.eos_token_id
-            stop_ids_too = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos))
+            stop_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
             texts = stop_strings(role)
+        stop_ids = torch.tensor(stop_ids, dtype=torch.long)
 
         def pick(logits: torch.Tensor) -> torch.Tensor:  # (M, V) -> (M,)
             return (logits if processors is None else processors(None, logits)).argmax(dim=-1)
 
         def stopped(written: torch.Tensor, t: int) -> torch.Tensor:  # (M, t + 1) -> (M,)
-            if stop_ids is not None:
-                return torch.isin(written[:, t], torch.tensor(stop_ids))
-            return torch.isin(written[:, t], stop_ids_too) | torch.tensor(
-                [any(x in self.tokenizer.decode(row) for x in texts) for row in written.tolist()])
+            hit = torch.isin(written[:, t], stop_ids)
+            if not texts:
+                return hit
+            return hit | torch.tensor([any(x in self.tokenizer.decode(row) for x in texts) for row in written.tolist()])
 
         return generate_with_prefix_cache(self.model, self.prefix_cache, [self.encode(c) for c in contexts], pick,
                                      stopped, self.sampling.max_new_tokens, self.tokenizer.pad_token_id)

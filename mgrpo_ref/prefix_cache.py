@@ -149,12 +149,14 @@ def _from_model_cache(cache) -> KeysValues:
     return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]  # 4.x
 
 
-def forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+def forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
+            names: tuple[str, str | None] | None = None):
     """One pass over new tokens ``ids`` (M, S) after what the model's ``cache`` holds (C
     tokens, or None), with ``mask`` (M, C + S) over both and each new token's ``positions``
     (M, S): the logits of each row's last position (M, V), and the model's cache, which now
-    holds all C + S positions."""
-    cache_name, keep_name = _forward_names(model)
+    holds all C + S positions. ``names``: :func:`_forward_names` of the model, when the
+    caller has them already (a decode loop asks once, not at every pass)."""
+    cache_name, keep_name = names or _forward_names(model)
     kwargs = {cache_name: cache}
     if keep_name is not None:
         kwargs[keep_name] = 1  # the output layer at the last position only: its logits are all a turn needs
@@ -226,7 +228,8 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
     past = _as_model_cache([(k.to(device), v.to(device)) for k, v in stack_prefixes(found, c)]) if c > 0 else None
     position = positions_of(mask)  # (M, C + S)
     mask = mask.to(device)
-    logits, past = forward(model, new.to(device), mask, position[:, c:].to(device), past)
+    names = _forward_names(model)
+    logits, past = forward(model, new.to(device), mask, position[:, c:].to(device), past, names)
     position = position[:, -1:]  # (M, 1): the last token's
     written = torch.full((len(ids), max_new_tokens), pad_id, dtype=torch.long)  # (M, T): the turns' tokens
     lengths = torch.zeros(len(ids), dtype=torch.long)  # tokens written per row, its stop included
@@ -241,7 +244,7 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
             break
         mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype, device=device)], dim=1)
         position = position + 1
-        logits, past = forward(model, token[:, None].to(device), mask, position.to(device), past)
+        logits, past = forward(model, token[:, None].to(device), mask, position.to(device), past, names)
     kv = _from_model_cache(past)
     turns, entries = [], []
     for row, (i, r) in enumerate(zip(ids, reused)):

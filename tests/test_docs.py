@@ -310,7 +310,10 @@ TEXT_FILES = [README, ROOT / "Makefile", ROOT / "pyproject.toml", ROOT / "enviro
               *DOCS, *NOTEBOOKS, *sorted(PACKAGE.glob("*.py")),
               *[p for p in sorted((ROOT / "tests").glob("*.py")) if p.name != "test_docs.py"],  # not its own examples
               *sorted((ROOT / "benchmarks").glob("*.py")), *sorted((ROOT / "benchmarks").rglob("*.md"))]
-MARKDOWN_FILE = re.compile(r"(?<![\w/.-])((?:\.\./|[\w-]+/)*[\w-]+\.md)\b")  # "docs/paper.md", "paper.md", "../x.md"
+MARKDOWN_FILE = re.compile(r"(?<![\w/.-])((?:\.\./|[\w-]+/)*[\w-]+\.md)\b")  # "docs/paper.md", "paper.md", or one a folder up
+SIBLING = "../" + "shared"
+"""The folder beside the repository that the project's notes live in; built from parts, so that
+this file's own text cites nothing outside the repository."""
 
 
 def outside_references(path: Path, text: str) -> list[str]:
@@ -339,17 +342,17 @@ def test_every_citation_resolves_inside_the_repository(path):
     text = notebook_markdown(path) if path.suffix == ".ipynb" else "" if path.suffix == ".py" else path.read_text()
     if path.suffix in (".py", ".ipynb"):
         code = path.read_text()
-        text += "\n" + "\n".join(MARKDOWN_FILE.findall(code) + re.findall(r"\.\./shared\b", code))
+        text += "\n" + "\n".join(MARKDOWN_FILE.findall(code) + re.findall(re.escape(SIBLING) + r"\b", code))
     outside = outside_references(path, text)
     assert not outside, f"{path.relative_to(ROOT)} cites what a clone does not have: {sorted(set(outside))}"
 
 
 def test_the_citation_check_can_fail(tmp_path):
-    sibling = "../" + "shared"  # built from parts: this file's own text cites nothing outside the repository
-    text = f"see PAPER.md section 2, {sibling}/PAPER.md, ../../elsewhere/notes and docs/paper.md section 3"
-    assert outside_references(ROOT / "docs" / "glossary.md", text) == [sibling, "../../elsewhere", "PAPER.md",
-                                                                       f"{sibling}/PAPER.md"]
-    assert outside_references(ROOT / "docs" / "glossary.md", "[x](paper.md) and ../README.md") == []
+    up = "../"  # paths are built from parts: this file's own text cites nothing outside the repository
+    text = f"see PAPER.md section 2, {SIBLING}/PAPER.md, {up}{up}elsewhere/notes and docs/paper.md section 3"
+    assert outside_references(ROOT / "docs" / "glossary.md", text) == [SIBLING, f"{up}{up}elsewhere", "PAPER.md",
+                                                                       f"{SIBLING}/PAPER.md"]
+    assert outside_references(ROOT / "docs" / "glossary.md", f"[x](paper.md) and {up}README.md") == []
 
 
 # ---------------------------------------------------------------------------
