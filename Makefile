@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # override for your machine, e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup train test lab notebooks data smollm2 real-gpu clean
+.PHONY: setup train test test-cluster lab notebooks data smollm2 real-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ train: setup
 # Notebooks run at smoke size here (MGRPO_SMOKE=1); their stored outputs come from full runs.
 test: setup
 	MGRPO_SMOKE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+# The cluster group (docs/cluster.md): a local Ray cluster of a head and two worker nodes and a
+# PostgreSQL server, started by the tests on this machine; needs the extra .[cluster].
+test-cluster: $(VENV)/.cluster
+	$(PY) -m pytest tests -m cluster --cluster -p no:cacheprovider
+
+$(VENV)/.cluster: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[cluster]"
+	touch $@
 
 # The course in JupyterLab, in this environment: the kernel "Python (mgrpo_ref)" is registered
 # for your user (other Jupyter installs can pick it), and the lab opens on the first notebook.

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .checks import ConfigError, check_choice, check_int, check_number, check_text
 from .episode import Limits
 from .rewards import RewardConfig
+from .store import is_database_url
 from .world import SPLITS
 
 VARIANTS = ("mgrpo", "frozen_sub", "single_agent", "shared")
@@ -21,6 +23,7 @@ LR_SCHEDULES = ("constant", "linear")
 SUB_BATCHES = ("slots", "distinct")
 ALIGNMENTS = ("d_max", "none")
 EVAL_SPLITS = tuple(name for name in SPLITS if name != "train")
+CLUSTERS = ("local", "ray")
 
 
 NF4_ON_CPU = ("dequantized", "packed")
@@ -181,6 +184,17 @@ class TrainConfig:
     tensorboard: bool = True
     """Also write every metric as TensorBoard events, in ``tensorboard/`` beside metrics.jsonl
     (needs the optional ``tensorboard`` package; without it, none are written)."""
+    cluster: str = "local"
+    """Where the learners' workers run: "local", one process each on this machine (worker.py),
+    or "ray", one Ray actor each on its own node of a Ray cluster (cluster.py, docs/cluster.md;
+    needs the optional extra ``.[cluster]``)."""
+    ray_address: str = ""
+    """The Ray cluster to join with cluster=ray ("": the one named by RAY_ADDRESS, else a new
+    one on this machine)."""
+    store: str = ""
+    """Where the learners' shared store is: "" for store.sqlite in the run directory, or the
+    address of a PostgreSQL database that every host reaches (``postgresql://host/dbname``;
+    store_pg.py); keep passwords out of it (PGPASSWORD or ~/.pgpass)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     reward: RewardConfig = field(default_factory=RewardConfig)
     limits: Limits = field(default_factory=Limits)
@@ -212,6 +226,15 @@ class TrainConfig:
         check_int("microbatch_tokens", self.microbatch_tokens, minimum=0)
         check_int("prefix_cache_mib", self.prefix_cache_mib, minimum=0)
         check_int("min_train_hops", self.min_train_hops, minimum=1)
+        check_choice("cluster", self.cluster, CLUSTERS)
+        if not isinstance(self.ray_address, str) or (self.ray_address and self.cluster != "ray"):
+            raise ConfigError("ray_address", self.ray_address, "is read with cluster=ray only")
+        if not isinstance(self.store, str) or (self.store and not is_database_url(self.store)):
+            raise ConfigError("store", self.store, 'must be "" (store.sqlite in the run directory) or a '
+                              "postgresql:// address")
+        if self.store and urlsplit(self.store).password:
+            raise ConfigError("store", "postgresql://...", "holds a password, which config.json would keep: "
+                              "give it in PGPASSWORD or ~/.pgpass instead")
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError("activation_checkpointing", self.activation_checkpointing, "must be true or false")
         if not isinstance(self.record_steps, tuple):

@@ -2,9 +2,11 @@
 
     <run_dir>/
         config.json                  the run's TrainConfig, written first
-        store.sqlite                 the store the learners share (store.py)
+        store.sqlite                 the store the learners share (store.py), unless the config
+                                     names a PostgreSQL database instead (``store``, store_pg.py)
         metrics.jsonl                one JSON line per step (step 0: the evaluation before training)
-        workers.json                 the worker processes' pids
+        workers.json                 where each learner's worker runs: its pid, or with cluster=ray
+                                     its Ray node and pid there (cluster.py)
         checkpoints/step_NNNNN/      the newest ``keep_checkpoints`` checkpoints (0: all): each
                                      learner's adapter (<learner>/), optimiser and random states
                                      (<learner>_state.pt), and controller.json, written last: it
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import TrainConfig
-from .store import Store, StoreError
+from .store import Records, Store, StoreError, open_store
 
 CONFIG, METRICS, STORE, WORKERS = "config.json", "metrics.jsonl", "store.sqlite", "workers.json"
 CHECKPOINTS, MARKER, ERRORS = "checkpoints", "controller.json", "errors.log"
@@ -44,6 +46,16 @@ class ResumeError(ValueError):
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+def store_location(run_dir: Path, cfg: TrainConfig) -> str | Path:
+    """Where the run's store is: the database its config names, or store.sqlite in ``run_dir``."""
+    return cfg.store or Path(run_dir) / STORE
+
+
+def open_run_store(run_dir: Path, cfg: TrainConfig, **options) -> Records:
+    """The run's store (``store.open_store``), wherever its config puts it."""
+    return open_store(store_location(run_dir, cfg), **options)
 
 
 def start(run_dir: Path, cfg: TrainConfig, say: Callable[[str], None] = _stderr) -> None:
@@ -60,9 +72,16 @@ def start(run_dir: Path, cfg: TrainConfig, say: Callable[[str], None] = _stderr)
         raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume, or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        store = Store(run_dir / STORE, create=True)
-        store.set_meta(variant=cfg.variant, seed=cfg.seed)
-        store.close()
+        store = open_run_store(run_dir, cfg, create=True)
+        try:
+            if not store.is_empty():  # a database is a store of its own, which another run may hold
+                meta = store.meta()
+                raise FileExistsError(f"{store.name} already holds the records of a run (variant "
+                                      f"{meta.get('variant')!r}, seed {meta.get('seed')}, up to step "
+                                      f"{store.last_finished_step()}): give this run a database of its own")
+            store.set_meta(variant=cfg.variant, seed=cfg.seed)
+        finally:
+            store.close()
         write_atomically(run_dir / CONFIG, cfg.to_json())  # last: a directory with a config holds a whole run
     except BaseException:
         discard(run_dir)
@@ -115,11 +134,11 @@ def resume(run_dir: Path, cfg: TrainConfig, learners: list[str],
     checks open the store read-only.
     """
     run_dir = Path(run_dir)
-    store = Store(run_dir / STORE, readonly=True, at_rest=True)
+    store = open_run_store(run_dir, cfg, readonly=True, at_rest=True)
     try:
         meta = store.meta()
         if (meta.get("variant"), meta.get("seed")) != (cfg.variant, str(cfg.seed)):
-            raise ValueError(f"{run_dir / STORE} belongs to variant {meta.get('variant')!r}, seed {meta.get('seed')}, "
+            raise ValueError(f"{store.name} belongs to variant {meta.get('variant')!r}, seed {meta.get('seed')}, "
                              f"but {run_dir / CONFIG} says variant {cfg.variant!r}, seed {cfg.seed}")
         held = store.complete_steps(learners)
     finally:
@@ -145,7 +164,7 @@ def resume(run_dir: Path, cfg: TrainConfig, learners: list[str],
         say(f"{'; '.join(passed_over)}: resuming {run_dir} from {where}, replaying the steps after it")
 
     done = checkpoint_step(chosen) if chosen else 0
-    store = Store(run_dir / STORE)
+    store = open_run_store(run_dir, cfg)
     try:
         store.truncate_after(done)  # steps after the checkpoint are redone, never repeated
     finally:

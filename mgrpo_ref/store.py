@@ -11,6 +11,11 @@ scalars. Ours is one SQLite file in the run directory, in WAL mode [ours]:
   back when the file is next opened);
 * a notebook can open the same file read-only during a run.
 
+A run on several hosts (docs/cluster.md) keeps the same tables in a PostgreSQL database that
+every host reaches instead (``store_pg.PostgresStore``); ``open_store`` opens either from its
+location, a path or a ``postgresql://`` address. Both answer the methods of ``Records``, whose
+SQL is common to the two.
+
 Schema (``SCHEMA_VERSION`` 3):
 
     meta(key TEXT PRIMARY KEY, value TEXT)          run identity: schema version, variant, seed
@@ -44,8 +49,10 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is made: a process that only reads or
+    import torch  # writes records (a benchmark's writers, a notebook) does without it
 
 APPLICATION_ID = 0x4D475250  # "MGRP" in the SQLite header's application_id field
 SCHEMA_VERSION = 3
@@ -63,6 +70,10 @@ CREATE TABLE IF NOT EXISTS learner_stats (
     PRIMARY KEY (step, learner));
 CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, finished_at REAL NOT NULL);
 """
+"""The tables, in SQLite's types (store_pg.py reads REAL as PostgreSQL's 8-byte DOUBLE PRECISION)."""
+TABLES = ("meta", "rollouts", "learner_stats", "steps")
+RECORD_TABLES = ("rollouts", "learner_stats", "steps")
+"""The tables a run writes step by step (meta holds the run's identity)."""
 
 ROLLOUT_FIELDS = ("question_index", "rollout", "qid", "main_reward", "correct", "format_valid", "n_sub")
 
@@ -87,7 +98,161 @@ def _failing_as(action: str):
     return decorate
 
 
-class Store:
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    """INSERT a row, or replace the one with the same ``key``: one statement that SQLite (3.24 on)
+    and PostgreSQL both read, with ``?`` for each value."""
+    values = ", ".join("?" for _ in columns)
+    update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {update}")
+
+
+ROLLOUT_COLUMNS = ("step", *ROLLOUT_FIELDS)
+_PUT = {"meta": _upsert("meta", ("key", "value"), ("key",)),
+        "rollouts": _upsert("rollouts", ROLLOUT_COLUMNS, ("step", "question_index", "rollout")),
+        "learner_stats": _upsert("learner_stats", ("step", "learner", "stats"), ("step", "learner")),
+        "steps": _upsert("steps", ("step", "finished_at"), ("step",))}
+
+
+class Records:
+    """The store's records, read and written in SQL that both backends take (``?`` marks each
+    value). A backend provides ``name`` (what its messages call it), ``driver_error`` (its
+    driver's base exception), ``_query(sql, args)`` (the rows of one read) and ``transaction()``
+    (a block whose ``execute`` and ``executemany`` commit together)."""
+
+    name: str
+    driver_error: type = Exception
+
+    @contextlib.contextmanager
+    def _errors(self, action: str):
+        """Turn a driver error inside the block into ``StoreError('cannot <action> <store>: ...')``,
+        one line."""
+        try:
+            yield
+        except self.driver_error as err:
+            cause = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise StoreError(f"cannot {action} {self.name}: {cause}") from err
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def _check_opened(self, readonly: bool) -> None:
+        """Refuse what is not a store of ours (``_check_identity``), or, for writing, one this
+        process cannot write (``_check_writable``); a refused store's connection is closed."""
+        try:
+            self._check_identity()
+            if not readonly:
+                self._check_writable()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def transaction(self):
+        raise NotImplementedError
+
+    # -- meta ----------------------------------------------------------------------------
+
+    @_failing_as("read")
+    def meta(self) -> dict[str, str]:
+        return dict(self._query("SELECT key, value FROM meta"))
+
+    @_failing_as("write to")
+    def set_meta(self, **values) -> None:
+        with self.transaction() as tx:
+            tx.executemany(_PUT["meta"], [(k, str(v)) for k, v in values.items()])
+
+    # -- writes --------------------------------------------------------------------------
+
+    @_failing_as("write to")
+    def write_rollouts(self, step: int, rows: list[dict]) -> None:
+        """All rollouts of one step in one transaction (the main agent's results).
+
+        Each row has the keys ``ROLLOUT_FIELDS``; a row that lacks one is refused with a
+        ``ValueError`` before anything is written.
+        """
+        for i, row in enumerate(rows):
+            missing = [key for key in ROLLOUT_FIELDS if key not in row]
+            if missing:
+                raise ValueError(f"rollout record {i} of step {step} lacks {', '.join(missing)} "
+                                 f"(a record has {', '.join(ROLLOUT_FIELDS)})")
+        flags = ("correct", "format_valid")
+        with self.transaction() as tx:
+            tx.executemany(_PUT["rollouts"], [(step, *(int(r[k]) if k in flags else r[k] for k in ROLLOUT_FIELDS))
+                                              for r in rows])
+
+    @_failing_as("write to")
+    def write_learner_stats(self, step: int, learner: str, stats: dict) -> None:
+        """One learner's statistics of ``step``, a JSON object."""
+        with self.transaction() as tx:
+            tx.execute(_PUT["learner_stats"], (step, learner, json.dumps(stats, sort_keys=True)))
+
+    @_failing_as("write to")
+    def finish_step(self, step: int) -> None:
+        with self.transaction() as tx:
+            tx.execute(_PUT["steps"], (step, time.time()))
+
+    @_failing_as("write to")
+    def truncate_after(self, step: int) -> None:
+        """Remove every record of steps after ``step`` (what a killed run left half done)."""
+        with self.transaction() as tx:
+            for table in RECORD_TABLES:
+                tx.execute(f"DELETE FROM {table} WHERE step > ?", (step,))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    @_failing_as("read")
+    def rollouts(self, step: int) -> list[dict]:
+        """The rollout records of ``step``, ordered by question_index, then rollout."""
+        rows = self._query(f"SELECT {', '.join(ROLLOUT_COLUMNS)} FROM rollouts WHERE step = ? "
+                           "ORDER BY question_index, rollout", (step,))
+        return [dict(zip(ROLLOUT_COLUMNS, row)) for row in rows]
+
+    def wait_rollouts(self, step: int, expected: int, timeout: float = 600.0, poll: float = 0.01) -> list[dict]:
+        """Block until the main agent's ``expected`` rollout records of ``step`` are in.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, and ``StoreError`` as ``rollouts`` does.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.rollouts(step)
+            if len(rows) >= expected:
+                return rows
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"store {self.name}: only {len(rows)} of {expected} rollout records "
+                                   f"of step {step}")
+            time.sleep(poll)
+
+    @_failing_as("read")
+    def learner_stats(self, learner: str | None = None) -> list[dict]:
+        """Every learner's statistics (or ``learner``'s), by step: dicts with ``step``, ``learner``
+        and the statistics' keys."""
+        query = "SELECT step, learner, stats FROM learner_stats"
+        args: tuple = ()
+        if learner is not None:
+            query, args = query + " WHERE learner = ?", (learner,)
+        return [{"step": s, "learner": a, **json.loads(j)} for s, a, j in self._query(query + " ORDER BY step", args)]
+
+    @_failing_as("read")
+    def complete_steps(self, learners: list[str]) -> set[int]:
+        """The steps that are whole in the store: finished, with the statistics of every learner."""
+        finished = {s for (s,) in self._query("SELECT step FROM steps")}
+        for learner in learners:
+            finished &= {s for (s,) in self._query("SELECT step FROM learner_stats WHERE learner = ?", (learner,))}
+        return finished
+
+    @_failing_as("read")
+    def is_empty(self) -> bool:
+        """True while no step, statistic or rollout has been written."""
+        return not any(self._query(f"SELECT 1 FROM {table} LIMIT 1") for table in RECORD_TABLES)
+
+    @_failing_as("read")
+    def last_finished_step(self) -> int:
+        """The last step fully in the store; -1 before the first."""
+        ((step,),) = self._query("SELECT COALESCE(MAX(step), -1) FROM steps")
+        return step
+
+
+class Store(Records):
     """A connection to the run's store. Open one per process; each method is one transaction.
 
     ``create=True`` makes a new store if the file does not exist or is empty; ``readonly=True``
@@ -96,6 +261,8 @@ class Store:
     when a run is checked before it resumes: read that way it leaves no -wal or -shm file behind.
     """
 
+    driver_error = sqlite3.Error
+
     def __init__(self, path: str | Path, create: bool = False, readonly: bool = False, timeout: float = 30.0,
                  at_rest: bool = False):
         if create and readonly:
@@ -103,18 +270,13 @@ class Store:
         if at_rest and not readonly:
             raise ValueError("Store: at_rest=True is for reading only (readonly=True)")
         self.path, self.at_rest = Path(path), at_rest
+        self.name = str(self.path)
         self._snapshot_dir = None  # the private copy a read-only store is read from, if any (``_snapshot``)
         self._check_path(create, readonly)
         if create and (not self.path.exists() or self.path.stat().st_size == 0):
             self._create()
         self.conn = self._connect("ro" if readonly else "rw", timeout)
-        try:
-            self._check_identity()
-            if not readonly:
-                self._check_writable()
-        except BaseException:
-            self.conn.close()
-            raise
+        self._check_opened(readonly)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -232,20 +394,14 @@ class Store:
         finally:
             self.conn.execute("ROLLBACK")
 
-    @contextlib.contextmanager
-    def _errors(self, action: str):
-        """Turn a sqlite3 error inside the block into ``StoreError('cannot <action> <path>: ...')``."""
-        try:
-            yield
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot {action} {self.path}: {err}") from err
-
     def transaction(self):
-        """``with store.transaction():`` - BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
-
-        A sqlite3 error inside the block leaves it as a ``StoreError``.
+        """``with store.transaction() as tx:`` - BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error;
+        ``tx`` is the connection. A sqlite3 error inside the block leaves it as a ``StoreError``.
         """
         return _Transaction(self)
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self.conn.execute(sql, args).fetchall()
 
     @_failing_as("close")
     def close(self) -> None:
@@ -253,111 +409,23 @@ class Store:
         if self._snapshot_dir is not None:
             self._snapshot_dir.cleanup()
 
-    # -- meta ----------------------------------------------------------------------------
 
-    @_failing_as("read")
-    def meta(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT key, value FROM meta"))
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
-    @_failing_as("write to")
-    def set_meta(self, **values) -> None:
-        with self.transaction():
-            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                  [(k, str(v)) for k, v in values.items()])
 
-    # -- writes --------------------------------------------------------------------------
+def is_database_url(location: str | Path) -> bool:
+    """True when ``location`` names a PostgreSQL database rather than a file."""
+    return isinstance(location, str) and location.startswith(DATABASE_SCHEMES)
 
-    @_failing_as("write to")
-    def write_rollouts(self, step: int, rows: list[dict]) -> None:
-        """All rollouts of one step in one transaction (the main agent's results).
 
-        Each row has the keys ``ROLLOUT_FIELDS``; a row that lacks one is refused with a
-        ``ValueError`` before anything is written.
-        """
-        for i, row in enumerate(rows):
-            missing = [key for key in ROLLOUT_FIELDS if key not in row]
-            if missing:
-                raise ValueError(f"rollout record {i} of step {step} lacks {', '.join(missing)} "
-                                 f"(a record has {', '.join(ROLLOUT_FIELDS)})")
-        with self.transaction():
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO rollouts VALUES (:step, :question_index, :rollout, :qid, :main_reward,"
-                " :correct, :format_valid, :n_sub)",
-                [dict(r, step=step, correct=int(r["correct"]), format_valid=int(r["format_valid"])) for r in rows])
-
-    @_failing_as("write to")
-    def write_learner_stats(self, step: int, learner: str, stats: dict) -> None:
-        """One learner's statistics of ``step``, a JSON object."""
-        with self.transaction():
-            self.conn.execute("INSERT OR REPLACE INTO learner_stats VALUES (?, ?, ?)",
-                              (step, learner, json.dumps(stats, sort_keys=True)))
-
-    @_failing_as("write to")
-    def finish_step(self, step: int) -> None:
-        with self.transaction():
-            self.conn.execute("INSERT OR REPLACE INTO steps VALUES (?, ?)", (step, time.time()))
-
-    @_failing_as("write to")
-    def truncate_after(self, step: int) -> None:
-        """Remove every record of steps after ``step`` (what a killed run left half done)."""
-        with self.transaction():
-            for table in ("rollouts", "learner_stats", "steps"):
-                self.conn.execute(f"DELETE FROM {table} WHERE step > ?", (step,))
-
-    # -- reads ---------------------------------------------------------------------------
-
-    @_failing_as("read")
-    def rollouts(self, step: int) -> list[dict]:
-        """The rollout records of ``step``, ordered by question_index, then rollout."""
-        cur = self.conn.execute("SELECT * FROM rollouts WHERE step = ? ORDER BY question_index, rollout", (step,))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur]
-
-    def wait_rollouts(self, step: int, expected: int, timeout: float = 600.0, poll: float = 0.01) -> list[dict]:
-        """Block until the main agent's ``expected`` rollout records of ``step`` are in.
-
-        Raises ``TimeoutError`` after ``timeout`` seconds, and ``StoreError`` as ``rollouts`` does.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = self.rollouts(step)
-            if len(rows) >= expected:
-                return rows
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"store {self.path}: only {len(rows)} of {expected} rollout records "
-                                   f"of step {step}")
-            time.sleep(poll)
-
-    @_failing_as("read")
-    def learner_stats(self, learner: str | None = None) -> list[dict]:
-        """Every learner's statistics (or ``learner``'s), by step: dicts with ``step``, ``learner``
-        and the statistics' keys."""
-        query = "SELECT step, learner, stats FROM learner_stats"
-        args: tuple = ()
-        if learner is not None:
-            query, args = query + " WHERE learner = ?", (learner,)
-        return [{"step": s, "learner": a, **json.loads(j)}
-                for s, a, j in self.conn.execute(query + " ORDER BY step", args)]
-
-    @_failing_as("read")
-    def complete_steps(self, learners: list[str]) -> set[int]:
-        """The steps that are whole in the store: finished, with the statistics of every learner."""
-        finished = {s for (s,) in self.conn.execute("SELECT step FROM steps")}
-        for learner in learners:
-            finished &= {s for (s,) in self.conn.execute("SELECT step FROM learner_stats WHERE learner = ?", (learner,))}
-        return finished
-
-    @_failing_as("read")
-    def is_empty(self) -> bool:
-        """True while no step, statistic or rollout has been written."""
-        return not any(self.conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
-                       for table in ("steps", "learner_stats", "rollouts"))
-
-    @_failing_as("read")
-    def last_finished_step(self) -> int:
-        """The last step fully in the store; -1 before the first."""
-        (step,) = self.conn.execute("SELECT COALESCE(MAX(step), -1) FROM steps").fetchone()
-        return step
+def open_store(location: str | Path, **options) -> Records:
+    """The store at ``location``: a ``postgresql://`` address (``store_pg.PostgresStore``, which
+    needs the optional ``psycopg``), or else the path of an SQLite file (``Store``). ``options``
+    as the class takes them (``create``, ``readonly``, ...)."""
+    if is_database_url(location):
+        from .store_pg import PostgresStore
+        return PostgresStore(location, **options)
+    return Store(location, **options)
 
 
 # ---------------------------------------------------------------------------
@@ -380,6 +448,8 @@ def correct_from_rows(rows: list[dict], episodes: list, rollouts: int) -> torch.
     they must describe (the same question and the same number of sub-agent calls)."""
     if len(rows) != len(episodes):
         raise ValueError(f"the store holds {len(rows)} rollout rows for the step's {len(episodes)} episodes")
+    import torch
+
     correct = torch.zeros(len(episodes) // rollouts, rollouts, dtype=torch.bool)  # (B, K)
     for row in rows:
         i = row["question_index"] * rollouts + row["rollout"]

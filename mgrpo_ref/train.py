@@ -43,7 +43,7 @@ from .evaluate import evaluate
 from .policy import check_lora_targets, model_location
 from .seeding import SALT_EVALUATION, SALT_QUESTIONS, rollout_salt, step_seed
 from .step import LAYOUTS
-from .store import Store, StoreError
+from .store import StoreError
 from .tools import ToolsByWorld
 from .worker import WorkerAgent, WorkerDied, WorkerFailed, WorkerHandle
 from .world import load_questions
@@ -96,18 +96,22 @@ class Trainer:
             checkpoint = None
         self.start_step = rundir.checkpoint_step(checkpoint) + 1 if checkpoint else 1
         self.current_step = self.start_step
-        self.store = Store(self.run_dir / rundir.STORE)  # the controller's one connection
-        self.workers: dict[str, WorkerHandle] = {}
+        self.store = rundir.open_run_store(self.run_dir, cfg)  # the controller's one connection
+        self.workers: dict = {}  # learner -> its worker's handle (worker.py, or cluster.py with cluster=ray)
+        learners = list(dict.fromkeys(self.layout.learners.values()))
         try:
-            for learner in dict.fromkeys(self.layout.learners.values()):
+            if cfg.cluster == "ray":
+                from .cluster import start_workers
+                self.workers = start_workers(learners, cfg, self.run_dir, checkpoint)
+            for learner in learners if cfg.cluster == "local" else ():
                 self.workers[learner] = WorkerHandle(learner, cfg, self.run_dir, checkpoint)
         except BaseException:
             self.close()
             if not resume:  # nothing has run: leave no half-started run behind
                 rundir.discard(self.run_dir)
             raise
-        pids = {learner: w.process.pid for learner, w in self.workers.items()}
-        rundir.write_atomically(self.run_dir / rundir.WORKERS, json.dumps(pids))
+        where = {learner: w.where for learner, w in self.workers.items()}
+        rundir.write_atomically(self.run_dir / rundir.WORKERS, json.dumps(where))
         self.events = event_writer(self.run_dir, self.start_step, resume) if cfg.tensorboard else None
 
     def agents(self, temperature: float) -> dict[str, WorkerAgent]:

@@ -48,7 +48,8 @@ from .chat import render
 from .config import TrainConfig
 from .seeding import step_seed
 from .step import learner_step, make_learner
-from .store import Store, StoreChannel
+from .rundir import open_run_store
+from .store import StoreChannel
 
 MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
 
@@ -93,7 +94,7 @@ class LearnerWorker:
             torch.set_rng_state(state["torch_rng"])
             random.setstate(state["python_rng"])
             self.learner.held_back = state.get("held_back")  # a stale sub-agent's next batch
-        self.store = Store(Path(run_dir) / "store.sqlite")
+        self.store = open_run_store(run_dir, cfg)
         self.run_dir = Path(run_dir)
 
     # -- messages ----------------------------------------------------------------------
@@ -127,25 +128,29 @@ class LearnerWorker:
             torch.save({"optimizer": self.learner.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "python_rng": random.getstate(), "held_back": self.learner.held_back}, state)
 
-    def serve(self, conn) -> None:
+    def answer(self, message: tuple) -> tuple:
+        """The answer to one message other than "stop": ("ok", value), or ("error", traceback)
+        for a message that raised or that no handler takes."""
         handlers = {"act": self.act, "reseed": self.reseed, "train": self.train, "save": self.save,
                     "chat_format": lambda: self.learner.policy.chat}
+        kind, args = message[0], message[1:]
+        try:
+            if kind not in handlers:
+                raise ValueError(f"unknown message {kind!r}")
+            return ("ok", handlers[kind](*args))
+        except Exception:  # report, keep serving: the controller decides what to do
+            return ("error", traceback.format_exc())
+
+    def serve(self, conn) -> None:
         while True:
             try:
                 message = conn.recv()
             except (EOFError, OSError):  # the controller is gone
                 return
-            kind, args = message[0], message[1:]
-            if kind == "stop":
+            if message[0] == "stop":
                 _answer(conn, ("ok", None))
                 return
-            try:
-                if kind not in handlers:
-                    raise ValueError(f"unknown message {kind!r}")
-                answer = ("ok", handlers[kind](*args))
-            except Exception:  # report, keep serving: the controller decides what to do
-                answer = ("error", traceback.format_exc())
-            if not _answer(conn, answer):
+            if not _answer(conn, self.answer(message)):
                 return
 
 
@@ -201,6 +206,12 @@ class WorkerFailed(RuntimeError):
         self.details = details
 
 
+def failure(learner: str, doing: str, details: str) -> WorkerFailed:
+    """The ``WorkerFailed`` of a worker that answered ``details`` (a traceback) while ``doing``."""
+    cause = next((line for line in reversed(details.strip().splitlines()) if line.strip()), "unknown error")
+    return WorkerFailed(f"the {learner} worker failed while {doing}: {cause.strip()}", details)
+
+
 class WorkerHandle:
     """The controller's end of one worker process."""
 
@@ -215,6 +226,11 @@ class WorkerHandle:
         child.close()
         self.doing = "starting"
         self.receive()
+
+    @property
+    def where(self) -> int:
+        """Where the worker runs, for workers.json: its process id."""
+        return self.process.pid
 
     def send(self, *message) -> None:
         self.doing = message[0]
@@ -232,8 +248,7 @@ class WorkerHandle:
         except (EOFError, OSError):
             self._died()
         if status == "error":
-            cause = next((line for line in reversed(value.strip().splitlines()) if line.strip()), "unknown error")
-            raise WorkerFailed(f"the {self.learner} worker failed while {self.doing}: {cause.strip()}", value)
+            raise failure(self.learner, self.doing, value)
         return value
 
     def request(self, *message):

@@ -11,7 +11,6 @@ from mgrpo_ref.config import TrainConfig
 from mgrpo_ref.episode import run_episodes
 from mgrpo_ref.objective import clipped_surrogate_loss
 from mgrpo_ref.policy import load_policy
-from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.rewards import episode_rewards
 from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
 from mgrpo_ref.step import LAYOUTS, check_episodes, clipped_update, main_half, sub_half
@@ -32,10 +31,8 @@ def episodes():
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    pretrain(SIZES["tiny"], out, progress=False)
-    return out
+def base(tiny_base):
+    return tiny_base
 
 
 @pytest.fixture(scope="module")
