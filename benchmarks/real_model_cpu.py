@@ -97,17 +97,16 @@ def warm_up(args) -> dict:
             "held_out": evaluate_model(str(args.runs / "sft" / "adapter"), args)}
 
 
-def shares_over_subgroups(rewards: list[float], k: int) -> tuple[float, float]:
-    """Over every group of k of one question's rollouts (their rewards): the share whose
-    rewards are not all one value, and the share that holds a reward above every format-only
-    one (a right answer). Exact: a group of k is all one value v in C(n_v, k) of the C(K, k) ways."""
+def shares_over_subgroups(rewards: list[float], correct: list[bool], k: int) -> tuple[float, float]:
+    """Over every group of k of one question's rollouts (their rewards, and whether each answered
+    right): the share whose rewards are not all one value, and the share that holds a right
+    answer. Exact: a group of k is all one value v in C(n_v, k) of the C(K, k) ways, and holds
+    no right answer in C(K - n_right, k) of them."""
     from math import comb
 
     groups = comb(len(rewards), k)
     same = sum(comb(rewards.count(v), k) for v in set(rewards))
-    best = max(rewards)
-    right = sum(r >= 0.5 for r in rewards)  # Eq. (R1): 0 or a1 without a right answer, a1 + a2 with one
-    return 1 - same / groups, (1 - comb(len(rewards) - right, k) / groups) if best >= 0.5 else 0.0
+    return 1 - same / groups, 1 - comb(len(rewards) - sum(correct), k) / groups
 
 
 def signal(args) -> dict:
@@ -139,7 +138,8 @@ def signal(args) -> dict:
                        "right_by_calls": {c: sum(e.correct for e in group if len(e.subs) == c) for c in sorted(set(calls))}}
     groups = {}
     for k in range(2, K + 1):
-        shares = [shares_over_subgroups([rollout_main_reward(e) for e in es], k) for es in by_question]
+        shares = [shares_over_subgroups([rollout_main_reward(e) for e in es], [e.correct for e in es], k)
+                  for es in by_question]
         multi = [s for q, s in zip(questions, shares) if q.n_hops >= 2]
         groups[k] = {"share_of_groups_with_differing_rewards": round(fmean(s[0] for s in shares), 4),
                      "multi_hop_share_of_groups_with_a_right_answer": round(fmean(s[1] for s in multi), 4) if multi else None}

@@ -166,6 +166,23 @@ def test_the_real_model_summary_is_what_its_stages_give():
         "run: python benchmarks/real_model_cpu.py --summary"
 
 
+def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
+    """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
+    every group of k of the rollouts."""
+    import sys
+    from itertools import combinations
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_model_cpu import shares_over_subgroups
+
+    rewards, correct = [1.0, 0.1, 0.1, 0.0, 1.0, 0.1], [True, False, False, False, True, False]
+    for k in range(2, 7):
+        groups = list(combinations(range(6), k))
+        differing = sum(len({rewards[i] for i in g}) > 1 for g in groups) / len(groups)
+        right = sum(any(correct[i] for i in g) for g in groups) / len(groups)
+        assert shares_over_subgroups(rewards, correct, k) == pytest.approx((differing, right))
+
+
 @pytest.mark.parametrize("path, heading, tables", [(README, "Bring your own model", 1),  # the first table only
                                                    (ROOT / "docs" / "real-model.md", "5. Measured on this CPU", None)])  # None: every table
 def test_every_real_model_row_in_the_docs_comes_from_the_summary(path, heading, tables):
