@@ -5,9 +5,9 @@ servers that share only statistics. With ``cluster=ray`` the controller (this pr
 Ray driver and each learner's worker (worker.py's ``LearnerWorker``, unchanged) lives in a Ray
 actor. The actors are placed by a placement group of one bundle per learner (a CPU, and a GPU
 when the cluster has one per learner) with the STRICT_SPREAD strategy, so no two learners
-share a node. Each actor answers the messages of
-the pipe protocol (act, reseed, train, save, chat_format) through ``LearnerWorker.answer``;
-``RayWorkerHandle`` is the controller's end, with the interface of ``worker.WorkerHandle``.
+share a node. Each actor answers the messages of the pipe protocol (act, reseed, train, save,
+chat_format) through ``LearnerWorker.answer``; ``RayWorkerHandle`` is the controller's end,
+with the interface of ``worker.WorkerHandle``.
 
 What crosses the network is what crosses the pipe on one machine: text (contexts, turns,
 episodes) and scalars (statistics). ``check_text_and_scalars`` checks every message and
