@@ -18,7 +18,7 @@ metrics.jsonl: seconds per trained episode (a step's ``time/step_s`` over its B*
 the median over the steps), and each worker's peak resident memory over its whole run
 (``memory/<learner>_host_peak_mib`` of the last step), and their ratios to "today". The arms
 run one after the other in one invocation, so the ratios come from one run of this machine.
-Writes benchmarks/results/real-model-cpu/speed.json.
+Writes benchmarks/results/real-model-cpu/speed.json, and its table speed.md (docs/real-model.md).
 """
 
 from __future__ import annotations
@@ -67,17 +67,44 @@ def main() -> None:
                        f"steps={args.steps}", *CONFIG, *overrides]
             print(f"{arm}: {' '.join(overrides) or 'the defaults'}", flush=True)
             start = time.time()
-            subprocess.run(command, cwd=ROOT, check=True)
-            arms[arm] = {"overrides": overrides, **figures(run, 64), "wall_s": round(time.time() - start, 1)}
+            code = subprocess.run(command, cwd=ROOT).returncode
+            arms[arm] = {"overrides": overrides, "wall_s": round(time.time() - start, 1)}
+            if code == 0:
+                arms[arm].update(figures(run, 64))
+            else:  # kept, and said: an arm that cannot run at this size is a result too
+                killed = " (killed: out of memory?)" if code in (-9, 137) else ""
+                arms[arm]["failed"] = f"exit code {code}{killed}"
             print(f"{arm}: {json.dumps(arms[arm])}", flush=True)
     today = arms["today"]
     for f in arms.values():
+        if "failed" in f or "failed" in today:
+            continue
         f["ratio_to_today"] = {"seconds_per_episode": round(f["seconds_per_episode"] / today["seconds_per_episode"], 3),
                                **{f"{learner}_peak_mib": round(f["peak_mib"][learner] / today["peak_mib"][learner], 3)
                                   for learner in ("main", "sub")}}
-    write_result(args.out, {"command": command_line("benchmarks/real_step_speed.py", sys.argv[1:]),
-                            "base": within_project(args.base), "config": CONFIG, "steps": args.steps,
-                            "machine": machine(), "arms": arms})
+    result = {"command": command_line("benchmarks/real_step_speed.py", sys.argv[1:]),
+              "base": within_project(args.base), "config": CONFIG, "steps": args.steps, "machine": machine(), "arms": arms}
+    write_result(args.out, result)
+    args.out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+def table(result: dict) -> str:
+    """The arms side by side, each figure with its ratio to "today" (docs/real-model.md section 6)."""
+    lines = ["| arm | overrides | step seconds | seconds per trained episode | main worker's peak (MiB) "
+             "| sub worker's peak (MiB) |", "|---|---|---|---|---|---|"]
+    for arm, f in result["arms"].items():
+        if "failed" in f:
+            lines.append(f"| {arm} | {' '.join(f['overrides']) or 'the defaults'} | failed: {f['failed']} | | | |")
+            continue
+        ratio = f.get("ratio_to_today", {"seconds_per_episode": float("nan"), "main_peak_mib": float("nan"),
+                                         "sub_peak_mib": float("nan")})
+        lines.append(f"| {arm} | {' '.join(f['overrides']) or 'the defaults'} | "
+                     f"{', '.join(f'{s:.1f}' for s in f['step_seconds'])} | "
+                     f"{f['seconds_per_episode']:.2f} (x{ratio['seconds_per_episode']:.2f}) | "
+                     f"{f['peak_mib']['main']:,} (x{ratio['main_peak_mib']:.2f}) | "
+                     f"{f['peak_mib']['sub']:,} (x{ratio['sub_peak_mib']:.2f}) |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
