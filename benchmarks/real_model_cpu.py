@@ -311,6 +311,11 @@ def trial_tables(trials: Path, found: dict) -> str:
     from mgrpo_ref.rundir import read_jsonl
 
     warm, rl = [], []
+    starts = {"runs/real-model-cpu/sft/adapter": "the warm-up above"}  # an adapter -> the warm-up that made it
+    for folder in trials.iterdir():
+        if (folder / "warm_up.json").exists() and (folder / "signal.json").exists():
+            model = json.loads((folder / "signal.json").read_text()).get("model")  # older stages did not record it
+            starts[model] = starts.get(model, folder.name)
     if "warm_up" in found and "signal" in found:
         warm.append(warm_up_row("the warm-up above", found["warm_up"], found["signal"]))
     for folder in sorted(p for p in trials.iterdir() if p.is_dir()):
@@ -326,19 +331,23 @@ def trial_tables(trials: Path, found: dict) -> str:
             evals = [m for m in lines if "eval/accuracy" in m]
             steps = [m for m in lines if "time/step_s" in m]
             flat = sum(m["main/equal_reward_frac"] == 1.0 for m in steps)
-            rl.append(f"| {folder.name} | {cfg['questions_per_step']} x {cfg['rollouts']} | {cfg['lr']:g} | "
+            start = starts.get(cfg["base"], cfg["base"])
+            by_hops = evals[-1]["eval/accuracy_by_hops"]
+            rl.append(f"| {folder.name} | {start} | {cfg['questions_per_step']} x {cfg['rollouts']} | {cfg['lr']:g} | "
                       f"{cfg['min_train_hops']} | {len(steps)} | {steps[0]['rollout/mean_sub_calls']:.2f} -> "
                       f"{steps[-1]['rollout/mean_sub_calls']:.2f} | {flat} of {len(steps)} | "
-                      + ", ".join(f"{percent(m['eval/accuracy'])} (step {m['step']})" for m in evals) + " |")
+                      + ", ".join(f"{percent(m['eval/accuracy'])} (step {m['step']})" for m in evals) + " | "
+                      + " / ".join(percent(by_hops[h]) for h in sorted(by_hops, key=int)) + " |")
     text = ""
     if warm:
         text += ("\n| warm-up trial | demo_hasty | steps x batch | greedy accuracy, 60 validation questions | "
                  "two-hop rollouts at T = 1 that go on | two-hop rollouts right | multi-hop groups of 8 with a right answer |"
                  "\n|---|---|---|---|---|---|---|\n" + "\n".join(warm) + "\n")
     if rl:
-        text += ("\n| M-GRPO trial | B x K | lr | min_train_hops | steps run | sub-agent calls per rollout, first -> last step | "
-                 "steps where every main-agent group had one reward | greedy accuracy, 60 validation questions |"
-                 "\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rl) + "\n")
+        text += ("\n| M-GRPO trial | from | B x K | lr | min_train_hops | steps run | sub-agent calls per rollout, first -> last "
+                 "step | steps where every main-agent group had one reward | greedy accuracy, 60 validation questions | "
+                 "the last one by hops, 1 / 2 / 3 / 4 |"
+                 "\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rl) + "\n")
     return text
 
 
