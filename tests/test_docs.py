@@ -7,6 +7,7 @@ Fast: reads text files only, loads no model.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -166,6 +167,13 @@ def test_the_real_model_summary_is_what_its_stages_give():
         "run: python benchmarks/real_model_cpu.py --summary"
 
 
+def test_the_real_step_speed_table_in_the_docs_is_the_committed_one():
+    text = (ROOT / "docs" / "real-model.md").read_text()
+    assert (REAL_MODEL / "speed.md").read_text().strip() in text
+    result = json.loads((REAL_MODEL / "speed.json").read_text())
+    assert set(result["arms"]) == {"today", "levers"} and result["command"].startswith("python benchmarks/")
+
+
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
     """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
     every group of k of the rollouts."""
@@ -312,12 +320,13 @@ def test_the_real_model_levers_tables_are_what_their_profiles_give():
         "run: python benchmarks/real_step_levers.py --arms (it rewrites levers.md)"
 
 
-def test_every_row_of_the_real_step_section_comes_from_the_levers_tables():
+def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tables():
     heading = "6. Where a real step's time and memory go"
     rows = section_table_rows((ROOT / "docs" / "real-model.md").read_text(), heading)
-    committed = [line for line in (REAL_MODEL / "levers.md").read_text().splitlines() if line.startswith("| ")]
+    committed = [line for name in ("levers.md", "speed.md")
+                 for line in (REAL_MODEL / name).read_text().splitlines() if line.startswith("| ")]
     assert len(rows) >= 8, f"real-model.md: no tables under '## {heading}'"
-    assert rows == committed, "real-model.md: the tables must be levers.md's, whole"
+    assert rows == committed, "real-model.md: the tables must be levers.md's, then speed.md's, whole"
 
 
 # ---------------------------------------------------------------------------
