@@ -118,3 +118,9 @@ def output_dir(text: str) -> Path:
 def one_line(message: object) -> str:
     """``message`` on one line (an error from a library may span several), for ``parser.error``."""
     return " ".join(str(message).split())
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message with text on it (a driver's error may add lines of
+    detail), or its type's name when it has none."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)

@@ -31,20 +31,20 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from .cli import first_line
 from .config import TrainConfig
 from .worker import WorkerDied, failure
 
 PLACEMENT_TIMEOUT_S = 60.0
 """How long the learners' placement may wait for nodes before the run is refused."""
-PLAIN = (str, int, float, bool, type(None))
+PLAIN = (str, int, float, bool, type(None), Path)
+"""What crosses the network as it is: text, numbers, flags, nothing, and paths (text)."""
 
 
 def check_text_and_scalars(value, where: str = "message") -> None:
     """Refuse (``TypeError`` naming the place) anything but text and scalars, in lists,
     tuples, dicts and dataclasses of them: what may cross the network between nodes."""
     if isinstance(value, PLAIN):
-        return
-    if isinstance(value, Path):
         return
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
@@ -191,9 +191,8 @@ class RayWorkerHandle:
                 pass
             status, value = ray.get(self.pending)
         except ray.exceptions.RayActorError as err:
-            cause = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise WorkerDied(f"the {self.learner} worker (a Ray actor on node {getattr(self, 'node_id', '?')[:12]}) "
-                             f"died while {self.doing}: {type(err).__name__}: {cause}") from None
+                             f"died while {self.doing}: {type(err).__name__}: {first_line(err)}") from None
         if status == "error":
             raise failure(self.learner, self.doing, value)
         check_text_and_scalars(value, f"the {self.learner} worker's answer to {self.doing!r}")

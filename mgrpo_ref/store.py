@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli import first_line
+
 if TYPE_CHECKING:  # torch is imported where a tensor is made: a process that only reads or
     import torch  # writes records (a benchmark's writers, a notebook) does without it
 
@@ -130,8 +132,7 @@ class Records:
         try:
             yield
         except self.driver_error as err:
-            cause = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-            raise StoreError(f"cannot {action} {self.name}: {cause}") from err
+            raise StoreError(f"cannot {action} {self.name}: {first_line(err)}") from err
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         raise NotImplementedError

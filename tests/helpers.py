@@ -71,3 +71,12 @@ def alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def one_line(stderr: str, noise: tuple[str, ...] = ()) -> str:
+    """The single line a fault may print (no traceback, nothing else), leaving out the lines that
+    hold any of ``noise`` (a library's warnings, which the run does not print itself)."""
+    lines = [line for line in stderr.splitlines() if line.strip() and not any(n in line for n in noise)]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    return lines[0]

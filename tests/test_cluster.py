@@ -27,6 +27,7 @@ import torch
 from mgrpo_ref import rundir, train
 from mgrpo_ref.store import open_store
 
+import helpers
 from helpers import deterministic
 
 SMALL = ["questions_per_step=2", "rollouts=2", "d_max=2", "eval_questions=4", "eval_every=2", "checkpoint_every=1",
@@ -91,10 +92,9 @@ def finish(proc, timeout=600) -> tuple[int, str]:
 
 
 def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip() and "Warning" not in line
-             and "user_runtime_dir" not in line]
-    assert len(lines) == 1, stderr
-    return lines[0]
+    """The run's one line; platformdirs' warning about XDG_RUNTIME_DIR (two lines, from the
+    cluster packages) is not the run's."""
+    return helpers.one_line(stderr, noise=("Warning", "user_runtime_dir"))
 
 
 def outcome(run: Path, cfg_store: str = "") -> dict:

@@ -29,7 +29,7 @@ from mgrpo_ref.config import TrainConfig
 from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.store import Store, StoreError
 
-from helpers import alive
+from helpers import alive, one_line
 
 SMALL = ["questions_per_step=2", "rollouts=2", "d_max=2", "eval_questions=4", "eval_every=2",
          "checkpoint_every=1", "keep_checkpoints=0", "max_new_tokens=12", "microbatch=8"]
@@ -99,14 +99,6 @@ def assert_same_run(run: Path, reference: Path):
                 assert a[key] == pytest.approx(b[key], abs=1e-5), key
             else:
                 assert a[key] == b[key], key
-
-
-def one_line(stderr: str) -> str:
-    """The single line a fault may print (no traceback, nothing else)."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def snapshot(run: Path) -> dict:
