@@ -2,6 +2,7 @@
 
     pip install -e ".[bench]"                        # TRL and datasets: not core dependencies
     python benchmarks/bench_vs_trl.py [--steps 5] [--pairs 2]
+    python benchmarks/bench_vs_trl.py --model models/SmolLM2-135M-Instruct   # a real model (make smollm2)
 
 **The workload.** Both trainers get the same task: single-turn questions whose document is
 in the prompt. Each prompt is a sub-agent's context just before its last turn (the
@@ -45,6 +46,15 @@ the group's standard deviation like ours, with its own small constant.
 The matched ratios hold the base the same way on both sides: "ours, packed" against "trl",
 "ours" against "trl, dequantized".
 
+**A real model** (``--model DIR``, a local model directory or hub name): the same workload
+on that model at full precision (fp32 base and adapter, how a CPU runs a real model: 4-bit is
+its GPU path), in two arms, "trl, full precision" and "ours, full precision". Each prompt is
+the sub-agent's context rendered in the model's chat format (chat.py), as our trainer gives
+it to an instruct model, and handed to TRL as that same text. Both stop a completion at the
+model's end-of-turn token; ours also stops at the sub-agent's closing tags, as its rollouts
+do (an instruct model ends its turn right after such a tag, so the two see about the same
+tokens; new tokens/s counts what each wrote). The results go to vs_trl-<model name>.json.
+
 The first step of each arm is a warm-up and is not timed. Each arm prints steps/s, new
 tokens/s, its resident memory once the model is loaded and the trainer built (before the
 first step) and at its peak; the script prints the ratios and writes
@@ -69,15 +79,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 B, K = 8, 8
+FULL = "full precision"
 ARMS = {"trl": ("trl", "packed"), "trl, dequantized": ("trl", "dequantized"),
-        "trl, bf16 adapter": ("trl", "packed"), "ours": ("ours", "dequantized"), "ours, packed": ("ours", "packed")}
-MATCHED = (("ours, packed", "trl"), ("ours", "trl, dequantized"), ("ours", "trl, bf16 adapter"))
+        "trl, bf16 adapter": ("trl", "packed"), "ours": ("ours", "dequantized"), "ours, packed": ("ours", "packed"),
+        f"trl, {FULL}": ("trl", FULL), f"ours, {FULL}": ("ours", FULL)}
+"""arm -> (trainer, how its base is held: a 4-bit base dequantised or packed, or a real model in fp32)."""
+BASE_ARMS = ("trl", "trl, dequantized", "trl, bf16 adapter", "ours", "ours, packed")
+MODEL_ARMS = (f"trl, {FULL}", f"ours, {FULL}")
+MATCHED = (("ours, packed", "trl"), ("ours", "trl, dequantized"), ("ours", "trl, bf16 adapter"),
+           (f"ours, {FULL}", f"trl, {FULL}"))
 """The ratios reported: the same layers on both sides, then each trainer as its users get it."""
 INSTALL = 'TRL is not installed: pip install -e ".[bench]"  (or: pip install trl datasets)'
 
 
-def workload(n: int) -> list[tuple[str, str]]:
-    """``n`` (prompt, gold answer) pairs: oracle sub-agent contexts cut before their last turn."""
+def workload(n: int, chat=None) -> list[tuple[str, str]]:
+    """``n`` (prompt, gold answer) pairs: oracle sub-agent contexts cut before their last turn,
+    in the chat format ``chat`` when given (a real instruct model's), else as plain text."""
+    from mgrpo_ref.chat import render
     from mgrpo_ref.episode import run_episodes
     from mgrpo_ref.scripted import ORACLE_NOISE, ScriptedAgent
     from mgrpo_ref.tools import ToolsByWorld
@@ -89,7 +107,7 @@ def workload(n: int) -> list[tuple[str, str]]:
     for sub in (s for e in episodes for s in e.subs):
         last = sub.segments[-1]
         assert last.source == "agent" and last.text.lstrip().startswith("<return>"), last.text
-        pairs.append((sub.context[: len(sub.context) - len(last.text)], sub.final))
+        pairs.append((render(replace(sub, segments=sub.segments[:-1]), chat).context, sub.final))
     return pairs[:n]
 
 
@@ -102,17 +120,30 @@ def reward(turn: str, gold: str) -> float:
     return float(getattr(action, "kind", None) == "return" and exact_match(action.argument, gold))
 
 
-def load(nf4_on_cpu: str):
+def load(held: str, model: str | None = None):
+    """The policy both trainers start from: the committed base in NF4 (``held`` dequantised or
+    packed), or ``model`` at full precision; with a fresh LoRA of the default settings."""
     from mgrpo_ref.config import TrainConfig
     from mgrpo_ref.policy import SamplingSettings, load_policy
 
     cfg = TrainConfig()
-    policy = load_policy(ROOT / cfg.base, quantization="nf4", lora=cfg.lora, seed=0, nf4_on_cpu=nf4_on_cpu,
-                         sampling=SamplingSettings(cfg.temperature, 1.0, cfg.max_new_tokens))
+    sampling = SamplingSettings(cfg.temperature, 1.0, cfg.max_new_tokens)
+    if held == FULL:
+        policy = load_policy(model, quantization="none", lora=cfg.lora, seed=0, sampling=sampling)
+    else:
+        policy = load_policy(ROOT / cfg.base, quantization="nf4", lora=cfg.lora, seed=0, nf4_on_cpu=held,
+                             sampling=sampling)
     return policy, cfg
 
 
-def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
+def completion(policy, turn: str) -> str:
+    """The turn as trained: closed by the model's end-of-turn token in a chat format (if the
+    model did not write it itself), as TRL's completion ends at it."""
+    chat = policy.chat
+    return turn if chat is None or turn.endswith(chat.end_of_turn) else chat.agent(turn)
+
+
+def run_ours(held: str, steps: int, pairs: list[tuple[str, str]], model: str | None = None) -> dict:
     import torch
 
     from mgrpo_ref.advantages import main_advantages
@@ -120,7 +151,7 @@ def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
     from mgrpo_ref.episode import Segment, Trajectory
     from mgrpo_ref.step import clipped_update
 
-    policy, cfg = load(nf4_on_cpu)
+    policy, cfg = load(held, model)
     cfg = replace(cfg, epochs=1, microbatch=16, kl_coef=0.0)  # the workload's, whatever the defaults
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=tuple(cfg.betas))
@@ -133,8 +164,8 @@ def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
         turns = policy.act("sub", contexts)
         rewards = torch.tensor([reward(t, gold) for t, (_, gold) in zip(turns, [c for c in chunk for _ in range(K)])])
         advantages = main_advantages(rewards.view(B, K), eps=cfg.adv_eps).flatten()  # (B*K,)
-        sequences = [encode_trajectory(Trajectory("sub", [Segment("prompt", c), Segment("agent", t)]), policy.encode)
-                     for c, t in zip(contexts, turns)]
+        sequences = [encode_trajectory(Trajectory("sub", [Segment("prompt", c), Segment("agent", completion(policy, t))]),
+                                       policy.encode) for c, t in zip(contexts, turns)]
         clipped_update(policy, optimizer, trajectory_batch(sequences, advantages, policy.pad_id), cfg)
         if step > 0:  # step 0 warms up
             times.append(time.perf_counter() - start)
@@ -142,7 +173,8 @@ def run_ours(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]]) -> dict:
     return {"step_s": times, "new_tokens": tokens, "baseline_rss_mb": baseline_mb}
 
 
-def run_trl(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]], fp32_adapter: bool = True) -> dict:
+def run_trl(held: str, steps: int, pairs: list[tuple[str, str]], fp32_adapter: bool = True,
+            model_path: str | None = None) -> dict:
     import torch
 
     try:
@@ -153,11 +185,13 @@ def run_trl(nf4_on_cpu: str, steps: int, pairs: list[tuple[str, str]], fp32_adap
         raise SystemExit(INSTALL)
     from mgrpo_ref.protocol import stop_strings
 
-    policy, cfg = load(nf4_on_cpu)
+    policy, cfg = load(held, model_path)
     model, tokenizer = policy.model, policy.tokenizer
-    # Stop where Policy.act stops: at the sub-agent's closing tags (single tokens here). TRL
-    # also ends each completion's loss mask at the first of these ids.
-    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in stop_strings("sub")]
+    # Stop where Policy.act stops: at the sub-agent's closing tags (single tokens in our base),
+    # or, in a chat format, at the model's end-of-turn token. TRL also ends each completion's
+    # loss mask at the first of these ids.
+    model.generation_config.eos_token_id = ([tokenizer.convert_tokens_to_ids(policy.chat.end_of_turn)] if policy.chat
+                                            else [tokenizer.convert_tokens_to_ids(t) for t in stop_strings("sub")])
     tokens: list[int] = []
 
     def exact_match_reward(completions, gold, completion_ids, **_):
@@ -202,16 +236,19 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one_arm(arm: str, steps: int, out: Path) -> None:
+def one_arm(arm: str, steps: int, out: Path, model: str | None = None) -> None:
     """Run one arm in this process and write its figures to ``out``."""
     import torch
+    from transformers import AutoTokenizer
+
+    from mgrpo_ref.chat import chat_format
 
     trainer, held = ARMS[arm]
-    pairs = workload((steps + 1) * B)
+    pairs = workload((steps + 1) * B, chat_format(AutoTokenizer.from_pretrained(model)) if model else None)
     if trainer == "trl":
-        result = run_trl(held, steps, pairs, fp32_adapter=arm != "trl, bf16 adapter")
+        result = run_trl(held, steps, pairs, fp32_adapter=arm != "trl, bf16 adapter", model_path=model)
     else:
-        result = run_ours(held, steps, pairs)
+        result = run_ours(held, steps, pairs, model)
     result.update(arm=arm, peak_rss_mb=peak_mb(), threads=torch.get_num_threads())
     out.write_text(json.dumps(result))
 
@@ -220,13 +257,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per arm (after one warm-up step)")
     parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--model", help="a real model (local directory or hub name), at full precision; "
+                        "default: the committed base data/base in NF4")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS),
+                        help=f"default: {', '.join(BASE_ARMS)}; with --model: {', '.join(MODEL_ARMS)}")
     parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # one arm, in this process
     parser.add_argument("--arm-out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vs_trl.json")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/vs_trl.json, or "
+                        "vs_trl-<model name>.json with --model")
     args = parser.parse_args()
     if args.arm:
-        return one_arm(args.arm, args.steps, args.arm_out)
+        return one_arm(args.arm, args.steps, args.arm_out, args.model)
+    allowed = MODEL_ARMS if args.model else BASE_ARMS
+    args.arms = args.arms or list(allowed)
+    if not set(args.arms) <= set(allowed):
+        parser.error(f"--arms {' '.join(sorted(set(args.arms) - set(allowed)))}: "
+                     f"{'only ' + ', '.join(allowed) + ' run a real model' if args.model else 'these need --model'}")
+    name = Path(args.model.rstrip("/")).name if args.model else None
+    args.out = args.out or ROOT / "benchmarks" / "results" / (f"vs_trl-{name}.json" if name else "vs_trl.json")
     try:
         import trl
     except ImportError:
@@ -237,7 +285,8 @@ def main() -> None:
         for arm in args.arms:  # alternating
             out = Path(tempfile.mkdtemp(prefix="vs-trl-")) / "arm.json"
             proc = subprocess.run([sys.executable, __file__, "--arm", arm, "--arm-out", str(out),
-                                   "--steps", str(args.steps)], capture_output=True, text=True)
+                                   "--steps", str(args.steps), *(["--model", args.model] if args.model else [])],
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"pair {pair} {arm}: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
                 runs.append({"pair": pair, "arm": arm, "failed": proc.stderr[-3000:]})
@@ -260,7 +309,9 @@ def main() -> None:
     for ours, theirs in MATCHED:
         if summary.get(ours, {}).get("steps_per_s") and summary.get(theirs, {}).get("steps_per_s"):
             ratios[f"{ours} / {theirs}"] = {key: summary[ours][key] / summary[theirs][key] for key in keys}
-    result = {"command": f"python benchmarks/bench_vs_trl.py --steps {args.steps} --pairs {args.pairs}",
+    command = f"python benchmarks/bench_vs_trl.py --steps {args.steps} --pairs {args.pairs}"
+    result = {"command": command + (f" --model {args.model}" if args.model else ""),
+              "model": args.model or "data/base (NF4)",
               "machine": f"{platform.machine()}", "trl": trl.__version__,
               "workload": {"prompts_per_step": B, "completions_per_prompt": K, "timed_steps_per_arm": args.steps},
               "mean": summary, "ratios": ratios, "runs": runs}

@@ -3,7 +3,7 @@
     python benchmarks/speed_table.py        # writes benchmarks/results/speed.md
 
 Reads step_time.json, generation.json, update.json, sub_batch.json, profile_step.json, limits.json and
-vs_trl.json under
+vs_trl*.json under
 benchmarks/results/ (each written by the script of the same name) and writes one markdown
 file. The README copies its rows verbatim, and tests/test_docs.py checks both that the
 file is what this script makes of the JSON and that the README's rows are in it.
@@ -98,25 +98,33 @@ def render() -> str:
         lines.append(f"| generation, new tokens/s | {g['tokens_per_s']:.0f} | {g['forward_tokens_per_s']:.0f} (one "
                      f"forward pass of 64 x 128 tokens) | x{g['ratio']:.3f} |")
         lines += ["", f"`{limits['command']}`: counting rules in the script's docstring."]
-    trl = load("vs_trl.json")
-    if trl:
-        lines += ["", f"## Against TRL's GRPOTrainer (TRL {trl['trl']})", "",
-                  "| trainer | steps/s | new tokens/s | memory before the first step | peak memory |",
-                  "|---|---|---|---|---|"]
-        for arm, m in trl["mean"].items():
-            if m["steps_per_s"] is None:
-                lines.append(f"| {arm} | failed | failed | failed | failed |")
-            else:
-                lines.append(f"| {arm} | {m['steps_per_s']:.2f} | {m['new_tokens_per_s']:.0f} | "
-                             f"{m['baseline_rss_mb']:.0f} MB | {m['peak_rss_mb']:.0f} MB |")
-        for name, r in trl["ratios"].items():
-            lines.append(f"| {name} | x{r['steps_per_s']:.2f} | x{r['new_tokens_per_s']:.2f} | "
-                         f"x{r['baseline_rss_mb']:.2f} | x{r['peak_rss_mb']:.2f} |")
-        lines += ["", f"`{trl['command']}`: {trl['workload']['prompts_per_step']} prompts x "
-                  f"{trl['workload']['completions_per_prompt']} completions a step, "
-                  f"{trl['workload']['timed_steps_per_arm']} timed steps per arm and run, each arm in its own process; "
-                  "resident memory of the whole process, imports included."]
+    for path in sorted(RESULTS.glob("vs_trl*.json"), key=lambda p: (p.name != "vs_trl.json", p.name)):  # base first
+        lines += trl_table(json.loads(path.read_text()))
     return "\n".join(lines) + "\n"
+
+
+def trl_table(trl: dict) -> list[str]:
+    """One run of bench_vs_trl.py: each arm's figures, then the matched ratios."""
+    model = trl.get("model", "data/base (NF4)")
+    where = "" if model.startswith("data/base") else f" on {Path(model).name}"
+    lines = ["", f"## Against TRL's GRPOTrainer{where} (TRL {trl['trl']})", "",
+             "| trainer | steps/s | new tokens/s | memory before the first step | peak memory |",
+             "|---|---|---|---|---|"]
+    for arm, m in trl["mean"].items():
+        if m["steps_per_s"] is None:
+            lines.append(f"| {arm} | failed | failed | failed | failed |")
+        else:
+            rate = f"{m['steps_per_s']:.2f}" if m["steps_per_s"] >= 0.1 else f"{m['steps_per_s']:.4f}"  # a real model: slow
+            lines.append(f"| {arm} | {rate} | {m['new_tokens_per_s']:.0f} | "
+                         f"{m['baseline_rss_mb']:.0f} MB | {m['peak_rss_mb']:.0f} MB |")
+    for name, r in trl["ratios"].items():
+        lines.append(f"| {name} | x{r['steps_per_s']:.2f} | x{r['new_tokens_per_s']:.2f} | "
+                     f"x{r['baseline_rss_mb']:.2f} | x{r['peak_rss_mb']:.2f} |")
+    lines += ["", f"`{trl['command']}`: {trl['workload']['prompts_per_step']} prompts x "
+              f"{trl['workload']['completions_per_prompt']} completions a step, "
+              f"{trl['workload']['timed_steps_per_arm']} timed steps per arm and run, each arm in its own process; "
+              "resident memory of the whole process, imports included."]
+    return lines
 
 
 if __name__ == "__main__":
