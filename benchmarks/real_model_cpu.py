@@ -333,8 +333,11 @@ def trial_tables(trials: Path, found: dict) -> str:
             flat = sum(m["main/equal_reward_frac"] == 1.0 for m in steps)
             start = starts.get(cfg["base"], cfg["base"])
             by_hops = evals[-1]["eval/accuracy_by_hops"]
+            hops = str(cfg["min_train_hops"])
+            if cfg.get("min_train_hops_steps"):  # a curriculum (TrainConfig.min_train_hops_steps)
+                hops += f" to step {cfg['min_train_hops_steps']}, then 1"
             rl.append(f"| {folder.name} | {start} | {cfg['questions_per_step']} x {cfg['rollouts']} | {cfg['lr']:g} | "
-                      f"{cfg['min_train_hops']} | {len(steps)} | {steps[0]['rollout/mean_sub_calls']:.2f} -> "
+                      f"{hops} | {len(steps)} | {steps[0]['rollout/mean_sub_calls']:.2f} -> "
                       f"{steps[-1]['rollout/mean_sub_calls']:.2f} | {flat} of {len(steps)} | "
                       + ", ".join(f"{percent(m['eval/accuracy'])} (step {m['step']})" for m in evals) + " | "
                       + " / ".join(percent(by_hops[h]) for h in sorted(by_hops, key=int)) + " |")

@@ -95,6 +95,10 @@ class TrainConfig:
     """Train only on questions of at least this many hops (1: the whole training split). A
     choice of ours for a base that rarely goes on to a second hop: its one-hop questions then
     teach mostly to stop (docs/real-model.md)."""
+    min_train_hops_steps: int = 0
+    """How many of the first steps keep ``min_train_hops``; the steps after them draw from the
+    whole training split (0: every step keeps it). A curriculum of ours: first learn to go on,
+    then when to stop (docs/real-model.md)."""
     rollouts: int = 8
     """K: rollouts per question (the group of the main agent's advantage); 8 in the release."""
     d_max: int = 4
@@ -226,6 +230,9 @@ class TrainConfig:
         check_int("microbatch_tokens", self.microbatch_tokens, minimum=0)
         check_int("prefix_cache_mib", self.prefix_cache_mib, minimum=0)
         check_int("min_train_hops", self.min_train_hops, minimum=1)
+        check_int("min_train_hops_steps", self.min_train_hops_steps, minimum=0)
+        if self.min_train_hops_steps and self.min_train_hops == 1:  # a curriculum that would change nothing
+            raise ConfigError("min_train_hops_steps", self.min_train_hops_steps, "needs min_train_hops > 1")
         check_choice("cluster", self.cluster, CLUSTERS)
         if not isinstance(self.ray_address, str) or (self.ray_address and self.cluster != "ray"):
             raise ConfigError("ray_address", self.ray_address, "is read with cluster=ray only")

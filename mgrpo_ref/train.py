@@ -53,14 +53,21 @@ EVAL_KEYS = ("accuracy", "lenient_accuracy", "format_valid", "sub_format_valid",
 """What each held-out evaluation logs, as ``eval/<key>`` (and ``eval_sampled/<key>``)."""
 
 
-def training_pool(cfg: TrainConfig) -> list:
-    """The questions a run's steps draw from: the train split's of at least ``min_train_hops``
-    hops; a clear error if they are fewer than a step's B."""
-    pool = [q for q in load_questions("train") if q.n_hops >= cfg.min_train_hops]
+def training_pool(cfg: TrainConfig, min_hops: int | None = None) -> list:
+    """The questions a run's steps draw from: the train split's of at least ``min_hops`` hops
+    (default ``min_train_hops``); a clear error if they are fewer than a step's B."""
+    min_hops = cfg.min_train_hops if min_hops is None else min_hops
+    pool = [q for q in load_questions("train") if q.n_hops >= min_hops]
     if cfg.questions_per_step > len(pool):
         raise ValueError(f"questions_per_step={cfg.questions_per_step} is invalid: the train split has "
-                         f"{len(pool)} questions of at least {cfg.min_train_hops} hop(s)")
+                         f"{len(pool)} questions of at least {min_hops} hop(s)")
     return pool
+
+
+def min_hops_at(cfg: TrainConfig, step: int) -> int:
+    """The fewest hops of a question drawn at ``step``: ``min_train_hops`` for the first
+    ``min_train_hops_steps`` steps (every step when that is 0), then 1."""
+    return 1 if 0 < cfg.min_train_hops_steps < step else cfg.min_train_hops
 
 
 def sample_questions(pool: list, questions_per_step: int, seed: int, step: int) -> list:
@@ -84,7 +91,8 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.layout = LAYOUTS[cfg.variant]
         self.eval_questions = held_out_questions(cfg)  # checked before anything is written
-        self.train_pool = training_pool(cfg)
+        self.train_pools = {hops: training_pool(cfg, hops)  # min hops -> the questions a step draws from
+                            for hops in {min_hops_at(cfg, 1), min_hops_at(cfg, cfg.steps)}}
         model_location(cfg.base)  # a missing local base is refused here, before anything is written
         check_lora_targets(cfg.base, cfg.lora)  # so is a LoRA target the base does not have
         self.tools_for = ToolsByWorld()
@@ -146,7 +154,7 @@ class Trainer:
         """Rollouts, then every learner's share of the step in its worker; returns the metrics line."""
         cfg = self.cfg
         t_step = time.perf_counter()
-        questions = sample_questions(self.train_pool, cfg.questions_per_step, cfg.seed, step)
+        questions = sample_questions(self.train_pools[min_hops_at(cfg, step)], cfg.questions_per_step, cfg.seed, step)
         self.reseed(step, [rollout_salt(i) for i in range(len(self.workers))])
         episodes = run_episodes(questions, self.tools_for, self.agents(cfg.temperature), self.layout.mode,
                                 cfg.limits, rollouts=cfg.rollouts)

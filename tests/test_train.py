@@ -234,6 +234,26 @@ def test_a_run_can_train_on_questions_of_several_hops_only():
         TrainConfig(min_train_hops=0)
 
 
+def test_a_curriculum_keeps_multi_hop_questions_for_its_first_steps_then_draws_from_all():
+    """min_train_hops_steps=3: steps 1-3 draw from the multi-hop pool, steps 4-5 from the whole
+    split, each exactly as a run with that pool throughout would draw at that step."""
+    from mgrpo_ref.checks import ConfigError
+    from mgrpo_ref.train import min_hops_at, sample_questions, training_pool
+
+    cfg = TrainConfig(min_train_hops=2, min_train_hops_steps=3, steps=5)
+    assert [min_hops_at(cfg, step) for step in range(1, 6)] == [2, 2, 2, 1, 1]
+    assert [min_hops_at(TrainConfig(min_train_hops=2), step) for step in (1, 100)] == [2, 2]  # 0: every step
+    multi, everything = training_pool(cfg), training_pool(cfg, 1)
+    drawn = {step: sample_questions(training_pool(cfg, min_hops_at(cfg, step)), 8, 0, step) for step in range(1, 6)}
+    assert all(q.n_hops >= 2 for step in (1, 2, 3) for q in drawn[step])
+    assert drawn[4] == sample_questions(everything, 8, 0, 4) and drawn[2] == sample_questions(multi, 8, 0, 2)
+    assert any(q.n_hops == 1 for step in (4, 5) for q in drawn[step])
+    with pytest.raises(ConfigError, match="min_train_hops_steps.*needs min_train_hops > 1"):
+        TrainConfig(min_train_hops_steps=3)
+    with pytest.raises(ConfigError, match="min_train_hops_steps"):
+        TrainConfig(min_train_hops=2, min_train_hops_steps=-1)
+
+
 def test_a_stale_sub_agent_run_keeps_its_held_back_half_in_each_checkpoint(base, tmp_path):
     from mgrpo_ref.rundir import read_jsonl
     from mgrpo_ref.train import Trainer
