@@ -143,7 +143,7 @@ def completion(policy, turn: str) -> str:
     return turn if chat is None or turn.endswith(chat.end_of_turn) else chat.agent(turn)
 
 
-def run_ours(held: str, steps: int, pairs: list[tuple[str, str]], model: str | None = None) -> dict:
+def run_ours(policy, cfg, steps: int, pairs: list[tuple[str, str]]) -> dict:
     import torch
 
     from mgrpo_ref.advantages import main_advantages
@@ -151,7 +151,6 @@ def run_ours(held: str, steps: int, pairs: list[tuple[str, str]], model: str | N
     from mgrpo_ref.episode import Segment, Trajectory
     from mgrpo_ref.step import clipped_update
 
-    policy, cfg = load(held, model)
     cfg = replace(cfg, epochs=1, microbatch=16, kl_coef=0.0)  # the workload's, whatever the defaults
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=tuple(cfg.betas))
@@ -173,8 +172,7 @@ def run_ours(held: str, steps: int, pairs: list[tuple[str, str]], model: str | N
     return {"step_s": times, "new_tokens": tokens, "baseline_rss_mb": baseline_mb}
 
 
-def run_trl(held: str, steps: int, pairs: list[tuple[str, str]], fp32_adapter: bool = True,
-            model_path: str | None = None) -> dict:
+def run_trl(policy, cfg, steps: int, pairs: list[tuple[str, str]], fp32_adapter: bool = True) -> dict:
     import torch
 
     try:
@@ -185,7 +183,6 @@ def run_trl(held: str, steps: int, pairs: list[tuple[str, str]], fp32_adapter: b
         raise SystemExit(INSTALL)
     from mgrpo_ref.protocol import stop_strings
 
-    policy, cfg = load(held, model_path)
     model, tokenizer = policy.model, policy.tokenizer
     # Stop where Policy.act stops: at the sub-agent's closing tags (single tokens in our base),
     # or, in a chat format, at the model's end-of-turn token. TRL also ends each completion's
@@ -239,16 +236,14 @@ def peak_mb() -> float:
 def one_arm(arm: str, steps: int, out: Path, model: str | None = None) -> None:
     """Run one arm in this process and write its figures to ``out``."""
     import torch
-    from transformers import AutoTokenizer
-
-    from mgrpo_ref.chat import chat_format
 
     trainer, held = ARMS[arm]
-    pairs = workload((steps + 1) * B, chat_format(AutoTokenizer.from_pretrained(model)) if model else None)
+    policy, cfg = load(held, model)
+    pairs = workload((steps + 1) * B, policy.chat)  # in the model's chat format, if it has one
     if trainer == "trl":
-        result = run_trl(held, steps, pairs, fp32_adapter=arm != "trl, bf16 adapter", model_path=model)
+        result = run_trl(policy, cfg, steps, pairs, fp32_adapter=arm != "trl, bf16 adapter")
     else:
-        result = run_ours(held, steps, pairs, model)
+        result = run_ours(policy, cfg, steps, pairs)
     result.update(arm=arm, peak_rss_mb=peak_mb(), threads=torch.get_num_threads())
     out.write_text(json.dumps(result))
 
