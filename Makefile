@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # override for your machine, e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup train test test-cluster lab notebooks data smollm2 real-gpu clean
+.PHONY: setup train test test-cluster lab notebooks data smollm2 real-cpu-study real-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -64,6 +64,13 @@ data: setup
 # A real pretrained instruct model as a standard model directory (docs/base-model.md).
 smollm2: setup
 	$(PY) -m mgrpo_ref.getmodel --out models/SmolLM2-135M-Instruct
+
+# The real-model study on this CPU (docs/real-model.md): SmolLM2's warm-up, M-GRPO and the frozen
+# sub-agent from it on two seeds, every run evaluated on eval_worlds, the swapped teams. Hours on
+# 2 cores; it resumes where it stopped. Results in benchmarks/results/real-study/.
+real-cpu-study: setup
+	test -d models/SmolLM2-135M-Instruct || $(MAKE) smollm2
+	$(PY) benchmarks/real_model_study.py
 
 # The one-GPU path with a real instruct model (docs/real-model.md): the supervised warm-up,
 # then every arm of the comparison, both in 4-bit NF4 with bf16 compute. REAL_BASE is any

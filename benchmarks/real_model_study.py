@@ -1,0 +1,245 @@
+"""The real-model study: does M-GRPO teach SmolLM2-135M-Instruct on this CPU, against a frozen
+sub-agent from the same warm-up, and which of the two trained agents carries the gain?
+
+    make smollm2                                   # once: models/SmolLM2-135M-Instruct
+    make real-cpu-study                            # = python benchmarks/real_model_study.py
+    python benchmarks/real_model_study.py --report # study.md again from the committed JSON files
+
+One command runs the whole study and resumes where it stopped (a finished piece is skipped, a
+killed training run resumes from its last checkpoint):
+
+    1. the warm-up: ``sft.warm_up`` of the model on the teacher's demonstrations (``WARM_UP``),
+       its adapter in runs/real-study/warm-up/adapter;
+    2. ``warm_up.json``: that adapter in both roles, greedy, on every question of
+       ``eval_worlds`` (the reported split), each question's outcome kept;
+    3. for each seed, for each arm (``ARMS``: ``mgrpo`` and the control ``frozen_sub``), the
+       training run from the warm-up (``RECIPE``, in runs/real-study/<arm>-s<seed>, its
+       learning curve on the validation split), then its last checkpoint on ``eval_worlds``,
+       and for ``mgrpo`` the two swapped teams (trained main with the warm-up's sub, the
+       warm-up's main with the trained sub): ``<arm>-s<seed>.json``;
+    4. ``study.md``: each run's lift over the warm-up, M-GRPO against the control, and the
+       swapped teams, every difference with its 95% interval paired by question.
+
+The recipe was chosen on the validation split (docs/results.md, "Which split each choice
+was made on"); ``eval_worlds`` is read only here, for the reported figures. Every evaluation
+is greedy, so it depends on the adapters alone.
+
+The warm-up is redone where ``runs/`` was lost (a fresh machine): the results record its
+adapter's digest, and a warm-up whose digest differs from the one the committed figures were
+measured from is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import command_line, within_project  # noqa: E402
+
+MODEL = "models/SmolLM2-135M-Instruct"
+RUNS = ROOT / "runs" / "real-study"
+OUT = ROOT / "benchmarks" / "results" / "real-study"
+WARM_UP = {"steps": 600, "batch_size": 4, "lr": 5e-4, "max_tokens": 512, "demo_hasty": 0.6}
+"""The warm-up (``sft.SFTConfig``): chosen on the validation split (trial warm-up-600-steps)."""
+RECIPE = ["quantization=none", "steps=40", "questions_per_step=4", "rollouts=8", "lr=1e-4",
+          "min_train_hops=2", "min_train_hops_steps=20", "max_new_tokens=48", "microbatch_tokens=1024",
+          "prefix_cache_mib=2048", "eval_every=10", "eval_split=validation", "eval_questions=60",
+          "eval_sampled_temperature=0", "checkpoint_every=5", "tensorboard=false"]
+"""Each run's config over the defaults (``base=`` the warm-up adapter and ``seed=`` are added):
+B = 4 questions x K = 8 rollouts, lr 1e-4, multi-hop questions only for the first half (the
+curriculum that taught the planner when to stop on the validation split), its learning curve
+on 60 validation questions every 10 steps."""
+ARMS = ("mgrpo", "frozen_sub")
+SEEDS = (0, 1)
+MAX_NEW_TOKENS = 48  # of every evaluation's turns, as in training
+
+
+def digest(adapter: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the adapter's weights."""
+    return hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def warm_up(model: str, runs: Path) -> Path:
+    """The warm-up adapter: trained unless runs/warm-up holds one of the same settings."""
+    from mgrpo_ref.sft import SFTConfig, warm_up as train_warm_up
+
+    cfg = SFTConfig(base=model, eval_questions=0, **WARM_UP)
+    out = runs / "warm-up"
+    done = out / "sft.json"
+    if done.exists() and json.loads(done.read_text())["config"] == json.loads(json.dumps(cfg.__dict__)):
+        return out / "adapter"
+    print(f"warm-up: {WARM_UP['steps']} steps -> {out}", flush=True)
+    train_warm_up(cfg, out, progress=True)
+    return out / "adapter"
+
+
+def greedy_outcomes(main: Path | str, sub: Path | str, questions: list) -> dict:
+    """The team (main, sub) greedily on ``questions``: the report, and each question's
+    outcome in question order (right or not, sub-agent calls, what went wrong)."""
+    from mgrpo_ref.evaluate import evaluate, failure_counts, failure_kind, make_agent
+    from mgrpo_ref.policy import SamplingSettings
+
+    start = time.time()
+    greedy = SamplingSettings(0.0, 1.0, MAX_NEW_TOKENS)
+    main_agent = make_agent(str(main), sampling=greedy, quantization="none")
+    sub_agent = main_agent if str(sub) == str(main) else make_agent(str(sub), sampling=greedy, quantization="none")
+    report, episodes = evaluate(questions, {"main": main_agent, "sub": sub_agent}, progress=True)
+    keys = ("n", "accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops", "format_errors")
+    return {"main": within_project(main), "sub": within_project(sub), **{k: report[k] for k in keys},
+            "failures": failure_counts(episodes), "seconds": round(time.time() - start, 1),
+            "questions": [e.question.qid for e in episodes], "correct": [int(e.correct) for e in episodes],
+            "sub_calls": [len(e.subs) for e in episodes], "failure": [failure_kind(e) for e in episodes]}
+
+
+def run_config(arm: str, seed: int, adapter: Path):
+    from dataclasses import replace
+
+    from mgrpo_ref.config import TrainConfig
+
+    cfg = TrainConfig().override(RECIPE + [f"base={within_project(adapter)}"])
+    return replace(cfg, variant=arm, seed=seed)
+
+
+def train_and_evaluate(arm: str, seed: int, adapter: Path, runs: Path, questions: list) -> dict:
+    """One arm and seed: train (or resume, or skip if finished), then evaluate its last
+    checkpoint on ``questions``; for M-GRPO, the swapped teams too."""
+    from mgrpo_ref import rundir
+    from mgrpo_ref.compare import metrics, train_run
+
+    cfg = run_config(arm, seed, adapter)
+    run_dir = runs / f"{arm}-s{seed}"
+    train_run(cfg, run_dir, progress=True)
+    records = metrics(run_dir)
+    checkpoint = rundir.latest_checkpoint(run_dir)
+    main = checkpoint / "main"
+    sub = checkpoint / "sub" if arm == "mgrpo" else adapter  # frozen_sub: the warm-up's sub-agent
+    steps = [r for r in records if r["step"] >= 1 and "time/step_s" in r]
+    result = {
+        "arm": arm, "seed": seed, "config": json.loads((run_dir / rundir.CONFIG).read_text()),
+        "validation_curve": {r["step"]: r["eval/accuracy"] for r in records if "eval/accuracy" in r},
+        "train_sub_calls": [r["rollout/mean_sub_calls"] for r in steps],
+        "main_reward": [r.get("main/reward_mean") for r in steps],
+        "main_equal_reward_frac": [r.get("main/equal_reward_frac") for r in steps],
+        "seconds_per_step": [round(r["time/step_s"], 1) for r in steps],
+        "peak_mib": {learner: max((r.get(f"memory/{learner}_host_peak_mib", 0) for r in steps), default=0)
+                     for learner in ("main", "sub")},
+        "final": greedy_outcomes(main, sub, questions)}
+    if arm == "mgrpo":  # which agent carries the gain: each trained agent beside the warm-up's other one
+        result["trained_main_warm_up_sub"] = greedy_outcomes(main, adapter, questions)
+        result["warm_up_main_trained_sub"] = greedy_outcomes(adapter, sub, questions)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+def points(interval) -> str:
+    """A paired difference of accuracies in points: "+12.1 [+7.0, +17.2]"."""
+    return f"{100 * interval.mean:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
+
+
+def report(out: Path) -> str:
+    """study.md from the JSON files in ``out``: the runs finished so far."""
+    from mgrpo_ref.intervals import paired_difference
+
+    base = json.loads((out / "warm_up.json").read_text())
+    runs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json")))}
+    hops = sorted(base["accuracy_by_hops"])
+    lines = [f"Greedy accuracy on the {base['n']} questions of `eval_worlds`; each difference is paired by "
+             "question, with its 95% Student-t interval (`intervals.paired_difference`).", "",
+             "| model | seed | accuracy | " + " | ".join(f"{h} hop{'s' * (h != '1')}" for h in hops)
+             + " | sub calls | against the warm-up (points) | seconds per step | peak MiB (main, sub) |",
+             "|---" * (7 + len(hops)) + "|",
+             f"| warm-up | | {100 * base['accuracy']:.1f}% | "
+             + " | ".join(f"{100 * base['accuracy_by_hops'][h]:.1f}" for h in hops)
+             + f" | {base['mean_sub_calls']:.2f} | | | |"]
+    for (arm, seed), r in sorted(runs.items(), key=lambda kv: (ARMS.index(kv[0][0]), kv[0][1])):
+        f = r["final"]
+        lift = paired_difference(f["correct"], base["correct"])
+        per_step = sum(r["seconds_per_step"]) / len(r["seconds_per_step"])
+        lines.append(f"| {arm} | {seed} | {100 * f['accuracy']:.1f}% | "
+                     + " | ".join(f"{100 * f['accuracy_by_hops'][h]:.1f}" for h in hops)
+                     + f" | {f['mean_sub_calls']:.2f} | {points(lift)} | {per_step:.0f} | "
+                     f"{r['peak_mib']['main']:.0f}, {r['peak_mib']['sub']:.0f} |")
+    control = ["| seed | mgrpo - frozen_sub (points) | verdict |", "|---|---|---|"]
+    for seed in sorted({s for _, s in runs}):
+        if ("mgrpo", seed) in runs and ("frozen_sub", seed) in runs:
+            d = paired_difference(runs[("mgrpo", seed)]["final"]["correct"], runs[("frozen_sub", seed)]["final"]["correct"])
+            control.append(f"| {seed} | {points(d)} | {d.verdict('mgrpo higher', 'mgrpo lower')} |")
+    swap = ["| seed | main | sub | accuracy | against the warm-up (points) |", "|---|---|---|---|---|"]
+    for (arm, seed), r in sorted(runs.items()):
+        if arm != "mgrpo":
+            continue
+        for name, (m, s) in (("final", ("trained", "trained")), ("trained_main_warm_up_sub", ("trained", "warm-up")),
+                             ("warm_up_main_trained_sub", ("warm-up", "trained"))):
+            team = r[name]
+            swap.append(f"| {seed} | {m} | {s} | {100 * team['accuracy']:.1f}% | "
+                        f"{points(paired_difference(team['correct'], base['correct']))} |")
+    return ("\n".join(lines) + "\n\nM-GRPO against the frozen sub-agent, the same seed and budget, paired by question:\n\n"
+            + "\n".join(control) + "\n\nThe swapped teams of each M-GRPO run:\n\n" + "\n".join(swap) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=MODEL, help=f"the instruct model's directory (default {MODEL})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--questions", type=int, default=None,
+                        help="the first N questions of eval_worlds (default: all; fewer only to try the command)")
+    parser.add_argument("--runs", type=Path, default=RUNS, help="the runs (default runs/real-study)")
+    parser.add_argument("--out", type=Path, default=OUT, help="the results (default benchmarks/results/real-study)")
+    parser.add_argument("--report", action="store_true", help="only write study.md from the results already there")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(write_report(args.out), end="")
+        return
+    if not (ROOT / args.model / "config.json").exists() and not (Path(args.model) / "config.json").exists():
+        sys.exit(f"error: no model at {args.model}; run `make smollm2` first")
+    from mgrpo_ref.world import load_questions
+
+    questions = load_questions("eval_worlds")[:args.questions]
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = command_line("benchmarks/real_model_study.py", sys.argv[1:] if argv is None else argv)
+    adapter = warm_up(args.model, args.runs)
+    base_file = args.out / "warm_up.json"
+    if base_file.exists():
+        recorded = json.loads(base_file.read_text())["digest"]
+        if recorded != digest(adapter):
+            sys.exit(f"error: the warm-up in {within_project(adapter)} (digest {digest(adapter)}) is not the one "
+                     f"the results in {within_project(args.out)} were measured from ({recorded}); "
+                     "move those results away to start the study again")
+    else:
+        print("warm-up: evaluating on eval_worlds", flush=True)
+        base = {"digest": digest(adapter), "warm_up": WARM_UP, "model": args.model,
+                **greedy_outcomes(adapter, adapter, questions), "command": command}
+        base_file.write_text(json.dumps(base) + "\n")
+    for seed in args.seeds:  # seeds outside: a study stopped part way has both arms of its first seeds
+        for arm in args.arms:
+            path = args.out / f"{arm}-s{seed}.json"
+            if path.exists():
+                print(f"{arm} seed {seed}: done ({within_project(path)})")
+                continue
+            print(f"{arm} seed {seed}: training -> {within_project(args.runs / f'{arm}-s{seed}')}", flush=True)
+            result = train_and_evaluate(arm, seed, adapter, args.runs, questions)
+            path.write_text(json.dumps({**result, "warm_up_digest": digest(adapter), "command": command}) + "\n")
+            print(f"{arm} seed {seed}: {100 * result['final']['accuracy']:.1f}% on eval_worlds", flush=True)
+            write_report(args.out)
+    print(write_report(args.out), end="")
+
+
+def write_report(out: Path) -> str:
+    text = report(out)
+    (out / "study.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""benchmarks/real_model_study.py at smoke size on the committed tiny base: every piece of the
+study written, a second call training nothing, the report's differences paired by question,
+and a warm-up other than the one the results came from refused."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import real_model_study as study  # noqa: E402
+
+SMOKE_RECIPE = ["quantization=none", "steps=2", "questions_per_step=2", "rollouts=2", "min_train_hops=2",
+                "min_train_hops_steps=1", "max_new_tokens=24", "eval_every=1", "eval_split=validation",
+                "eval_questions=4", "eval_sampled_temperature=0", "checkpoint_every=1", "tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(study, "WARM_UP", {"steps": 2, "batch_size": 2, "n_worlds": 2})
+    patch.setattr(study, "RECIPE", SMOKE_RECIPE)
+    patch.setattr(study, "MAX_NEW_TOKENS", 24)
+    argv = ["--model", "data/base", "--seeds", "0", "--questions", "6", "--runs", str(tmp / "runs"),
+            "--out", str(tmp / "out")]
+    study.main(argv)
+    yield tmp, argv
+    patch.undo()
+
+
+def test_every_piece_of_the_study_is_written(finished):
+    tmp, _ = finished
+    out = tmp / "out"
+    base = json.loads((out / "warm_up.json").read_text())
+    assert base["n"] == 6 and len(base["correct"]) == len(base["questions"]) == len(base["sub_calls"]) == 6
+    assert base["main"] == base["sub"] and len(base["digest"]) == 16
+    for arm in study.ARMS:
+        run = json.loads((out / f"{arm}-s0.json").read_text())
+        assert run["config"]["variant"] == arm and run["config"]["steps"] == 2
+        assert run["config"]["base"].endswith("warm-up/adapter") and run["warm_up_digest"] == base["digest"]
+        assert sorted(int(s) for s in run["validation_curve"]) == [0, 1, 2]  # on the validation split
+        assert len(run["seconds_per_step"]) == 2 and run["final"]["questions"] == base["questions"]
+    mgrpo, frozen = (json.loads((out / f"{arm}-s0.json").read_text()) for arm in study.ARMS)
+    assert mgrpo["final"]["sub"].endswith("/sub") and frozen["final"]["sub"] == base["main"]  # the warm-up's sub
+    assert mgrpo["trained_main_warm_up_sub"]["sub"] == base["main"] == mgrpo["warm_up_main_trained_sub"]["main"]
+    assert "trained_main_warm_up_sub" not in frozen
+
+
+def test_the_report_pairs_each_run_with_the_warm_up_by_question(finished):
+    tmp, _ = finished
+    out = tmp / "out"
+    base = json.loads((out / "warm_up.json").read_text())
+    mgrpo = json.loads((out / "mgrpo-s0.json").read_text())
+    lift = sum(a - b for a, b in zip(mgrpo["final"]["correct"], base["correct"])) / 6
+    text = (out / "study.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| mgrpo | 0 |"))
+    assert f"{100 * lift:+.1f} [" in row
+    assert "| 0 | trained | warm-up |" in text and "| 0 | warm-up | trained |" in text
+    control = text.split("frozen sub-agent")[1].split("swapped")[0]
+    assert any(line.startswith("| 0 | ") for line in control.splitlines())  # mgrpo - frozen_sub, seed 0
+
+
+def test_a_second_call_trains_nothing_and_a_changed_warm_up_is_refused(finished, capsys):
+    tmp, argv = finished
+    out = tmp / "out"
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(study, "WARM_UP", {"steps": 2, "batch_size": 2, "n_worlds": 2})
+        patch.setattr(study, "RECIPE", SMOKE_RECIPE)
+        study.main(argv)
+        assert "mgrpo seed 0: done" in capsys.readouterr().out
+        assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")} == before
+        base = json.loads((out / "warm_up.json").read_text())
+        (out / "warm_up.json").write_text(json.dumps({**base, "digest": "0" * 16}))
+        try:
+            with pytest.raises(SystemExit) as exit_:
+                study.main(argv)
+            assert "is not the one the results" in str(exit_.value) and "0" * 16 in str(exit_.value)
+        finally:
+            (out / "warm_up.json").write_text(json.dumps(base))
