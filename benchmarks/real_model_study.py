@@ -3,7 +3,7 @@ sub-agent from the same warm-up, and which of the two trained agents carries the
 
     make smollm2                                   # once: models/SmolLM2-135M-Instruct
     make real-cpu-study                            # = python benchmarks/real_model_study.py
-    python benchmarks/real_model_study.py --report # study.md again from the committed JSON files
+    python benchmarks/real_model_study.py --report # README.md again from the committed JSON files
 
 One command runs the whole study and resumes where it stopped (a finished piece is skipped, a
 killed training run resumes from its last checkpoint):
@@ -17,7 +17,7 @@ killed training run resumes from its last checkpoint):
        learning curve on the validation split), then its last checkpoint on ``eval_worlds``,
        and for ``mgrpo`` the two swapped teams (trained main with the warm-up's sub, the
        warm-up's main with the trained sub): ``<arm>-s<seed>.json``;
-    4. ``study.md``: each run's lift over the warm-up, M-GRPO against the control, and the
+    4. ``README.md``: each run's lift over the warm-up, M-GRPO against the control, and the
        swapped teams, every difference with its 95% interval paired by question.
 
 The recipe was chosen on the validation split (docs/results.md, "Which split each choice
@@ -56,6 +56,8 @@ RECIPE = ["quantization=none", "steps=40", "questions_per_step=4", "rollouts=8",
 B = 4 questions x K = 8 rollouts, lr 1e-4, multi-hop questions only for the first half (the
 curriculum that taught the planner when to stop on the validation split), its learning curve
 on 60 validation questions every 10 steps."""
+REPORT = "README.md"
+"""The report's file name in the results folder."""
 ARMS = ("mgrpo", "frozen_sub")
 SEEDS = (0, 1)
 MAX_NEW_TOKENS = 48  # of every evaluation's turns, as in training
@@ -147,7 +149,7 @@ def points(interval) -> str:
 
 
 def report(out: Path) -> str:
-    """study.md from the JSON files in ``out``: the runs finished so far."""
+    """README.md from the JSON files in ``out``: the runs finished so far."""
     from mgrpo_ref.intervals import paired_difference
 
     base = json.loads((out / "warm_up.json").read_text())
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the first N questions of eval_worlds (default: all; fewer only to try the command)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="the runs (default runs/real-study)")
     parser.add_argument("--out", type=Path, default=OUT, help="the results (default benchmarks/results/real-study)")
-    parser.add_argument("--report", action="store_true", help="only write study.md from the results already there")
+    parser.add_argument("--report", action="store_true", help="only write README.md from the results already there")
     args = parser.parse_args(argv)
     if args.report:
         print(write_report(args.out), end="")
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_report(out: Path) -> str:
     text = report(out)
-    (out / "study.md").write_text(text)
+    (out / REPORT).write_text(text)
     return text
 
 

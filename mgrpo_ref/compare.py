@@ -140,7 +140,7 @@ def greedy_episodes(cfg: TrainConfig, adapters: Path | None, questions: list, to
     layout = LAYOUTS[cfg.variant]
     sampling = SamplingSettings(0.0, 1.0, cfg.max_new_tokens)
     loaded = {learner: make_agent(str(adapters / learner) if adapters is not None else cfg.base, seed=cfg.seed,
-                                  sampling=sampling, quantization=cfg.quantization)
+                                  sampling=sampling, quantization=cfg.quantization, dtype=cfg.dtype)
               for learner in dict.fromkeys(layout.learners.values())}
     agents = {role: loaded[learner] for role, learner in layout.learners.items()}
     _, episodes = evaluate(questions, agents, layout.mode, cfg.limits, progress=False, tools_for=tools_for)

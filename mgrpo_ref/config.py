@@ -28,6 +28,8 @@ CLUSTERS = ("local", "ray")
 
 NF4_ON_CPU = ("dequantized", "packed")
 """How a 4-bit base is held on a CPU: see ``policy.dequantize_4bit_layers``."""
+DTYPES = ("float32", "bfloat16")
+"""The dtypes a full-precision base can be held in: see ``policy.load_policy``."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ class TrainConfig:
     """On a CPU, hold the 4-bit base's weights "dequantized" once at load (the same numbers,
     faster) or "packed" in bitsandbytes' 4-bit layers (less memory): ``policy.dequantize_4bit_layers``.
     No effect on a GPU or with quantization=none."""
+    dtype: str = "float32"
+    """With quantization=none, the base's weights and activations in "float32" or "bfloat16"
+    (half the memory; faster where the CPU multiplies bfloat16 matrices natively, AMX or
+    AVX-512 BF16). The LoRA adapters, their gradients and the optimiser stay in float32, and
+    log-probabilities are taken in float32. No effect with quantization=nf4."""
     steps: int = 100
     """Training steps."""
     questions_per_step: int = 8
@@ -209,6 +216,7 @@ class TrainConfig:
         check_text("base", self.base)
         check_choice("quantization", self.quantization, ("nf4", "none"))
         check_choice("nf4_on_cpu", self.nf4_on_cpu, NF4_ON_CPU)
+        check_choice("dtype", self.dtype, DTYPES)
         for name in ("steps", "questions_per_step", "d_max", "epochs", "microbatch", "max_new_tokens",
                      "eval_every", "eval_questions", "checkpoint_every"):
             check_int(name, getattr(self, name), minimum=1)

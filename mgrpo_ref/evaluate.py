@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .chat import few_shot
 from .cli import existing_dir, nonnegative_float, nonnegative_int, one_line, output_file, positive_fraction, positive_int
+from .config import DTYPES
 from .episode import Agent, Episode, Limits, run_episodes, transcript
 from .grading import normalize_answer
 from .policy import REPO_ROOT, SamplingSettings, is_local_path, load_policy
@@ -47,7 +48,7 @@ def worked_examples(n: int) -> list:
 
 
 def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingSettings = SamplingSettings(),
-               quantization: str = "nf4", shots: int = 0) -> Agent:
+               quantization: str = "nf4", shots: int = 0, dtype: str = "float32") -> Agent:
     """An agent: ``oracle``, ``teacher`` (its noise times ``noise``), a model directory (also
     relative to the repository, like ``data/base``) or a hub name (``Qwen/Qwen2.5-0.5B-Instruct``).
     ``shots`` > 0 gives a model with a chat template a few-shot prompt of that many worked
@@ -72,7 +73,8 @@ def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingS
         raise ValueError(f"no model directory at {spec}")
     if is_dir or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         try:
-            policy = load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed)
+            policy = load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed,
+                                 dtype=dtype)
         except OSError as err:  # not a model directory, or a hub name neither cached nor reachable
             raise ValueError(f"cannot load agent {spec!r}: {one_line(err)}") from err
         if shots:
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens)
     parser.add_argument("--quantization", choices=("nf4", "none"), default="nf4",
                         help="models: 4-bit NF4 base (default) or full precision")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="models at full precision: the base in float32 (default) or bfloat16")
     parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="episodes run (and batched) together (default: 64)")
     parser.add_argument("--data-dir", type=existing_dir, default=DATA_DIR)
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
 
     def agent(spec: str, seed: int) -> Agent:
-        return make_agent(spec, args.noise, seed, sampling, args.quantization, args.shots)
+        return make_agent(spec, args.noise, seed, sampling, args.quantization, args.shots, args.dtype)
 
     try:  # the questions first: a bad split is refused before any model is loaded
         questions = load_questions(args.split, args.data_dir)[: args.limit]

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .chat import ChatFormat, chat_format, render as render_chat
 from .checks import check_choice
-from .config import NF4_ON_CPU, LoraSettings
+from .config import DTYPES, NF4_ON_CPU, LoraSettings
 from .prefix_cache import PrefixCache, generate as generate_with_prefix_cache
 from .protocol import stop_strings
 
@@ -568,7 +568,7 @@ def dequantize_4bit_layers(model) -> None:
 def load_policy(path: str | Path, quantization: str = "nf4", device: str | None = None,
                 lora: LoraSettings = LoraSettings(), sampling: SamplingSettings = SamplingSettings(),
                 trainable: bool = True, seed: int = 0, nf4_on_cpu: str = "dequantized",
-                prefix_cache_mib: float = 0) -> Policy:
+                prefix_cache_mib: float = 0, dtype: str = "float32") -> Policy:
     """Load a base (local directory or hub name) with a fresh adapter, or a saved adapter.
 
     ``path`` is either a base model (a directory with config.json, or a hub name), which
@@ -587,8 +587,15 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
 
     ``prefix_cache_mib`` > 0 keeps each conversation's keys and values between its turns, in
     at most that many MiB (prefix_cache.py); 0 encodes every context whole.
+
+    ``dtype``: a full-precision base (``quantization="none"``) is held in "float32" or
+    "bfloat16", its activations too; the LoRA adapter stays in float32 either way (peft
+    computes its branch in the adapter's dtype and adds it to the base layer's output), so
+    its gradients and the optimiser's moments are float32, and log-probabilities are taken
+    from float32 logits. With NF4 the compute dtype is bfloat16 on a GPU, float32 on a CPU.
     """
     check_choice("nf4_on_cpu", nf4_on_cpu, NF4_ON_CPU)
+    check_choice("dtype", dtype, DTYPES)
     with quiet_loading():  # what the libraries print while loading teaches nothing here
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -602,7 +609,8 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
         # on to that lookup: keep it off the network (a saved adapter is loaded by peft, below).
         model = _from_pretrained(
             AutoModelForCausalLM, base, quantization_config=quant, device_map={"": device},
-            dtype=torch.float32 if quant is None or not device.startswith("cuda") else torch.bfloat16,
+            dtype=(getattr(torch, dtype) if quant is None
+                   else torch.bfloat16 if device.startswith("cuda") else torch.float32),
             adapter_kwargs={"local_files_only": True})
         tokenizer = _from_pretrained(AutoTokenizer, str(adapter_dir or base))
         for p in model.parameters():  # the base is frozen; only adapters train
@@ -618,6 +626,9 @@ def load_policy(path: str | Path, quantization: str = "nf4", device: str | None 
             with torch.random.fork_rng(devices=[]):  # a seeded init; the global CPU RNG is restored after
                 torch.manual_seed(seed)
                 model = get_peft_model(model, config)  # LoRA A: random (seeded); B: zeros
+        for name, p in model.named_parameters():  # peft keeps adapters in float32 on a bfloat16 base: make sure
+            if "lora_" in name and p.dtype != torch.float32:
+                p.data = p.data.float()
         model.config.use_cache = True
         # Training mode, always. In eval mode bitsandbytes repacks packed 4-bit weights on the CPU into an
         # inference-only layout on the first no-grad forward, after which a forward with autograd

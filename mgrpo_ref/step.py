@@ -350,7 +350,7 @@ def make_learner(source, cfg: TrainConfig) -> Learner:
     """A policy loaded from ``source`` (the base, or a saved adapter) and its AdamW optimiser."""
     policy = load_policy(source, quantization=cfg.quantization, lora=cfg.lora,
                          sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens), seed=cfg.seed,
-                         nf4_on_cpu=cfg.nf4_on_cpu, prefix_cache_mib=cfg.prefix_cache_mib)
+                         nf4_on_cpu=cfg.nf4_on_cpu, prefix_cache_mib=cfg.prefix_cache_mib, dtype=cfg.dtype)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=tuple(cfg.betas))
     return Learner(policy, optimizer)

@@ -87,6 +87,7 @@ def test_every_value_is_accepted_or_refused_as_its_rule_says(field, raw):
     ("variant=mgrp", "variant='mgrp' is invalid: must be one of"),
     ("quantization=int8", "quantization='int8' is invalid"),
     ("nf4_on_cpu=zipped", "nf4_on_cpu='zipped' is invalid"),
+    ("dtype=float16", "dtype='float16' is invalid: must be one of"),
     ("alignment=slots", "alignment='slots' is invalid"),
     ("eval_split=train", "eval_split='train' is invalid"),
     ("lr_schedule=cosine", "lr_schedule='cosine' is invalid"),

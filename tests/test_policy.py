@@ -132,6 +132,40 @@ def test_a_bad_nf4_on_cpu_is_a_clear_error(base):
         load_policy(base, nf4_on_cpu="zipped")
 
 
+def test_a_bfloat16_base_keeps_its_adapter_gradients_and_log_probs_in_float32(base, tmp_path):
+    """dtype="bfloat16": the base's weights in bfloat16, the adapter in float32 (also when
+    loaded back from its directory); the log-probs are float32 and near the float32 base's."""
+    tok = AutoTokenizer.from_pretrained(str(base))
+    batch = collate([(tok.encode(c), [1] * len(tok.encode(c))) for c in CONTEXTS], tok.pad_token_id)
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    exact = load_policy(base, quantization="none", seed=1)
+    half = load_policy(base, quantization="none", seed=1, dtype="bfloat16")
+    perturb_adapter(exact)
+    perturb_adapter(half)
+    dtypes = {name: p.dtype for name, p in half.model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    logp = half.token_logprobs(ids, att)
+    with torch.no_grad():
+        reference = exact.token_logprobs(ids, att)
+    assert logp.dtype == torch.float32
+    assert (logp - reference)[att.bool()].abs().max() < 0.25  # bfloat16 keeps about 3 significant digits
+    assert not torch.equal(logp.detach(), reference)  # and it is not the float32 computation
+    (logp * att).sum().backward()
+    grads = [p.grad for p in half.trainable_parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    half.save_adapter(tmp_path / "adapter")
+    again = load_policy(tmp_path / "adapter", quantization="none", dtype="bfloat16", trainable=False)
+    with torch.no_grad():
+        assert torch.equal(again.token_logprobs(ids, att), logp.detach())
+    cached = load_policy(tmp_path / "adapter", quantization="none", dtype="bfloat16", trainable=False,
+                         prefix_cache_mib=8, sampling=SamplingSettings(0.0, 1.0, 12))
+    assert [len(turn) > 0 for turn in cached.act("main", CONTEXTS)] == [True] * 3  # generation runs in bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        load_policy(base, quantization="none", dtype="float16")
+
+
 def test_bad_quantization_is_a_clear_error(base):
     with pytest.raises(ValueError, match="'nf4' or 'none'"):
         load_policy(base, quantization="int3")

@@ -56,7 +56,7 @@ def test_the_report_pairs_each_run_with_the_warm_up_by_question(finished):
     base = json.loads((out / "warm_up.json").read_text())
     mgrpo = json.loads((out / "mgrpo-s0.json").read_text())
     lift = sum(a - b for a, b in zip(mgrpo["final"]["correct"], base["correct"])) / 6
-    text = (out / "study.md").read_text()
+    text = (out / study.REPORT).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| mgrpo | 0 |"))
     assert f"{100 * lift:+.1f} [" in row
     assert "| 0 | trained | warm-up |" in text and "| 0 | warm-up | trained |" in text
