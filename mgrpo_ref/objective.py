@@ -69,7 +69,9 @@ def clipped_surrogate_loss(
         diagnostics: python floats, token-level means with the same weights as the loss:
             clip_frac (share of tokens where the clipped term was selected and differs),
             approx_kl (k3 against pi_old: mean of (r - 1) - log r), mean_ratio,
-            kl_ref (mean k3 against pi_ref; 0.0 without logp_ref), n_tokens (sum of w).
+            kl_ref (mean k3 against pi_ref; 0.0 without logp_ref), sampled_nll (mean of
+            -log pi_old over the tokens: for tokens sampled from pi_old at temperature 1, an
+            unbiased estimate of pi_old's entropy per token, in nats), n_tokens (sum of w).
     """
     _check_shapes(logp, logp_old, advantages, weights, logp_ref)
     if kl_coef > 0 and logp_ref is None:
@@ -112,6 +114,9 @@ def clipped_surrogate_loss(
             "approx_kl": _token_mean((ratio - 1) - log_ratio, weight),
             "mean_ratio": _token_mean(ratio, weight),
             "kl_ref": 0.0 if kl_ref is None else _token_mean(kl_ref, weight),
+            # E_{x ~ pi}[-log pi(x)] = H(pi): the entropy of the sampling policy, estimated
+            # from the tokens it sampled, at no extra cost.
+            "sampled_nll": _token_mean(-logp_old, weight),
             "n_tokens": n_tokens.item(),
         }
     return loss, diagnostics

@@ -247,7 +247,8 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     with torch.no_grad():
         ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0) for ids, att, w, _ in parts]
                if kl_coef > 0 else None)
-    totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0}
+    totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0,
+                                "sampled_nll": 0.0}
     grad_norm = 0.0
     with policy.checkpointing(train and cfg.activation_checkpointing):
         for _ in range(passes):
@@ -263,7 +264,7 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
                     if train:
                         (loss * share).backward()
                 totals["loss"] += loss.item() * share
-                for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref"):
+                for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref", "sampled_nll"):
                     totals[key] += diag[key] * share
             if train:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm))

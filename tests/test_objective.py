@@ -35,6 +35,24 @@ def test_hand_computed_two_tokens():
     assert diag["kl_ref"] == 0.0
 
 
+def test_the_sampled_tokens_nll_estimates_the_sampling_policys_entropy():
+    """sampled_nll: the weighted mean of -log pi_old; over tokens drawn from pi_old it is
+    near pi_old's entropy, and padding (weight 0) does not count."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(50, generator=g) * 2, dim=0)  # one policy over 50 tokens
+    entropy = -(probs * probs.log()).sum().item()
+    drawn = torch.multinomial(probs, 20_000, replacement=True, generator=g).reshape(40, 500)
+    logp_old = probs.log()[drawn]  # (40, 500)
+    weights = torch.ones(40, 500)
+    _, diag = clipped_surrogate_loss(logp_old.clone(), logp_old, torch.zeros(40), weights)
+    assert diag["sampled_nll"] == pytest.approx(-logp_old.mean().item(), rel=1e-5)
+    assert diag["sampled_nll"] == pytest.approx(entropy, abs=0.03)
+    padded_old = torch.cat([logp_old, torch.full((40, 7), -50.0)], dim=1)  # padding: weight 0, any value
+    _, padded = clipped_surrogate_loss(padded_old.clone(), padded_old, torch.zeros(40),
+                                       torch.cat([weights, torch.zeros(40, 7)], dim=1))
+    assert padded["sampled_nll"] == pytest.approx(diag["sampled_nll"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "ratio, advantage, clipped",
     [
@@ -141,7 +159,7 @@ def test_zero_token_batch():
     assert loss.item() == 0.0 and loss.grad_fn is not None
     loss.backward()
     assert torch.equal(logp.grad, torch.zeros(2, 3))
-    assert set(diag) == {"clip_frac", "approx_kl", "mean_ratio", "kl_ref", "n_tokens"}
+    assert set(diag) == {"clip_frac", "approx_kl", "mean_ratio", "kl_ref", "sampled_nll", "n_tokens"}
     assert all(value == 0.0 for value in diag.values())
 
 
