@@ -311,7 +311,8 @@ def trial_tables(trials: Path, found: dict) -> str:
     from mgrpo_ref.rundir import read_jsonl
 
     warm, rl = [], []
-    starts = {"runs/real-model-cpu/sft/adapter": "the warm-up above"}  # an adapter -> the warm-up that made it
+    starts = {"runs/real-model-cpu/sft/adapter": "the warm-up above",  # an adapter -> the warm-up that made it
+              "runs/real-study/warm-up/adapter": "the study's warm-up (warm-up-600-steps' settings)"}
     for folder in trials.iterdir():
         if (folder / "warm_up.json").exists() and (folder / "signal.json").exists():
             model = json.loads((folder / "signal.json").read_text()).get("model")  # older stages did not record it

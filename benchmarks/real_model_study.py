@@ -82,16 +82,18 @@ def warm_up(model: str, runs: Path) -> Path:
     return out / "adapter"
 
 
-def greedy_outcomes(main: Path | str, sub: Path | str, questions: list) -> dict:
-    """The team (main, sub) greedily on ``questions``: the report, and each question's
-    outcome in question order (right or not, sub-agent calls, what went wrong)."""
+def greedy_outcomes(main: Path | str, sub: Path | str, questions: list, dtype: str) -> dict:
+    """The team (main, sub) greedily on ``questions``, its base held in ``dtype`` as in
+    training: the report, and each question's outcome in question order (right or not,
+    sub-agent calls, what went wrong)."""
     from mgrpo_ref.evaluate import evaluate, failure_counts, failure_kind, make_agent
     from mgrpo_ref.policy import SamplingSettings
 
     start = time.time()
     greedy = SamplingSettings(0.0, 1.0, MAX_NEW_TOKENS)
-    main_agent = make_agent(str(main), sampling=greedy, quantization="none")
-    sub_agent = main_agent if str(sub) == str(main) else make_agent(str(sub), sampling=greedy, quantization="none")
+    main_agent = make_agent(str(main), sampling=greedy, quantization="none", dtype=dtype)
+    sub_agent = main_agent if str(sub) == str(main) else make_agent(str(sub), sampling=greedy, quantization="none",
+                                                                    dtype=dtype)
     report, episodes = evaluate(questions, {"main": main_agent, "sub": sub_agent}, progress=True)
     keys = ("n", "accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops", "format_errors")
     return {"main": within_project(main), "sub": within_project(sub), **{k: report[k] for k in keys},
@@ -132,10 +134,10 @@ def train_and_evaluate(arm: str, seed: int, adapter: Path, runs: Path, questions
         "seconds_per_step": [round(r["time/step_s"], 1) for r in steps],
         "peak_mib": {learner: max((r.get(f"memory/{learner}_host_peak_mib", 0) for r in steps), default=0)
                      for learner in ("main", "sub")},
-        "final": greedy_outcomes(main, sub, questions)}
+        "final": greedy_outcomes(main, sub, questions, cfg.dtype)}
     if arm == "mgrpo":  # which agent carries the gain: each trained agent beside the warm-up's other one
-        result["trained_main_warm_up_sub"] = greedy_outcomes(main, adapter, questions)
-        result["warm_up_main_trained_sub"] = greedy_outcomes(adapter, sub, questions)
+        result["trained_main_warm_up_sub"] = greedy_outcomes(main, adapter, questions, cfg.dtype)
+        result["warm_up_main_trained_sub"] = greedy_outcomes(adapter, sub, questions, cfg.dtype)
     return result
 
 
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("warm-up: evaluating on eval_worlds", flush=True)
         base = {"digest": digest(adapter), "warm_up": WARM_UP, "model": args.model,
-                **greedy_outcomes(adapter, adapter, questions), "command": command}
+                **greedy_outcomes(adapter, adapter, questions, run_config("mgrpo", 0, adapter).dtype),
+                "command": command}
         base_file.write_text(json.dumps(base) + "\n")
     for seed in args.seeds:  # seeds outside: a study stopped part way has both arms of its first seeds
         for arm in args.arms:
