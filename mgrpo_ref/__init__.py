@@ -43,6 +43,7 @@ One concept per module:
     intervals.py       paired differences with t intervals; an accuracy with its Wilson interval
     probes.py          P(<delegate>) against P(<answer>) after the first result, per checkpoint
     viewer.py          one question's rollouts token by token, coloured by advantage (HTML)
+    diagnosis.py       what moves before a run collapses: format loss, the steps before, heavy tokens
     cli.py             argument types shared by the command-line tools
     course.py          for the notebooks: the package's lines beside each equation, exercise checks
 

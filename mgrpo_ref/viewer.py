@@ -35,6 +35,8 @@ import json
 import statistics
 from pathlib import Path
 
+import torch
+
 from .batching import encode_trajectory
 from .cli import existing_dir, nonnegative_int, one_line, output_file
 
@@ -71,14 +73,20 @@ def half_trajectories(half, episodes: list, rollouts: int, policy) -> list[dict]
     """The trajectories of one agent's half of a step (``step.MainHalf`` or ``step.SubHalf``), as
     ``learner_record`` takes them: a main half's B*K main trajectories, or a sub half's N sub
     trajectories, each encoded as training encodes it (``batching.encode_trajectory``), with
-    its reward, its advantage and the slots it fills (1 for a main trajectory)."""
+    its reward, its advantage, the slots it fills (1 for a main trajectory) and ``logp``, each
+    token's log-probability under ``policy`` (0 for the first token), taken before the update:
+    the policy that sampled it (diagnosis.py reads how much gradient each token carries)."""
     out = []
     for n, (i, call, trajectory, copies) in enumerate(half.trajectories(episodes)):
         ids, loss_mask = encode_trajectory(policy.render(trajectory), policy.encode)
+        with torch.no_grad():
+            row = torch.tensor([ids], device=policy.device)
+            logp = policy.token_logprobs(row, torch.ones_like(row))[0]
         out.append({"question_index": i // rollouts, "rollout": i % rollouts, "call": call,
                     "qid": episodes[i].question.qid, "hops": episodes[i].question.n_hops,
                     "reward": half.rewards[n], "advantage": half.advantages[n].item(), "copies": copies,
-                    "tokens": [policy.tokenizer.decode([t]) for t in ids], "loss_mask": loss_mask})
+                    "tokens": [policy.tokenizer.decode([t]) for t in ids], "loss_mask": loss_mask,
+                    "logp": [round(x, 5) for x in logp.tolist()]})
     return out
 
 
