@@ -91,9 +91,9 @@ def greedy_outcomes(main: Path | str, sub: Path | str, questions: list, dtype: s
 
     start = time.time()
     greedy = SamplingSettings(0.0, 1.0, MAX_NEW_TOKENS)
-    main_agent = make_agent(str(main), sampling=greedy, quantization="none", dtype=dtype)
-    sub_agent = main_agent if str(sub) == str(main) else make_agent(str(sub), sampling=greedy, quantization="none",
-                                                                    dtype=dtype)
+    options = {"sampling": greedy, "quantization": "none", "dtype": dtype, "prefix_cache_mib": 2048}
+    main_agent = make_agent(str(main), **options)
+    sub_agent = main_agent if str(sub) == str(main) else make_agent(str(sub), **options)
     report, episodes = evaluate(questions, {"main": main_agent, "sub": sub_agent}, progress=True)
     keys = ("n", "accuracy", "format_valid", "sub_format_valid", "mean_sub_calls", "accuracy_by_hops", "format_errors")
     return {"main": within_project(main), "sub": within_project(sub), **{k: report[k] for k in keys},

@@ -48,11 +48,13 @@ def worked_examples(n: int) -> list:
 
 
 def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingSettings = SamplingSettings(),
-               quantization: str = "nf4", shots: int = 0, dtype: str = "float32") -> Agent:
+               quantization: str = "nf4", shots: int = 0, dtype: str = "float32",
+               prefix_cache_mib: float = 0) -> Agent:
     """An agent: ``oracle``, ``teacher`` (its noise times ``noise``), a model directory (also
     relative to the repository, like ``data/base``) or a hub name (``Qwen/Qwen2.5-0.5B-Instruct``).
     ``shots`` > 0 gives a model with a chat template a few-shot prompt of that many worked
-    conversations per role (``worked_examples``).
+    conversations per role (``worked_examples``). ``dtype`` and ``prefix_cache_mib`` go to
+    ``policy.load_policy`` (a kept key-value cache changes the time, not the episodes).
 
     A ValueError for anything else: a local path with no model there (``data/nope``, ``./nope``;
     see ``policy.is_local_path``) at once, never tried on the hub; a model that cannot be loaded
@@ -74,7 +76,7 @@ def make_agent(spec: str, noise: float = 1.0, seed: int = 0, sampling: SamplingS
     if is_dir or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         try:
             policy = load_policy(spec, quantization=quantization, sampling=sampling, trainable=False, seed=seed,
-                                 dtype=dtype)
+                                 dtype=dtype, prefix_cache_mib=prefix_cache_mib)
         except OSError as err:  # not a model directory, or a hub name neither cached nor reachable
             raise ValueError(f"cannot load agent {spec!r}: {one_line(err)}") from err
         if shots:
