@@ -79,6 +79,7 @@ def render(results: dict) -> str:
                              f"{100 * tok['from_negative']:.0f}% from A < 0)" for tok in t["heaviest"][:5])
             parts.append(f"- step {step}, {learner}: {100 * t['split']['from_negative']:.0f}% of the gradient weight "
                          f"from A < 0, {100 * t['split']['on_unlikely_tokens']:.0f}% on tokens of p < 0.5; "
+                         f"{100 * t['split']['never_sampled_tokens']:.1f}% of its trained tokens at p < 0.001; "
                          f"heaviest: {tops}")
         parts.append("")
     return "\n".join(parts) + "\n"

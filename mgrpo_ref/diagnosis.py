@@ -88,14 +88,25 @@ def heaviest_tokens(trajectories: list[dict], n: int = 10) -> list[dict]:
              "from_negative": negative[token] / weight[token] if weight[token] else 0.0} for token in ranked]
 
 
+NEVER_SAMPLED = 1e-3
+"""A trained token below this probability under the policy that sampled its trajectory is
+one sampling at temperature 1 almost never draws: many of them mean that the trained tokens
+are not the sampled ones (the text encoded again differently)."""
+
+
 def gradient_split(trajectories: list[dict]) -> dict:
     """How a recorded step's gradient weight splits: the share from trajectories with A < 0,
-    and the share carried by tokens the policy gave less than 0.5."""
+    the share carried by tokens the policy gave less than 0.5; and the share of its trained
+    tokens (counted, not weighted) below ``NEVER_SAMPLED``."""
     total = negative = unlikely = 0.0
+    trained = rare = 0
     for t in trajectories:
-        for w, lp in zip(token_gradient_weights(t), t["logp"]):
+        for w, lp, mask in zip(token_gradient_weights(t), t["logp"], t["loss_mask"]):
             total += w
             negative += w if t["advantage"] < 0 else 0.0
             unlikely += w if math.exp(lp) < 0.5 else 0.0
+            trained += bool(mask)
+            rare += bool(mask) and math.exp(lp) < NEVER_SAMPLED
     return {"total": total, "from_negative": negative / total if total else 0.0,
-            "on_unlikely_tokens": unlikely / total if total else 0.0}
+            "on_unlikely_tokens": unlikely / total if total else 0.0,
+            "never_sampled_tokens": rare / trained if trained else 0.0}

@@ -55,6 +55,9 @@ def test_the_heaviest_tokens_and_the_split_sum_over_a_step():
     split = gradient_split(step)
     assert split["total"] == pytest.approx(total) and split["from_negative"] == pytest.approx(0.5 / total)
     assert split["on_unlikely_tokens"] == pytest.approx(0.8 / total)  # "Rome" at p 0.2
+    assert split["never_sampled_tokens"] == 0.0
+    rare = gradient_split(step + [trajectory(-1.0, 1, [1.0, 1e-4], [0, 1], ["<q>", "ope"])])
+    assert rare["never_sampled_tokens"] == pytest.approx(1 / 5)  # one of five trained tokens
 
 
 def test_recording_every_step_leaves_the_run_as_it_was_and_the_report_reads_it(tmp_path):
