@@ -277,7 +277,11 @@ def test_one_step_in_one_process_matches_the_two_process_run(tmp_path, variant):
         assert len(saved) == len(here)
         for n, p in here.items():
             saved_name = n.replace(".default", "")
-            torch.testing.assert_close(p.detach(), saved[saved_name], rtol=1e-4, atol=1e-6)
+            # Adam divides each gradient element by its own size (sqrt(v) + eps): where an element
+            # is near 0, the rounding of two processes' sums against one process's moves its
+            # update by up to a few 1e-6 (seen on an Intel Xeon; within 1e-6 on an AMD EPYC). At lr 1e-3,
+            # 1e-5 is a hundredth of a step.
+            torch.testing.assert_close(p.detach(), saved[saved_name], rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
