@@ -213,16 +213,17 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = command_line("benchmarks/real_model_study.py", sys.argv[1:] if argv is None else argv)
     adapter = warm_up(args.model, args.runs)
+    warm_up_digest = digest(adapter)  # read once: the adapter is some 20 MB
     base_file = args.out / "warm_up.json"
     if base_file.exists():
         recorded = json.loads(base_file.read_text())["digest"]
-        if recorded != digest(adapter):
-            sys.exit(f"error: the warm-up in {within_project(adapter)} (digest {digest(adapter)}) is not the one "
+        if recorded != warm_up_digest:
+            sys.exit(f"error: the warm-up in {within_project(adapter)} (digest {warm_up_digest}) is not the one "
                      f"the results in {within_project(args.out)} were measured from ({recorded}); "
                      "move those results away to start the study again")
     else:
         print("warm-up: evaluating on eval_worlds", flush=True)
-        base = {"digest": digest(adapter), "warm_up": WARM_UP, "model": args.model,
+        base = {"digest": warm_up_digest, "warm_up": WARM_UP, "model": args.model,
                 **greedy_outcomes(adapter, adapter, questions, run_config("mgrpo", 0, adapter).dtype),
                 "command": command}
         base_file.write_text(json.dumps(base) + "\n")
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             print(f"{arm} seed {seed}: training -> {within_project(args.runs / f'{arm}-s{seed}')}", flush=True)
             result = train_and_evaluate(arm, seed, adapter, args.runs, questions)
-            path.write_text(json.dumps({**result, "warm_up_digest": digest(adapter), "command": command}) + "\n")
+            path.write_text(json.dumps({**result, "warm_up_digest": warm_up_digest, "command": command}) + "\n")
             print(f"{arm} seed {seed}: {100 * result['final']['accuracy']:.1f}% on eval_worlds", flush=True)
             write_report(args.out)
     print(write_report(args.out), end="")
