@@ -118,7 +118,7 @@ def main() -> None:
 
     new_tokens, start = 0, time.perf_counter()
     for role, contexts in calls:
-        new_tokens += sum(len(policy.encode(t)) for t in policy.act(role, contexts))
+        new_tokens += sum(len(policy.encode(t.text)) for t in policy.act(role, contexts))
     generation_s = time.perf_counter() - start
     ids = torch.randint(3, policy.model.get_base_model().config.vocab_size, (64, 128),
                         generator=torch.Generator().manual_seed(0))

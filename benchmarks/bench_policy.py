@@ -63,24 +63,26 @@ def make_medium(out: Path, base: Path) -> Path:
 
 
 def throughput(base: Path, batch_sizes=(1, 16, 64), new_tokens: int = 32) -> list[dict]:
+    from unittest import mock
+
     from mgrpo_ref.policy import SamplingSettings, load_policy
     from mgrpo_ref.world import load_questions
 
     policy = load_policy(base, sampling=SamplingSettings(temperature=1.0, max_new_tokens=new_tokens))
     policy._stop_ids = {r: [policy.tokenizer.pad_token_id] for r in policy._stop_ids}  # never stop early
-    policy._cut_at_stop = lambda text, role: text  # and count every generated token
     questions = load_questions("eval")
     rows = []
-    for b in batch_sizes:
-        contexts = [f"<question>{q.text}</question>\n" for q in questions[:b]]
-        policy.act("main", contexts[:1])  # warm-up
-        start = time.perf_counter()
-        texts = policy.act("main", contexts)
-        seconds = time.perf_counter() - start
-        tokens = sum(len(policy.encode(t)) for t in texts)
-        rows.append({"batch": b, "tokens": tokens, "seconds": round(seconds, 3),
-                     "tokens_per_s": round(tokens / seconds, 1)})
-        print(f"batch {b:3d}: {tokens:5d} tokens in {seconds:6.2f} s = {tokens / seconds:8.1f} tokens/s")
+    with mock.patch("mgrpo_ref.policy.stop_strings", lambda role: []):  # and keep every generated token
+        for b in batch_sizes:
+            contexts = [f"<question>{q.text}</question>\n" for q in questions[:b]]
+            policy.act("main", contexts[:1])  # warm-up
+            start = time.perf_counter()
+            turns = policy.act("main", contexts)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(t.ids) for t in turns)
+            rows.append({"batch": b, "tokens": tokens, "seconds": round(seconds, 3),
+                         "tokens_per_s": round(tokens / seconds, 1)})
+            print(f"batch {b:3d}: {tokens:5d} tokens in {seconds:6.2f} s = {tokens / seconds:8.1f} tokens/s")
     return rows
 
 

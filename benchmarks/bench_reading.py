@@ -35,7 +35,7 @@ def turn_accuracy(policy, contexts: list[str], tag: str, batch: int = 32) -> flo
         prompts.append(c[:i])
         gold.append(c[i:c.index("</", i) + len(tag) + 1].strip())
     outs = [o for j in range(0, len(prompts), batch) for o in policy.act("sub", prompts[j:j + batch])]
-    return sum(o.strip() == g for o, g in zip(outs, gold)) / len(gold)
+    return sum(o.text.strip() == g for o, g in zip(outs, gold)) / len(gold)
 
 
 def oracle_sub_contexts(seed: int, n: int) -> list[str]:

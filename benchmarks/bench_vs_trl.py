@@ -161,14 +161,14 @@ def run_ours(policy, cfg, steps: int, pairs: list[tuple[str, str]]) -> dict:
         start = time.perf_counter()
         contexts = [prompt for prompt, _ in chunk for _ in range(K)]  # (B*K,), prompt-major
         turns = policy.act("sub", contexts)
-        rewards = torch.tensor([reward(t, gold) for t, (_, gold) in zip(turns, [c for c in chunk for _ in range(K)])])
+        rewards = torch.tensor([reward(t.text, gold) for t, (_, gold) in zip(turns, [c for c in chunk for _ in range(K)])])
         advantages = main_advantages(rewards.view(B, K), eps=cfg.adv_eps).flatten()  # (B*K,)
-        sequences = [encode_trajectory(Trajectory("sub", [Segment("prompt", c), Segment("agent", completion(policy, t))]),
+        sequences = [encode_trajectory(Trajectory("sub", [Segment("prompt", c), Segment("agent", completion(policy, t.text))]),
                                        policy.encode) for c, t in zip(contexts, turns)]
         clipped_update(policy, optimizer, trajectory_batch(sequences, advantages, policy.pad_id), cfg)
         if step > 0:  # step 0 warms up
             times.append(time.perf_counter() - start)
-            tokens.append(sum(len(policy.encode(t)) for t in turns))
+            tokens.append(sum(len(policy.encode(t.text)) for t in turns))
     return {"step_s": times, "new_tokens": tokens, "baseline_rss_mb": baseline_mb}
 
 

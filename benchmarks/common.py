@@ -119,12 +119,12 @@ def real_steps(policy, cfg, steps: int):
 
 @contextlib.contextmanager
 def recording_act_calls(policy):
-    """Within the block, every ``policy.act`` call is also appended, as (role, contexts), to
-    the list this yields; ``policy.act`` is restored after."""
+    """Within the block, every ``policy.act`` call is also appended, as (role, contexts), each
+    context as text, to the list this yields; ``policy.act`` is restored after."""
     calls, act = [], policy.act
 
     def recording_act(role, contexts):
-        calls.append((role, list(contexts)))
+        calls.append((role, [c if isinstance(c, str) else c.context for c in contexts]))
         return act(role, contexts)
 
     policy.act = recording_act

@@ -257,7 +257,7 @@ def main() -> None:
             out = clock.timed(self.policy.act, f"generation/{role}/total", trim=True)(role, contexts)
             generating["role"] = None  # counting the new tokens below is the profiler's own work
             clock.add(f"generation/{role}/new tokens", 0.0,
-                      count=sum(len(self.policy.tokenizer._inner(t, add_special_tokens=False)["input_ids"]) for t in out))
+                      count=sum(len(self.policy.tokenizer._inner(t.text, add_special_tokens=False)["input_ids"]) for t in out))
             return out
 
     # The halves and updates, timed from outside (learner_step calls them from the module):

@@ -27,11 +27,13 @@ the positions before it; ``policy.token_logprobs_from_logits`` puts log p(x_t | 
 at position t (and 0 at position 0), so this mask applies to its output unshifted. The
 first token is always prompt, so position 0 never counts.
 
-Encoding segment by segment is what keeps the mask exact. It is also what a sampler
-sees if it encodes its context the same way and appends the tokens it generates; then
-the trained tokens are the sampled ones, provided re-encoding a generated turn's text
-gives back the sampled ids (true for a canonical tokenisation; worth a test for any
-tokenizer, since a subword merge across a segment boundary would break it).
+Encoding segment by segment is what keeps the mask exact. A policy's turn is not encoded
+from its text at all: it is the ids the policy drew (``episode.Segment.ids``), because a
+tokenizer can split one text in several ways ("o" + "pe" drawn, "ope" when the text is
+encoded again), and an update on the re-encoding would score a token the policy never
+drew. The policy encodes its generation contexts with this same function
+(``Policy.context_ids``), so the trained tokens are the sampled ones, in the very context
+they were sampled in.
 
 The sub-agent's N distinct trajectories are put into B * K * D slots by
 ``alignment.align_sub_trajectories`` (section 4). Its batch is either one row per slot
@@ -67,8 +69,13 @@ Encoded = tuple[list[int], list[int]]
 def encode_trajectory(traj: Trajectory, encode: Callable[[str], list[int]]) -> Encoded:
     """Token ids of a trajectory and its loss mask (1 on the agent's own tokens).
 
+    A segment that carries ids (a turn as the policy sampled it, ``episode.Segment.ids``) is
+    taken as those ids; any other is encoded from its text, alone, so that its boundaries are
+    token boundaries. A policy encodes its generation contexts with this same function, so a
+    turn is scored on exactly the tokens it was sampled from and after.
+
     Args:
-        traj: one agent's trajectory, as text segments.
+        traj: one agent's trajectory, as text segments (with ids where known).
         encode: text -> token ids, without special tokens. For a Hugging Face
             tokenizer: ``lambda s: tok(s, add_special_tokens=False)["input_ids"]``.
 
@@ -79,7 +86,7 @@ def encode_trajectory(traj: Trajectory, encode: Callable[[str], list[int]]) -> E
     ids: list[int] = []
     loss_mask: list[int] = []
     for segment in traj.segments:
-        piece = list(encode(segment.text))  # encoded alone: its boundary is a token boundary
+        piece = list(segment.ids) if segment.ids is not None else list(encode(segment.text))
         ids += piece
         loss_mask += [int(segment.source == TRAINED_SOURCE)] * len(piece)
     return ids, loss_mask

@@ -58,6 +58,8 @@ class ChatFormat:
     """From after the end-of-turn to the start of the next user content."""
     examples: tuple[tuple[str, str], ...] = ()
     """(role, rendered worked conversations) shown before each of that role's questions (``few_shot``)."""
+    end_of_turn_ids: tuple[int, ...] = ()
+    """The token ids of ``end_of_turn``, appended to a turn's sampled ids (``render``)."""
 
     def prompt(self, instruction: str, body: str, role: str | None = None) -> str:
         shown = dict(self.examples).get(role, "")
@@ -95,24 +97,30 @@ def chat_format(tokenizer) -> ChatFormat | None:
     return ChatFormat(before_system=first[: first.index(system)],
                       system_to_user=first[first.index(system) + len(system): first.index(user)],
                       user_to_assistant=user_to_assistant, end_of_turn=end_of_turn,
-                      assistant_to_user=after_assistant[len(end_of_turn):])
+                      assistant_to_user=after_assistant[len(end_of_turn):],
+                      end_of_turn_ids=tuple(tokenizer(end_of_turn, add_special_tokens=False)["input_ids"]))
 
 
 def render(trajectory: Trajectory, fmt: ChatFormat | None) -> Trajectory:
     """The trajectory with each segment in the chat format (the same one if ``fmt`` is None):
-    the same sources, so the loss mask follows; the other fields are kept."""
+    the same sources, so the loss mask follows; the other fields are kept. A turn's sampled ids
+    are kept, followed by the end-of-turn's ids; with a format that knows the end-of-turn only
+    as text, the turn is encoded from its text."""
     if fmt is None:
         return trajectory
     segments = []
     for segment in trajectory.segments:
+        ids = None
         if segment.source == "prompt":
             instruction, _, body = segment.text.partition("\n")
             text = fmt.prompt(instruction, body.strip("\n"), trajectory.role)
         elif segment.source == "agent":
             text = fmt.agent(segment.text)
+            if segment.ids is not None and (fmt.end_of_turn_ids or not fmt.end_of_turn):
+                ids = list(segment.ids) + list(fmt.end_of_turn_ids)
         else:
             text = fmt.env(segment.text.strip("\n"))
-        segments.append(Segment(segment.source, text))
+        segments.append(Segment(segment.source, text, ids))
     return replace(trajectory, segments=segments)
 
 

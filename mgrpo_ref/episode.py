@@ -5,13 +5,15 @@ main agent's delegation call blocks until the sub-agent returns. One rollout of 
 is a main trajectory tau_M and d >= 0 sub trajectories tau_S(1..d).
 
 Each episode is written as a Python generator that ``yield``s a generation request
-``(role, context)`` and receives the generated text back. A delegation is ``yield from``
-the sub-agent's generator, which is exactly call-return: the main trajectory cannot go on
-until the sub trajectory has returned. :func:`run_episodes` drives many such generators
+``(role, trajectory)`` and receives the agent's turn back (its text, or a ``Turn`` that also
+carries the token ids a policy sampled). A delegation is ``yield from`` the sub-agent's
+generator, which is exactly call-return: the main trajectory cannot go on until the sub
+trajectory has returned. :func:`run_episodes` drives many such generators
 at once and hands the pending requests of each role to its agent as one batch.
 
 Every trajectory records its text as segments marked ``prompt``, ``agent`` or ``env``, so
-a loss can later be masked to the tokens the agent generated itself (section 1).
+a loss can later be masked to the tokens the agent generated itself (section 1); a policy's
+turns also keep the ids it sampled, so that those very tokens are the ones trained on.
 
 What happens on bad output (all of it decided here, [ours]):
 
@@ -64,6 +66,22 @@ class Limits:
 class Segment:
     source: str  # "prompt" | "agent" | "env"
     text: str
+    ids: list[int] | None = None
+    """An agent turn's token ids as the policy sampled them (``text`` is their decoding), or None
+    when only the text is known (a scripted agent's turn, the prompt, the environment's inserts).
+    Training encodes a segment with ids by its ids, not by encoding its text again: a tokenizer
+    may split the same text differently ("o" + "pe" sampled, "ope" when re-encoded), and the
+    update must score the tokens that were drawn (batching.encode_trajectory)."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What a policy writes for one context: the turn's text and the token ids it sampled."""
+
+    text: str
+    ids: list[int] | None
+    """None when no run of the sampled ids decodes to exactly ``text`` (a closing tag that ends
+    inside a token): the turn is then encoded from its text, as a scripted agent's is."""
 
 
 @dataclass
@@ -156,9 +174,11 @@ def transcript(episode: Episode) -> str:
 # Episodes as generators: yield (role, trajectory), receive the generated text.
 
 
-def _agent_turn(traj: Trajectory, text: str, limits: Limits):
-    """Record the agent's text and parse it; returns the Action, or None if the trajectory ended."""
-    traj.segments.append(Segment("agent", text))
+def _agent_turn(traj: Trajectory, written: str | Turn, limits: Limits):
+    """Record the agent's turn (its text, and its ids when it is a ``Turn``) and parse it;
+    returns the Action, or None if the trajectory ended."""
+    text, ids = (written.text, written.ids) if isinstance(written, Turn) else (written, None)
+    traj.segments.append(Segment("agent", text, ids))
     action = parse_action(traj.role, text, limits.max_turn_chars)
     if isinstance(action, FormatError):
         traj.outcome, traj.error = "format_error", action.reason
@@ -177,8 +197,8 @@ def _tool_trajectory(role: str, text: str, tools: Tools, limits: Limits):
     """A search/visit trajectory that ends with ``<return>`` (sub) or ``<answer>`` (single)."""
     traj = Trajectory(role, [Segment("prompt", prompt(role, text))], subtask=text if role == "sub" else None)
     for _ in range(limits.turns(role)):
-        text = yield role, traj
-        action = _agent_turn(traj, text, limits)
+        turn = yield role, traj
+        action = _agent_turn(traj, turn, limits)
         if action is None:
             return traj
         key = (action.kind, action.argument)
@@ -199,8 +219,8 @@ def multi_agent_episode(question: Question, tools: Tools, limits: Limits, rollou
     main = Trajectory("main", [Segment("prompt", prompt("main", question.text))])
     subs: list[Trajectory] = []
     for _ in range(limits.main_turns):
-        text = yield "main", main
-        action = _agent_turn(main, text, limits)
+        turn = yield "main", main
+        action = _agent_turn(main, turn, limits)
         if action is None:
             return Episode(question, "multi", main, subs, rollout)
         key = (action.kind, action.argument)
@@ -227,16 +247,19 @@ def single_agent_episode(question: Question, tools: Tools, limits: Limits, rollo
 
 
 class Agent(Protocol):
-    """Anything that writes the next turn for a batch of contexts of one role."""
+    """Anything that writes the next turn for a batch of contexts of one role: as text, or as a
+    ``Turn`` that also carries the token ids it sampled. A context is what ``agent_context``
+    gives the agent."""
 
-    def act(self, role: str, contexts: list[str]) -> list[str]: ...
+    def act(self, role: str, contexts: list) -> list[str | Turn]: ...
 
 
-def agent_context(agent: Agent, trajectory: Trajectory) -> str:
-    """The text an agent continues: the trajectory as it is, or, for an agent with a
-    ``render`` method (a policy on an instruct model), in that agent's own format (chat.py)."""
+def agent_context(agent: Agent, trajectory: Trajectory) -> str | Trajectory:
+    """What an agent continues. An agent with a ``render`` method (a policy) gets the trajectory
+    in its own format (chat.py), segments and all, and encodes it segment by segment with each
+    turn's sampled ids, exactly as training will encode it; any other agent gets the text."""
     render = getattr(agent, "render", None)
-    return (render(trajectory) if render is not None else trajectory).context
+    return render(trajectory) if render is not None else trajectory.context
 
 
 def run_episodes(
@@ -268,12 +291,12 @@ def run_episodes(
             batch = [i for i, (r, _) in pending.items() if r == role]
             if not batch:
                 continue
-            texts = agents[role].act(role, [agent_context(agents[role], pending[i][1]) for i in batch])
-            if len(texts) != len(batch):
-                raise RuntimeError(f"agent for {role!r} returned {len(texts)} texts for {len(batch)} contexts")
-            for i, text in zip(batch, texts):
+            turns = agents[role].act(role, [agent_context(agents[role], pending[i][1]) for i in batch])
+            if len(turns) != len(batch):
+                raise RuntimeError(f"agent for {role!r} returned {len(turns)} turns for {len(batch)} contexts")
+            for i, turn in zip(batch, turns):
                 try:
-                    pending[i] = gens[i].send(text)
+                    pending[i] = gens[i].send(turn)
                 except StopIteration as done:
                     results[i] = done.value
                     del pending[i]

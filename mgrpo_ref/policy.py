@@ -34,13 +34,16 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .batching import encode_trajectory
 from .chat import ChatFormat, chat_format, render as render_chat
 from .checks import check_choice
 from .config import DTYPES, NF4_ON_CPU, LoraSettings
+from .episode import Turn
 from .prefix_cache import PrefixCache, generate as generate_with_prefix_cache
 from .protocol import stop_strings
 
@@ -347,6 +350,36 @@ def _from_pretrained(cls, name: str, **kwargs):
     return cls.from_pretrained(name, **kwargs)
 
 
+def without_trailing(ids: list[int], pad: int) -> list[int]:
+    """``ids`` without the padding a batch fills a finished turn's row with."""
+    end = len(ids)
+    while end and ids[end - 1] == pad:
+        end -= 1
+    return ids[:end]
+
+
+def cut_at_stop(ids: list[int], decode: Callable[[list[int]], str], stops: list[str]) -> Turn:
+    """A written turn kept up to and including its first closing tag (all of it if it has none).
+
+    The ids kept are the shortest run of ``ids`` that decodes to exactly the kept text, so the
+    turn is trained on the tokens that were sampled. When the tag ends inside a token (the
+    text goes on after it within one token), no run does: the turn's ids are None and it is
+    encoded from its text.
+    """
+    text = decode(ids)
+    ends = [text.find(t) + len(t) for t in stops if t in text]
+    if not ends:
+        return Turn(text, list(ids))
+    kept = text[: min(ends)]
+    for n in range(len(ids), 0, -1):  # the cut is near the end: drop tokens until the text fits
+        shown = decode(ids[:n])
+        if shown == kept:
+            return Turn(kept, list(ids[:n]))
+        if len(shown) < len(kept):
+            break
+    return Turn(kept, None)
+
+
 class Policy:
     """A causal LM with one LoRA adapter, able to sample turns and score tokens."""
 
@@ -387,8 +420,13 @@ class Policy:
     # -- sampling ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def act(self, role: str, contexts: list[str]) -> list[str]:
+    def act(self, role: str, contexts: list) -> list[Turn]:
         """Sample one turn for each context (the ``episode.Agent`` interface).
+
+        A context is text, or a trajectory in this policy's format (``render``; what
+        ``episode.agent_context`` hands a policy), encoded by :meth:`context_ids`. Each turn
+        comes back as a :class:`episode.Turn`: its text, cut after the first closing tag, and
+        the sampled ids of that text (:func:`cut_at_stop`).
 
         With a temperature above 0, every token is drawn by :func:`sample_by_inverse_cdf`
         from the policy's own generator (``self.generator``; torch's global one is never
@@ -399,13 +437,20 @@ class Policy:
         """
         if not contexts:
             return []
-        if self.prefix_cache is not None:
-            turns = self._write_turns_with_prefix_cache(role, contexts)
-        else:
-            turns = self._write_turns(role, contexts)
+        ids = [self.context_ids(c) for c in contexts]
+        write = self._write_turns_with_prefix_cache if self.prefix_cache is not None else self._write_turns
         pad = self.tokenizer.pad_token_id  # set in __init__, never None
-        return [self._cut_at_stop(self.tokenizer.decode([t for t in turn if t != pad], skip_special_tokens=False), role)
-                for turn in turns]
+        decode = lambda i: self.tokenizer.decode(i, skip_special_tokens=False)  # noqa: E731
+        return [cut_at_stop(without_trailing(turn, pad), decode, stop_strings(role)) for turn in write(role, ids)]
+
+    def context_ids(self, context) -> list[int]:
+        """The token ids a context is continued from: text encoded whole; a trajectory (already
+        in this policy's format) segment by segment, each turn by the ids it was sampled as, by
+        ``batching.encode_trajectory``, the encoding the update scores. A turn is therefore
+        trained in the very token context it was written in."""
+        if isinstance(context, str):
+            return self.encode(context)
+        return encode_trajectory(context, self.encode)[0]
 
     def _processors(self):
         """The logits processors of a sampled turn (None when greedy): temperature, top-p, and
@@ -420,12 +465,13 @@ class Policy:
                                    + ([TopPLogitsWarper(s.top_p)] if s.top_p < 1.0 else [])
                                    + [InverseCdfSampler(self.generator)])
 
-    def _write_turns(self, role: str, contexts: list[str]) -> list[list[int]]:
+    def _write_turns(self, role: str, contexts: list[list[int]]) -> list[list[int]]:
         """Each context's new tokens, by transformers' ``generate`` on left-padded contexts."""
         s = self.sampling
-        self.tokenizer.padding_side = "left"  # generation appends on the right
-        batch = self.tokenizer(contexts, add_special_tokens=False, return_tensors="pt", padding=True)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        width = max(len(c) for c in contexts)
+        batch = {"input_ids": torch.tensor([[self.pad_id] * (width - len(c)) + c for c in contexts]),
+                 "attention_mask": torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])}
+        batch = {k: v.to(self.device) for k, v in batch.items()}  # (M, T) each: T the longest context, padded on the left
         stop_ids = self._stop_ids[role]
         kwargs = dict(max_new_tokens=s.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, do_sample=False)
         if stop_ids is not None:
@@ -440,7 +486,7 @@ class Policy:
         out = self.model.generate(**batch, **kwargs)
         return out[:, batch["input_ids"].shape[1]:].tolist()  # (M, T): the T new tokens of each context
 
-    def _write_turns_with_prefix_cache(self, role: str, contexts: list[str]) -> list[list[int]]:
+    def _write_turns_with_prefix_cache(self, role: str, contexts: list[list[int]]) -> list[list[int]]:
         """Each context's new tokens, by :func:`prefix_cache.generate`: the same stops as
         :meth:`_write_turns` (the role's closing tags; when they are not single tokens, their
         text or the model's own end-of-sequence token)."""
@@ -461,14 +507,8 @@ class Policy:
                 return hit
             return hit | torch.tensor([any(x in self.tokenizer.decode(row) for x in texts) for row in written.tolist()])
 
-        return generate_with_prefix_cache(self.model, self.prefix_cache, [self.encode(c) for c in contexts], pick,
-                                     stopped, self.sampling.max_new_tokens, self.tokenizer.pad_token_id)
-
-    @staticmethod
-    def _cut_at_stop(text: str, role: str) -> str:
-        """Keep the text up to and including the first closing tag, if any."""
-        ends = [text.find(t) + len(t) for t in stop_strings(role) if t in text]
-        return text[: min(ends)] if ends else text
+        return generate_with_prefix_cache(self.model, self.prefix_cache, contexts, pick,
+                                          stopped, self.sampling.max_new_tokens, self.tokenizer.pad_token_id)
 
     # -- scoring -----------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ def next_token_probabilities(policy: Policy, contexts: list[Trajectory], strings
     tag is one token; in a tokenizer where a tag is several, this is the probability of its
     first token."""
     first_ids = [policy.encode(s)[0] for s in strings]
-    encoded = [policy.encode(policy.render(c).context) for c in contexts]
+    encoded = [policy.context_ids(policy.render(c)) for c in contexts]  # as the policy continues it
     batch = collate([(ids, [0] * len(ids)) for ids in encoded], policy.pad_id)  # right-padded
     input_ids, attention_mask = batch["input_ids"].to(policy.device), batch["attention_mask"].to(policy.device)
     logits = policy.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (M, T, V)

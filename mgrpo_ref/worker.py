@@ -99,7 +99,7 @@ class LearnerWorker:
 
     # -- messages ----------------------------------------------------------------------
 
-    def act(self, role: str, contexts: list[str], temperature: float) -> list[str]:
+    def act(self, role: str, contexts: list, temperature: float) -> list:
         torch.set_num_threads(self.cores)  # generation runs one worker at a time: every core
         policy = self.learner.policy
         policy.sampling = replace(policy.sampling, temperature=temperature)
@@ -287,7 +287,7 @@ class WorkerAgent:
     def __init__(self, handle: WorkerHandle, temperature: float):
         self.handle, self.temperature = handle, temperature
 
-    def act(self, role: str, contexts: list[str]) -> list[str]:
+    def act(self, role: str, contexts: list) -> list:
         return self.handle.request("act", role, contexts, self.temperature)
 
     def render(self, trajectory):

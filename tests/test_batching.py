@@ -83,6 +83,17 @@ def test_segments_are_encoded_separately():
     assert mask == [0, 0, 1, 1, 0]
 
 
+def test_a_turn_with_sampled_ids_is_encoded_by_them_not_by_its_text():
+    """A policy may sample "o" + "pe" where encoding the text gives "ope": training must score
+    the two tokens it drew, so a segment's ids, when it has them, are taken as they are."""
+    from mgrpo_ref.episode import Segment, Trajectory
+
+    traj = Trajectory("sub", [Segment("prompt", "ab"), Segment("agent", "cd", ids=[7, 8, 9]), Segment("env", "e")])
+    ids, mask = encode_trajectory(traj, lambda text: [ord(c) for c in text])
+    assert ids == [ord("a"), ord("b"), 7, 8, 9, ord("e")]
+    assert mask == [0, 0, 1, 1, 1, 0]
+
+
 # ---------------------------------------------------------------------------
 # collate
 

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mgrpo_ref.batching import collate
+from mgrpo_ref.episode import Turn
 from mgrpo_ref.policy import (SamplingSettings, load_policy, sample_by_inverse_cdf,
                               token_logprobs_from_logits)
 from mgrpo_ref.pretrain import SIZES, pretrain
@@ -161,7 +162,7 @@ def test_a_bfloat16_base_keeps_its_adapter_gradients_and_log_probs_in_float32(ba
         assert torch.equal(again.token_logprobs(ids, att), logp.detach())
     cached = load_policy(tmp_path / "adapter", quantization="none", dtype="bfloat16", trainable=False,
                          prefix_cache_mib=8, sampling=SamplingSettings(0.0, 1.0, 12))
-    assert [len(turn) > 0 for turn in cached.act("main", CONTEXTS)] == [True] * 3  # generation runs in bfloat16
+    assert [len(turn.text) > 0 for turn in cached.act("main", CONTEXTS)] == [True] * 3  # generation runs in bfloat16
     with pytest.raises(ValueError, match="dtype"):
         load_policy(base, quantization="none", dtype="float16")
 
@@ -346,9 +347,76 @@ def test_left_padded_greedy_sampling_matches_one_by_one(base):
     together = policy.act("main", CONTEXTS)
     alone = [policy.act("main", [c])[0] for c in CONTEXTS]
     assert together == alone
-    for text in together:  # a turn ends at the first closing tag, if it has one
+    for text in (turn.text for turn in together):  # a turn ends at the first closing tag, if it has one
         closes = [text.find(t) for t in ("</delegate>", "</answer>") if t in text]
         assert not closes or text.endswith(("</delegate>", "</answer>"))
+
+
+def test_a_turn_is_cut_after_its_closing_tag_with_the_ids_of_exactly_that_text():
+    from mgrpo_ref.policy import cut_at_stop
+
+    pieces = {1: "<search>", 2: "Ki", 3: "ren", 4: "</search>", 5: " and on", 6: "</search>."}
+    decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+    stops = ["</search>"]
+    assert cut_at_stop([1, 2, 3, 4], decode, stops) == Turn("<search>Kiren</search>", [1, 2, 3, 4])
+    assert cut_at_stop([1, 2, 3, 4, 5], decode, stops) == Turn("<search>Kiren</search>", [1, 2, 3, 4])
+    assert cut_at_stop([1, 2, 3], decode, stops) == Turn("<search>Kiren", [1, 2, 3])  # no tag: all of it
+    # the tag ends inside a token: no run of ids is exactly the kept text, so the text alone is kept
+    assert cut_at_stop([1, 2, 6], decode, stops) == Turn("<search>Ki</search>", None)
+
+
+class ForcedTurns:
+    """Stands in for the sampler: each ``act`` call writes the next of ``turns`` (token ids)."""
+
+    def __init__(self, turns):
+        self.turns = iter(turns)
+
+    def __call__(self):
+        from transformers import LogitsProcessorList
+
+        forced, written = next(self.turns), []
+
+        def force(input_ids, scores):  # (M, V): -inf except at the next forced id, in every row
+            out = torch.full_like(scores, float("-inf"))
+            out[:, forced[len(written)]] = 0.0
+            written.append(forced[len(written)])
+            return out
+        return LogitsProcessorList([force])
+
+
+@pytest.mark.parametrize("prefix_cache_mib", [0, 8])
+def test_a_sampled_turn_is_trained_on_the_ids_that_were_drawn_in_the_context_they_were_drawn_in(
+        base, prefix_cache_mib):
+    """The policy writes a word of its turn in two pieces ("i" + "ren") where encoding the text
+    gives one token ("iren"). The turn keeps the ids drawn; the update's encoding (rendered and
+    encoded by ``batching.encode_trajectory``) has them, and the next turn is written after
+    exactly those ids (with a prefix cache: every token of the first turn's context and turn but
+    the last is reused, none encoded again)."""
+    from mgrpo_ref.batching import encode_trajectory
+    from mgrpo_ref.episode import Segment, Trajectory, run_episodes
+    from mgrpo_ref.tools import ToolsByWorld
+    from tests.helpers import one_question
+
+    policy = load_policy(base, prefix_cache_mib=prefix_cache_mib,
+                         sampling=SamplingSettings(temperature=1.0, max_new_tokens=12))
+    enc, decode = policy.encode, policy.tokenizer.decode
+    canonical = enc("<search>Kiren Works</search>")
+    j = next(j for j in range(1, len(canonical) - 1) if len(decode([canonical[j]])) > 1)  # between the tags
+    piece = decode([canonical[j]])
+    search = canonical[:j] + enc(piece[:1]) + enc(piece[1:]) + canonical[j + 1:]  # the same text, split
+    assert search != canonical and decode(search) == decode(canonical)
+    policy._processors = ForcedTurns([search, enc("<answer>Kaun</answer>")])
+    (episode,) = run_episodes([one_question(1)], ToolsByWorld(), {"single": policy}, mode="single")
+    turns = [s for s in episode.main.segments if s.source == "agent"]
+    assert [t.text for t in turns] == ["<search>Kiren Works</search>", "<answer>Kaun</answer>"]
+    assert turns[0].ids == search
+    ids, mask = encode_trajectory(policy.render(episode.main), enc)
+    assert [i for i, m in zip(ids, mask) if m] == search + enc("<answer>Kaun</answer>")
+    text_only = Trajectory("single", [Segment(s.source, s.text) for s in episode.main.segments])
+    assert encode_trajectory(text_only, enc)[0] != ids
+    if prefix_cache_mib:
+        first_context = len(enc(episode.main.segments[0].text))
+        assert policy.prefix_cache.reused_tokens == first_context + len(search) - 1
 
 
 def test_sampling_is_seeded(base):
@@ -394,7 +462,7 @@ def test_a_second_architecture_with_a_chat_template_takes_the_same_path(tmp_path
     assert policy.model.config.model_type == "llama"
     assert policy.tokenizer.chat_template and len(policy.encode("</answer>")) > 1  # stop_strings path
     texts = policy.act("main", CONTEXTS)
-    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert len(texts) == 3 and all(isinstance(t.text, str) for t in texts)
     batch = batch_of(policy, CONTEXTS)
     with torch.no_grad():
         lp = policy.token_logprobs(batch["input_ids"], batch["attention_mask"])

@@ -44,7 +44,7 @@ def test_the_converted_model_loads_as_a_policy_at_full_precision(smollm2):
     assert policy.trainable_parameters() and all("lora_" in n for n, p in policy.model.named_parameters()
                                                  if p.requires_grad)
     (turn,) = policy.act("sub", ["<task> Who founded Kiren Works?</task>\n"])
-    assert isinstance(turn, str) and turn  # what it says before any warm-up is free text
+    assert turn.text and policy.tokenizer.decode(turn.ids) == turn.text  # free text before any warm-up
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,25 @@ def test_the_chat_format_is_read_off_the_template_and_renders_what_the_template_
     ours = render(main, fmt).context
     assert by_template.startswith(ours) and by_template[len(ours):] == "\n"  # the template ends each message with \n
     assert render(main, None) is main  # no format (our base): the trajectory as it is
+
+
+def test_a_rendered_turn_keeps_its_sampled_ids_and_adds_the_end_of_turn_s(tokenizer, oracle_episode):
+    from dataclasses import replace
+
+    from mgrpo_ref.batching import encode_trajectory
+    from mgrpo_ref.chat import chat_format, render
+    from mgrpo_ref.episode import Segment
+
+    fmt = chat_format(tokenizer)
+    assert fmt.end_of_turn_ids == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+    turn = oracle_episode.main.segments[1]
+    drawn = [i for c in turn.text for i in tokenizer(c, add_special_tokens=False)["input_ids"]]  # by characters
+    sampled = replace(oracle_episode.main, segments=[oracle_episode.main.segments[0], Segment("agent", turn.text, drawn)])
+    shown = render(sampled, fmt)
+    assert shown.segments[1].ids == drawn + list(fmt.end_of_turn_ids)
+    assert tokenizer.decode(encode_trajectory(shown, lambda t: tokenizer(t, add_special_tokens=False)["input_ids"])[0]) \
+        == shown.context
+    assert render(sampled, replace(fmt, end_of_turn_ids=())).segments[1].ids is None  # its text, then
 
 
 def test_a_few_shot_prompt_is_the_worked_conversations_as_the_template_renders_them(tokenizer, oracle_episode):
@@ -127,7 +146,7 @@ def test_a_growing_conversation_extends_token_for_token_and_the_mask_is_the_agen
         previous = []
         for n in range(1, len(trajectory.segments) + 1):
             shown = render(replace(trajectory, segments=trajectory.segments[:n]), fmt)
-            ids = encode(shown.context)  # what a sampler encodes: the whole context at once
+            ids = encode(shown.context)  # the whole context at once, as a context given as text is
             assert ids[:len(previous)] == previous  # earlier turns keep their tokens, so their log-probs
             assert encode_trajectory(shown, encode)[0] == ids  # segment by segment = all at once
             previous = ids
@@ -147,12 +166,12 @@ def test_a_policy_on_an_instruct_model_reads_and_trains_in_its_chat_format(smoll
 
     policy = load_policy(smollm2, quantization="none", sampling=SamplingSettings(0.0, 1.0, 40))
     assert policy.chat is not None
-    context = agent_context(policy, oracle_episode.main)
+    context = agent_context(policy, oracle_episode.main).context
     assert context.startswith("<|im_start|>system\nYou plan:") and context.endswith("<|im_end|>")
     question = policy.chat.prompt("You answer in one word.", "What is the capital of France?")
     (turn,) = policy.act("main", [question])
-    assert "Paris" in turn and "<|im_end|>" not in turn and "<|im_start|>" not in turn
-    assert len(policy.encode(turn)) < 40  # it stopped at its end-of-turn, not at the token limit
+    assert "Paris" in turn.text and "<|im_end|>" not in turn.text and "<|im_start|>" not in turn.text
+    assert len(turn.ids) < 40  # it stopped at its end-of-turn, not at the token limit
 
 
 def test_with_a_prefix_cache_the_real_model_writes_the_same_turns_and_stops_at_its_end_of_turn(smollm2):
@@ -166,8 +185,8 @@ def test_with_a_prefix_cache_the_real_model_writes_the_same_turns_and_stops_at_i
     contexts = [plain.chat.prompt("You answer in one word.", f"What is the capital of {country}?")
                 for country in ("France", "Italy")]
     turns = [policy.act("main", contexts) for policy in (plain, cached)]
-    assert turns[0] == turns[1] and "Paris" in turns[0][0]
-    follow = [c + t + "<|im_end|>\n<|im_start|>user\nAnd of Spain?<|im_end|>\n<|im_start|>assistant\n"
+    assert turns[0] == turns[1] and "Paris" in turns[0][0].text
+    follow = [c + t.text + "<|im_end|>\n<|im_start|>user\nAnd of Spain?<|im_end|>\n<|im_start|>assistant\n"
               for c, t in zip(contexts, turns[0])]
     assert plain.act("main", follow) == cached.act("main", follow)
     assert cached.prefix_cache.reused_tokens > sum(len(plain.encode(c)) for c in contexts)
