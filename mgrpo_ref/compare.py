@@ -26,8 +26,8 @@ evaluation is the base's. Results go to ``--out``:
                    and each run's (greedy, before and after training)
     table.md       mean and standard deviation across seeds, overall and by hop count
     differences.md each variant against mgrpo, paired by seed: the mean difference in
-                   held-out accuracy with its 95% interval, and what it allows one to say
-                   (``intervals.paired_difference``)
+                   held-out accuracy with its 95% t interval, the exact sign-flip test's
+                   p-value, and what the two together allow one to say (``intervals``)
     stability.md   each arm's best and final held-out accuracy, its collapsed runs (ended
                    more than 20 points below their best), and the change over the last
                    third of training with its interval: whether the curves had flattened
@@ -59,6 +59,7 @@ from .compare_tables import differences_table, stability_table, table, write_rep
 from .config import VARIANTS, TrainConfig
 from .episode import transcript
 from .evaluate import evaluate, failure_kind, make_agent
+from .intervals import SIGN_FLIP_MAX_PAIRS
 from .policy import REPO_ROOT, SamplingSettings, model_location
 from . import rundir
 from .step import LAYOUTS
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(differences_table(results["differences"]))
         print(stability_table(results["stability"]))
         return results
+    if len(set(args.seeds)) > SIGN_FLIP_MAX_PAIRS:
+        parser.error(f"at most {SIGN_FLIP_MAX_PAIRS} seeds: the exact sign-flip test lists every 2^n sign pattern")
     try:  # fail on a bad override or a missing local base before any training
         sampled_temperature(args.preset, args.overrides)
         model_location(run_config(PRESETS[args.preset], "mgrpo", 0, list(args.overrides)).base)

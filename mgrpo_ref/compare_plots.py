@@ -98,9 +98,9 @@ def _seeds(n: int) -> str:
 
 def plot_differences(rows: list[dict], path: Path | None = None):
     """Each arm minus the reference (``compare_tables.differences``), with its interval,
-    greedy and sampled side by side: a dot and a bar per arm, filled where the interval
-    excludes 0, hollow where the data allow no verdict. Saved to ``path`` if given; returns
-    the figure."""
+    greedy and sampled side by side: a dot and a bar per arm, filled where the difference is
+    called (the t interval and the exact test agree), hollow where it is not. Saved to
+    ``path`` if given; returns the figure."""
     from matplotlib.figure import Figure
 
     arms = list(dict.fromkeys(r["variant"] for r in rows))
@@ -111,7 +111,7 @@ def plot_differences(rows: list[dict], path: Path | None = None):
             r = next((r for r in rows if r["variant"] == arm and r["decoding"] == decoding), None)
             if r is None:
                 continue
-            called = r["low"] > 0 or r["high"] < 0
+            called = not r["verdict"].startswith("no measurable difference")
             low, high = (max(r["low"], -100), min(r["high"], 100))  # one seed: an unbounded interval
             ax.plot([low, high], [y, y], color="black", lw=1.5)
             ax.plot(r["mean"], y, "o", color="black", markerfacecolor="black" if called else "white")

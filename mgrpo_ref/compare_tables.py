@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .intervals import paired_difference
+from .intervals import paired_difference, paired_verdict, sign_flip_p
 from .world import WORLD_SCALES
 
 
@@ -91,8 +91,10 @@ def table(results: dict) -> str:
 
 def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.95) -> list[dict]:
     """Each variant against ``reference``, paired by seed, greedy and sampled: the mean
-    difference in held-out accuracy (points, variant minus reference) and its interval.
-    Only seeds both have finished count; a variant with no common seed is left out."""
+    difference in held-out accuracy (points, variant minus reference), its t interval, the
+    exact sign-flip test's p-value and the verdict both tests agree on
+    (:func:`intervals.paired_verdict`). Only seeds both have finished count; a variant with
+    no common seed is left out."""
     by = {(r["variant"], r["seed"]): r for r in results["runs"]}
     rows = []
     for variant in results["variants"]:
@@ -105,20 +107,22 @@ def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.9
             a = [100 * by[(variant, s)][decoding]["accuracy"] for s in seeds]
             b = [100 * by[(reference, s)][decoding]["accuracy"] for s in seeds]
             interval = paired_difference(a, b, confidence)
+            p = sign_flip_p([x - y for x, y in zip(a, b)])
             rows.append({"variant": variant, "reference": reference, "decoding": decoding, "seeds": seeds,
                          "mean": interval.mean, "low": interval.low, "high": interval.high,
-                         "confidence": confidence,
-                         "verdict": interval.verdict(f"{variant} higher", f"{variant} lower")})
+                         "confidence": confidence, "p_exact": p,
+                         "verdict": paired_verdict(interval, p, f"{variant} higher", f"{variant} lower")})
     return rows
 
 
 def differences_table(rows: list[dict]) -> str:
-    """Markdown: one row per (variant, decoding), the difference in points with its interval."""
-    lines = ["| variant - reference | decoding | seeds | difference (points) | 95% interval | verdict |",
-             "|---|---|---|---|---|---|"]
+    """Markdown: one row per (variant, decoding), the difference in points with its t
+    interval and the exact sign-flip test's p-value."""
+    lines = ["| variant - reference | decoding | seeds | difference (points) | 95% interval | exact p | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} - {r['reference']} | {r['decoding']} | {len(r['seeds'])} | {r['mean']:+.1f} | "
-                     f"[{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict']} |")
+                     f"[{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_exact']:.4f} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -158,10 +158,34 @@ def test_differences_pair_runs_by_seed_and_use_only_common_seeds():
     half = 4.302653 * 2 / 3 ** 0.5
     assert greedy["mean"] == pytest.approx(20.0)
     assert (greedy["low"], greedy["high"]) == pytest.approx((20 - half, 20 + half), abs=1e-3)
-    assert greedy["verdict"] == "frozen_sub higher"
-    assert sampled["mean"] == 0.0 and sampled["verdict"] == "no measurable difference"
+    # three seeds of one sign: the exact test's p is 2/8, so the t interval calls it alone
+    assert greedy["p_exact"] == 0.25
+    assert greedy["verdict"] == "no measurable difference (the t interval alone)"
+    assert sampled["mean"] == 0.0 and sampled["p_exact"] == 1.0 and sampled["verdict"] == "no measurable difference"
     text = compare_tables.differences_table(compare_tables.differences(results))
-    assert "| frozen_sub - mgrpo | greedy | 3 | +20.0 | [+15.0, +25.0] | frozen_sub higher |" in text
+    assert ("| frozen_sub - mgrpo | greedy | 3 | +20.0 | [+15.0, +25.0] | 0.2500 | "
+            "no measurable difference (the t interval alone) |") in text
+
+
+def test_a_difference_both_tests_agree_on_is_called():
+    """Eight seeds, frozen_sub 10 points above mgrpo give or take one: t interval and exact
+    test (p = 2/256) agree."""
+    base = ((0.1, {"1": 0.2}), (0.1, {"1": 0.2}))
+    runs = []
+    for s in range(8):
+        g = 0.3 + 0.05 * s
+        runs.append(run("mgrpo", s, "multi", base, ((g, {"1": g}), (0.5, {"1": 0.5}))))
+        runs.append(run("frozen_sub", s, "multi", base, ((g + 0.10 + 0.01 * (-1) ** s, {"1": g}), (0.5, {"1": 0.5}))))
+    greedy = next(r for r in compare_tables.differences({"variants": ["mgrpo", "frozen_sub"], "runs": runs})
+                  if r["decoding"] == "greedy")
+    assert greedy["mean"] == pytest.approx(10.0) and greedy["p_exact"] == 2 / 256
+    assert greedy["verdict"] == "frozen_sub higher"
+
+
+def test_more_seeds_than_the_exact_test_lists_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--seeds", *map(str, range(23)), "--out", "/tmp/never-written"])
+    assert "at most 22 seeds" in capsys.readouterr().err
 
 
 def test_the_report_option_rewrites_the_tables_without_training(tmp_path):

@@ -91,3 +91,54 @@ def test_the_wilson_interval_of_a_proportion_matches_hand_values():
     assert proportion_interval(31, 120, 0.99).low < interval.low
     with pytest.raises(ValueError, match="successes <= n"):
         proportion_interval(5, 4)
+
+
+def test_the_sign_flip_test_by_hand():
+    """Five differences all of one sign: only they and their mirror image reach the observed
+    |sum|, so p = 2 / 32. Differences 3, -1, 2: |sum| = 4, reached by (+3 -1 +2), (+3 +1 +2)
+    and their mirrors, 4 of 8 sign patterns."""
+    from mgrpo_ref.intervals import sign_flip_p
+    assert sign_flip_p([5.0, 1.0, 2.0, 7.0, 0.5]) == 2 / 32
+    assert sign_flip_p([-5.0, -1.0, -2.0, -7.0, -0.5]) == 2 / 32
+    assert sign_flip_p([3.0, -1.0, 2.0]) == 4 / 8
+    assert sign_flip_p([0.0, 0.0]) == 1.0
+    assert sign_flip_p([1.0] * 8) == 2 / 256  # eight seeds are the fewest that can reach p < 0.01
+    # ties made by rounding still count as ties: 0.1 + 0.2 against 0.3
+    assert sign_flip_p([0.1, 0.2, -0.3]) == sign_flip_p([1.0, 2.0, -3.0]) == 1.0
+    with pytest.raises(ValueError, match="1 to 22 pairs"):
+        sign_flip_p([])
+    with pytest.raises(ValueError, match="1 to 22 pairs"):
+        sign_flip_p([1.0] * 23)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-50, 50), min_size=1, max_size=10), st.floats(0.01, 100))
+def test_the_sign_flip_p_does_not_change_under_scaling_or_a_flip_of_every_sign(values, scale):
+    from mgrpo_ref.intervals import sign_flip_p
+    p = sign_flip_p(values)
+    assert 0 < p <= 1
+    assert sign_flip_p([-v for v in values]) == p
+    assert sign_flip_p([v * scale for v in values]) == pytest.approx(p)
+    if any(values):
+        assert p >= 2 / 2 ** len(values)
+
+
+def test_a_difference_is_called_only_where_both_tests_agree():
+    """The t interval of 2, 4, 6, 4, 4 excludes 0, but five pairs cannot bring the exact test
+    below 0.0625; eight pairs of one sign can (p = 2/256)."""
+    from mgrpo_ref.intervals import paired_verdict, sign_flip_p
+    five = [2.0, 4.0, 6.0, 4.0, 4.0]
+    interval = paired_difference(five, [0.0] * 5)
+    assert interval.excludes_zero
+    assert paired_verdict(interval, sign_flip_p(five)) == "no measurable difference (the t interval alone)"
+    eight = five + [3.0, 5.0, 4.0]
+    assert paired_verdict(paired_difference(eight, [0.0] * 8), sign_flip_p(eight)) == "higher"
+    assert paired_verdict(paired_difference([-x for x in eight], [0.0] * 8), sign_flip_p(eight), "a up", "a down") == "a down"
+    # one outlying seed widens the t interval over 0 while seven of eight signs agree
+    skewed = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -30.0]
+    assert paired_verdict(paired_difference(skewed, [0.0] * 8), sign_flip_p(skewed)) == "no measurable difference"
+    assert paired_verdict(paired_difference([1.0, -1.0], [0.0, 0.0]), 1.0) == "no measurable difference"
+    # every sign agrees, but one seed far out widens the t interval over 0
+    lopsided = [100.0] + [0.1] * 7
+    assert paired_verdict(paired_difference(lopsided, [0.0] * 8), sign_flip_p(lopsided)) == \
+        "no measurable difference (the exact test alone)"
