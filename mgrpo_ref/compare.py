@@ -5,6 +5,8 @@
     python -m mgrpo_ref.compare --preset gpu            # the GPU-scale configuration
     python -m mgrpo_ref.compare --preset real-gpu       # a warmed-up instruct model on one GPU
     python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # about a minute (CI)
+    python -m mgrpo_ref.compare --preset cpu-long --seeds 0 1 2 3 4 5 6 7 \
+        --seeds-for no_shared_fate=5 shared_fate_only=5 stale_sub=5 single_agent_3x=5
 
 Every arm trains with the same budget: the same config (questions per step, rollouts,
 steps, learning rate, seeds, hence the same training questions in the same order). The
@@ -15,6 +17,9 @@ of its ideas removed), and ``single_agent_3x`` (``LONGER``: single-agent GRPO on
 the steps, the one arm off the common budget, reported beside it):
 
     python -m mgrpo_ref.compare --variants mgrpo frozen_sub --seeds 0 1 2
+
+``--seeds-for ARM=N`` gives an arm only the first N of ``--seeds`` (the arms a write-up leads
+with get more seeds than the rest); arms are paired on the seeds they share.
 
 Each run evaluates on the held-out worlds every few steps, greedily and sampled at
 temperature 1 (the trainer's ``eval/...`` and ``eval_sampled/...`` metrics); its step-0
@@ -84,6 +89,10 @@ PRESETS = {
     "real-gpu": ["base=runs/sft-gpu-SmolLM2-135M-Instruct/adapter", "quantization=nf4", "steps=200",
                  "questions_per_step=16", "rollouts=8", "min_train_hops=2", "min_train_hops_steps=100",
                  "max_new_tokens=64", "lr=1e-4", "eval_every=20", "checkpoint_every=20", "microbatch=32"],
+    # The same on twice the budget, where every arm is trained on the token ids it sampled
+    # and the 180-step runs of benchmarks/results/stability-cpu (validation split) did not
+    # collapse.
+    "cpu-long": ["steps=120", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
     # CI: two steps on a handful of questions.
     "smoke": ["steps=2", "questions_per_step=2", "rollouts=2", "eval_every=1", "checkpoint_every=2",
               "eval_questions=8", "max_new_tokens=24"],
@@ -216,9 +225,15 @@ def curves(records: list[dict]) -> dict[str, list]:
 
 def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds: list[int] = [0, 1, 2, 3, 4],
                    runs_dir: Path | None = None, out: Path | None = None, overrides: list[str] = [],
-                   progress: bool = True, command: str = "") -> dict:
+                   progress: bool = True, command: str = "", arm_seeds: dict[str, int] | None = None) -> dict:
     """Train (or resume, or skip if finished) every variant x seed, evaluate each, and write
-    ``results.json`` and ``table.md`` to ``out`` after every run. Returns the results."""
+    ``results.json`` and ``table.md`` to ``out`` after every run. ``arm_seeds`` gives an arm
+    only the first so many of ``seeds``. Returns the results."""
+    arm_seeds = dict(arm_seeds or {})
+    for arm, n in arm_seeds.items():
+        if arm not in variants or not 1 <= n <= len(set(seeds)):
+            raise ValueError(f"{arm}={n}: not an arm of this comparison ({', '.join(variants)}) "
+                             f"with 1 to {len(set(seeds))} seeds")
     runs_dir = Path(runs_dir or REPO_ROOT / "runs" / f"compare-{preset}")
     out = Path(out or REPO_ROOT / "benchmarks" / "results" / f"comparison-{preset}")
     out.mkdir(parents=True, exist_ok=True)
@@ -226,13 +241,15 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     sampled_t = sampled_temperature(preset, overrides)
     variants, seeds = list(dict.fromkeys(variants)), list(dict.fromkeys(seeds))
     results: dict = {"preset": preset, "overrides": PRESETS[preset] + list(overrides), "variants": variants,
-                     "seeds": seeds, "sampled_temperature": sampled_t, "command": command,
+                     "seeds": seeds, "arm_seeds": arm_seeds, "sampled_temperature": sampled_t, "command": command,
                      "base_episodes": {}, "runs": []}
     start = time.time()
     shown = None  # the held-out questions whose episodes are kept, chosen with the first run's base
     # Seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds.
     for seed in seeds:
         for variant in variants:  # a variant, an ablation or a longer arm (ARMS)
+            if seeds.index(seed) >= arm_seeds.get(variant, len(seeds)):
+                continue
             cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
             mode = LAYOUTS[cfg.variant].mode
             run_dir = runs_dir / f"{variant}-s{seed}"
@@ -266,6 +283,18 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     return results
 
 
+def seeds_per_arm(pairs: list[str], variants: list[str], n_seeds: int) -> dict[str, int]:
+    """``--seeds-for``'s ARM=N pairs as {arm: N}; a ValueError names the first bad one."""
+    out = {}
+    for pair in pairs:
+        arm, _, n = pair.partition("=")
+        if arm not in variants or not n.isdigit() or not 1 <= int(n) <= n_seeds:
+            raise ValueError(f"--seeds-for {pair}: expected ARM=N with ARM one of the arms trained "
+                             f"({', '.join(variants)}) and N from 1 to {n_seeds}")
+        out[arm] = int(n)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     """The CLI. Bad input (a negative seed, an unknown preset, a bad key=value override, a
     missing local base model, an --out or --runs that cannot be a directory) is one ``error:``
@@ -278,6 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
                              + "; longer: " + ", ".join(f"{name} ({variant}, {factor}x the steps)"
                                                          for name, (variant, factor) in LONGER.items()))
     parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds-for", nargs="+", default=[], metavar="ARM=N",
+                        help="give ARM only the first N of --seeds")
     parser.add_argument("--runs", type=output_dir, help="run directories (default runs/compare-<preset>)")
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -298,6 +329,10 @@ def main(argv: list[str] | None = None) -> dict:
         return results
     if len(set(args.seeds)) > SIGN_FLIP_MAX_PAIRS:
         parser.error(f"at most {SIGN_FLIP_MAX_PAIRS} seeds: the exact sign-flip test lists every 2^n sign pattern")
+    try:
+        arm_seeds = seeds_per_arm(args.seeds_for, args.variants, len(set(args.seeds)))
+    except ValueError as err:
+        parser.error(one_line(err))
     try:  # fail on a bad override or a missing local base before any training
         sampled_temperature(args.preset, args.overrides)
         model_location(run_config(PRESETS[args.preset], "mgrpo", 0, list(args.overrides)).base)
@@ -306,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m mgrpo_ref.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         results = run_comparison(args.preset, args.variants, args.seeds, args.runs, args.out, args.overrides,
-                                 progress=not args.quiet, command=command.strip())
+                                 progress=not args.quiet, command=command.strip(), arm_seeds=arm_seeds)
     except FileExistsError as err:  # a run directory that holds another config: never overwritten
         parser.error(one_line(err))
     print(table(results))

@@ -72,13 +72,17 @@ def base(tmp_path_factory):
 
 
 def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path, monkeypatch):
-    kwargs = dict(preset="smoke", variants=["mgrpo", "single_agent"], seeds=[0, 1], runs_dir=tmp_path / "runs",
-                  out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False)
+    kwargs = dict(preset="smoke", variants=["mgrpo", "single_agent", "shared"], seeds=[0, 1], runs_dir=tmp_path / "runs",
+                  out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False,
+                  arm_seeds={"single_agent": 1, "shared": 1})
     results = run_comparison(**kwargs)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    # seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds
-    assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("single_agent", 0),
-                                                                  ("mgrpo", 1), ("single_agent", 1)]
+    # seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds;
+    # an arm given one seed (arm_seeds) trains only the first
+    assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("single_agent", 0), ("shared", 0),
+                                                                  ("mgrpo", 1)]
+    assert saved["arm_seeds"] == {"single_agent": 1, "shared": 1}
+    assert {r["variant"]: r["seeds"] for r in saved["differences"]} == {"single_agent": [0], "shared": [0]}
     assert set(saved["base_episodes"]) == set(saved["base_episode_outcomes"]) == {"multi", "single"}
     assert len(saved["shown_questions"]) == 3 and len(set(saved["shown_questions"])) == 3
     for r in saved["runs"]:
@@ -180,6 +184,17 @@ def test_a_difference_both_tests_agree_on_is_called():
                   if r["decoding"] == "greedy")
     assert greedy["mean"] == pytest.approx(10.0) and greedy["p_exact"] == 2 / 256
     assert greedy["verdict"] == "frozen_sub higher"
+
+
+@pytest.mark.parametrize("pair", ["unaligned=2", "mgrpo=9", "mgrpo=0", "mgrpo", "mgrpo=two"])
+def test_a_bad_seeds_for_is_one_line(pair, capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--variants", "mgrpo", "shared", "--seeds", "0", "1", "--seeds-for", pair,
+                      "--out", "/tmp/never-written"])
+    assert f"--seeds-for {pair}: expected ARM=N" in capsys.readouterr().err
+    assert compare.seeds_per_arm(["shared=1", "mgrpo=2"], ["mgrpo", "shared"], 2) == {"shared": 1, "mgrpo": 2}
+    with pytest.raises(ValueError, match="not an arm of this comparison"):
+        run_comparison(preset="smoke", variants=["mgrpo"], seeds=[0], arm_seeds={"shared": 1})
 
 
 def test_more_seeds_than_the_exact_test_lists_is_one_line(capsys):
