@@ -76,6 +76,8 @@ PRESETS = {
     # The CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: make train's held-out
     # curves are flat from about step 40 (docs/results.md, "make train").
     "cpu": ["steps=60", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
+    # The same on twice the steps (docs/results.md, "Over three times the horizon").
+    "cpu-long": ["steps=120", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
     # A larger base, batch and step count for one GPU of 24 GB or less (docs/gpu.md).
     "gpu": ["base=runs/base-gpu", "quantization=nf4", "steps=200", "questions_per_step=32", "rollouts=8",
             "eval_every=20", "checkpoint_every=20", "microbatch=64"],
@@ -89,10 +91,6 @@ PRESETS = {
     "real-gpu": ["base=runs/sft-gpu-SmolLM2-135M-Instruct/adapter", "quantization=nf4", "steps=200",
                  "questions_per_step=16", "rollouts=8", "min_train_hops=2", "min_train_hops_steps=100",
                  "max_new_tokens=64", "lr=1e-4", "eval_every=20", "checkpoint_every=20", "microbatch=32"],
-    # The same on twice the budget, where every arm is trained on the token ids it sampled
-    # and the 180-step runs of benchmarks/results/stability-cpu (validation split) did not
-    # collapse.
-    "cpu-long": ["steps=120", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
     # CI: two steps on a handful of questions.
     "smoke": ["steps=2", "questions_per_step=2", "rollouts=2", "eval_every=1", "checkpoint_every=2",
               "eval_questions=8", "max_new_tokens=24"],
@@ -229,6 +227,8 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     """Train (or resume, or skip if finished) every variant x seed, evaluate each, and write
     ``results.json`` and ``table.md`` to ``out`` after every run. ``arm_seeds`` gives an arm
     only the first so many of ``seeds``. Returns the results."""
+    if len(set(seeds)) > SIGN_FLIP_MAX_PAIRS:
+        raise ValueError(f"at most {SIGN_FLIP_MAX_PAIRS} seeds: the exact sign-flip test lists every 2^n sign pattern")
     arm_seeds = dict(arm_seeds or {})
     for arm, n in arm_seeds.items():
         if arm not in variants or not 1 <= n <= len(set(seeds)):
@@ -291,6 +291,8 @@ def seeds_per_arm(pairs: list[str], variants: list[str], n_seeds: int) -> dict[s
         if arm not in variants or not n.isdigit() or not 1 <= int(n) <= n_seeds:
             raise ValueError(f"--seeds-for {pair}: expected ARM=N with ARM one of the arms trained "
                              f"({', '.join(variants)}) and N from 1 to {n_seeds}")
+        if arm in out:
+            raise ValueError(f"--seeds-for names {arm} twice")
         out[arm] = int(n)
     return out
 
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
                              + "; longer: " + ", ".join(f"{name} ({variant}, {factor}x the steps)"
                                                          for name, (variant, factor) in LONGER.items()))
     parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--seeds-for", nargs="+", default=[], metavar="ARM=N",
+    parser.add_argument("--seeds-for", nargs="+", action="extend", default=[], metavar="ARM=N",
                         help="give ARM only the first N of --seeds")
     parser.add_argument("--runs", type=output_dir, help="run directories (default runs/compare-<preset>)")
     parser.add_argument("--out", type=output_dir, help="results directory (default benchmarks/results/comparison-<preset>)")
@@ -319,9 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.report is not None:
         try:
             results = json.loads((args.report / "results.json").read_text())
+            write_reports(results, args.report)
         except (OSError, ValueError) as err:
             parser.error(one_line(err))
-        write_reports(results, args.report)
         plot_figures(results, args.report)
         print(table(results))
         print(differences_table(results["differences"]))

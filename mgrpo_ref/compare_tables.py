@@ -6,8 +6,9 @@ count and by world, and the learning curves) and trains nothing; ``python -m mgr
 --report DIR`` writes the tables again from DIR/results.json with it:
 
     table          mean and standard deviation across seeds, overall, by world size, by hops
-    differences    each arm against mgrpo, paired by seed, with its 95% interval
-                   (``intervals.paired_difference``) and what it allows one to say
+    differences    each arm against mgrpo, paired by seed: its 95% t interval, the exact
+                   sign-flip test's p-value, and what the two together allow one to say
+                   (a difference is called only where both agree; ``intervals``)
     stability      each arm's best and final accuracy, its collapsed runs (``COLLAPSE_DROP``),
                    and whether its curves had flattened over the last third of training
     write_reports  results.json, table.md, differences.md and stability.md in one directory

@@ -114,17 +114,19 @@ def sign_flip_p(differences: list[float]) -> float:
 
     p = #{signs e in {-1, +1}^n : |sum_s e_s |d_s|| >= |sum_s d_s|} / 2^n, counting the
     observed signs too, so p >= 2 / 2^n whenever some d_s is not 0 and p = 1 when all are.
-    Sums are compared with a tolerance of 1e-9 of the largest |d_s| times n, so that
-    float rounding does not split ties.
+    Sums are compared with a tolerance of 1e-12 of sum_s |d_s|, so that float rounding does
+    not split ties.
     """
     n = len(differences)
     if not 0 < n <= SIGN_FLIP_MAX_PAIRS:
         raise ValueError(f"the exact sign-flip test takes 1 to {SIGN_FLIP_MAX_PAIRS} pairs, got {n}")
+    if not all(math.isfinite(d) for d in differences):
+        raise ValueError(f"the exact sign-flip test needs finite differences, got {differences}")
     sums = [0.0]
     for d in differences:  # every signed sum of the first s differences, doubling each time
         sums = [x + abs(d) for x in sums] + [x - abs(d) for x in sums]
     observed = abs(sum(differences))
-    tolerance = 1e-9 * n * max(abs(d) for d in differences)
+    tolerance = 1e-12 * sum(abs(d) for d in differences)
     return sum(abs(x) >= observed - tolerance for x in sums) / len(sums)
 
 

@@ -193,14 +193,27 @@ def test_a_bad_seeds_for_is_one_line(pair, capsys):
                       "--out", "/tmp/never-written"])
     assert f"--seeds-for {pair}: expected ARM=N" in capsys.readouterr().err
     assert compare.seeds_per_arm(["shared=1", "mgrpo=2"], ["mgrpo", "shared"], 2) == {"shared": 1, "mgrpo": 2}
+    with pytest.raises(ValueError, match="names shared twice"):
+        compare.seeds_per_arm(["shared=1", "shared=2"], ["mgrpo", "shared"], 2)
     with pytest.raises(ValueError, match="not an arm of this comparison"):
         run_comparison(preset="smoke", variants=["mgrpo"], seeds=[0], arm_seeds={"shared": 1})
+
+
+def test_the_option_seeds_for_may_be_given_more_than_once(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(compare, "run_comparison", lambda *a, **kw: seen.update(kw) or {"runs": [], "seconds": 0})
+    monkeypatch.setattr(compare, "table", lambda results: "")
+    compare.main(["--variants", "mgrpo", "shared", "unaligned", "--seeds", "0", "1", "2",
+                  "--seeds-for", "shared=1", "--seeds-for", "unaligned=2", "--out", "/tmp/never-written"])
+    assert seen["arm_seeds"] == {"shared": 1, "unaligned": 2}
 
 
 def test_more_seeds_than_the_exact_test_lists_is_one_line(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--seeds", *map(str, range(23)), "--out", "/tmp/never-written"])
     assert "at most 22 seeds" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at most 22 seeds"):
+        run_comparison(preset="smoke", seeds=list(range(23)))
 
 
 def test_the_report_option_rewrites_the_tables_without_training(tmp_path):

@@ -109,6 +109,10 @@ def test_the_sign_flip_test_by_hand():
         sign_flip_p([])
     with pytest.raises(ValueError, match="1 to 22 pairs"):
         sign_flip_p([1.0] * 23)
+    with pytest.raises(ValueError, match="finite"):
+        sign_flip_p([1.0, float("nan")])
+    # a difference far smaller than another still splits the sign patterns
+    assert sign_flip_p([50.0, 1e-8]) == 2 / 4 and sign_flip_p([1e-8, 50.0, 3.0]) == 2 / 8
 
 
 @settings(max_examples=40, deadline=None)
