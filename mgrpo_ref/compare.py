@@ -227,28 +227,27 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     """Train (or resume, or skip if finished) every variant x seed, evaluate each, and write
     ``results.json`` and ``table.md`` to ``out`` after every run. ``arm_seeds`` gives an arm
     only the first so many of ``seeds``. Returns the results."""
-    if len(set(seeds)) > SIGN_FLIP_MAX_PAIRS:
-        raise ValueError(f"at most {SIGN_FLIP_MAX_PAIRS} seeds: the exact sign-flip test lists every 2^n sign pattern")
+    variants, seeds = list(dict.fromkeys(variants)), list(dict.fromkeys(seeds))
+    check_seed_count(seeds)
     arm_seeds = dict(arm_seeds or {})
     for arm, n in arm_seeds.items():
-        if arm not in variants or not 1 <= n <= len(set(seeds)):
+        if arm not in variants or not 1 <= n <= len(seeds):
             raise ValueError(f"{arm}={n}: not an arm of this comparison ({', '.join(variants)}) "
-                             f"with 1 to {len(set(seeds))} seeds")
+                             f"with 1 to {len(seeds)} seeds")
     runs_dir = Path(runs_dir or REPO_ROOT / "runs" / f"compare-{preset}")
     out = Path(out or REPO_ROOT / "benchmarks" / "results" / f"comparison-{preset}")
     out.mkdir(parents=True, exist_ok=True)
     tools_for = ToolsByWorld()
     sampled_t = sampled_temperature(preset, overrides)
-    variants, seeds = list(dict.fromkeys(variants)), list(dict.fromkeys(seeds))
     results: dict = {"preset": preset, "overrides": PRESETS[preset] + list(overrides), "variants": variants,
                      "seeds": seeds, "arm_seeds": arm_seeds, "sampled_temperature": sampled_t, "command": command,
                      "base_episodes": {}, "runs": []}
     start = time.time()
     shown = None  # the held-out questions whose episodes are kept, chosen with the first run's base
     # Seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds.
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         for variant in variants:  # a variant, an ablation or a longer arm (ARMS)
-            if seeds.index(seed) >= arm_seeds.get(variant, len(seeds)):
+            if i >= arm_seeds.get(variant, len(seeds)):
                 continue
             cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
             mode = LAYOUTS[cfg.variant].mode
@@ -281,6 +280,12 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     write_reports(results, out)
     plot_figures(results, out)
     return results
+
+
+def check_seed_count(seeds: list[int]) -> None:
+    """A ValueError for more distinct seeds than the exact sign-flip test can pair."""
+    if len(set(seeds)) > SIGN_FLIP_MAX_PAIRS:
+        raise ValueError(f"at most {SIGN_FLIP_MAX_PAIRS} seeds: the exact sign-flip test lists every 2^n sign pattern")
 
 
 def seeds_per_arm(pairs: list[str], variants: list[str], n_seeds: int) -> dict[str, int]:
@@ -329,9 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(differences_table(results["differences"]))
         print(stability_table(results["stability"]))
         return results
-    if len(set(args.seeds)) > SIGN_FLIP_MAX_PAIRS:
-        parser.error(f"at most {SIGN_FLIP_MAX_PAIRS} seeds: the exact sign-flip test lists every 2^n sign pattern")
     try:
+        check_seed_count(args.seeds)
         arm_seeds = seeds_per_arm(args.seeds_for, args.variants, len(set(args.seeds)))
     except ValueError as err:
         parser.error(one_line(err))
