@@ -33,6 +33,7 @@ One concept per module:
     store.py           the file-backed store the learners share (SQLite, WAL), and its row format
     store_pg.py        the same store in a PostgreSQL database, for learners on several hosts
     worker.py          a learner's worker process, and the controller's handle on it
+    worker_imports.py  what the fork server that starts workers imports once, quietly
     cluster.py         each learner's worker a Ray actor on a node of its own (cluster=ray)
     rundir.py          a run directory: config, metrics, checkpoints, resume
     train.py           the training loop of the decoupled pipeline, and its CLI

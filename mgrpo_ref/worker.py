@@ -2,7 +2,7 @@
 
 docs/paper.md section 6: the main agent and the sub-agent each have their own rollout engine and
 trainer. Here each learner (a QLoRA policy and its optimiser: main, sub, single or shared) is
-one process (``multiprocess``, spawn start method) that answers the controller's messages
+one process (``multiprocess``, forked from a fork server: :data:`MP_START_METHOD`) that answers the controller's messages
 over a pipe. Once loaded it sends ("ok", "ready") (or ("error", traceback) if loading
 failed, and exits); then it answers each message in turn (``LearnerWorker.serve``):
 
@@ -51,7 +51,18 @@ from .step import learner_step, make_learner
 from .rundir import open_run_store
 from .store import StoreChannel
 
-MP_START_METHOD = "spawn"  # torch and fork do not mix; spawn also works from notebooks via dill
+MP_START_METHOD = "forkserver"
+"""How a worker process starts. Not "fork": a copy of a controller that has run torch may
+hang in its thread pool. "forkserver" starts one clean process the first time a worker is
+needed, which imports :data:`PRELOAD` and nothing else and runs no tensor code; each worker
+is a fork of it, started without importing anything again (about 10 s per worker on 2
+cores: most of a short run's start-up). The server lasts as long as the controller's
+process, so a notebook or a test session pays for the imports once. Like "spawn", it hands
+the worker its arguments by pickling (dill), and each worker runs in the controller's
+current directory with its ``sys.path``; environment variables are the server's, as they
+were when it started."""
+PRELOAD = ["mgrpo_ref.worker", "mgrpo_ref.worker_imports"]
+"""What the fork server imports: this module, and everything a worker loads a policy with."""
 
 
 def peak_memory_mib() -> dict[str, float]:
@@ -174,7 +185,7 @@ def _answer(conn, message) -> bool:
 
 
 def worker_main(conn, learner: str, cfg_dict: dict, run_dir: str, checkpoint: str | None) -> None:
-    """Entry point of a worker process (spawned: it imports everything itself).
+    """Entry point of a worker process (a fork of the fork server, which imported its modules).
 
     Ctrl-C in a terminal interrupts the whole process group; a worker ignores it and leaves the
     stopping to the controller, which stops every worker and says so in one line."""
@@ -217,6 +228,8 @@ class WorkerHandle:
 
     def __init__(self, learner: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
         ctx = multiprocess.get_context(MP_START_METHOD)
+        if MP_START_METHOD == "forkserver":
+            ctx.set_forkserver_preload(PRELOAD)  # read when the server starts, the first time only
         self.learner = learner
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=worker_main, name=f"mgrpo-{learner}", daemon=True,

@@ -1,4 +1,4 @@
-"""The evaluation CLI, run as a user would, in a subprocess."""
+"""The evaluation CLI, run as a user would: in a subprocess, and its errors through the same ``main``."""
 
 import json
 import os
@@ -32,21 +32,28 @@ def test_cli_single_agent(tmp_path):
     assert report["accuracy"] == 1.0 and report["mean_sub_calls"] == 0
 
 
-def test_cli_errors_are_clear():
-    proc = run("--main", "oracle")
-    assert proc.returncode == 2 and "--main needs --sub" in proc.stderr
-    proc = run("--main", "wizard", "--sub", "oracle")
-    assert proc.returncode == 2 and "unknown agent 'wizard'" in proc.stderr
-    # a hub-style name goes to from_pretrained; offline and absent, it is a clear error
+def test_cli_errors_are_clear(capsys):
+    """Each bad invocation is argparse's one ``error:`` line and exit status 2 (in this
+    process: the same ``main`` the command runs, without a Python start-up per case)."""
+    from mgrpo_ref.evaluate import main
+
+    def error(*args):
+        with pytest.raises(SystemExit) as stop:
+            main(list(args))
+        assert stop.value.code == 2
+        return capsys.readouterr().err
+
+    assert "--main needs --sub" in error("--main", "oracle")
+    assert "unknown agent 'wizard'" in error("--main", "wizard", "--sub", "oracle")
+    assert "no split 'nope'" in error("--single", "oracle", "--split", "nope")
+    # a few-shot prompt is rendered in a chat template: not for the scripted agents, nor our base
+    assert "not the scripted teacher" in error("--single", "teacher", "--shots", "2")
+    assert "needs a model with a chat template; data/base has none" in error("--single", "data/base", "--shots", "2",
+                                                                               "--limit", "1")
+    # a hub-style name goes to from_pretrained; offline and absent, it is a clear error (in a
+    # subprocess: the hub library reads HF_HUB_OFFLINE when it is first imported)
     proc = run("--single", "nobody/no-such-model", env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "cannot load agent 'nobody/no-such-model'" in proc.stderr
-    proc = run("--single", "oracle", "--split", "nope")
-    assert proc.returncode == 2 and "no split 'nope'" in proc.stderr
-    # a few-shot prompt is rendered in a chat template: not for the scripted agents, nor our base
-    proc = run("--single", "teacher", "--shots", "2")
-    assert proc.returncode == 2 and "not the scripted teacher" in proc.stderr
-    proc = run("--single", "data/base", "--shots", "2", "--limit", "1")
-    assert proc.returncode == 2 and "needs a model with a chat template; data/base has none" in proc.stderr
 
 
 @pytest.mark.parametrize("temperature", ["0", "1"])
