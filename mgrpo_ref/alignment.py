@@ -182,6 +182,32 @@ def gather_slots(
     return out
 
 
+def weight_by_calls(calls: list[int], weights: list[float]) -> dict[int, float]:
+    """Each number of calls d's share of the sub-agent's loss weight.
+
+    ``calls[i]`` is d for sub trajectory i's rollout (how many subtasks its main agent
+    delegated), ``weights[i]`` the trajectory's weight in the token mean: its copies times its
+    trained tokens (the learner's step logs this as ``sub/weight_by_calls``). Aligned, a rollout
+    with 1 <= d <= D fills its D slots with its own trajectories, so each of them fills D/d
+    slots on average and the rollout as a whole carries D slots whatever its d; unaligned,
+    every trajectory fills one, and a rollout carries d. The gradient is the weighted sum of
+    the trajectories' per-token gradients, so this is where alignment moves it: toward the
+    trajectories of rollouts with few calls. Borrowed copies (rollouts with d = 0) count for
+    the trajectory copied, under its own rollout's d.
+
+    Returns d -> share (the shares sum to 1), in order of d; empty when there is no weight.
+    """
+    if len(calls) != len(weights):
+        raise ValueError(f"{len(calls)} call counts for {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0:
+        return {}
+    shares: dict[int, float] = {}
+    for d, w in sorted(zip(calls, weights)):
+        shares[d] = shares.get(d, 0.0) + w / total
+    return shares
+
+
 # ----------------------------------------------------------------------------
 # helpers
 

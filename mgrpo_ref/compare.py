@@ -196,12 +196,13 @@ def base_and_final(records: list[dict], steps: int, run_dir: Path) -> tuple[dict
 
 def curves(records: list[dict]) -> dict[str, list]:
     """Learning-curve data from a run's metrics records. Per training step also the format
-    validity of each role's rollouts and the gradient norm (before clipping) of each adapter:
-    "grad_norm" is the one adapter of single_agent and shared, and main's otherwise."""
+    validity of each role's rollouts, the gradient norm (before clipping) of each adapter
+    ("grad_norm" is the one adapter of single_agent and shared, and main's otherwise), and
+    the sub-agent's loss weight by its rollouts' number of calls (``sub/weight_by_calls``)."""
     out: dict[str, list] = {"eval_step": [], "eval_accuracy": [], "eval_sampled_accuracy": [],
                             "eval_mean_sub_calls": [], "step": [], "main_reward": [], "sub_reward": [],
                             "train_sub_calls": [], "main_format_valid": [], "sub_format_valid": [],
-                            "grad_norm": [], "sub_grad_norm": []}
+                            "grad_norm": [], "sub_grad_norm": [], "sub_weight_by_calls": []}
     for r in records:
         if "eval/accuracy" in r:
             out["eval_step"].append(r["step"])
@@ -218,6 +219,7 @@ def curves(records: list[dict]) -> dict[str, list]:
             out["grad_norm"].append(next((r[f"{name}/grad_norm"] for name in ("main", "single", "shared")
                                           if f"{name}/grad_norm" in r), None))
             out["sub_grad_norm"].append(r.get("sub/grad_norm"))
+            out["sub_weight_by_calls"].append(r.get("sub/weight_by_calls"))  # d -> share, None without a sub-agent
     return out
 
 

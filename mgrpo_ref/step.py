@@ -42,7 +42,7 @@ from typing import Protocol
 import torch
 
 from .advantages import equal_reward_fraction, main_advantages, sub_advantages
-from .alignment import align_sub_trajectories
+from .alignment import align_sub_trajectories, weight_by_calls
 from .batching import (PolicyBatch, concat_batches, distinct_batch, encode_trajectory, slot_batch,
                        trajectory_batch)
 from .config import TrainConfig, learning_rate
@@ -195,6 +195,9 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
              "align_masked_frac": alignment.masked_fraction,
              "d_histogram": {str(d): count for d, count in alignment.d_histogram.items()}}
     copies = torch.ones(n, dtype=torch.long) if cfg.alignment == "none" else alignment.copies  # (N,)
+    calls = [len(e.subs) for e in episodes for _ in e.subs]  # (N,) d of each trajectory's rollout
+    weights = [int(c) * sum(mask) for c, (_, mask) in zip(copies.tolist(), sequences)]  # copies x trained tokens
+    stats["weight_by_calls"] = {str(d): share for d, share in weight_by_calls(calls, weights).items()}
     return SubHalf(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub, advantages, copies)
 
 

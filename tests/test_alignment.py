@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgrpo_ref.alignment import align_sub_trajectories, gather_slots
+from mgrpo_ref.alignment import align_sub_trajectories, gather_slots, weight_by_calls
 
 
 def _own_ranges(counts):
@@ -199,3 +199,37 @@ def test_gather_slots_is_differentiable():
     # each value's gradient counts the slots it fills
     expected = torch.bincount(a.source[a.filled], minlength=a.n_distinct).float()
     torch.testing.assert_close(values.grad, expected)
+
+
+# ---------------------------------------------------------------------------
+# the loss weight by number of calls
+
+
+def test_weight_by_calls_hand_case():
+    # three rollouts (d = 1, 2, 0) at D = 4, every trajectory 10 trained tokens; aligned, the
+    # d = 1 rollout's one trajectory fills its 4 slots, the d = 2 rollout's two fill 2 each,
+    # and the d = 0 rollout borrows 4 slots, say 3 from the d = 2 rollout and 1 from d = 1
+    calls, copies = [1, 2, 2], [4 + 1, 2 + 2, 2 + 1]
+    assert weight_by_calls(calls, [c * 10 for c in copies]) == pytest.approx({1: 5 / 12, 2: 7 / 12})
+    assert weight_by_calls(calls, [10, 10, 10]) == pytest.approx({1: 1 / 3, 2: 2 / 3})  # unaligned: one each
+    assert weight_by_calls(calls, [0, 10, 30]) == pytest.approx({1: 0.0, 2: 1.0})  # tokens weigh too
+    assert list(weight_by_calls([3, 1, 2], [1, 1, 1])) == [1, 2, 3]  # in order of d
+    assert weight_by_calls([], []) == {} and weight_by_calls([1], [0]) == {}
+    with pytest.raises(ValueError, match="2 call counts for 1 weights"):
+        weight_by_calls([1, 2], [1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(counts=counts_strategy, d_max=st.integers(1, 4), seed=st.integers(0, 2**32))
+def test_aligned_a_rollout_with_calls_carries_its_d_max_slots_whatever_its_d(counts, d_max, seed):
+    """With one token per trajectory and no d = 0 rollout, every rollout that delegated carries
+    D slots: d's share is its rollouts' share of the rollouts; unaligned it is d's share of
+    the trajectories."""
+    counts = [[max(d, 1) for d in row] for row in counts]  # no borrowing
+    a = align_sub_trajectories(counts, d_max=d_max, seed=seed)
+    calls = [d for row in counts for d in row for _ in range(d)]
+    rollouts = [d for row in counts for d in row]
+    aligned = weight_by_calls(calls, a.copies.tolist())
+    assert aligned == pytest.approx({d: rollouts.count(d) / len(rollouts) for d in set(rollouts)})
+    unaligned = weight_by_calls(calls, [1] * len(calls))
+    assert unaligned == pytest.approx({d: rollouts.count(d) * d / len(calls) for d in set(rollouts)})

@@ -51,7 +51,8 @@ def test_table_gives_mean_and_sample_std_across_seeds_per_variant():
 def test_curves_split_evaluations_from_training_steps(tmp_path):
     rows = [{"step": 0, "eval/accuracy": 0.1, "eval_sampled/accuracy": 0.05, "eval/mean_sub_calls": 2.0},
             {"step": 1, "main/reward_mean": 0.2, "sub/reward_mean": 0.3, "rollout/mean_sub_calls": 1.5,
-             "main/grad_norm": 0.1, "sub/grad_norm": 2.5, "sub/format_valid": 0.5},
+             "main/grad_norm": 0.1, "sub/grad_norm": 2.5, "sub/format_valid": 0.5,
+             "sub/weight_by_calls": {"1": 0.75, "2": 0.25}},
             {"step": 2, "main/reward_mean": 0.4, "rollout/mean_sub_calls": 0.0, "single/grad_norm": 0.7,
              "eval/accuracy": 0.3, "eval_sampled/accuracy": 0.2, "eval/mean_sub_calls": 1.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -62,6 +63,7 @@ def test_curves_split_evaluations_from_training_steps(tmp_path):
     assert c["sub_reward"] == [0.3, None]  # a variant without a sub-agent has no sub reward
     assert c["grad_norm"] == [0.1, 0.7] and c["sub_grad_norm"] == [2.5, None]  # main's, or the one adapter's
     assert c["sub_format_valid"] == [0.5, None]
+    assert c["sub_weight_by_calls"] == [{"1": 0.75, "2": 0.25}, None]
 
 
 @pytest.fixture(scope="module")

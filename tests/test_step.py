@@ -419,8 +419,18 @@ def test_the_unaligned_ablation_trains_every_sub_trajectory_once_at_weight_one(e
     masks = [encode_trajectory(s, policy.encode)[1] for s in subs]
     for row, mask in enumerate(masks):
         assert unaligned.batch.token_weights[row, :len(mask)].tolist() == [float(m) for m in mask]
-    assert unaligned.stats == aligned.stats  # same rewards, advantages and alignment statistics
+    by_calls = "sub/weight_by_calls"
+    assert ({k: v for k, v in unaligned.stats.items() if k != by_calls}
+            == {k: v for k, v in aligned.stats.items() if k != by_calls})  # same rewards, advantages, alignment statistics
     assert unaligned.batch.token_weights.sum() != aligned.batch.token_weights.sum()  # but other weights
+    # ... and so another share of the loss weight for each number of calls d: the batch's own
+    # token weights, row by row (unaligned), and copies x trained tokens (aligned)
+    calls = [len(e.subs) for e in episodes for _ in e.subs]
+    rows = unaligned.batch.token_weights.sum(dim=1).tolist()  # (N,)
+    for stats, weights in ((unaligned.stats, rows), (aligned.stats, [c * sum(m) for c, m in zip(aligned.copies.tolist(), masks)])):
+        shares = {str(d): sum(w for c, w in zip(calls, weights) if c == d) / sum(weights) for d in sorted(set(calls))}
+        assert stats[by_calls] == pytest.approx(shares)
+    assert unaligned.stats[by_calls] != pytest.approx(aligned.stats[by_calls])
 
 
 def test_the_unaligned_ablation_with_no_sub_trajectory_is_one_row_that_weighs_nothing(episodes, policy):
