@@ -218,10 +218,48 @@ def stability_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def multi_call_share(shares: list[dict | None]) -> float | None:
+    """The mean, over a run's training steps, of the share of the sub-agent's loss weight on
+    trajectories of rollouts with two calls or more (``sub/weight_by_calls``, as the run's
+    curves keep it: d -> share); None for a run without it (no sub-agent, or an older run).
+    A step with no sub trajectory has no shares and is left out."""
+    steps = [s for s in shares if s]
+    if not steps or None in shares:
+        return None
+    return statistics.fmean(sum(v for d, v in s.items() if int(d) >= 2) for s in steps)
+
+
+def alignment_weights(results: dict, variant: str = "unaligned", reference: str = "mgrpo",
+                      confidence: float = 0.95) -> dict | None:
+    """What alignment does to the sub-agent's gradient: for each seed both arms finished,
+    the share of its loss weight on multi-call trajectories (:func:`multi_call_share`) and
+    the mean number of calls per training rollout, in ``variant`` and ``reference``; the
+    paired difference of the share (points, variant minus reference) with its t interval,
+    the exact sign-flip p and the verdict both agree on. None when either arm has no run
+    with the shares."""
+    by = {(r["variant"], r["seed"]): r for r in results["runs"] if "curves" in r}
+    share = {key: multi_call_share(r["curves"].get("sub_weight_by_calls", [None])) for key, r in by.items()}
+    seeds = sorted(s for v, s in by if v == variant and (reference, s) in by
+                   and share[(variant, s)] is not None and share[(reference, s)] is not None)
+    if not seeds:
+        return None
+    out = {"variant": variant, "reference": reference, "seeds": seeds}
+    for arm in (variant, reference):
+        out[arm] = {"multi_call_share": [100 * share[(arm, s)] for s in seeds],
+                    "mean_calls": [statistics.fmean(by[(arm, s)]["curves"]["train_sub_calls"]) for s in seeds]}
+    a, b = out[variant]["multi_call_share"], out[reference]["multi_call_share"]
+    interval = paired_difference(a, b, confidence)
+    p = sign_flip_p([x - y for x, y in zip(a, b)])
+    out["difference"] = {"mean": interval.mean, "low": interval.low, "high": interval.high, "p_exact": p,
+                         "verdict": paired_verdict(interval, p, f"{variant} higher", f"{variant} lower")}
+    return out
+
+
 def write_reports(results: dict, out: Path) -> None:
     """results.json, table.md, differences.md and stability.md in ``out``."""
     results["differences"] = differences(results)
     results["stability"] = stability(results)
+    results["alignment_weights"] = alignment_weights(results)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "table.md").write_text(table(results))
     (out / "differences.md").write_text(differences_table(results["differences"]))

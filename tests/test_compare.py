@@ -379,3 +379,30 @@ def test_a_finished_run_is_skipped_only_when_its_final_checkpoint_is_intact(tmp_
     (final / "main_state.pt").write_bytes(b"stat")  # same size, other bytes
     train_run(cfg, run, progress=False)
     assert trained == [True]  # its final checkpoint is broken: resumed, which redoes it
+
+
+def test_alignment_weights_pair_the_multi_call_share_by_seed():
+    """Two steps per run; the multi-call share is the step mean of the shares at d >= 2:
+    mgrpo seed 0 (0.2 + 0.4) / 2 = 30%, unaligned seed 0 (0.5 + 0.7) / 2 = 60%; seed 1 30%
+    and 50%; seed 2 has no unaligned run and is left out; a step without sub trajectories
+    (an empty dict) does not count."""
+    def run(variant, seed, shares, calls):
+        return {"variant": variant, "seed": seed, "curves": {"sub_weight_by_calls": shares, "train_sub_calls": calls}}
+
+    results = {"runs": [
+        run("mgrpo", 0, [{"1": 0.8, "2": 0.2}, {"1": 0.6, "3": 0.4}], [1.0, 2.0]),
+        run("mgrpo", 1, [{"1": 0.7, "2": 0.3}, {}, {"1": 0.7, "4": 0.3}], [1.0, 0.0, 1.0]),
+        run("mgrpo", 2, [{"1": 1.0}], [1.0]),
+        run("unaligned", 0, [{"1": 0.5, "2": 0.5}, {"1": 0.3, "2": 0.4, "3": 0.3}], [2.0, 3.0]),
+        run("unaligned", 1, [{"1": 0.5, "2": 0.5}, {"1": 0.5, "2": 0.5}], [2.0, 2.0])]}
+    w = compare_tables.alignment_weights(results)
+    assert w["seeds"] == [0, 1]
+    assert w["mgrpo"]["multi_call_share"] == pytest.approx([30.0, 30.0])
+    assert w["unaligned"]["multi_call_share"] == pytest.approx([60.0, 50.0])
+    assert w["mgrpo"]["mean_calls"] == pytest.approx([1.5, 2 / 3]) and w["unaligned"]["mean_calls"] == [2.5, 2.0]
+    d = w["difference"]
+    assert d["mean"] == pytest.approx(25.0) and d["p_exact"] == 0.5  # two pairs: the exact test cannot call it
+    assert d["verdict"].startswith("no measurable difference")
+    # a run without the shares (an older run, or no sub-agent) leaves nothing to pair
+    assert compare_tables.multi_call_share([None, None]) is None
+    assert compare_tables.alignment_weights({"runs": [run("mgrpo", 0, [None], [1.0])]}) is None
