@@ -14,6 +14,7 @@ from mgrpo_ref import rundir
 from mgrpo_ref.config import TrainConfig, learning_rate
 from mgrpo_ref.pretrain import SIZES, pretrain
 from mgrpo_ref.store import Store
+from mgrpo_ref.train import main as train_main
 
 from helpers import alive
 
@@ -97,8 +98,7 @@ def test_killed_worker_then_resume_finishes_with_a_consistent_store(base, tmp_pa
     assert proc.returncode == 1
     assert "the sub worker" in err and "died" in err and f"--resume {run}" in err
 
-    resumed = train("--resume", str(run))
-    assert resumed.returncode == 0, resumed.stderr
+    assert train_main(["--quiet", "--resume", str(run)]) == 0  # in this process: its workers start at once
     store = Store(run / "store.sqlite", readonly=True)
     assert store.last_finished_step() == 5
     assert [s["step"] for s in store.learner_stats("main")] == [1, 2, 3, 4, 5]  # none lost, none repeated
@@ -130,21 +130,28 @@ def test_workers_exit_when_the_controller_is_killed(base, tmp_path):
     assert not any(alive(pid) for pid in workers.values()), workers
 
 
-def test_bad_runs_are_refused_clearly(base, tmp_path):
+def test_bad_runs_are_refused_clearly(base, tmp_path, capsys):
+    def refused(*args):  # the command's main in this process: its exit status and what it printed
+        try:
+            code = train_main(["--quiet", *args])
+        except SystemExit as stop:  # refused by its argument parser
+            code = stop.code
+        return code, capsys.readouterr().err
+
     run = tmp_path / "r"
     rundir.start(run, TrainConfig(base=str(base)))  # what a run leaves before its first step
-    again = train("--run-dir", str(run), f"base={base}", "steps=1", *SMALL)
-    assert again.returncode == 2 and "already holds a run" in again.stderr
-    bad = train("--run-dir", str(tmp_path / "x"), "variant=solo")
-    assert bad.returncode == 2 and "variant='solo' is invalid: must be one of" in bad.stderr
-    typo = train("--run-dir", str(tmp_path / "y"), "stepz=3")
-    assert typo.returncode == 2 and "unknown config field 'stepz'" in typo.stderr
+    code, err = refused("--run-dir", str(run), f"base={base}", "steps=1", *SMALL)
+    assert code == 2 and "already holds a run" in err
+    code, err = refused("--run-dir", str(tmp_path / "x"), "variant=solo")
+    assert code == 2 and "variant='solo' is invalid: must be one of" in err
+    code, err = refused("--run-dir", str(tmp_path / "y"), "stepz=3")
+    assert code == 2 and "unknown config field 'stepz'" in err
     # a corrupted store is refused and left as it was
     (run / "store.sqlite").write_bytes(b"garbage" * 100)
     for extra in ("store.sqlite-wal", "store.sqlite-shm"):
         (run / extra).unlink(missing_ok=True)
-    corrupted = train("--resume", str(run))
-    assert corrupted.returncode != 0 and "not a readable SQLite store" in corrupted.stderr
+    code, err = refused("--resume", str(run))
+    assert code != 0 and "not a readable SQLite store" in err
     assert (run / "store.sqlite").read_bytes() == b"garbage" * 100
 
 
@@ -167,14 +174,13 @@ def test_config_round_trip_and_overrides():
 
 def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):
     run = tmp_path / "nockpt"
-    assert train("--run-dir", str(run), f"base={base}", "steps=2", "lr_schedule=linear", *SMALL).returncode == 0
+    assert train_main(["--quiet", "--run-dir", str(run), f"base={base}", "steps=2", "lr_schedule=linear", *SMALL]) == 0
     import shutil
 
     shutil.rmtree(run / "checkpoints")  # as if killed before the first checkpoint
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "cut by a cra')  # and a last line cut mid-write
-    resumed = train("--resume", str(run))
-    assert resumed.returncode == 0, resumed.stderr
+    assert train_main(["--quiet", "--resume", str(run)]) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]  # the base evaluation once, every step once
     stats = Store(run / "store.sqlite", readonly=True).learner_stats("main")
