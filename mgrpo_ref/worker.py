@@ -51,7 +51,7 @@ from .step import learner_step, make_learner
 from .rundir import open_run_store
 from .store import StoreChannel
 
-MP_START_METHOD = "forkserver"
+MP_START_METHOD = "forkserver" if "forkserver" in multiprocess.get_all_start_methods() else "spawn"
 """How a worker process starts. Not "fork": a copy of a controller that has run torch may
 hang in its thread pool. "forkserver" starts one clean process the first time a worker is
 needed, which imports :data:`PRELOAD` and nothing else and runs no tensor code; each worker
@@ -60,7 +60,8 @@ cores: most of a short run's start-up). The server lasts as long as the controll
 process, so a notebook or a test session pays for the imports once. Like "spawn", it hands
 the worker its arguments by pickling (dill), and each worker runs in the controller's
 current directory with its ``sys.path``; environment variables are the server's, as they
-were when it started."""
+were when it started. Where there is no fork (Windows), every worker is spawned and imports
+them itself."""
 PRELOAD = ["mgrpo_ref.worker", "mgrpo_ref.worker_imports"]
 """What the fork server imports: this module, and everything a worker loads a policy with."""
 

@@ -80,3 +80,10 @@ def one_line(stderr: str, noise: tuple[str, ...] = ()) -> str:
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def imported(module: str) -> bool:
+    """Whether this process has imported ``module`` (run in a worker process by a test)."""
+    import sys
+
+    return module in sys.modules

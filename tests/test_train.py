@@ -305,3 +305,23 @@ def test_recorded_steps_hold_what_each_learner_trained_on_and_every_checkpoint_c
         assert "".join(t["tokens"]).startswith("You ")
     page = viewer.question_html(viewer.read_records(run, 3), 0)
     assert page.count(">rollout ") == k
+
+
+def test_a_worker_starts_with_what_it_loads_a_policy_with_already_imported():
+    """Workers are forks of a fork server that imported ``worker.PRELOAD`` (torch, transformers,
+    peft): a worker starts without importing them again. The server skips a module it cannot
+    import without a word, so this is where a broken preload would show."""
+    import multiprocess
+
+    from mgrpo_ref import worker
+
+    import helpers
+
+    if worker.MP_START_METHOD != "forkserver":
+        pytest.skip("no fork on this platform: workers are spawned")
+    ctx = multiprocess.get_context(worker.MP_START_METHOD)
+    ctx.set_forkserver_preload(worker.PRELOAD)
+    with ctx.Pool(1) as pool:
+        assert pool.map(helpers.imported, ["mgrpo_ref.worker_imports", "peft", "transformers.modeling_utils"]) == [
+            True, True, True]
+        assert not pool.apply(helpers.imported, ("no_such_module",))
