@@ -188,8 +188,8 @@ def weight_by_calls(calls: list[int], weights: list[float]) -> dict[int, float]:
     ``calls[i]`` is d for sub trajectory i's rollout (how many subtasks its main agent
     delegated), ``weights[i]`` the trajectory's weight in the token mean: its copies times its
     trained tokens (the learner's step logs this as ``sub/weight_by_calls``). Aligned, a rollout
-    with 1 <= d <= D fills its D slots with its own trajectories, so each of them fills D/d
-    slots on average and the rollout as a whole carries D slots whatever its d; unaligned,
+    with d >= 1 fills its D slots with its own trajectories, so each of them fills D/d slots
+    on average and the rollout as a whole carries D slots whatever its d; unaligned,
     every trajectory fills one, and a rollout carries d. The gradient is the weighted sum of
     the trajectories' per-token gradients, so this is where alignment moves it: toward the
     trajectories of rollouts with few calls. Borrowed copies (rollouts with d = 0) count for

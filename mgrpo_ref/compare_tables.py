@@ -221,8 +221,9 @@ def stability_table(rows: list[dict]) -> str:
 def multi_call_share(shares: list[dict | None]) -> float | None:
     """The mean, over a run's training steps, of the share of the sub-agent's loss weight on
     trajectories of rollouts with two calls or more (``sub/weight_by_calls``, as the run's
-    curves keep it: d -> share); None for a run without it (no sub-agent, or an older run).
-    A step with no sub trajectory has no shares and is left out."""
+    curves keep it: d -> share); None for a run without it at any step (no sub-agent, or a
+    run begun by code that did not log it), which then pairs with nothing. A step with no sub
+    trajectory has no shares and is left out."""
     steps = [s for s in shares if s]
     if not steps or None in shares:
         return None

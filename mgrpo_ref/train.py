@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     command when the run can go on), the full traceback of an error in the run's errors.log."""
     cfg, run_dir, resume, quiet = parse_args(argv)
     again = f"python -m mgrpo_ref.train --resume {run_dir}"
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous_sigterm = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     trainer = None
     try:
         trainer = Trainer(cfg, run_dir, resume=resume, progress=not quiet)
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {cause} ({where})" + (f"; continue with: {again}" if started else ""), file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous_sigterm)  # as it was: main may run inside another program
     trainer.close()
     for name, temperature in (("", cfg.eval_temperature), ("_sampled", cfg.eval_sampled_temperature)):
         base, final = result[f"base{name}_accuracy"], result[f"final{name}_accuracy"]

@@ -2,9 +2,9 @@
 
 docs/paper.md section 6: the main agent and the sub-agent each have their own rollout engine and
 trainer. Here each learner (a QLoRA policy and its optimiser: main, sub, single or shared) is
-one process (``multiprocess``, forked from a fork server: :data:`MP_START_METHOD`) that answers the controller's messages
-over a pipe. Once loaded it sends ("ok", "ready") (or ("error", traceback) if loading
-failed, and exits); then it answers each message in turn (``LearnerWorker.serve``):
+one process (``multiprocess``, forked from a fork server or spawned: :func:`start_method`)
+that answers the controller's messages over a pipe. Once loaded it sends ("ok", "ready")
+(or ("error", traceback) if loading failed, and exits); then it answers each message in turn (``LearnerWorker.serve``):
 
     ("act", role, contexts, temperature)  ->  ("ok", texts)    generation, for the agent ``role``
     ("reseed", step, salt)                ->  ("ok", None)     per-step sampling seed
@@ -36,6 +36,7 @@ import functools
 import random
 import resource
 import signal
+import sys
 import time
 import traceback
 from dataclasses import asdict, replace
@@ -51,19 +52,31 @@ from .step import learner_step, make_learner
 from .rundir import open_run_store
 from .store import StoreChannel
 
-MP_START_METHOD = "forkserver" if "forkserver" in multiprocess.get_all_start_methods() else "spawn"
-"""How a worker process starts. Not "fork": a copy of a controller that has run torch may
-hang in its thread pool. "forkserver" starts one clean process the first time a worker is
-needed, which imports :data:`PRELOAD` and nothing else and runs no tensor code; each worker
-is a fork of it, started without importing anything again (about 10 s per worker on 2
-cores: most of a short run's start-up). The server lasts as long as the controller's
-process, so a notebook or a test session pays for the imports once. Like "spawn", it hands
-the worker its arguments by pickling (dill), and each worker runs in the controller's
-current directory with its ``sys.path``; environment variables are the server's, as they
-were when it started. Where there is no fork (Windows), every worker is spawned and imports
-them itself."""
+def start_method() -> str:
+    """How a worker process starts: "forkserver" on Linux without a GPU, else "spawn".
+
+    Not "fork": a copy of a controller that has run torch may hang in its thread pool. The fork
+    server is one clean process, started the first time a worker is needed, that imports
+    :data:`PRELOAD` and nothing else; each worker is a fork of it and starts without importing
+    torch, transformers or peft again (about 10 s per worker on 2 cores: most of a short
+    run's start-up). The server lasts as long as the controller's process, so a notebook or
+    a test session pays for those imports once. Like "spawn", it hands a worker its arguments
+    by pickling (dill), and the worker runs in the controller's current directory with its
+    ``sys.path``; but the server imported :data:`PRELOAD` as the package was when the server
+    started (an edited module needs a new kernel), and its environment variables are the
+    server's, as they were then.
+
+    Where a GPU is present, importing bitsandbytes starts CUDA in the server, and CUDA cannot
+    be used again in a fork of it: workers are spawned. On macOS and Windows they are spawned
+    too (macOS's system libraries are not safe to fork once loaded; Windows has no fork)."""
+    if sys.platform.startswith("linux") and not torch.cuda.is_available():
+        return "forkserver"
+    return "spawn"
+
+
 PRELOAD = ["mgrpo_ref.worker", "mgrpo_ref.worker_imports"]
-"""What the fork server imports: this module, and everything a worker loads a policy with."""
+"""What the fork server imports (:func:`start_method`): this module, and everything a worker
+loads a policy with."""
 
 
 def peak_memory_mib() -> dict[str, float]:
@@ -228,8 +241,9 @@ class WorkerHandle:
     """The controller's end of one worker process."""
 
     def __init__(self, learner: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
-        ctx = multiprocess.get_context(MP_START_METHOD)
-        if MP_START_METHOD == "forkserver":
+        method = start_method()
+        ctx = multiprocess.get_context(method)
+        if method == "forkserver":
             ctx.set_forkserver_preload(PRELOAD)  # read when the server starts, the first time only
         self.learner = learner
         self.conn, child = ctx.Pipe()

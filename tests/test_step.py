@@ -423,11 +423,16 @@ def test_the_unaligned_ablation_trains_every_sub_trajectory_once_at_weight_one(e
     assert ({k: v for k, v in unaligned.stats.items() if k != by_calls}
             == {k: v for k, v in aligned.stats.items() if k != by_calls})  # same rewards, advantages, alignment statistics
     assert unaligned.batch.token_weights.sum() != aligned.batch.token_weights.sum()  # but other weights
-    # ... and so another share of the loss weight for each number of calls d: the batch's own
-    # token weights, row by row (unaligned), and copies x trained tokens (aligned)
+    # ... and so another share of the loss weight for each number of calls d, read off each
+    # batch's own token weights: unaligned, one row per trajectory; aligned (the distinct
+    # batch), one row per trajectory that fills a slot, in order
     calls = [len(e.subs) for e in episodes for _ in e.subs]
     rows = unaligned.batch.token_weights.sum(dim=1).tolist()  # (N,)
-    for stats, weights in ((unaligned.stats, rows), (aligned.stats, [c * sum(m) for c, m in zip(aligned.copies.tolist(), masks)])):
+    kept = aligned.copies.nonzero().flatten().tolist()
+    aligned_rows = [0.0] * len(subs)
+    for i, weight in zip(kept, aligned.batch.token_weights.sum(dim=1).tolist()):
+        aligned_rows[i] = weight
+    for stats, weights in ((unaligned.stats, rows), (aligned.stats, aligned_rows)):
         shares = {str(d): sum(w for c, w in zip(calls, weights) if c == d) / sum(weights) for d in sorted(set(calls))}
         assert stats[by_calls] == pytest.approx(shares)
     assert unaligned.stats[by_calls] != pytest.approx(aligned.stats[by_calls])

@@ -110,7 +110,8 @@ def test_killed_worker_then_resume_finishes_with_a_consistent_store(base, tmp_pa
 
 def test_workers_exit_when_the_controller_is_killed(base, tmp_path):
     """A controller killed outright (no clean-up code runs) leaves no worker behind: each
-    worker's pipe to it closes, and the worker stops serving."""
+    worker's pipe to it closes, and the worker stops serving; a fork server the workers came
+    from ends too."""
     run = tmp_path / "orphans"
     args = ["--variant", "mgrpo", "--run-dir", str(run), f"base={base}", "steps=50", *SMALL]
     proc = subprocess.Popen([sys.executable, "-m", "mgrpo_ref.train", "--quiet", *args],
@@ -122,12 +123,22 @@ def test_workers_exit_when_the_controller_is_killed(base, tmp_path):
         time.sleep(0.2)
     workers = json.loads((run / "workers.json").read_text())
     assert all(alive(pid) for pid in workers.values())
+    parents = {parent_pid(pid) for pid in workers.values()} - {proc.pid}  # the fork server, if any
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.time() + 120
-    while time.time() < deadline and any(alive(pid) for pid in workers.values()):
+    while time.time() < deadline and any(alive(pid) for pid in [*workers.values(), *parents]):
         time.sleep(0.5)
     assert not any(alive(pid) for pid in workers.values()), workers
+    assert not any(alive(pid) for pid in parents), parents
+
+
+def parent_pid(pid: int) -> int:
+    """A live process's parent, from /proc (Linux)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise ValueError(f"no PPid for process {pid}")
 
 
 def test_bad_runs_are_refused_clearly(base, tmp_path, capsys):
@@ -317,9 +328,9 @@ def test_a_worker_starts_with_what_it_loads_a_policy_with_already_imported():
 
     import helpers
 
-    if worker.MP_START_METHOD != "forkserver":
-        pytest.skip("no fork on this platform: workers are spawned")
-    ctx = multiprocess.get_context(worker.MP_START_METHOD)
+    if worker.start_method() != "forkserver":
+        pytest.skip("workers are spawned here (a GPU, or not Linux): each imports what it needs")
+    ctx = multiprocess.get_context("forkserver")
     ctx.set_forkserver_preload(worker.PRELOAD)
     with ctx.Pool(1) as pool:
         assert pool.map(helpers.imported, ["mgrpo_ref.worker_imports", "peft", "transformers.modeling_utils"]) == [
