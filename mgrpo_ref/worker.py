@@ -4,7 +4,8 @@ docs/paper.md section 6: the main agent and the sub-agent each have their own ro
 trainer. Here each learner (a QLoRA policy and its optimiser: main, sub, single or shared) is
 one process (``multiprocess``, forked from a fork server or spawned: :func:`start_method`)
 that answers the controller's messages over a pipe. Once loaded it sends ("ok", "ready")
-(or ("error", traceback) if loading failed, and exits); then it answers each message in turn (``LearnerWorker.serve``):
+(or ("error", traceback) if loading failed, and exits); then it answers each message in
+turn (``LearnerWorker.serve``):
 
     ("act", role, contexts, temperature)  ->  ("ok", texts)    generation, for the agent ``role``
     ("reseed", step, salt)                ->  ("ok", None)     per-step sampling seed
@@ -52,6 +53,7 @@ from .step import learner_step, make_learner
 from .rundir import open_run_store
 from .store import StoreChannel
 
+
 def start_method() -> str:
     """How a worker process starts: "forkserver" on Linux without a GPU, else "spawn".
 
@@ -77,6 +79,16 @@ def start_method() -> str:
 PRELOAD = ["mgrpo_ref.worker", "mgrpo_ref.worker_imports"]
 """What the fork server imports (:func:`start_method`): this module, and everything a worker
 loads a policy with."""
+
+
+def process_context():
+    """The ``multiprocess`` context workers start from: :func:`start_method`'s, with the fork
+    server's :data:`PRELOAD` set (read when the server starts, the first time only)."""
+    method = start_method()
+    ctx = multiprocess.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx
 
 
 def peak_memory_mib() -> dict[str, float]:
@@ -199,7 +211,8 @@ def _answer(conn, message) -> bool:
 
 
 def worker_main(conn, learner: str, cfg_dict: dict, run_dir: str, checkpoint: str | None) -> None:
-    """Entry point of a worker process (a fork of the fork server, which imported its modules).
+    """Entry point of a worker process (a fork of the fork server, which imported its modules,
+    or spawned: :func:`start_method`).
 
     Ctrl-C in a terminal interrupts the whole process group; a worker ignores it and leaves the
     stopping to the controller, which stops every worker and says so in one line."""
@@ -241,10 +254,7 @@ class WorkerHandle:
     """The controller's end of one worker process."""
 
     def __init__(self, learner: str, cfg: TrainConfig, run_dir: Path, checkpoint: Path | None):
-        method = start_method()
-        ctx = multiprocess.get_context(method)
-        if method == "forkserver":
-            ctx.set_forkserver_preload(PRELOAD)  # read when the server starts, the first time only
+        ctx = process_context()
         self.learner = learner
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=worker_main, name=f"mgrpo-{learner}", daemon=True,

@@ -322,17 +322,13 @@ def test_a_worker_starts_with_what_it_loads_a_policy_with_already_imported():
     """Workers are forks of a fork server that imported ``worker.PRELOAD`` (torch, transformers,
     peft): a worker starts without importing them again. The server skips a module it cannot
     import without a word, so this is where a broken preload would show."""
-    import multiprocess
-
     from mgrpo_ref import worker
 
     import helpers
 
     if worker.start_method() != "forkserver":
         pytest.skip("workers are spawned here (a GPU, or not Linux): each imports what it needs")
-    ctx = multiprocess.get_context("forkserver")
-    ctx.set_forkserver_preload(worker.PRELOAD)
-    with ctx.Pool(1) as pool:
+    with worker.process_context().Pool(1) as pool:  # the context WorkerHandle starts workers from
         assert pool.map(helpers.imported, ["mgrpo_ref.worker_imports", "peft", "transformers.modeling_utils"]) == [
             True, True, True]
         assert not pool.apply(helpers.imported, ("no_such_module",))
