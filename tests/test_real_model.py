@@ -3,11 +3,13 @@ standard model directory (mgrpo_ref.getmodel) and loaded like any base. Skipped,
 command that fixes it, where the wheel is not installed (``make setup`` installs it)."""
 
 import importlib.util
+import shutil
 
 import pytest
 import torch
 
 from mgrpo_ref import getmodel
+from mgrpo_ref.policy import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(getmodel.gguf_location() is None or importlib.util.find_spec("gguf") is None,
                                 reason=f"the real model's wheel is missing: {getmodel.INSTALL_HINT}")
@@ -15,7 +17,18 @@ pytestmark = pytest.mark.skipif(getmodel.gguf_location() is None or importlib.ut
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    return getmodel.convert(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+    """The wheel's model converted here, every run. Where the project has no model directory
+    yet (a fresh clone), the converted copy is also moved into place, as `make smollm2` would
+    write it, so that notebook 07 does not convert it a second time."""
+    out = getmodel.convert(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+    project = REPO_ROOT / getmodel.DEFAULT_OUT
+    if not (project / "config.json").exists():
+        staging = project.with_name(project.name + ".partial")  # whole or absent: never half written
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(out, staging)
+        shutil.rmtree(project, ignore_errors=True)
+        staging.rename(project)
+    return out
 
 
 def test_the_converted_directory_is_a_standard_model_that_answers(smollm2):
