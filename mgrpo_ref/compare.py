@@ -32,7 +32,10 @@ evaluation is the base's. Results go to ``--out``:
     table.md       mean and standard deviation across seeds, overall and by hop count
     differences.md each variant against mgrpo, paired by seed: the mean difference in
                    held-out accuracy with its 95% t interval, the exact sign-flip test's
-                   p-value, and what the two together allow one to say (``intervals``)
+                   p-value, and what the two together allow one to say (``intervals``);
+                   where both ran, it ends with what alignment does to the sub-agent's
+                   gradient: its loss weight on trajectories of rollouts with two calls or
+                   more, ``unaligned`` against ``mgrpo`` paired by seed, with both tests
     stability.md   each arm's best and final held-out accuracy, its collapsed runs (ended
                    more than 20 points below their best), and the change over the last
                    third of training with its interval: whether the curves had flattened
@@ -40,6 +43,8 @@ evaluation is the base's. Results go to ``--out``:
     accuracy.png   held-out accuracy over training per variant, greedy and sampled
     runs.png       one panel per arm, one greedy curve per seed: collapses show here
     differences.png each arm against mgrpo with its interval, greedy and sampled
+    weight_by_calls.png that weight and the sub-agent's calls per rollout over training
+                   (where both ran)
 
 This module trains the arms and collects each run's results; the statistics and the tables
 are ``compare_tables``'s, the figures ``compare_plots``'s. ``python -m mgrpo_ref.compare

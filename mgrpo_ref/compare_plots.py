@@ -9,6 +9,8 @@ path and returned so that a notebook shows it:
     plot_runs         runs.png: one panel per arm, one greedy curve per seed (collapses show here)
     plot_differences  differences.png: each arm against mgrpo with its interval
                       (``compare_tables.differences``), greedy and sampled
+    plot_weight_by_calls  weight_by_calls.png: the sub-agent's loss weight on trajectories of
+                      rollouts with two calls or more, and its calls per rollout, over training
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .compare_tables import mean_std
+from .compare_tables import mean_std, multi_call_shares
 
 
 def band(runs: list[dict], x_key: str, y_key: str, smooth: int = 1) -> tuple[list, list[float], list[float]]:
@@ -126,10 +128,49 @@ def plot_differences(rows: list[dict], path: Path | None = None):
     return fig
 
 
+def plot_weight_by_calls(results: dict, arms: tuple[str, ...] = ("mgrpo", "unaligned"), smooth: int = 5,
+                         path: Path | None = None):
+    """weight_by_calls.png: the mechanism of alignment, over training. Left, the share of the
+    sub-agent's loss weight on trajectories of rollouts that called it twice or more
+    (``compare_tables.multi_call_shares``); right, its calls per training rollout: each arm's
+    mean across seeds, each run's curve first a trailing mean over ``smooth`` steps, with a
+    band of one standard deviation. Arms without the shares are left out. Saved to ``path`` if
+    given; returns the figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for arm in arms:
+        runs = [r for r in results["runs"] if r["variant"] == arm
+                and None not in r.get("curves", {}).get("sub_weight_by_calls", [None])]
+        if not runs:
+            continue
+        curves = [{"curves": {"step": r["curves"]["step"], "train_sub_calls": r["curves"]["train_sub_calls"],
+                              "multi": [None if v is None else 100 * v
+                                        for v in multi_call_shares(r["curves"]["sub_weight_by_calls"])]}}
+                  for r in runs]
+        color = None
+        for ax, key in zip(axes, ("multi", "train_sub_calls")):
+            x, m, sd = band(curves, "step", key, smooth)
+            line, = ax.plot(x, m, lw=1.4, color=color, label=f"{arm} ({_seeds(len(runs))})")
+            color = line.get_color()
+            ax.fill_between(x, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15, color=color)
+    axes[0].set(xlabel="training step", ylabel="% of the sub-agent's loss weight", ylim=(0, 100),
+                title="on trajectories of rollouts with 2+ calls")
+    axes[1].set(xlabel="training step", ylabel="calls per rollout", title="sub-agent calls per training rollout")
+    axes[0].legend(fontsize=8)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
 def plot_figures(results: dict, out: Path) -> None:
-    """accuracy.png and runs.png (where the runs carry their learning curves) and
-    differences.png in ``out``."""
+    """accuracy.png and runs.png (where the runs carry their learning curves),
+    differences.png, and weight_by_calls.png where the comparison has the alignment's
+    weights (``compare_tables.alignment_weights``), in ``out``."""
     if all("curves" in r for r in results["runs"]):
         plot_accuracy(results, out / "accuracy.png")
         plot_runs(results, out / "runs.png")
+    if results.get("alignment_weights"):
+        plot_weight_by_calls(results, path=out / "weight_by_calls.png")
     plot_differences(results["differences"], out / "differences.png")

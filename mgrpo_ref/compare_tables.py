@@ -11,6 +11,9 @@ count and by world, and the learning curves) and trains nothing; ``python -m mgr
                    (a difference is called only where both agree; ``intervals``)
     stability      each arm's best and final accuracy, its collapsed runs (``COLLAPSE_DROP``),
                    and whether its curves had flattened over the last third of training
+    alignment_weights  what alignment does to the sub-agent's gradient: its loss weight on
+                   trajectories of rollouts with two calls or more, ``unaligned`` against
+                   ``mgrpo`` paired by seed
     write_reports  results.json, table.md, differences.md and stability.md in one directory
 """
 
@@ -218,16 +221,22 @@ def stability_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def multi_call_shares(shares: list[dict | None]) -> list[float | None]:
+    """Step by step, the share of the sub-agent's loss weight on trajectories of rollouts with
+    two calls or more, from ``sub/weight_by_calls`` as a run's curves keep it (d -> share);
+    None at a step with no sub trajectory, or none logged."""
+    return [sum(v for d, v in s.items() if int(d) >= 2) if s else None for s in shares]
+
+
 def multi_call_share(shares: list[dict | None]) -> float | None:
-    """The mean, over a run's training steps, of the share of the sub-agent's loss weight on
-    trajectories of rollouts with two calls or more (``sub/weight_by_calls``, as the run's
-    curves keep it: d -> share); None for a run without it at any step (no sub-agent, or a
-    run begun by code that did not log it), which then pairs with nothing. A step with no sub
-    trajectory has no shares and is left out."""
-    steps = [s for s in shares if s]
-    if not steps or None in shares:
+    """The mean over a run's training steps of :func:`multi_call_shares`; None for a run
+    without the shares at any step (no sub-agent, or a run begun by code that did not log
+    them), which then pairs with nothing. A step with no sub trajectory (an empty dict) is
+    left out."""
+    if not shares or None in shares:
         return None
-    return statistics.fmean(sum(v for d, v in s.items() if int(d) >= 2) for s in steps)
+    steps = [v for v in multi_call_shares(shares) if v is not None]
+    return statistics.fmean(steps) if steps else None
 
 
 def alignment_weights(results: dict, variant: str = "unaligned", reference: str = "mgrpo",
@@ -256,12 +265,33 @@ def alignment_weights(results: dict, variant: str = "unaligned", reference: str 
     return out
 
 
+def alignment_table(weights: dict) -> str:
+    """:func:`alignment_weights` as markdown: each arm's share of the sub-agent's loss weight
+    on multi-call trajectories and its calls per training rollout, mean over the paired seeds,
+    and the paired difference of the share with both tests."""
+    v, ref, d = weights["variant"], weights["reference"], weights["difference"]
+    lines = ["| arm | seeds | sub-agent's loss weight on trajectories of rollouts with 2+ calls (%) "
+             "| sub-agent calls per training rollout |", "|---|---|---|---|"]
+    for arm in (ref, v):
+        row = weights[arm]
+        lines.append(f"| {arm} | {len(weights['seeds'])} | {statistics.fmean(row['multi_call_share']):.1f} "
+                     f"| {statistics.fmean(row['mean_calls']):.2f} |")
+    lines += ["", "| difference | mean (points) | 95% t interval | exact sign-flip p | verdict |", "|---|---|---|---|---|",
+              f"| {v} - {ref} | {d['mean']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] | {d['p_exact']:.3g} "
+              f"| {d['verdict']} |"]
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(results: dict, out: Path) -> None:
-    """results.json, table.md, differences.md and stability.md in ``out``."""
+    """results.json, table.md, differences.md and stability.md in ``out``; differences.md
+    ends with :func:`alignment_table` where both ``mgrpo`` and ``unaligned`` have runs with
+    the sub-agent's weights by calls."""
     results["differences"] = differences(results)
     results["stability"] = stability(results)
     results["alignment_weights"] = alignment_weights(results)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "table.md").write_text(table(results))
-    (out / "differences.md").write_text(differences_table(results["differences"]))
+    aligned = results["alignment_weights"]
+    (out / "differences.md").write_text(differences_table(results["differences"]) + (
+        "" if aligned is None else "\n## What alignment does to the sub-agent's gradient\n\n" + alignment_table(aligned)))
     (out / "stability.md").write_text(stability_table(results["stability"]))

@@ -403,6 +403,16 @@ def test_alignment_weights_pair_the_multi_call_share_by_seed():
     d = w["difference"]
     assert d["mean"] == pytest.approx(25.0) and d["p_exact"] == 0.5  # two pairs: the exact test cannot call it
     assert d["verdict"].startswith("no measurable difference")
+    md = compare_tables.alignment_table(w)
+    assert "| mgrpo | 2 | 30.0 | 1.08 |" in md and "| unaligned | 2 | 55.0 | 2.25 |" in md
+    assert "| unaligned - mgrpo | +25.0 |" in md and "| 0.5 | no measurable difference" in md
+    for r in results["runs"]:
+        r["curves"]["step"] = list(range(1, len(r["curves"]["train_sub_calls"]) + 1))
+    fig = compare_plots.plot_weight_by_calls({"runs": [r for r in results["runs"] if r["seed"] == 0]}, smooth=1)
+    share, calls = ([list(line.get_ydata()) for line in ax.get_lines()] for ax in fig.axes)
+    assert share == [pytest.approx([20.0, 40.0]), pytest.approx([50.0, 70.0])]  # mgrpo, unaligned: % at d >= 2
+    assert calls == [[1.0, 2.0], [2.0, 3.0]]
+    assert compare_tables.multi_call_shares([{"1": 0.6, "3": 0.4}, {}, None]) == [pytest.approx(0.4), None, None]
     # a run without the shares (an older run, or no sub-agent) leaves nothing to pair
     assert compare_tables.multi_call_share([None, None]) is None
     assert compare_tables.alignment_weights({"runs": [run("mgrpo", 0, [None], [1.0])]}) is None
