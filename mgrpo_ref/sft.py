@@ -43,7 +43,9 @@ from .world import load_questions
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Everything that decides a warm-up; saved beside the adapter as sft.json."""
+    """Everything that decides a warm-up; saved beside the adapter as sft.json. The defaults
+    of steps, batch, lr, max_tokens and demo_hasty are the warm-up chosen for SmolLM2 on the
+    validation split (docs/real-model.md section 5, trial warm-up-600-steps)."""
 
     base: str = "models/SmolLM2-135M-Instruct"
     """The model to warm up: a local directory or a hub name."""
@@ -51,12 +53,12 @@ class SFTConfig:
     """"none" on a CPU (4-bit saves no time there, and its weights are unpacked to full
     precision at load anyway: ``policy.dequantize_4bit_layers``); "nf4" on a GPU."""
     seed: int = 0
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 2e-4
+    steps: int = 600
+    batch_size: int = 4
+    lr: float = 5e-4
     n_worlds: int = 40
     """Demonstration worlds (the teacher plays each world's questions in every role)."""
-    max_tokens: int = 1024
+    max_tokens: int = 512
     """Longer demonstrations are left out (a few sub trajectories that read many documents)."""
     demo_hasty: float = PretrainConfig.demo_hasty
     """How often the demonstrating planner answers after the first hop of a multi-hop question

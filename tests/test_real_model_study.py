@@ -82,3 +82,14 @@ def test_a_second_call_trains_nothing_and_a_changed_warm_up_is_refused(finished,
             assert "is not the one the results" in str(exit_.value) and "0" * 16 in str(exit_.value)
         finally:
             (out / "warm_up.json").write_text(json.dumps(base))
+
+
+def test_the_warm_up_command_defaults_to_the_study_s_warm_up():
+    # `python -m mgrpo_ref.sft` and `make real-gpu` warm up as the study does (chosen on the
+    # validation split): one recipe, not two
+    from dataclasses import asdict
+
+    from mgrpo_ref.sft import SFTConfig
+
+    defaults = asdict(SFTConfig())
+    assert {k: defaults[k] for k in study.WARM_UP} == study.WARM_UP
