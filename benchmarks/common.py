@@ -74,10 +74,18 @@ def command_line(script: str, arguments: list[str]) -> str:
 
 
 def machine() -> str:
-    """The machine a result was measured on: its architecture and torch's thread count."""
+    """The machine a result was measured on: its architecture, torch's thread count, and the
+    CPU's native bfloat16 instructions where Linux lists them (AMX, AVX-512 BF16)."""
     import torch
 
-    return f"{platform.machine()}, {torch.get_num_threads()} torch threads"
+    flags = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+                 for f in line.split(":", 1)[1].split()}
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return (f"{platform.machine()}, {torch.get_num_threads()} torch threads"
+            + (f", {' and '.join(bf16)}" if bf16 else ""))
 
 
 def write_result(out: Path, result: dict) -> None:

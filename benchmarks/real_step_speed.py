@@ -9,8 +9,16 @@ one per learner) from the warm-up adapter (``benchmarks/real_model_cpu.py --stag
 in a run directory of its own in a temporary folder, with the CPU configuration (full
 precision, lr 1e-4, turns of 48 tokens) at 8 questions x 8 rollouts, and the arm's overrides:
 
-    today     the defaults
-    levers    prefix_cache_mib=2048 microbatch_tokens=1024 activation_checkpointing=true
+    today           the defaults
+    levers          prefix_cache_mib=2048 microbatch_tokens=1024 activation_checkpointing=true
+    levers, bf16    the same with the base in bfloat16 (dtype=bfloat16; the adapters and the
+                    optimiser stay in float32): fast where the CPU multiplies bfloat16
+                    natively (AMX or AVX-512 BF16; ``machine`` in the result says which)
+    no checkpointing, bf16  the prefix cache and the token budget in bfloat16, without
+                    activation checkpointing (it recomputes the forward; bfloat16 halves the
+                    activations it was there to bound)
+
+``--arms`` runs some of them ("today" always, first: the ratios are to it).
 
 Evaluations shrink to 6 held-out questions (before the first step and after the last) and
 checkpoints to the last step, so the steps are what is measured. From each run's
@@ -33,8 +41,11 @@ from statistics import median
 
 from common import ROOT, RESULTS, command_line, machine, parser, within_project, write_result
 
+LEVERS = ["prefix_cache_mib=2048", "microbatch_tokens=1024", "activation_checkpointing=true"]
 ARMS = {"today": [],
-        "levers": ["prefix_cache_mib=2048", "microbatch_tokens=1024", "activation_checkpointing=true"]}
+        "levers": LEVERS,
+        "levers, bf16": [*LEVERS, "dtype=bfloat16"],
+        "no checkpointing, bf16": ["prefix_cache_mib=2048", "microbatch_tokens=1024", "dtype=bfloat16"]}
 """arm -> config overrides on top of CONFIG."""
 CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
           "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",
@@ -55,13 +66,16 @@ def main() -> None:
     options = parser("speed", __doc__, steps=2, base=False)
     options.add_argument("--base", default=str(ROOT / "runs" / "real-model-cpu" / "sft" / "adapter"),
                          help="the warm-up adapter (default: runs/real-model-cpu/sft/adapter)")
+    options.add_argument("--arms", nargs="+", choices=list(ARMS)[1:], default=list(ARMS)[1:],
+                         help="the arms to run besides today (default: all)")
     options.set_defaults(out=RESULTS / "real-model-cpu" / "speed.json")
     args = options.parse_args()
     if not (Path(args.base) / "adapter_config.json").exists():
         sys.exit(f"error: no adapter at {args.base}; run `python benchmarks/real_model_cpu.py --stages warm_up` first")
     arms = {}
     with tempfile.TemporaryDirectory() as folder:
-        for arm, overrides in ARMS.items():
+        for arm in ["today", *args.arms]:
+            overrides = ARMS[arm]
             run = Path(folder) / arm
             command = [sys.executable, "-m", "mgrpo_ref.train", "--run-dir", str(run), f"base={args.base}",
                        f"steps={args.steps}", *CONFIG, *overrides]
