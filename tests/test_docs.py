@@ -437,3 +437,22 @@ def test_the_narration_check_can_fail():
                "log-probs; the seed is used to draw the questions. Memory before the first step.")
     assert narration(present) == []
     assert narration((ROOT / "docs" / "history.md").read_text()), "the history tells history"
+
+
+@pytest.mark.parametrize("results", sorted(ROOT.glob("benchmarks/results/comparison-*/results.json")),
+                         ids=lambda p: p.parent.name)
+def test_every_field_of_a_comparison_s_results_is_documented(results):
+    """docs/results.md's field-by-field section names every key a committed results.json
+    holds: at the top, in a run, its curves and reports, and each row of the derived tables."""
+    text = (ROOT / "docs" / "results.md").read_text()
+    section = text.split("### results.json, field by field", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(\w+)`", section))
+    data = json.loads(results.read_text())
+    keys = set(data)
+    for run in data["runs"]:
+        keys |= set(run) | set(run["curves"]) | set(run["greedy"])
+    for row in data.get("differences", []) + data.get("stability", []):
+        keys |= set(row)
+    if data.get("alignment_weights"):
+        keys |= set(data["alignment_weights"])
+    assert keys - documented == set()
