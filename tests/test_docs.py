@@ -174,6 +174,30 @@ def test_the_real_step_speed_table_in_the_docs_is_the_committed_one():
     assert set(result["arms"]) == {"today", "levers"} and result["command"].startswith("python benchmarks/")
 
 
+def test_the_bfloat16_figures_in_the_docs_are_the_committed_ones():
+    text = (ROOT / "docs" / "real-model.md").read_text()
+    result = json.loads((REAL_MODEL / "bf16_effect.json").read_text())
+    lp, ratio, greedy = result["logprobs"], result["ratio_bf16_to_fp32"], result["greedy"]
+    expected = [
+        f"| trained tokens compared | {lp['main']['tokens']} | {lp['sub']['tokens']} |",
+        f"| mean absolute difference of their log-probabilities | {lp['main']['mean_abs_difference']:.4f} "
+        f"| {lp['sub']['mean_abs_difference']:.4f} |",
+        f"| largest | {lp['main']['max_abs_difference']:.2f} | {lp['sub']['max_abs_difference']:.2f} |",
+        f"| tokens whose probability ratio leaves the clip range [{result['clip_range'][0]:g}, "
+        f"{result['clip_range'][1]:g}] | {100 * lp['main']['share_outside_clip']:.2f}% | "
+        f"{100 * lp['sub']['share_outside_clip']:.2f}% |",
+        f"| forward and backward pass, bfloat16 / float32 | x{ratio['forward_backward_main']:.2f} "
+        f"| x{ratio['forward_backward_sub']:.2f} |",
+        f"{greedy['questions']} episodes, token for token ({greedy['identical_transcripts']} identical",
+        f"{100 * greedy['accuracy']['float32']:.1f}% right in each), but generating them took "
+        f"x{ratio['greedy_episodes']:.2f} as long",
+    ]
+    flat = " ".join(text.split())
+    assert [e for e in expected if " ".join(e.split()) not in flat] == []
+    assert greedy["accuracy"]["float32"] == greedy["accuracy"]["bfloat16"]  # "29.2% right in each"
+    assert "amx_bf16" in result["machine"]
+
+
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
     """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
     every group of k of the rollouts."""
