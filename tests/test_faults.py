@@ -295,9 +295,12 @@ def wait_for_step(run: Path, step: int, proc, timeout=300):
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
 def test_stopping_a_run_says_one_line_and_leaves_it_resumable(base, reference, tmp_path, how):
     run = tmp_path / "run"
+    # A shell without job control starts background commands with SIGINT ignored, which their
+    # children inherit; the run is given the default disposition, as a terminal's command has.
     proc = subprocess.Popen([sys.executable, "-m", "mgrpo_ref.train", "--quiet", "--run-dir", str(run),
                              f"base={base}", f"steps={STEPS}", *SMALL],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_step(run, 1, proc)
     workers = json.loads((run / "workers.json").read_text())
     if how == "SIGTERM":

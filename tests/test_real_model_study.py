@@ -13,6 +13,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import real_model_study as study  # noqa: E402
 
+WARM_UP = dict(study.WARM_UP)  # as the module sets it (the fixture below patches it to a smoke size)
+
 SMOKE_RECIPE = ["quantization=none", "steps=2", "questions_per_step=2", "rollouts=2", "min_train_hops=2",
                 "min_train_hops_steps=1", "max_new_tokens=24", "eval_every=1", "eval_split=validation",
                 "eval_questions=4", "eval_sampled_temperature=0", "checkpoint_every=1", "tensorboard=false"]
@@ -92,4 +94,4 @@ def test_the_warm_up_command_defaults_to_the_study_s_warm_up():
     from mgrpo_ref.sft import SFTConfig
 
     defaults = asdict(SFTConfig())
-    assert {k: defaults[k] for k in study.WARM_UP} == study.WARM_UP
+    assert {k: defaults[k] for k in WARM_UP} == WARM_UP
