@@ -41,11 +41,12 @@ from statistics import median
 
 from common import ROOT, RESULTS, command_line, machine, parser, within_project, write_result
 
-LEVERS = ["prefix_cache_mib=2048", "microbatch_tokens=1024", "activation_checkpointing=true"]
+CACHE_AND_BUDGET = ["prefix_cache_mib=2048", "microbatch_tokens=1024"]
+LEVERS = [*CACHE_AND_BUDGET, "activation_checkpointing=true"]
 ARMS = {"today": [],
         "levers": LEVERS,
         "levers, bf16": [*LEVERS, "dtype=bfloat16"],
-        "no checkpointing, bf16": ["prefix_cache_mib=2048", "microbatch_tokens=1024", "dtype=bfloat16"]}
+        "no checkpointing, bf16": [*CACHE_AND_BUDGET, "dtype=bfloat16"]}
 """arm -> config overrides on top of CONFIG."""
 CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
           "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",
