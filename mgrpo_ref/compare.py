@@ -6,7 +6,7 @@
     python -m mgrpo_ref.compare --preset real-gpu       # a warmed-up instruct model on one GPU
     python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # about a minute (CI)
     python -m mgrpo_ref.compare --preset cpu-long --seeds 0 1 2 3 4 5 6 7 \
-        --seeds-for no_shared_fate=5 shared_fate_only=5 stale_sub=5 single_agent_3x=5
+        --seeds-for no_shared_fate=6 shared_fate_only=6 stale_sub=6 single_agent_3x=6
 
 Every arm trains with the same budget: the same config (questions per step, rollouts,
 steps, learning rate, seeds, hence the same training questions in the same order). The
@@ -48,7 +48,9 @@ evaluation is the base's. Results go to ``--out``:
 
 This module trains the arms and collects each run's results; the statistics and the tables
 are ``compare_tables``'s, the figures ``compare_plots``'s. ``python -m mgrpo_ref.compare
---report DIR`` writes the tables and the figures again from DIR/results.json, without training.
+--report DIR`` writes the tables and the figures again from DIR/results.json, without training;
+with ``--against OLD`` differences.md also says which of an older comparison's differences stand in
+DIR's, fall, reverse, or are new (``compare_tables.conclusions``).
 
 Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
 again and a killed one is resumed, so the comparison can be stopped and restarted at will.
@@ -65,7 +67,7 @@ from pathlib import Path
 
 from .cli import existing_dir, nonnegative_int, one_line, output_dir
 from .compare_plots import plot_figures
-from .compare_tables import differences_table, stability_table, table, write_reports
+from .compare_tables import CALLS, differences_table, stability_table, table, write_reports
 from .config import VARIANTS, TrainConfig
 from .episode import transcript
 from .evaluate import evaluate, failure_kind, make_agent
@@ -289,6 +291,19 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     return results
 
 
+def earlier(folder: Path, by: str) -> dict:
+    """An older comparison's differences, to say which stand (``compare_tables.conclusions``):
+    where they come from (relative to the project where it can be), how its calls are read
+    (``by``), and the rows themselves, so that the later results.json holds all it needs."""
+    path = folder / "results.json"
+    old = json.loads(path.read_text())
+    if "differences" not in old:
+        raise ValueError(f"{path} holds no differences: run --report {folder} first")
+    where = path.resolve()
+    where = where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT) else where
+    return {"results": str(where), "by": by, "differences": old["differences"]}
+
+
 def check_seed_count(seeds: list[int]) -> None:
     """A ValueError for more distinct seeds than the exact sign-flip test can pair."""
     if len(set(seeds)) > SIGN_FLIP_MAX_PAIRS:
@@ -328,11 +343,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report", type=existing_dir, metavar="DIR",
                         help="write the tables and the figures again from DIR/results.json; no training")
+    parser.add_argument("--against", type=existing_dir, metavar="OLD",
+                        help="with --report: also say which of the differences in OLD/results.json "
+                             "stand in DIR's (kept in DIR/results.json as 'against')")
+    parser.add_argument("--against-by", choices=CALLS, default="both",
+                        help="read OLD's calls from both tests (default) or from its t interval alone")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, key=value")
     args = parser.parse_args(argv)
+    if args.against is not None and args.report is None:
+        parser.error("--against compares a finished comparison with an older one: give it with --report DIR")
     if args.report is not None:
         try:
             results = json.loads((args.report / "results.json").read_text())
+            if args.against is not None:
+                results["against"] = earlier(args.against, args.against_by)
             write_reports(results, args.report)
         except (OSError, ValueError) as err:
             parser.error(one_line(err))

@@ -23,7 +23,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .intervals import paired_difference, paired_verdict, sign_flip_p
+from .intervals import paired_difference, paired_verdict, sign_flip_floor, sign_flip_p
 from .world import WORLD_SCALES
 
 
@@ -127,6 +127,81 @@ def differences_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['variant']} - {r['reference']} | {r['decoding']} | {len(r['seeds'])} | {r['mean']:+.1f} | "
                      f"[{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_exact']:.4f} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+CALLS = ("both", "t")
+"""What a difference may be called by: both tests agreeing (the verdict), or the t interval alone."""
+
+
+def called(row: dict, by: str = "both") -> str | None:
+    """What a row of :func:`differences` calls, "higher" or "lower" (the variant against the
+    reference) or None (no measurable difference): by its verdict, both tests agreeing
+    (``by="both"``), or by the t interval alone (``by="t"``, the interval excluding 0)."""
+    if by not in CALLS:
+        raise ValueError(f"by must be one of {CALLS}, got {by!r}")
+    if by == "t":
+        return "higher" if row["low"] > 0 else "lower" if row["high"] < 0 else None
+    for direction in ("higher", "lower"):
+        if row["verdict"] == f"{row['variant']} {direction}":
+            return direction
+    return None
+
+
+def conclusions(before: list[dict], after: list[dict], before_by: str = "both") -> list[dict]:
+    """The differences of an earlier comparison (``before``, its :func:`differences`) beside
+    the same (variant, reference, decoding) in a later one (``after``), and what became of
+    each conclusion: it "stands" (the same call, or no call in both), "falls" (a call the
+    later comparison does not make), "reverses" (the opposite call), is a "new call" (one the
+    earlier comparison did not make), or is "not re-run"; where the later comparison has too
+    few seeds for its exact test to reach the level (:func:`intervals.sign_flip_floor`: five
+    or fewer at 95%), nothing can be called there and the outcome says so. The later comparison's calls are
+    its verdicts (both tests); the earlier one's are read ``before_by`` (:func:`called`): a
+    write-up may have drawn its conclusions from the t interval alone. In ``before``'s order,
+    then the rows only ``after`` has."""
+    def key(r: dict) -> tuple[str, str, str]:
+        return r["variant"], r["reference"], r["decoding"]
+
+    earlier, later = {key(r): r for r in before}, {key(r): r for r in after}
+    rows = []
+    for k in list(earlier) + [k for k in later if k not in earlier]:
+        old, new = earlier.get(k), later.get(k)
+        was = called(old, before_by) if old is not None else None
+        if new is None:
+            outcome = "not re-run"
+        elif sign_flip_floor(len(new["seeds"])) >= 1 - new["confidence"]:
+            outcome = f"cannot be called on {len(new['seeds'])} seeds"
+        elif was is None:
+            outcome = "new call" if called(new) else "stands"
+        elif was == called(new):
+            outcome = "stands"
+        else:
+            outcome = "falls" if called(new) is None else "reverses"
+        rows.append({"variant": k[0], "reference": k[1], "decoding": k[2], "before": old, "after": new,
+                     "before_call": was, "after_call": called(new) if new is not None else None,
+                     "outcome": outcome})
+    return rows
+
+
+def conclusions_table(rows: list[dict], before: str = "before", after: str = "after") -> str:
+    """:func:`conclusions` as markdown: each difference in points with its t interval, exact p,
+    seeds, verdict and what was read from it ("called": higher, lower or none) in the earlier
+    (``before``) and the later (``after``) comparison, and what became of the conclusion."""
+    def cell(r: dict | None) -> list[str]:
+        if r is None:
+            return ["", "not run"]
+        return [f"{r['mean']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}], p {r['p_exact']:.3g} ({len(r['seeds'])} seeds)",
+                r["verdict"]]
+
+    def call(direction: str | None) -> str:
+        return "none" if direction is None else direction
+
+    lines = [f"| variant - reference | decoding | {before} | verdict | called | {after} | verdict | called "
+             "| the conclusion |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join([f"{r['variant']} - {r['reference']}", r["decoding"], *cell(r["before"]),
+                                        call(r["before_call"]), *cell(r["after"]), call(r["after_call"]),
+                                        r["outcome"]]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -285,13 +360,25 @@ def alignment_table(weights: dict) -> str:
 def write_reports(results: dict, out: Path) -> None:
     """results.json, table.md, differences.md and stability.md in ``out``; differences.md
     ends with :func:`alignment_table` where both ``mgrpo`` and ``unaligned`` have runs with
-    the sub-agent's weights by calls."""
+    the sub-agent's weights by calls, and, where ``results["against"]`` holds an older
+    comparison's differences (``compare --report DIR --against OLD``), with
+    :func:`conclusions_table`: which of them stand (kept in results.json as ``conclusions``)."""
     results["differences"] = differences(results)
     results["stability"] = stability(results)
     results["alignment_weights"] = alignment_weights(results)
+    against = results.get("against")
+    if against is not None:
+        results["conclusions"] = conclusions(against["differences"], results["differences"], against["by"])
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "table.md").write_text(table(results))
     aligned = results["alignment_weights"]
-    (out / "differences.md").write_text(differences_table(results["differences"]) + (
-        "" if aligned is None else "\n## What alignment does to the sub-agent's gradient\n\n" + alignment_table(aligned)))
+    text = differences_table(results["differences"])
+    if aligned is not None:
+        text += "\n## What alignment does to the sub-agent's gradient\n\n" + alignment_table(aligned)
+    if against is not None:
+        text += (f"\n## Which differences of `{against['results']}` stand\n\n"
+                 + ("Its calls read from the t interval alone, this comparison's from both tests.\n\n"
+                    if against["by"] == "t" else "")
+                 + conclusions_table(results["conclusions"], "earlier", "this comparison"))
+    (out / "differences.md").write_text(text)
     (out / "stability.md").write_text(stability_table(results["stability"]))

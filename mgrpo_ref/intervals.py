@@ -130,6 +130,14 @@ def sign_flip_p(differences: list[float]) -> float:
     return sum(abs(x) >= observed - tolerance for x in sums) / len(sums)
 
 
+def sign_flip_floor(n: int) -> float:
+    """The smallest p-value the exact sign-flip test can give on ``n`` pairs: 2 / 2^n (all
+    differences of one sign; 1 for a single pair). Below 0.05 from six pairs on."""
+    if n < 1:
+        raise ValueError(f"need at least one pair, got {n}")
+    return min(1.0, 2 / 2 ** n)
+
+
 def paired_verdict(interval: Interval, p: float, better: str = "higher", worse: str = "lower") -> str:
     """``better`` or ``worse`` where the t interval excludes 0 and the exact test's ``p`` is
     below 1 - the interval's confidence; where only one of them calls it, "no measurable

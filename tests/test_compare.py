@@ -416,3 +416,74 @@ def test_alignment_weights_pair_the_multi_call_share_by_seed():
     # a run without the shares (an older run, or no sub-agent) leaves nothing to pair
     assert compare_tables.multi_call_share([None, None]) is None
     assert compare_tables.alignment_weights({"runs": [run("mgrpo", 0, [None], [1.0])]}) is None
+
+
+def difference_row(variant: str, low: float, high: float, verdict: str, seeds: int = 5) -> dict:
+    return {"variant": variant, "reference": "mgrpo", "decoding": "greedy", "seeds": list(range(seeds)),
+            "mean": (low + high) / 2, "low": low, "high": high, "confidence": 0.95, "p_exact": 2 / 2 ** seeds,
+            "verdict": verdict}
+
+
+def test_conclusions_say_which_calls_stand_fall_reverse_or_are_new():
+    t_alone = "no measurable difference (the t interval alone)"
+    before = [difference_row("frozen_sub", -31.0, -14.0, t_alone),       # t says lower; later both do
+              difference_row("unaligned", -98.0, -11.0, t_alone),        # t says lower; later no call
+              difference_row("shared", -2.6, 13.3, "no measurable difference"),  # none; later a call
+              difference_row("stale_sub", 1.0, 9.0, t_alone),           # t says higher; later lower
+              difference_row("single_agent_3x", -90.0, -50.0, t_alone),  # not in the later comparison
+              difference_row("single_agent", -60.0, -44.0, t_alone)]     # later on five seeds only
+    after = [difference_row("frozen_sub", -30.0, -20.0, "frozen_sub lower", seeds=8),
+             difference_row("unaligned", -4.0, 1.0, "no measurable difference", seeds=8),
+             difference_row("shared", 2.0, 8.0, "shared higher", seeds=8),
+             difference_row("stale_sub", -9.0, -1.0, "stale_sub lower", seeds=6),
+             difference_row("single_agent", -60.0, -50.0, t_alone),
+             difference_row("no_shared_fate", -1.0, 1.0, "no measurable difference", seeds=8)]
+    by_t = {r["variant"]: r["outcome"] for r in compare_tables.conclusions(before, after, before_by="t")}
+    assert by_t == {"frozen_sub": "stands", "unaligned": "falls", "shared": "new call", "stale_sub": "reverses",
+                    "single_agent_3x": "not re-run", "single_agent": "cannot be called on 5 seeds",
+                    "no_shared_fate": "stands"}
+    # read by its verdicts, the earlier comparison called nothing: every later call is new
+    by_both = {r["variant"]: r["outcome"] for r in compare_tables.conclusions(before, after)}
+    assert by_both == {"frozen_sub": "new call", "unaligned": "stands", "shared": "new call", "stale_sub": "new call",
+                       "single_agent_3x": "not re-run", "single_agent": "cannot be called on 5 seeds",
+                       "no_shared_fate": "stands"}
+    text = compare_tables.conclusions_table(compare_tables.conclusions(before, after, before_by="t"), "60 steps", "120 steps")
+    assert text.splitlines()[0].startswith("| variant - reference | decoding | 60 steps | verdict | called | 120 steps |")
+    assert ("| unaligned - mgrpo | greedy | -54.5 [-98.0, -11.0], p 0.0625 (5 seeds) | " + t_alone
+            + " | lower | -1.5 [-4.0, +1.0], p 0.00781 (8 seeds) | no measurable difference | none | falls |") in text
+    assert "| single_agent_3x - mgrpo | greedy | -70.0 [-90.0, -50.0], p 0.0625 (5 seeds) |" in text
+    assert text.splitlines()[-1] == ("| no_shared_fate - mgrpo | greedy |  | not run | none | +0.0 [-1.0, +1.0], "
+                                     "p 0.00781 (8 seeds) | no measurable difference | none | stands |")
+    with pytest.raises(ValueError, match="by must be one of"):
+        compare_tables.called(before[0], by="exact")
+
+
+def test_the_report_option_against_an_older_comparison_writes_its_conclusions(tmp_path, capsys):
+    base = ((0.1, {"1": 0.2}), (0.1, {"1": 0.2}))
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder, gap in ((old, 0.05), (new, 0.0)):
+        folder.mkdir()
+        results = {"variants": ["mgrpo", "shared"], "sampled_temperature": 1.0, "runs": [
+            run(v, s, "multi", base, ((0.1 * (s + 1) + (v == "shared") * gap, {"1": 0.5}), (0.5, {"1": 0.5})))
+            for v in ("mgrpo", "shared") for s in (0, 1)]}
+        (folder / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit):  # the older one has never been reported: no differences yet
+        compare.main(["--report", str(new), "--against", str(old)])
+    assert "holds no differences: run --report" in capsys.readouterr().err
+    compare.main(["--report", str(old)])
+    compare.main(["--report", str(new), "--against", str(old), "--against-by", "t"])
+    text = (new / "differences.md").read_text()
+    assert f"## Which differences of `{old / 'results.json'}` stand" in text
+    assert "Its calls read from the t interval alone" in text
+    assert "| variant - reference | decoding | earlier | verdict | called | this comparison |" in text
+    # two seeds +5 each: a zero-width t interval calls it; the newer comparison cannot call on two seeds
+    assert ("| shared - mgrpo | greedy | +5.0 [+5.0, +5.0], p 0.5 (2 seeds) | no measurable difference "
+            "(the t interval alone) | higher |") in text
+    assert "| no measurable difference | none | cannot be called on 2 seeds |" in text
+    saved = json.loads((new / "results.json").read_text())
+    assert saved["against"]["by"] == "t" and saved["conclusions"][0]["outcome"] == "cannot be called on 2 seeds"
+    compare.main(["--report", str(new)])  # reported again without --against: the section stays
+    assert (new / "differences.md").read_text() == text
+    with pytest.raises(SystemExit):
+        compare.main(["--against", str(old)])
+    assert "give it with --report DIR" in capsys.readouterr().err

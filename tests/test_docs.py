@@ -481,4 +481,7 @@ def test_every_field_of_a_comparison_s_results_is_documented(results):
         keys |= set(row)
     if data.get("alignment_weights"):
         keys |= set(data["alignment_weights"])
+    keys |= set(data.get("against", {}))
+    for row in data.get("conclusions", []):
+        keys |= set(row)
     assert keys - documented == set()

@@ -93,6 +93,15 @@ def test_the_wilson_interval_of_a_proportion_matches_hand_values():
         proportion_interval(5, 4)
 
 
+def test_the_sign_flip_floor_is_the_p_of_differences_all_of_one_sign():
+    from mgrpo_ref.intervals import sign_flip_floor, sign_flip_p
+    for n in range(1, 10):
+        assert sign_flip_floor(n) == sign_flip_p([1.0 + i for i in range(n)])
+    assert sign_flip_floor(5) == 0.0625 and sign_flip_floor(6) == 0.03125  # six seeds are the fewest below 0.05
+    with pytest.raises(ValueError, match="at least one pair"):
+        sign_flip_floor(0)
+
+
 def test_the_sign_flip_test_by_hand():
     """Five differences all of one sign: only they and their mirror image reach the observed
     |sum|, so p = 2 / 32. Differences 3, -1, 2: |sum| = 4, reached by (+3 -1 +2), (+3 +1 +2)
