@@ -80,8 +80,8 @@ from .train import EVAL_KEYS, Trainer
 from .world import load_questions
 
 PRESETS = {
-    # The CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: make train's held-out
-    # curves are flat from about step 40 (docs/results.md, "make train").
+    # The CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: the make train curve of
+    # the time was level from about step 40 (docs/results.md, "Which split each choice was made on").
     "cpu": ["steps=60", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
     # The same on twice the steps (docs/results.md, "Over three times the horizon").
     "cpu-long": ["steps=120", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],

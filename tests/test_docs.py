@@ -485,3 +485,31 @@ def test_every_field_of_a_comparison_s_results_is_documented(results):
     for row in data.get("conclusions", []):
         keys |= set(row)
     assert keys - documented == set()
+
+
+def test_the_readme_s_curriculum_trial_figures_are_its_committed_metrics():
+    """The README's account of the real-model study's recipe trial (validation greedy accuracy
+    at its first and last evaluation) is what the trial's committed metrics.jsonl holds."""
+    trial = REAL_MODEL / "trials" / "mgrpo-w600-hops2-then-all-k8-lr1e-4"
+    evals = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines() if "eval/accuracy" in line]
+    first, last = evals[0], evals[-1]
+    assert (first["step"], last["step"]) == (0, 60)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"then 20 on every question, took it from {100 * first['eval/accuracy']:.1f}% to "
+            f"{100 * last['eval/accuracy']:.1f}%") in readme
+
+
+def test_the_readme_s_current_step_times_are_the_committed_make_train_run_s():
+    import json
+    import statistics
+
+    lines = (ROOT / "benchmarks" / "results" / "make-train" / "metrics.jsonl").read_text().splitlines()
+    steps = [m for m in map(json.loads, lines) if "time/step_s" in m and m["step"] >= 1]
+    first = steps[:10]
+
+    def mean(records, key):
+        return f"{statistics.fmean(m[f'time/{key}'] for m in records):.2f} s"
+
+    readme = " ".join(README.read_text().split())
+    assert (f"averages {mean(first, 'step_s')} a step over its first 10 steps ({mean(first, 'rollout_s')} of rollouts, "
+            f"an update phase of {mean(first, 'update_wall_s')}) and {mean(steps, 'step_s')} over all {len(steps)}") in readme
