@@ -254,37 +254,36 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     start = time.time()
     shown = None  # the held-out questions whose episodes are kept, chosen with the first run's base
     # Seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds.
-    for i, seed in enumerate(seeds):
-        for variant in variants:  # a variant, an ablation or a longer arm (ARMS)
-            if i >= arm_seeds.get(variant, len(seeds)):
-                continue
-            cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
-            mode = LAYOUTS[cfg.variant].mode
-            run_dir = runs_dir / f"{variant}-s{seed}"
-            print(f"[{time.time() - start:6.0f} s] {variant} seed {seed} -> {run_dir}", flush=True)
-            train_run(cfg, run_dir, progress=progress)
-            records = metrics(run_dir)
-            first, last = base_and_final(records, cfg.steps, run_dir)
-            if shown is None:
-                shown = questions_to_show(cfg, tools_for)
-                results["shown_questions"] = [q.qid for q in shown]
-            if mode not in results["base_episodes"]:
-                base_shown = greedy_episodes(cfg, None, shown, tools_for)
-                results["base_episodes"][mode] = [transcript(e) for e in base_shown]
-                results.setdefault("base_episode_outcomes", {})[mode] = [what_happened(e) for e in base_shown]
-            final_shown = greedy_episodes(cfg, rundir.latest_checkpoint(run_dir), shown, tools_for)
-            results["runs"].append({
-                "variant": variant, "seed": seed, "mode": mode,
-                "config": json.loads((run_dir / rundir.CONFIG).read_text()),
-                "base_greedy": report(first, "eval"), "base_sampled": report(first, "eval_sampled"),
-                "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
-                "curves": curves(records),
-                "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in records), 1),
-                "episodes": [transcript(e) for e in final_shown],
-                "episode_outcomes": [what_happened(e) for e in final_shown]})
-            write_reports(results, out)
-            print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",
-                  flush=True)
+    plan = [(seed, variant) for i, seed in enumerate(seeds)
+            for variant in variants if i < arm_seeds.get(variant, len(seeds))]  # an arm of ARMS, a seed
+    for n, (seed, variant) in enumerate(plan, 1):
+        cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
+        mode = LAYOUTS[cfg.variant].mode
+        run_dir = runs_dir / f"{variant}-s{seed}"
+        print(f"[{time.time() - start:6.0f} s] run {n} of {len(plan)}: {variant} seed {seed} -> {run_dir}", flush=True)
+        train_run(cfg, run_dir, progress=progress)
+        records = metrics(run_dir)
+        first, last = base_and_final(records, cfg.steps, run_dir)
+        if shown is None:
+            shown = questions_to_show(cfg, tools_for)
+            results["shown_questions"] = [q.qid for q in shown]
+        if mode not in results["base_episodes"]:
+            base_shown = greedy_episodes(cfg, None, shown, tools_for)
+            results["base_episodes"][mode] = [transcript(e) for e in base_shown]
+            results.setdefault("base_episode_outcomes", {})[mode] = [what_happened(e) for e in base_shown]
+        final_shown = greedy_episodes(cfg, rundir.latest_checkpoint(run_dir), shown, tools_for)
+        results["runs"].append({
+            "variant": variant, "seed": seed, "mode": mode,
+            "config": json.loads((run_dir / rundir.CONFIG).read_text()),
+            "base_greedy": report(first, "eval"), "base_sampled": report(first, "eval_sampled"),
+            "greedy": report(last, "eval"), "sampled": report(last, "eval_sampled"),
+            "curves": curves(records),
+            "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in records), 1),
+            "episodes": [transcript(e) for e in final_shown],
+            "episode_outcomes": [what_happened(e) for e in final_shown]})
+        write_reports(results, out)
+        print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",
+              flush=True)
     results["seconds"] = round(time.time() - start, 1)
     write_reports(results, out)
     plot_figures(results, out)

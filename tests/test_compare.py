@@ -73,7 +73,7 @@ def base(tmp_path_factory):
     return out
 
 
-def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path, monkeypatch):
+def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path, monkeypatch, capsys):
     kwargs = dict(preset="smoke", variants=["mgrpo", "single_agent", "shared"], seeds=[0, 1], runs_dir=tmp_path / "runs",
                   out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False,
                   arm_seeds={"single_agent": 1, "shared": 1})
@@ -84,6 +84,9 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("single_agent", 0), ("shared", 0),
                                                                   ("mgrpo", 1)]
     assert saved["arm_seeds"] == {"single_agent": 1, "shared": 1}
+    said = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert [line.split(" -> ")[0] for line in said] == [
+        "run 1 of 4: mgrpo seed 0", "run 2 of 4: single_agent seed 0", "run 3 of 4: shared seed 0", "run 4 of 4: mgrpo seed 1"]
     assert {r["variant"]: r["seeds"] for r in saved["differences"]} == {"single_agent": [0], "shared": [0]}
     assert set(saved["base_episodes"]) == set(saved["base_episode_outcomes"]) == {"multi", "single"}
     assert len(saved["shown_questions"]) == 3 and len(set(saved["shown_questions"])) == 3
