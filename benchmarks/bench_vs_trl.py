@@ -48,7 +48,10 @@ The matched ratios hold the base the same way on both sides: "ours, packed" agai
 
 **A real model** (``--model DIR``, a local model directory or hub name): the same workload
 on that model at full precision (fp32 base and adapter, how a CPU runs a real model: 4-bit is
-its GPU path), in two arms, "trl, full precision" and "ours, full precision". Each prompt is
+its GPU path), in three arms, "trl, full precision", "ours, full precision" and "ours, full
+precision, shared prefix": ours with ``share_prefix=32``, which encodes each prompt once in the
+update for its K completions (``Policy.token_logprobs``; the same loss and gradient, tested),
+against TRL, which encodes it K times. Each prompt is
 the sub-agent's context rendered in the model's chat format (chat.py), as our trainer gives
 it to an instruct model, and handed to TRL as that same text. Both stop a completion at the
 model's end-of-turn token; ours also stops at the sub-agent's closing tags, as its rollouts
@@ -82,12 +85,15 @@ B, K = 8, 8
 FULL = "full precision"
 ARMS = {"trl": ("trl", "packed"), "trl, dequantized": ("trl", "dequantized"),
         "trl, bf16 adapter": ("trl", "packed"), "ours": ("ours", "dequantized"), "ours, packed": ("ours", "packed"),
-        f"trl, {FULL}": ("trl", FULL), f"ours, {FULL}": ("ours", FULL)}
+        f"trl, {FULL}": ("trl", FULL), f"ours, {FULL}": ("ours", FULL),
+        f"ours, {FULL}, shared prefix": ("ours", FULL)}
 """arm -> (trainer, how its base is held: a 4-bit base dequantised or packed, or a real model in fp32)."""
+SHARE_PREFIX = {f"ours, {FULL}, shared prefix": 32}
+"""Arms whose update encodes a prompt once for its K completions: arm -> ``share_prefix``."""
 BASE_ARMS = ("trl", "trl, dequantized", "trl, bf16 adapter", "ours", "ours, packed")
-MODEL_ARMS = (f"trl, {FULL}", f"ours, {FULL}")
+MODEL_ARMS = (f"trl, {FULL}", f"ours, {FULL}", f"ours, {FULL}, shared prefix")
 MATCHED = (("ours, packed", "trl"), ("ours", "trl, dequantized"), ("ours", "trl, bf16 adapter"),
-           (f"ours, {FULL}", f"trl, {FULL}"))
+           (f"ours, {FULL}", f"trl, {FULL}"), (f"ours, {FULL}, shared prefix", f"trl, {FULL}"))
 """The ratios reported: the same layers on both sides, then each trainer as its users get it."""
 INSTALL = 'TRL is not installed: pip install -e ".[bench]"  (or: pip install trl datasets)'
 
@@ -143,7 +149,7 @@ def completion(policy, turn: str) -> str:
     return turn if chat is None or turn.endswith(chat.end_of_turn) else chat.agent(turn)
 
 
-def run_ours(policy, cfg, steps: int, pairs: list[tuple[str, str]]) -> dict:
+def run_ours(policy, cfg, steps: int, pairs: list[tuple[str, str]], share_prefix: int = 0) -> dict:
     import torch
 
     from mgrpo_ref.advantages import main_advantages
@@ -151,7 +157,7 @@ def run_ours(policy, cfg, steps: int, pairs: list[tuple[str, str]]) -> dict:
     from mgrpo_ref.episode import Segment, Trajectory
     from mgrpo_ref.step import clipped_update
 
-    cfg = replace(cfg, epochs=1, microbatch=16, kl_coef=0.0)  # the workload's, whatever the defaults
+    cfg = replace(cfg, epochs=1, microbatch=16, kl_coef=0.0, share_prefix=share_prefix)  # the workload's
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=tuple(cfg.betas))
     baseline_mb = peak_mb()
@@ -243,7 +249,7 @@ def one_arm(arm: str, steps: int, out: Path, model: str | None = None) -> None:
     if trainer == "trl":
         result = run_trl(policy, cfg, steps, pairs, fp32_adapter=arm != "trl, bf16 adapter")
     else:
-        result = run_ours(policy, cfg, steps, pairs)
+        result = run_ours(policy, cfg, steps, pairs, SHARE_PREFIX.get(arm, 0))
     result.update(arm=arm, peak_rss_mb=peak_mb(), threads=torch.get_num_threads())
     out.write_text(json.dumps(result))
 
@@ -266,8 +272,8 @@ def main() -> None:
     allowed = MODEL_ARMS if args.model else BASE_ARMS
     args.arms = args.arms or list(allowed)
     if not set(args.arms) <= set(allowed):
-        parser.error(f"--arms {' '.join(sorted(set(args.arms) - set(allowed)))}: "
-                     f"{'only ' + ', '.join(allowed) + ' run a real model' if args.model else 'these need --model'}")
+        parser.error(f"--arms {' '.join(repr(a) for a in sorted(set(args.arms) - set(allowed)))}: "
+                     f"{'only ' + ', '.join(map(repr, allowed)) + ' run a real model' if args.model else 'these need --model'}")
     name = Path(args.model.rstrip("/")).name if args.model else None
     args.out = args.out or ROOT / "benchmarks" / "results" / (f"vs_trl-{name}.json" if name else "vs_trl.json")
     try:
@@ -305,6 +311,8 @@ def main() -> None:
         if summary.get(ours, {}).get("steps_per_s") and summary.get(theirs, {}).get("steps_per_s"):
             ratios[f"{ours} / {theirs}"] = {key: summary[ours][key] / summary[theirs][key] for key in keys}
     command = f"python benchmarks/bench_vs_trl.py --steps {args.steps} --pairs {args.pairs}"
+    if args.arms != list(allowed):
+        command += " --arms " + " ".join(f"'{arm}'" for arm in args.arms)
     result = {"command": command + (f" --model {args.model}" if args.model else ""),
               "model": args.model or "data/base (NF4)",
               "machine": f"{platform.machine()}", "trl": trl.__version__,

@@ -154,6 +154,13 @@ class TrainConfig:
     of the padded microbatch (its rows times its longest row; a longer row goes alone), so
     that long multi-turn trajectories do not share one microbatch's memory. The loss and
     gradient are the same either way (tested): only the update's memory and time change."""
+    share_prefix: int = 0
+    """0: off. Above 0: rows that begin with the same tokens (the K completions of one prompt,
+    the rollouts of one question) share a microbatch where that saves work, and a microbatch
+    whose rows all share at least this many leading tokens encodes them once: one row's
+    forward pass over the prefix, its keys and values handed to every row for the rest. The
+    same loss and gradient (tested); only the update's time and memory change. Not combined
+    with ``activation_checkpointing`` (a cache is not kept under it): the usual pass then."""
     activation_checkpointing: bool = False
     """Keep only each decoder layer's input in the update's forward pass and recompute the
     layer during the backward pass: much less memory for long rows, at the cost of a second
@@ -236,6 +243,7 @@ class TrainConfig:
         check_int("sub_staleness", self.sub_staleness, minimum=0, maximum=1)
         check_int("keep_checkpoints", self.keep_checkpoints, minimum=0)
         check_int("microbatch_tokens", self.microbatch_tokens, minimum=0)
+        check_int("share_prefix", self.share_prefix, minimum=0)
         check_int("prefix_cache_mib", self.prefix_cache_mib, minimum=0)
         check_int("min_train_hops", self.min_train_hops, minimum=1)
         check_int("min_train_hops_steps", self.min_train_hops_steps, minimum=0)

@@ -44,7 +44,8 @@ from .chat import ChatFormat, chat_format, render as render_chat
 from .checks import check_choice
 from .config import DTYPES, NF4_ON_CPU, LoraSettings
 from .episode import Turn
-from .prefix_cache import PrefixCache, generate as generate_with_prefix_cache
+from .prefix_cache import PrefixCache, as_model_cache, cache_argument, cache_of, from_model_cache
+from .prefix_cache import generate as generate_with_prefix_cache
 from .protocol import stop_strings
 
 ADAPTER_FILE = "adapter_config.json"
@@ -88,6 +89,32 @@ def logprobs_at(hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Te
     out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)  # (M, T)
     out[:, 1:][wanted] = picked
     return out
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many leading tokens every row holds, the same in each: (M, T) -> P, at most T - 1,
+    so that at least one column is left after the prefix."""
+    same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)  # (T,)
+    return min(int(same.long().cumprod(dim=0).sum()), input_ids.shape[1] - 1)
+
+
+def hidden_with_shared_prefix(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              p: int) -> torch.Tensor:
+    """The decoder's last hidden state (M, T, H) of right-padded rows whose first ``p`` tokens
+    are the same, with the prefix encoded once.
+
+    One row's pass over the prefix gives its hidden states (1, P, H) and its keys and values;
+    every row then continues from those, (M, T - P) new tokens, as generation continues from a
+    cache. A causal model's states at a position depend only on the tokens up to it, so each
+    row gets the states its own full pass would give (equal up to float rounding: tested), and
+    the backward pass sums every row's gradient into the one prefix pass. The rows' positions
+    go on from P, so a row's position is its column: right padding only."""
+    m = input_ids.shape[0]
+    first = decoder(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True)
+    kv = [(k.expand(m, -1, -1, -1), v.expand(m, -1, -1, -1)) for k, v in from_model_cache(cache_of(first))]
+    rest = decoder(input_ids=input_ids[:, p:], attention_mask=attention_mask, use_cache=True,
+                   **{cache_argument(decoder): as_model_cache(kv)})
+    return torch.cat([first.last_hidden_state.expand(m, -1, -1), rest.last_hidden_state], dim=1)  # (M, T, H)
 
 
 LOGIT_CHANGING_CONFIG = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
@@ -513,7 +540,8 @@ class Policy:
     # -- scoring -----------------------------------------------------------------------
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       reference: bool = False, where: torch.Tensor | None = None) -> torch.Tensor:
+                       reference: bool = False, where: torch.Tensor | None = None,
+                       share_prefix: int = 0) -> torch.Tensor:
         """(M, T) log-probs of the given right-padded ids; under the base alone if ``reference``.
 
         ``where`` (M, T), bool: the positions whose log-probs are needed (the loss's weighted
@@ -523,6 +551,10 @@ class Policy:
         output layer is a large share of the model's work:
         ``python benchmarks/bench_update.py`` measures the saving. The values at ``where``
         equal the full computation's (tested).
+
+        With ``share_prefix`` > 0, rows that all begin with at least that many equal tokens
+        encode them once (:func:`hidden_with_shared_prefix`; with ``where`` only, and not under
+        activation checkpointing, which keeps no cache): the same values (tested).
 
         Gradients flow into the adapter unless called under torch.no_grad() or with
         ``reference=True`` (the reference is always computed without gradients).
@@ -539,8 +571,15 @@ class Policy:
                 logp = token_logprobs_from_logits(logits, input_ids) * attention_mask  # (M, T)
                 return logp if where is None else logp * where
             inner = self.model.get_base_model()
-            hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                         use_cache=False).last_hidden_state  # no cache: nothing is generated
+            decoder = inner.get_decoder()
+            p = shared_prefix_length(input_ids, attention_mask) if share_prefix and len(input_ids) > 1 else 0
+            checkpointed = (inner.is_activation_checkpointing if hasattr(type(inner), "is_activation_checkpointing")
+                            else getattr(inner, "is_gradient_checkpointing", False))  # transformers 5, 4.x
+            if p >= share_prefix > 0 and not checkpointed:
+                hidden = hidden_with_shared_prefix(decoder, input_ids, attention_mask, p)
+            else:
+                hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                                 use_cache=False).last_hidden_state  # no cache: nothing is generated
             return logprobs_at(hidden, inner.get_output_embeddings(), input_ids, where)
 
     @contextlib.contextmanager

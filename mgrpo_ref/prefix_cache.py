@@ -125,6 +125,17 @@ class PrefixCache:
 # The model's side: a batch key-value cache from per-conversation tensors, and back
 
 
+def cache_argument(module) -> str:
+    """The name under which ``module``'s forward takes a key-value cache: ``cache`` from
+    transformers 5.2x on, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def cache_of(output):
+    """The key-value cache a forward pass returned, under either name."""
+    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+
+
 def _forward_names(model) -> tuple[str, str | None]:
     """The names under which the model's forward takes a cache (``cache`` from transformers
     5.2x on, ``past_key_values`` before) and the number of positions to compute logits at
@@ -132,10 +143,11 @@ def _forward_names(model) -> tuple[str, str | None]:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = inspect.signature(inner.forward).parameters
     keep = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in names), None)
-    return ("cache" if "cache" in names else "past_key_values"), keep
+    return cache_argument(inner), keep
 
 
-def _as_model_cache(kv: KeysValues):
+def as_model_cache(kv: KeysValues):
+    """Per-layer (keys, values) as the model's own cache object."""
     from transformers import DynamicCache
 
     if hasattr(DynamicCache, "from_legacy_cache"):  # transformers 4.x
@@ -143,7 +155,8 @@ def _as_model_cache(kv: KeysValues):
     return DynamicCache(ddp_cache_data=kv)
 
 
-def _from_model_cache(cache) -> KeysValues:
+def from_model_cache(cache) -> KeysValues:
+    """The model's cache object as per-layer (keys, values)."""
     if hasattr(cache, "layers"):  # transformers 5
         return [(layer.keys, layer.values) for layer in cache.layers]
     return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]  # 4.x
@@ -161,7 +174,7 @@ def forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tenso
     if keep_name is not None:
         kwargs[keep_name] = 1  # the output layer at the last position only: its logits are all a turn needs
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
-    return out.logits[:, -1].float(), getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits[:, -1].float(), cache_of(out)
 
 
 def batch_layout(reused: list[int], lengths: list[int]) -> tuple[int, int, torch.Tensor]:
@@ -225,7 +238,7 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
     new = torch.full((len(ids), s), pad_id, dtype=torch.long)  # (M, S)
     for row, (i, r) in enumerate(zip(ids, reused)):
         new[row, s - (len(i) - r):] = i[r:]
-    past = _as_model_cache([(k.to(device), v.to(device)) for k, v in stack_prefixes(found, c)]) if c > 0 else None
+    past = as_model_cache([(k.to(device), v.to(device)) for k, v in stack_prefixes(found, c)]) if c > 0 else None
     position = positions_of(mask)  # (M, C + S)
     mask = mask.to(device)
     names = _forward_names(model)
@@ -245,7 +258,7 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
         mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype, device=device)], dim=1)
         position = position + 1
         logits, past = forward(model, token[:, None].to(device), mask, position.to(device), past, names)
-    kv = _from_model_cache(past)
+    kv = from_model_cache(past)
     turns, entries = [], []
     for row, (i, r) in enumerate(zip(ids, reused)):
         n = int(lengths[row])

@@ -246,10 +246,11 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     old = old_logprobs
     if old is None and passes > 1:
         old = sampling_logprobs(policy, batch, cfg)
-    parts = list(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens))  # each (ids, mask, weights, A)
+    prefix = cfg.share_prefix
+    parts = list(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens, share_prefix=prefix))  # (ids, mask, weights, A)
     with torch.no_grad():
-        ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0) for ids, att, w, _ in parts]
-               if kl_coef > 0 else None)
+        ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0, share_prefix=prefix)
+                for ids, att, w, _ in parts] if kl_coef > 0 else None)
     totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "mean_ratio": 0.0, "kl_ref": 0.0,
                                 "sampled_nll": 0.0}
     grad_norm = 0.0
@@ -259,7 +260,7 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
             for i, (ids, att, weights, adv) in enumerate(parts):
                 share = weights.sum().item() / max(n_tokens, 1.0)
                 with torch.set_grad_enabled(train):
-                    logp = policy.token_logprobs(ids, att, where=weights != 0)  # (m, t), 0 where unweighted
+                    logp = policy.token_logprobs(ids, att, where=weights != 0, share_prefix=prefix)  # (m, t), 0 where unweighted
                     logp_old = old[i].to(logp.device) if old is not None else logp.detach()  # pi_old, see above
                     loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, cfg.clip_eps_low,
                                                         cfg.clip_eps_high, kl_coef,
@@ -283,11 +284,12 @@ def sampling_logprobs(policy, batch: PolicyBatch, cfg: TrainConfig) -> list[torc
     """The policy's log-probs of the batch's weighted tokens, one tensor per microbatch (in
     ``_microbatches`` order, as ``clipped_update`` takes them): pi_old, when taken before the
     adapter moves."""
-    return [policy.token_logprobs(ids, att, where=w != 0)
-            for ids, att, w, _ in _microbatches(batch, cfg.microbatch, cfg.microbatch_tokens)]
+    return [policy.token_logprobs(ids, att, where=w != 0, share_prefix=cfg.share_prefix)
+            for ids, att, w, _ in _microbatches(batch, cfg.microbatch, cfg.microbatch_tokens, share_prefix=cfg.share_prefix)]
 
 
-def _microbatches(batch: PolicyBatch, size: int, tokens: int = 0, longest_first: bool = True):
+def _microbatches(batch: PolicyBatch, size: int, tokens: int = 0, longest_first: bool = True,
+                  share_prefix: int = 0):
     """Microbatches of at most ``size`` rows, each trimmed to its own longest sequence; with
     ``tokens`` > 0, also of at most ``tokens`` padded tokens (rows x the longest row), a row
     longer than that alone.
@@ -295,7 +297,9 @@ def _microbatches(batch: PolicyBatch, size: int, tokens: int = 0, longest_first:
     With ``longest_first`` the rows are taken in order of length, longest first, so rows of
     similar length share a microbatch and little of it is padding; the loss and gradient
     are sums over rows and do not depend on the order or the grouping (tested).
-    ``python benchmarks/bench_update.py`` measures the saving.
+    ``python benchmarks/bench_update.py`` measures the saving. With ``share_prefix`` > 0 the
+    rows are grouped by their beginnings instead (:func:`_prefix_groups`), and ``tokens``
+    counts a shared prefix once.
 
     At least two positions are kept: bitsandbytes takes an inference-only kernel when a
     4-bit layer's input is a single token vector, which fails under autograd (a microbatch
@@ -303,9 +307,13 @@ def _microbatches(batch: PolicyBatch, size: int, tokens: int = 0, longest_first:
     """
     pad = torch.nn.functional.pad
     lengths = batch.attention_mask.sum(dim=1)  # (M,)
-    order = (torch.argsort(lengths, descending=True, stable=True) if longest_first
-             else torch.arange(len(batch)))  # (M,)
-    for rows in _row_groups(order, lengths, size, tokens):
+    if share_prefix:
+        groups = _prefix_groups(batch.input_ids, lengths, size, tokens, share_prefix)
+    else:
+        order = (torch.argsort(lengths, descending=True, stable=True) if longest_first
+                 else torch.arange(len(batch)))  # (M,)
+        groups = _row_groups(order, lengths, size, tokens)
+    for rows in groups:
         t = max(2, int(lengths[rows].max()))
         extra = max(0, t - batch.input_ids.shape[1])
         yield (pad(batch.input_ids[rows, :t], (0, extra)), pad(batch.attention_mask[rows, :t], (0, extra)),
@@ -325,6 +333,51 @@ def _row_groups(order: torch.Tensor, lengths: torch.Tensor, size: int, tokens: i
         current.append(row)
         longest = wider
     return groups + ([torch.tensor(current)] if current else [])
+
+
+def _prefix_groups(input_ids: torch.Tensor, lengths: torch.Tensor, size: int, tokens: int,
+                   least: int) -> list[torch.Tensor]:
+    """The rows in dictionary order of their tokens, so that rows which begin alike are
+    neighbours (the K completions of a prompt, the rollouts of a question), cut into groups
+    of at most ``size`` rows: a row joins the group before it when the tokens the group then
+    encodes (:func:`_encoded_tokens`, a prefix of at least ``least`` tokens that every row
+    shares counted once) are no more than the group's without it plus the row's own, and,
+    with ``tokens`` > 0, no more than ``tokens``."""
+    rows = [input_ids[r, :int(n)].tolist() for r, n in enumerate(lengths)]
+    groups, current, shared, longest = [], [], 0, 0
+    for r in sorted(range(len(rows)), key=rows.__getitem__):
+        n = len(rows[r])
+        if current:
+            p, wider = min(shared, _common_prefix(rows[current[0]], rows[r])), max(longest, n)
+            joined = _encoded_tokens(p, len(current) + 1, wider, least)
+            if (len(current) < size and joined <= _encoded_tokens(shared, len(current), longest, least) + n
+                    and not (tokens and joined > tokens)):
+                current.append(r)
+                shared, longest = p, wider
+                continue
+            groups.append(torch.tensor(current))
+        current, shared, longest = [r], n, n
+    return groups + ([torch.tensor(current)] if current else [])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two rows share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _encoded_tokens(shared: int, rows: int, longest: int, least: int) -> int:
+    """The tokens a microbatch of ``rows`` rows padded to ``longest`` encodes: its shared
+    prefix once and the rest of every row when the prefix is at least ``least`` tokens long
+    and there is more than one row (``Policy.token_logprobs`` with ``share_prefix``), else
+    every row whole."""
+    if rows > 1 and shared >= least:
+        return shared + rows * (longest - shared)
+    return rows * longest
 
 
 # ---------------------------------------------------------------------------

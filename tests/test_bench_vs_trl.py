@@ -58,7 +58,8 @@ def test_a_completion_is_closed_by_the_end_of_turn_token_once():
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--model", "models/x", "--arms", "trl"], "only trl, full precision, ours, full precision run a real model"),
+    (["--model", "models/x", "--arms", "trl"],
+     "--arms 'trl': only 'trl, full precision', 'ours, full precision', 'ours, full precision, shared prefix' run a real model"),
     (["--arms", "ours, full precision"], "these need --model"),
 ])
 def test_arms_that_do_not_fit_the_model_are_refused_in_one_line(args, says):

@@ -7,7 +7,7 @@ import torch
 
 from mgrpo_ref.episode import run_episodes
 from mgrpo_ref.policy import SamplingSettings, load_policy
-from mgrpo_ref.prefix_cache import (Entry, PrefixCache, _as_model_cache, _from_model_cache, batch_layout, forward,
+from mgrpo_ref.prefix_cache import (Entry, PrefixCache, as_model_cache, from_model_cache, batch_layout, forward,
                                     positions_of, stack_prefixes)
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
@@ -99,12 +99,12 @@ def test_keys_and_values_taken_from_the_cache_give_the_logits_of_the_whole_conte
         kept = []
         for x, n in ((a, 9), (b, 3)):
             _, past = forward(model, x[None, :n], torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], None)
-            kept.append(Entry(x[:n], n, [(k[0], v[0]) for k, v in _from_model_cache(past)]))
+            kept.append(Entry(x[:n], n, [(k[0], v[0]) for k, v in from_model_cache(past)]))
         found = [(9, kept[0]), (3, kept[1])]
         c, s, mask = batch_layout([9, 3], [12, 7])
         new = torch.zeros(2, s, dtype=torch.long)
         new[0, s - 3:], new[1, s - 4:] = a[9:], b[3:]
-        logits, _ = forward(model, new, mask, positions_of(mask)[:, c:], _as_model_cache(stack_prefixes(found, c)))
+        logits, _ = forward(model, new, mask, positions_of(mask)[:, c:], as_model_cache(stack_prefixes(found, c)))
     for row in range(2):
         torch.testing.assert_close(logits[row], whole[row], rtol=1e-4, atol=1e-4)
 

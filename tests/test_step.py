@@ -381,12 +381,23 @@ def test_microbatches_within_a_token_budget_hold_every_row_once_and_stay_within_
     assert unbounded == [ids.shape for ids, *_ in step_module._microbatches(batch, 5, 10 ** 9)]
 
 
+@pytest.mark.parametrize("role", ["main", "sub"])
 @pytest.mark.parametrize("change", [dict(microbatch_tokens=1), dict(microbatch_tokens=120),
-                                    dict(activation_checkpointing=True)])
-def test_the_update_s_memory_savings_give_the_same_loss_and_gradient(episodes, policy, change):
+                                    dict(activation_checkpointing=True), dict(share_prefix=8),
+                                    dict(share_prefix=8, microbatch_tokens=300),
+                                    dict(share_prefix=8, activation_checkpointing=True)])
+def test_the_update_s_memory_savings_give_the_same_loss_and_gradient(episodes, policy, change, role, monkeypatch):
     """Token-budget microbatches regroup a sum; activation checkpointing recomputes what it
-    did not keep. Neither moves the loss, the statistics or the adapter's gradient."""
-    batch = sub_half(episodes, main_half(episodes, CFG, policy).correct, CFG, policy, step=1).batch
+    did not keep; a shared prefix is encoded once for every row that begins with it. None
+    moves the loss, the statistics or the adapter's gradient."""
+    from mgrpo_ref import policy as policy_module
+
+    shared_passes = []
+    encode_once = policy_module.hidden_with_shared_prefix
+    monkeypatch.setattr(policy_module, "hidden_with_shared_prefix",
+                        lambda *a: shared_passes.append(a[-1]) or encode_once(*a))
+    main = main_half(episodes, CFG, policy)
+    batch = main.batch if role == "main" else sub_half(episodes, main.correct, CFG, policy, step=1).batch
     params = [p for p in policy.model.parameters() if p.requires_grad]
 
     def loss_and_gradient(cfg):
@@ -403,6 +414,34 @@ def test_the_update_s_memory_savings_give_the_same_loss_and_gradient(episodes, p
     for a, b in zip(after_grads, before_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     assert not policy.model.get_base_model().is_activation_checkpointing  # generation keeps its cache
+    # the prefix is shared only where asked, and never under checkpointing (no cache is kept there)
+    assert bool(shared_passes) == ("share_prefix" in change and "activation_checkpointing" not in change)
+    assert all(p >= 8 for p in shared_passes)
+
+
+def test_rows_that_begin_alike_share_a_microbatch_and_every_row_is_taken_once(episodes, policy):
+    """With share_prefix, a question's rollouts (which begin with the same instruction and
+    question) are neighbours; cutting where sharing stops paying keeps every row once, and a
+    token budget counts the shared prefix once."""
+    from mgrpo_ref import step as step_module
+
+    batch = main_half(episodes, CFG, policy).batch  # B*K rows, the K of a question one after the other
+    lengths = batch.attention_mask.sum(dim=1)
+    groups = step_module._prefix_groups(batch.input_ids, lengths, 16, 0, 8)
+    assert sorted(torch.cat(groups).tolist()) == list(range(len(batch)))
+    for rows in groups:  # each group is one question's rollouts, or part of them
+        assert len({int(r) // K for r in rows}) == 1
+    shared = [step_module._common_prefix(batch.input_ids[0].tolist(), batch.input_ids[i].tolist()) for i in range(K)]
+    assert min(shared) >= 8  # the premise: a question's rollouts share their first tokens
+    # at most this many tokens encoded per microbatch, a shared prefix counted once
+    for budget in (int(lengths.max()), 2 * int(lengths.max())):
+        for rows in step_module._prefix_groups(batch.input_ids, lengths, 16, budget, 8):
+            if len(rows) > 1:
+                rows_ = [batch.input_ids[r, :int(lengths[r])].tolist() for r in rows.tolist()]
+                p = min(step_module._common_prefix(rows_[0], x) for x in rows_)
+                assert step_module._encoded_tokens(p, len(rows), max(map(len, rows_)), 8) <= budget
+    assert step_module._encoded_tokens(10, 4, 30, 8) == 10 + 4 * 20
+    assert step_module._encoded_tokens(10, 4, 30, 11) == step_module._encoded_tokens(10, 1, 30, 8) * 4 == 120
 
 
 def test_the_unaligned_ablation_trains_every_sub_trajectory_once_at_weight_one(episodes, policy):
