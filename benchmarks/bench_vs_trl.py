@@ -49,9 +49,10 @@ The matched ratios hold the base the same way on both sides: "ours, packed" agai
 **A real model** (``--model DIR``, a local model directory or hub name): the same workload
 on that model at full precision (fp32 base and adapter, how a CPU runs a real model: 4-bit is
 its GPU path), in three arms, "trl, full precision", "ours, full precision" and "ours, full
-precision, shared prefix": ours with ``share_prefix=32``, which encodes each prompt once in the
-update for its K completions (``Policy.token_logprobs``; the same loss and gradient, tested),
-against TRL, which encodes it K times. Each prompt is
+precision, shared prefix": ours encoding each prompt once for its K completions, in
+generation (a prefix cache, ``prefix_cache.generate``: the same episodes, tested) and in the
+update (``share_prefix=32``, ``Policy.token_logprobs``: the same loss and gradient, tested),
+where TRL encodes it K times. Each prompt is
 the sub-agent's context rendered in the model's chat format (chat.py), as our trainer gives
 it to an instruct model, and handed to TRL as that same text. Both stop a completion at the
 model's end-of-turn token; ours also stops at the sub-agent's closing tags, as its rollouts
@@ -61,7 +62,8 @@ tokens; new tokens/s counts what each wrote). The results go to vs_trl-<model na
 The first step of each arm is a warm-up and is not timed. Each arm prints steps/s, new
 tokens/s, its resident memory once the model is loaded and the trainer built (before the
 first step) and at its peak; the script prints the ratios and writes
-benchmarks/results/vs_trl.json.
+benchmarks/results/vs_trl.json. Our arms' runs also record each step's generation and update
+seconds (``generation_s``, ``update_s``); TRL's trainer times only whole steps.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ ARMS = {"trl": ("trl", "packed"), "trl, dequantized": ("trl", "dequantized"),
         f"ours, {FULL}, shared prefix": ("ours", FULL)}
 """arm -> (trainer, how its base is held: a 4-bit base dequantised or packed, or a real model in fp32)."""
 SHARE_PREFIX = {f"ours, {FULL}, shared prefix": 32}
-"""Arms whose update encodes a prompt once for its K completions: arm -> ``share_prefix``."""
+"""Arms that encode a prompt once for its K completions: arm -> the update's ``share_prefix``;
+their generation keeps a prefix cache (``PREFIX_CACHE_MIB``), which encodes a context that
+several rows of one call hold once."""
+PREFIX_CACHE_MIB = 2048
 BASE_ARMS = ("trl", "trl, dequantized", "trl, bf16 adapter", "ours", "ours, packed")
 MODEL_ARMS = (f"trl, {FULL}", f"ours, {FULL}", f"ours, {FULL}, shared prefix")
 MATCHED = (("ours, packed", "trl"), ("ours", "trl, dequantized"), ("ours", "trl, bf16 adapter"),
@@ -126,16 +131,18 @@ def reward(turn: str, gold: str) -> float:
     return float(getattr(action, "kind", None) == "return" and exact_match(action.argument, gold))
 
 
-def load(held: str, model: str | None = None):
+def load(held: str, model: str | None = None, prefix_cache_mib: float = 0):
     """The policy both trainers start from: the committed base in NF4 (``held`` dequantised or
-    packed), or ``model`` at full precision; with a fresh LoRA of the default settings."""
+    packed), or ``model`` at full precision; with a fresh LoRA of the default settings (and a
+    prefix cache of ``prefix_cache_mib``, if above 0)."""
     from mgrpo_ref.config import TrainConfig
     from mgrpo_ref.policy import SamplingSettings, load_policy
 
     cfg = TrainConfig()
     sampling = SamplingSettings(cfg.temperature, 1.0, cfg.max_new_tokens)
     if held == FULL:
-        policy = load_policy(model, quantization="none", lora=cfg.lora, seed=0, sampling=sampling)
+        policy = load_policy(model, quantization="none", lora=cfg.lora, seed=0, sampling=sampling,
+                             prefix_cache_mib=prefix_cache_mib)
     else:
         policy = load_policy(ROOT / cfg.base, quantization="nf4", lora=cfg.lora, seed=0, nf4_on_cpu=held,
                              sampling=sampling)
@@ -161,21 +168,25 @@ def run_ours(policy, cfg, steps: int, pairs: list[tuple[str, str]], share_prefix
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=tuple(cfg.betas))
     baseline_mb = peak_mb()
-    times, tokens = [], []
+    times, tokens, generation, update = [], [], [], []
     for step in range(steps + 1):
         chunk = pairs[step * B:(step + 1) * B]
         start = time.perf_counter()
         contexts = [prompt for prompt, _ in chunk for _ in range(K)]  # (B*K,), prompt-major
         turns = policy.act("sub", contexts)
+        generated = time.perf_counter()
         rewards = torch.tensor([reward(t.text, gold) for t, (_, gold) in zip(turns, [c for c in chunk for _ in range(K)])])
         advantages = main_advantages(rewards.view(B, K), eps=cfg.adv_eps).flatten()  # (B*K,)
         sequences = [encode_trajectory(Trajectory("sub", [Segment("prompt", c), Segment("agent", completion(policy, t.text))]),
                                        policy.encode) for c, t in zip(contexts, turns)]
-        clipped_update(policy, optimizer, trajectory_batch(sequences, advantages, policy.pad_id), cfg)
+        stats = clipped_update(policy, optimizer, trajectory_batch(sequences, advantages, policy.pad_id), cfg)
         if step > 0:  # step 0 warms up
             times.append(time.perf_counter() - start)
             tokens.append(sum(len(policy.encode(t.text)) for t in turns))
-    return {"step_s": times, "new_tokens": tokens, "baseline_rss_mb": baseline_mb}
+            generation.append(generated - start)
+            update.append(stats["update_s"])
+    return {"step_s": times, "new_tokens": tokens, "baseline_rss_mb": baseline_mb,
+            "generation_s": generation, "update_s": update}
 
 
 def run_trl(policy, cfg, steps: int, pairs: list[tuple[str, str]], fp32_adapter: bool = True) -> dict:
@@ -244,7 +255,7 @@ def one_arm(arm: str, steps: int, out: Path, model: str | None = None) -> None:
     import torch
 
     trainer, held = ARMS[arm]
-    policy, cfg = load(held, model)
+    policy, cfg = load(held, model, PREFIX_CACHE_MIB if arm in SHARE_PREFIX else 0)
     pairs = workload((steps + 1) * B, policy.chat)  # in the model's chat format, if it has one
     if trainer == "trl":
         result = run_trl(policy, cfg, steps, pairs, fp32_adapter=arm != "trl, bf16 adapter")

@@ -124,6 +124,19 @@ def trl_table(trl: dict) -> list[str]:
               f"{trl['workload']['completions_per_prompt']} completions a step, "
               f"{trl['workload']['timed_steps_per_arm']} timed steps per arm and run, each arm in its own process; "
               "resident memory of the whole process, imports included."]
+    phased = {}  # our arms' runs that timed their phases: arm -> runs
+    for run in trl["runs"]:
+        if "generation_s" in run:
+            phased.setdefault(run["arm"], []).append(run)
+    if phased:
+        lines += ["", "| our arm | a step (s) | generation (s) | update (s) | the rest (s) |", "|---|---|---|---|---|"]
+        for arm, runs in phased.items():
+            mean = {key: sum(sum(r[key]) for r in runs) / sum(len(r[key]) for r in runs)
+                    for key in ("step_s", "generation_s", "update_s")}
+            rest = mean["step_s"] - mean["generation_s"] - mean["update_s"]
+            lines.append(f"| {arm} | {mean['step_s']:.1f} | {mean['generation_s']:.1f} | {mean['update_s']:.1f} | "
+                         f"{rest:.1f} |")
+        lines += ["", "Means over every timed step of every run; the rest is rewards, advantages and encoding."]
     return lines
 
 

@@ -70,9 +70,10 @@ class PrefixCache:
         self.max_bytes = int(max_mib * 2**20)
         self.entries: list[Entry] = []  # least recently used first
         self._weights: tuple | None = None
-        self.reused_tokens = self.encoded_tokens = self.evicted = 0
-        """Running counts: context tokens taken from the cache, and encoded anew; entries dropped
-        to stay within the budget."""
+        self.reused_tokens = self.encoded_tokens = self.evicted = self.shared_rows = 0
+        """Running counts: context tokens taken from the cache, and encoded anew (once per row);
+        entries dropped to stay within the budget; rows of a call whose context was another
+        row's, and was encoded once for both (:func:`generate`)."""
 
     @property
     def nbytes(self) -> int:
@@ -238,11 +239,25 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
     new = torch.full((len(ids), s), pad_id, dtype=torch.long)  # (M, S)
     for row, (i, r) in enumerate(zip(ids, reused)):
         new[row, s - (len(i) - r):] = i[r:]
-    past = as_model_cache([(k.to(device), v.to(device)) for k, v in stack_prefixes(found, c)]) if c > 0 else None
+    # Rows with the same context and the same cached prefix (the K rollouts of a question at
+    # their first turn) are encoded once: the first pass runs on one row of each kind, and its
+    # logits and keys and values are copied to the others.
+    kinds: dict[tuple, int] = {}  # (context, tokens reused, the entry they come from) -> its first row
+    firsts = [kinds.setdefault((tuple(i.tolist()), r, id(e)), row) for row, (i, (r, e)) in enumerate(zip(ids, found))]
+    first = torch.tensor(list(kinds.values()))  # (U,): one row of each kind
+    slot = {row: u for u, row in enumerate(kinds.values())}
+    kind = torch.tensor([slot[f] for f in firsts])  # (M,): each row's kind, a row of ``first``
+    cache.shared_rows += len(ids) - len(first)
+    past = (as_model_cache([(k.to(device), v.to(device)) for k, v in stack_prefixes([found[f] for f in first], c)])
+            if c > 0 else None)
     position = positions_of(mask)  # (M, C + S)
     mask = mask.to(device)
     names = _forward_names(model)
-    logits, past = forward(model, new.to(device), mask, position[:, c:].to(device), past, names)
+    logits, past = forward(model, new[first].to(device), mask[first], position[first, c:].to(device), past, names)
+    if len(first) < len(ids):
+        to = kind.to(device)
+        logits = logits[to]  # (M, V)
+        past = as_model_cache([(k[to], v[to]) for k, v in from_model_cache(past)])
     position = position[:, -1:]  # (M, 1): the last token's
     written = torch.full((len(ids), max_new_tokens), pad_id, dtype=torch.long)  # (M, T): the turns' tokens
     lengths = torch.zeros(len(ids), dtype=torch.long)  # tokens written per row, its stop included

@@ -122,6 +122,7 @@ def test_episodes_with_a_prefix_cache_are_the_episodes_without_one(temperature):
     assert any(e.subs and e.main.n_turns > 1 for e in plain)  # conversations of several turns, and sub-agents
     cache = policy.prefix_cache
     assert cache.reused_tokens > cache.encoded_tokens / 2  # most of a later turn's context came from the cache
+    assert cache.shared_rows >= 6 * 2  # at least each question's rollouts past the first, at their first turn
     assert 0 < cache.nbytes <= 256 * 2**20
 
 
