@@ -244,7 +244,7 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
     # logits and keys and values are copied to the others.
     kinds: dict[tuple, int] = {}  # (context, tokens reused, the entry they come from) -> its first row
     firsts = [kinds.setdefault((tuple(i.tolist()), r, id(e)), row) for row, (i, (r, e)) in enumerate(zip(ids, found))]
-    first = torch.tensor(list(kinds.values()))  # (U,): one row of each kind
+    first = torch.tensor(list(kinds.values()))  # one row of each kind
     slot = {row: u for u, row in enumerate(kinds.values())}
     kind = torch.tensor([slot[f] for f in firsts])  # (M,): each row's kind, a row of ``first``
     cache.shared_rows += len(ids) - len(first)

@@ -247,7 +247,7 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     if old is None and passes > 1:
         old = sampling_logprobs(policy, batch, cfg)
     prefix = cfg.share_prefix
-    parts = list(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens, share_prefix=prefix))  # (ids, mask, weights, A)
+    parts = list(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens, share_prefix=prefix))  # each (ids, mask, weights, A)
     with torch.no_grad():
         ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0, share_prefix=prefix)
                 for ids, att, w, _ in parts] if kl_coef > 0 else None)
