@@ -54,10 +54,11 @@ def parser(name: str, doc: str, *, steps: int | None = None, repeats: int | None
 
 
 def within_project(path) -> str:
-    """``path`` as a recorded result gives it: relative to the project root when it lies inside
-    the project, as it is otherwise."""
-    resolved = Path(path).expanduser().resolve()
-    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(path)
+    """``path`` as a recorded result gives it (``policy.within_project``): relative to the
+    project root when it lies inside the project, as it is otherwise."""
+    from mgrpo_ref.policy import within_project as relative
+
+    return relative(path)
 
 
 def command_line(script: str, arguments: list[str]) -> str:

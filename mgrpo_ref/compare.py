@@ -72,7 +72,7 @@ from .config import VARIANTS, TrainConfig
 from .episode import transcript
 from .evaluate import evaluate, failure_kind, make_agent
 from .intervals import SIGN_FLIP_MAX_PAIRS
-from .policy import REPO_ROOT, SamplingSettings, model_location
+from .policy import REPO_ROOT, SamplingSettings, model_location, within_project
 from . import rundir
 from .step import LAYOUTS
 from .tools import ToolsByWorld
@@ -298,9 +298,7 @@ def earlier(folder: Path, by: str) -> dict:
     old = json.loads(path.read_text())
     if "differences" not in old:
         raise ValueError(f"{path} holds no differences: run --report {folder} first")
-    where = path.resolve()
-    where = where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT) else where
-    return {"results": str(where), "by": by, "differences": old["differences"]}
+    return {"results": within_project(path), "by": by, "differences": old["differences"]}
 
 
 def check_seed_count(seeds: list[int]) -> None:

@@ -167,19 +167,19 @@ def conclusions(before: list[dict], after: list[dict], before_by: str = "both") 
     for k in list(earlier) + [k for k in later if k not in earlier]:
         old, new = earlier.get(k), later.get(k)
         was = called(old, before_by) if old is not None else None
+        now = called(new) if new is not None else None
         if new is None:
             outcome = "not re-run"
         elif sign_flip_floor(len(new["seeds"])) >= 1 - new["confidence"]:
             outcome = f"cannot be called on {len(new['seeds'])} seeds"
         elif was is None:
-            outcome = "new call" if called(new) else "stands"
-        elif was == called(new):
+            outcome = "new call" if now else "stands"
+        elif was == now:
             outcome = "stands"
         else:
-            outcome = "falls" if called(new) is None else "reverses"
+            outcome = "falls" if now is None else "reverses"
         rows.append({"variant": k[0], "reference": k[1], "decoding": k[2], "before": old, "after": new,
-                     "before_call": was, "after_call": called(new) if new is not None else None,
-                     "outcome": outcome})
+                     "before_call": was, "after_call": now, "outcome": outcome})
     return rows
 
 

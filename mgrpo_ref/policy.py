@@ -117,6 +117,13 @@ def hidden_with_shared_prefix(decoder, input_ids: torch.Tensor, attention_mask: 
     return torch.cat([first.last_hidden_state.expand(m, -1, -1), rest.last_hidden_state], dim=1)  # (M, T, H)
 
 
+def _checkpointing(model) -> bool:
+    """Whether activation checkpointing is on in ``model`` (transformers 5's property, or 4.x's)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return getattr(model, "is_gradient_checkpointing", False)
+
+
 LOGIT_CHANGING_CONFIG = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 """Config fields with which a transformers model changes its logits after the output layer
 (Gemma 2, Cohere, Granite, Falcon-H1): such a model never takes the shortcut of :func:`logprobs_at`."""
@@ -204,6 +211,13 @@ def _quantization_config(quantization: str, device: str):
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def within_project(path: str | Path) -> str:
+    """``path`` as a recorded result gives it: relative to the project root when it lies inside
+    the project, as it is otherwise."""
+    resolved = Path(path).expanduser().resolve()
+    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(path)
 
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -573,9 +587,7 @@ class Policy:
             inner = self.model.get_base_model()
             decoder = inner.get_decoder()
             p = shared_prefix_length(input_ids, attention_mask) if share_prefix and len(input_ids) > 1 else 0
-            checkpointed = (inner.is_activation_checkpointing if hasattr(type(inner), "is_activation_checkpointing")
-                            else getattr(inner, "is_gradient_checkpointing", False))  # transformers 5, 4.x
-            if p >= share_prefix > 0 and not checkpointed:
+            if p >= share_prefix > 0 and not _checkpointing(inner):
                 hidden = hidden_with_shared_prefix(decoder, input_ids, attention_mask, p)
             else:
                 hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
