@@ -54,6 +54,11 @@ DIR's, fall, reverse, or are new (``compare_tables.conclusions``).
 
 Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
 again and a killed one is resumed, so the comparison can be stopped and restarted at will.
+A run that ``--out``'s results.json already records with the same config is not trained
+again either, nor evaluated: its record is kept as it is. A comparison longer than the
+life of one machine's run directories thus goes on from its committed results.json alone.
+A results.json that records a planned arm and seed under another config is refused, as a
+run directory is, and never overwritten.
 """
 
 from __future__ import annotations
@@ -230,12 +235,31 @@ def curves(records: list[dict]) -> dict[str, list]:
     return out
 
 
+def recorded_runs(path: Path) -> dict[tuple[str, int], dict]:
+    """The runs an earlier comparison's results.json (``path``) records, by (arm, seed), and the
+    held-out questions it shows (``shown_questions``, ``base_episodes``, ``base_episode_outcomes``)
+    under the key ``None``; nothing if there is no such file, a FileExistsError naming it if it
+    cannot be read as one (it is in the way, and is not overwritten)."""
+    if not path.exists():
+        return {}
+    try:
+        earlier_results = json.loads(path.read_text())
+        recorded: dict = {(run["variant"], run["seed"]): run for run in earlier_results["runs"]}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise FileExistsError(f"{path}: not a comparison's results ({err!r}); move it away to start afresh") from None
+    recorded[None] = {key: earlier_results[key] for key in ("shown_questions", "base_episodes", "base_episode_outcomes")
+                      if key in earlier_results}
+    return recorded
+
+
 def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds: list[int] = [0, 1, 2, 3, 4],
                    runs_dir: Path | None = None, out: Path | None = None, overrides: list[str] = [],
                    progress: bool = True, command: str = "", arm_seeds: dict[str, int] | None = None) -> dict:
     """Train (or resume, or skip if finished) every variant x seed, evaluate each, and write
     ``results.json`` and ``table.md`` to ``out`` after every run. ``arm_seeds`` gives an arm
-    only the first so many of ``seeds``. Returns the results."""
+    only the first so many of ``seeds``. A run that ``out``'s results.json already records
+    with the same config is kept as recorded (``recorded_runs``); one recorded under another
+    config is a FileExistsError before anything is trained. Returns the results."""
     variants, seeds = list(dict.fromkeys(variants)), list(dict.fromkeys(seeds))
     check_seed_count(seeds)
     arm_seeds = dict(arm_seeds or {})
@@ -252,14 +276,31 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
                      "seeds": seeds, "arm_seeds": arm_seeds, "sampled_temperature": sampled_t, "command": command,
                      "base_episodes": {}, "runs": []}
     start = time.time()
-    shown = None  # the held-out questions whose episodes are kept, chosen with the first run's base
     # Seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds.
     plan = [(seed, variant) for i, seed in enumerate(seeds)
             for variant in variants if i < arm_seeds.get(variant, len(seeds))]  # an arm of ARMS, a seed
+    recorded = recorded_runs(out / "results.json")
+    for seed, variant in plan:
+        earlier_run = recorded.get((variant, seed))
+        if earlier_run is not None and TrainConfig.from_dict(earlier_run["config"]) != run_config(
+                PRESETS[preset], variant, seed, list(overrides)):
+            raise FileExistsError(f"{out / 'results.json'} records {variant} seed {seed} with another config; "
+                                  "move it away or choose another --out")
+    results.update(recorded.get(None, {}))
+    # the held-out questions whose episodes are kept: chosen with the first run's base, or recorded
+    shown = None
+    if "shown_questions" in results:
+        by_id = {q.qid: q for q in load_questions(run_config(PRESETS[preset], "mgrpo", 0, list(overrides)).eval_split)}
+        shown = [by_id[qid] for qid in results["shown_questions"]]
     for n, (seed, variant) in enumerate(plan, 1):
         cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
         mode = LAYOUTS[cfg.variant].mode
         run_dir = runs_dir / f"{variant}-s{seed}"
+        if (variant, seed) in recorded:
+            print(f"[{time.time() - start:6.0f} s] run {n} of {len(plan)}: {variant} seed {seed}: "
+                  f"recorded in {out / 'results.json'}", flush=True)
+            results["runs"].append(recorded[variant, seed])
+            continue
         print(f"[{time.time() - start:6.0f} s] run {n} of {len(plan)}: {variant} seed {seed} -> {run_dir}", flush=True)
         train_run(cfg, run_dir, progress=progress)
         records = metrics(run_dir)
@@ -376,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         results = run_comparison(args.preset, args.variants, args.seeds, args.runs, args.out, args.overrides,
                                  progress=not args.quiet, command=command.strip(), arm_seeds=arm_seeds)
-    except FileExistsError as err:  # a run directory that holds another config: never overwritten
+    except FileExistsError as err:  # a run directory or results of another config: never overwritten
         parser.error(one_line(err))
     print(table(results))
     print(f"{len(results['runs'])} runs in {results['seconds']:.0f} s")

@@ -2,6 +2,7 @@
 learning curves, and a tiny real run."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -113,6 +114,35 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     monkeypatch.setattr(compare, "Trainer", no_training)
     again = run_comparison(**kwargs)
     assert [r["greedy"] for r in again["runs"]] == [r["greedy"] for r in saved["runs"]]
+    # nor does one without the run directories: results.json's records are kept as they are,
+    # and nothing is evaluated again
+    shutil.rmtree(tmp_path / "runs")
+    monkeypatch.setattr(compare, "greedy_episodes", no_training)
+    capsys.readouterr()
+    from_record = run_comparison(**kwargs)
+    assert from_record["runs"] == saved["runs"] and from_record["shown_questions"] == saved["shown_questions"]
+    assert from_record["base_episodes"] == saved["base_episodes"]
+    assert "run 4 of 4: mgrpo seed 1: recorded in" in capsys.readouterr().out
+    # results recorded under another config are refused before anything runs, and kept
+    before = (tmp_path / "out" / "results.json").read_bytes()
+    with pytest.raises(FileExistsError, match="records mgrpo seed 0 with another config"):
+        run_comparison(**(kwargs | {"overrides": kwargs["overrides"] + ["lr=5e-4"]}))
+    assert (tmp_path / "out" / "results.json").read_bytes() == before
+
+
+def test_results_that_cannot_be_read_are_refused_and_kept(tmp_path, monkeypatch):
+    """A results.json in --out that is not a comparison's is one clear error before any
+    training, and stays as it was."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained despite unreadable results")
+
+    monkeypatch.setattr(compare, "Trainer", no_training)
+    for text in ("{not json", '{"runs": [{"seed": 0}]}', "[1, 2]"):
+        (tmp_path / "results.json").write_text(text)
+        with pytest.raises(FileExistsError, match="not a comparison's results"):
+            run_comparison(preset="smoke", variants=["mgrpo"], seeds=[0], runs_dir=tmp_path / "runs", out=tmp_path)
+        assert (tmp_path / "results.json").read_text() == text
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_run_directory_with_another_config_is_refused(tmp_path):
