@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import threading
 import warnings
@@ -215,9 +216,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def within_project(path: str | Path) -> str:
     """``path`` as a recorded result gives it: relative to the project root when it lies inside
-    the project, as it is otherwise."""
-    resolved = Path(path).expanduser().resolve()
-    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(path)
+    the project, as it is otherwise. A path through a link in the project (``runs`` may link to
+    a folder elsewhere) is inside: it is read as written first, then with links followed."""
+    written = Path(os.path.abspath(Path(path).expanduser()))
+    for candidate in (written, written.resolve()):
+        if candidate.is_relative_to(REPO_ROOT):
+            return candidate.relative_to(REPO_ROOT).as_posix()
+    return str(path)
 
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")

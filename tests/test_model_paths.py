@@ -163,3 +163,19 @@ def test_a_cached_hub_model_loads_without_the_hub(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "report.json").read_text())["n"] == 2
     assert "Retry" not in proc.stderr
+
+
+def test_recorded_paths_are_relative_to_the_project_even_through_a_link(tmp_path, monkeypatch):
+    """within_project: a path inside the project is recorded relative to it, also where it runs
+    through a link in the project to a folder elsewhere (runs/ kept outside the work tree);
+    a path outside it is recorded as given."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "data").mkdir(parents=True)
+    (elsewhere / "real-study" / "warm-up").mkdir(parents=True)
+    (project / "runs").symlink_to(elsewhere)
+    monkeypatch.setattr(policy, "REPO_ROOT", project)
+    assert policy.within_project(project / "data") == "data"
+    assert policy.within_project(project / "runs" / "real-study" / "warm-up") == "runs/real-study/warm-up"
+    assert policy.within_project(elsewhere / "real-study") == str(elsewhere / "real-study")
+    monkeypatch.chdir(project)
+    assert policy.within_project("runs/real-study/../real-study/warm-up") == "runs/real-study/warm-up"
