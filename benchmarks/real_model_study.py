@@ -50,12 +50,15 @@ WARM_UP = {"steps": 600, "batch_size": 4, "lr": 5e-4, "max_tokens": 512, "demo_h
 """The warm-up (``sft.SFTConfig``): chosen on the validation split (trial warm-up-600-steps)."""
 RECIPE = ["quantization=none", "steps=60", "questions_per_step=4", "rollouts=8", "lr=1e-4",
           "min_train_hops=2", "min_train_hops_steps=40", "max_new_tokens=48", "microbatch_tokens=1024",
-          "prefix_cache_mib=2048", "eval_every=10", "eval_split=validation", "eval_questions=60",
+          "prefix_cache_mib=2048", "share_prefix=32", "eval_every=10", "eval_split=validation", "eval_questions=60",
           "eval_sampled_temperature=0", "checkpoint_every=5", "tensorboard=false"]
 """Each run's config over the defaults (``base=`` the warm-up adapter and ``seed=`` are added):
 the trial ``mgrpo-w600-hops2-then-all-k8-lr1e-4``, the one that taught the planner when to stop
 on the validation split: B = 4 questions x K = 8 rollouts, lr 1e-4, multi-hop questions only
-for the first 40 of 60 steps; its learning curve on 60 validation questions every 10 steps."""
+for the first 40 of 60 steps; its learning curve on 60 validation questions every 10 steps.
+Two levers of speed that leave the loss as it is (tested): the prefix cache in generation and,
+in the update, each group's prompt encoded once (``share_prefix``): a step at B = 8, K = 8 in
+half the time of the defaults (``real_step_speed.py``, docs/real-model.md section 6)."""
 REPORT = "README.md"
 """The report's file name in the results folder."""
 ARMS = ("mgrpo", "frozen_sub")

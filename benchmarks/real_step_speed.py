@@ -2,10 +2,11 @@
 
 Seconds per trained episode and each worker's peak memory, in the pipeline as a user runs it.
 
-    python benchmarks/real_step_speed.py [--base runs/real-model-cpu/sft/adapter] [--steps 2]
+    python benchmarks/real_step_speed.py [--base runs/real-study/warm-up/adapter] [--steps 2]
 
 Each arm trains ``--steps`` steps with ``python -m mgrpo_ref.train`` (two worker processes,
-one per learner) from the warm-up adapter (``benchmarks/real_model_cpu.py --stages warm_up``),
+one per learner) from a warm-up adapter (by default the real-model study's,
+``benchmarks/real_model_study.py``),
 in a run directory of its own in a temporary folder, with the CPU configuration (full
 precision, lr 1e-4, turns of 48 tokens) at 8 questions x 8 rollouts, and the arm's overrides:
 
@@ -17,6 +18,9 @@ precision, lr 1e-4, turns of 48 tokens) at 8 questions x 8 rollouts, and the arm
     no checkpointing, bf16  the prefix cache and the token budget in bfloat16, without
                     activation checkpointing (it recomputes the forward; bfloat16 halves the
                     activations it was there to bound)
+    shared prefix   the prefix cache and the token budget, and each group's K rows encoding
+                    their common prompt once in the update (share_prefix=32; it does not run
+                    under activation checkpointing, so that stays off)
 
 ``--arms`` runs some of them ("today" always, first: the ratios are to it).
 
@@ -46,7 +50,8 @@ LEVERS = [*CACHE_AND_BUDGET, "activation_checkpointing=true"]
 ARMS = {"today": [],
         "levers": LEVERS,
         "levers, bf16": [*LEVERS, "dtype=bfloat16"],
-        "no checkpointing, bf16": [*CACHE_AND_BUDGET, "dtype=bfloat16"]}
+        "no checkpointing, bf16": [*CACHE_AND_BUDGET, "dtype=bfloat16"],
+        "shared prefix": [*CACHE_AND_BUDGET, "share_prefix=32"]}
 """arm -> config overrides on top of CONFIG."""
 CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
           "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",
@@ -65,14 +70,15 @@ def figures(run: Path, episodes_per_step: int) -> dict:
 
 def main() -> None:
     options = parser("speed", __doc__, steps=2, base=False)
-    options.add_argument("--base", default=str(ROOT / "runs" / "real-model-cpu" / "sft" / "adapter"),
-                         help="the warm-up adapter (default: runs/real-model-cpu/sft/adapter)")
+    options.add_argument("--base", default=str(ROOT / "runs" / "real-study" / "warm-up" / "adapter"),
+                         help="the warm-up adapter (default: the real-model study's, runs/real-study/warm-up/adapter)")
     options.add_argument("--arms", nargs="+", choices=list(ARMS)[1:], default=list(ARMS)[1:],
                          help="the arms to run besides today (default: all)")
     options.set_defaults(out=RESULTS / "real-model-cpu" / "speed.json")
     args = options.parse_args()
     if not (Path(args.base) / "adapter_config.json").exists():
-        sys.exit(f"error: no adapter at {args.base}; run `python benchmarks/real_model_cpu.py --stages warm_up` first")
+        sys.exit(f"error: no adapter at {args.base}; the real-model study's first stage makes one "
+                 "(`python benchmarks/real_model_study.py`)")
     arms = {}
     with tempfile.TemporaryDirectory() as folder:
         for arm in ["today", *args.arms]:
