@@ -57,8 +57,8 @@ again and a killed one is resumed, so the comparison can be stopped and restarte
 A run that ``--out``'s results.json already records with the same config is not trained
 again either, nor evaluated: its record is kept as it is. A comparison longer than the
 life of one machine's run directories thus goes on from its committed results.json alone.
-A results.json that records a planned arm and seed under another config is refused, as a
-run directory is, and never overwritten.
+A results.json that records a planned arm and seed under another config, or a run the new
+plan leaves out, is refused, as a run directory is, and never overwritten.
 """
 
 from __future__ import annotations
@@ -259,7 +259,8 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     ``results.json`` and ``table.md`` to ``out`` after every run. ``arm_seeds`` gives an arm
     only the first so many of ``seeds``. A run that ``out``'s results.json already records
     with the same config is kept as recorded (``recorded_runs``); one recorded under another
-    config is a FileExistsError before anything is trained. Returns the results."""
+    config, or one this plan leaves out, is a FileExistsError before anything is trained.
+    Returns the results."""
     variants, seeds = list(dict.fromkeys(variants)), list(dict.fromkeys(seeds))
     check_seed_count(seeds)
     arm_seeds = dict(arm_seeds or {})
@@ -280,6 +281,12 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     plan = [(seed, variant) for i, seed in enumerate(seeds)
             for variant in variants if i < arm_seeds.get(variant, len(seeds))]  # an arm of ARMS, a seed
     recorded = recorded_runs(out / "results.json")
+    unplanned = [f"{variant} seed {seed}" for variant, seed in (k for k in recorded if k is not None)
+                 if (seed, variant) not in plan]
+    if unplanned:  # rewriting the file without them would lose them
+        raise FileExistsError(f"{out / 'results.json'} records runs this comparison does not plan "
+                              f"({', '.join(unplanned[:3])}{', ...' if len(unplanned) > 3 else ''}); "
+                              "plan them too, or choose another --out")
     for seed, variant in plan:
         earlier_run = recorded.get((variant, seed))
         if earlier_run is not None and TrainConfig.from_dict(earlier_run["config"]) != run_config(

@@ -127,6 +127,9 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     before = (tmp_path / "out" / "results.json").read_bytes()
     with pytest.raises(FileExistsError, match="records mgrpo seed 0 with another config"):
         run_comparison(**(kwargs | {"overrides": kwargs["overrides"] + ["lr=5e-4"]}))
+    # and so are results holding runs the new plan leaves out: rewriting them would lose those
+    with pytest.raises(FileExistsError, match=r"does not plan \(mgrpo seed 1\)"):
+        run_comparison(**(kwargs | {"seeds": [0]}))
     assert (tmp_path / "out" / "results.json").read_bytes() == before
 
 
