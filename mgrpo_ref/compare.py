@@ -235,21 +235,22 @@ def curves(records: list[dict]) -> dict[str, list]:
     return out
 
 
-def recorded_runs(path: Path) -> dict[tuple[str, int], dict]:
-    """The runs an earlier comparison's results.json (``path``) records, by (arm, seed), and the
-    held-out questions it shows (``shown_questions``, ``base_episodes``, ``base_episode_outcomes``)
-    under the key ``None``; nothing if there is no such file, a FileExistsError naming it if it
-    cannot be read as one (it is in the way, and is not overwritten)."""
+SHOWN_KEYS = ("shown_questions", "base_episodes", "base_episode_outcomes")
+
+
+def recorded_runs(path: Path) -> tuple[dict[tuple[str, int], dict], dict]:
+    """What an earlier comparison's results.json (``path``) holds for a later one: its runs by
+    (arm, seed), and the held-out questions it shows with the base's episodes on them (the
+    ``SHOWN_KEYS`` it has). Both empty if there is no such file; a FileExistsError naming it if
+    it cannot be read as one (it is in the way, and is not overwritten)."""
     if not path.exists():
-        return {}
+        return {}, {}
     try:
         earlier_results = json.loads(path.read_text())
-        recorded: dict = {(run["variant"], run["seed"]): run for run in earlier_results["runs"]}
+        runs = {(run["variant"], run["seed"]): run for run in earlier_results["runs"]}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise FileExistsError(f"{path}: not a comparison's results ({err!r}); move it away to start afresh") from None
-    recorded[None] = {key: earlier_results[key] for key in ("shown_questions", "base_episodes", "base_episode_outcomes")
-                      if key in earlier_results}
-    return recorded
+    return runs, {key: earlier_results[key] for key in SHOWN_KEYS if key in earlier_results}
 
 
 def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds: list[int] = [0, 1, 2, 3, 4],
@@ -278,29 +279,28 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
                      "base_episodes": {}, "runs": []}
     start = time.time()
     # Seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds.
-    plan = [(seed, variant) for i, seed in enumerate(seeds)
-            for variant in variants if i < arm_seeds.get(variant, len(seeds))]  # an arm of ARMS, a seed
-    recorded = recorded_runs(out / "results.json")
-    unplanned = [f"{variant} seed {seed}" for variant, seed in (k for k in recorded if k is not None)
-                 if (seed, variant) not in plan]
+    plan = [(seed, variant, run_config(PRESETS[preset], variant, seed, list(overrides)))
+            for i, seed in enumerate(seeds) for variant in variants
+            if i < arm_seeds.get(variant, len(seeds))]  # a seed, an arm of ARMS, its TrainConfig
+    recorded, shown_before = recorded_runs(out / "results.json")
+    planned = {(variant, seed) for seed, variant, _ in plan}
+    unplanned = [f"{variant} seed {seed}" for variant, seed in recorded if (variant, seed) not in planned]
     if unplanned:  # rewriting the file without them would lose them
         raise FileExistsError(f"{out / 'results.json'} records runs this comparison does not plan "
                               f"({', '.join(unplanned[:3])}{', ...' if len(unplanned) > 3 else ''}); "
                               "plan them too, or choose another --out")
-    for seed, variant in plan:
+    for seed, variant, cfg in plan:
         earlier_run = recorded.get((variant, seed))
-        if earlier_run is not None and TrainConfig.from_dict(earlier_run["config"]) != run_config(
-                PRESETS[preset], variant, seed, list(overrides)):
+        if earlier_run is not None and TrainConfig.from_dict(earlier_run["config"]) != cfg:
             raise FileExistsError(f"{out / 'results.json'} records {variant} seed {seed} with another config; "
                                   "move it away or choose another --out")
-    results.update(recorded.get(None, {}))
+    results.update(shown_before)
     # the held-out questions whose episodes are kept: chosen with the first run's base, or recorded
     shown = None
     if "shown_questions" in results:
-        by_id = {q.qid: q for q in load_questions(run_config(PRESETS[preset], "mgrpo", 0, list(overrides)).eval_split)}
+        by_id = {q.qid: q for q in load_questions(plan[0][2].eval_split)}
         shown = [by_id[qid] for qid in results["shown_questions"]]
-    for n, (seed, variant) in enumerate(plan, 1):
-        cfg = run_config(PRESETS[preset], variant, seed, list(overrides))
+    for n, (seed, variant, cfg) in enumerate(plan, 1):
         mode = LAYOUTS[cfg.variant].mode
         run_dir = runs_dir / f"{variant}-s{seed}"
         if (variant, seed) in recorded:
