@@ -31,8 +31,9 @@ train: setup
 	$(PY) -m mgrpo_ref.train --variant mgrpo --seed 0 --run-dir $(RUN_DIR)
 
 # Notebooks run at smoke size here (MGRPO_SMOKE=1); their stored outputs come from full runs.
+# --durations: the slowest tests named at the end, to keep the whole under 15 minutes on 2 cores.
 test: setup
-	MGRPO_SMOKE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	MGRPO_SMOKE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=25
 
 # The cluster group (docs/cluster.md): a local Ray cluster of a head and two worker nodes and a
 # PostgreSQL server, started by the tests on this machine; needs the extra .[cluster].

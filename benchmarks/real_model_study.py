@@ -18,7 +18,9 @@ killed training run resumes from its last checkpoint):
        and for ``mgrpo`` the two swapped teams (trained main with the warm-up's sub, the
        warm-up's main with the trained sub): ``<arm>-s<seed>.json``;
     4. ``README.md``: each run's lift over the warm-up, M-GRPO against the control, and the
-       swapped teams, every difference with its 95% interval paired by question.
+       swapped teams, every difference with its 95% interval paired by question; and
+       ``learning_curves.png``: each run's validation accuracy over training, every point with
+       its 95% interval, beside its sub-agent calls per training rollout.
 
 The recipe was chosen on the validation split (docs/results.md, "Which split each choice
 was made on"); ``eval_worlds`` is read only here, for the reported figures. Every evaluation
@@ -61,6 +63,8 @@ in the update, each group's prompt encoded once (``share_prefix``): a step at B 
 half the time of the defaults (``real_step_speed.py``, docs/real-model.md section 6)."""
 REPORT = "README.md"
 """The report's file name in the results folder."""
+FIGURE = "learning_curves.png"
+"""The learning curves' file name in the results folder."""
 ARMS = ("mgrpo", "frozen_sub")
 SEEDS = (0, 1)
 MAX_NEW_TOKENS = 48  # of every evaluation's turns, as in training
@@ -191,7 +195,54 @@ def report(out: Path) -> str:
             swap.append(f"| {seed} | {m} | {s} | {100 * team['accuracy']:.1f}% | "
                         f"{points(paired_difference(team['correct'], base['correct']))} |")
     return ("\n".join(lines) + "\n\nM-GRPO against the frozen sub-agent, the same seed and budget, paired by question:\n\n"
-            + "\n".join(control) + "\n\nThe swapped teams of each M-GRPO run:\n\n" + "\n".join(swap) + "\n")
+            + "\n".join(control) + "\n\nThe swapped teams of each M-GRPO run:\n\n" + "\n".join(swap) + "\n"
+            + (f"\nEach run's learning curve on the validation split, and its planner's sub-agent calls:\n\n"
+               f"![learning curves]({FIGURE})\n" if runs else ""))
+
+
+def validation_points(run: dict) -> list[tuple[int, float, float, float]]:
+    """A run's learning curve on the validation split as (step, accuracy, low, high), the
+    bounds those of the accuracy's 95% Wilson interval over the questions each evaluation
+    read (the question set as a sample: ``intervals.proportion_interval``)."""
+    from mgrpo_ref.intervals import proportion_interval
+    from mgrpo_ref.world import load_questions
+
+    n = min(run["config"]["eval_questions"], len(load_questions(run["config"]["eval_split"])))
+    curve = []
+    for step, accuracy in sorted((int(s), a) for s, a in run["validation_curve"].items()):
+        share = proportion_interval(round(accuracy * n), n)
+        curve.append((step, accuracy, share.low, share.high))
+    return curve
+
+
+def plot_curves(out: Path, path: Path | None = None):
+    """The study's learning curves from the JSON files in ``out``: left, each run's greedy
+    accuracy on the validation split over training with its 95% interval (step 0 is the
+    warm-up); right, its sub-agent calls per training rollout. Saved to ``path`` if given;
+    returns the matplotlib Figure (none if no run has finished)."""
+    from matplotlib.figure import Figure  # no pyplot: the same in a script and a notebook
+
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
+    if not runs:
+        return None
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    acc_ax, calls_ax = fig.subplots(1, 2)
+    for r in sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
+        color, style = f"C{ARMS.index(r['arm'])}", ("-", "--", ":", "-.")[r["seed"] % 4]
+        label = f"{r['arm']}, seed {r['seed']}"
+        steps, acc, low, high = zip(*validation_points(r))
+        acc_ax.errorbar([s + 0.4 * r["seed"] for s in steps], [100 * a for a in acc],  # side by side, not on top
+                        yerr=[[100 * (a - lo) for a, lo in zip(acc, low)], [100 * (hi - a) for a, hi in zip(acc, high)]],
+                        fmt="o", ls=style, ms=3, capsize=2, color=color, label=label)
+        calls_ax.plot(range(1, len(r["train_sub_calls"]) + 1), r["train_sub_calls"], ls=style, color=color, label=label)
+    acc_ax.set(xlabel="training step", ylabel="validation greedy accuracy (%)", ylim=(0, 100),
+               title="bars: 95% interval over the validation questions")
+    calls_ax.set(xlabel="training step", ylabel="sub-agent calls per rollout", ylim=(0, None),
+                 title="the planner's calls in training")
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside right center", fontsize=8)
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,8 +296,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_report(out: Path) -> str:
+    """README.md and learning_curves.png in ``out`` from its JSON files; returns README.md's text."""
     text = report(out)
     (out / REPORT).write_text(text)
+    plot_curves(out, out / FIGURE)
     return text
 
 

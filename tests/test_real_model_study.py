@@ -95,3 +95,23 @@ def test_the_warm_up_command_defaults_to_the_study_s_warm_up():
 
     defaults = asdict(SFTConfig())
     assert {k: defaults[k] for k in WARM_UP} == WARM_UP
+
+
+def test_the_learning_curves_carry_each_evaluation_s_wilson_interval(finished):
+    from mgrpo_ref.intervals import proportion_interval
+
+    tmp, _ = finished
+    out = tmp / "out"
+    assert (out / study.FIGURE).stat().st_size > 0 and f"]({study.FIGURE})" in (out / study.REPORT).read_text()
+    run = json.loads((out / "mgrpo-s0.json").read_text())
+    curve = study.validation_points(run)
+    assert [step for step, *_ in curve] == [0, 1, 2]  # in step order, as ints
+    for step, accuracy, low, high in curve:  # four validation questions each time (SMOKE_RECIPE)
+        assert accuracy == run["validation_curve"][str(step)]
+        wilson = proportion_interval(round(4 * accuracy), 4)
+        assert (low, high) == (wilson.low, wilson.high) and low <= accuracy <= high
+    fig = study.plot_curves(out)
+    accuracy_axes, calls_axes = fig.axes[:2]
+    assert [line.get_label() for line in calls_axes.get_lines()] == ["mgrpo, seed 0", "frozen_sub, seed 0"]
+    assert list(calls_axes.get_lines()[0].get_ydata()) == run["train_sub_calls"]
+    assert study.plot_curves(tmp) is None  # no run finished there
