@@ -3,7 +3,7 @@ sub-agent from the same warm-up, and which of the two trained agents carries the
 
     make smollm2                                   # once: models/SmolLM2-135M-Instruct
     make real-cpu-study                            # = python benchmarks/real_model_study.py
-    python benchmarks/real_model_study.py --report # README.md again from the committed JSON files
+    python benchmarks/real_model_study.py --report # README.md and the figure again from the JSON files
 
 One command runs the whole study and resumes where it stopped (a finished piece is skipped, a
 killed training run resumes from its last checkpoint):
@@ -223,15 +223,18 @@ def plot_curves(out: Path, path: Path | None = None):
     from matplotlib.figure import Figure  # no pyplot: the same in a script and a notebook
 
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
+    runs = sorted((r for r in runs if r["validation_curve"]), key=lambda r: (ARMS.index(r["arm"]), r["seed"]))
     if not runs:
         return None
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     acc_ax, calls_ax = fig.subplots(1, 2)
-    for r in sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
-        color, style = f"C{ARMS.index(r['arm'])}", ("-", "--", ":", "-.")[r["seed"] % 4]
+    seeds = sorted({r["seed"] for r in runs})
+    for i, r in enumerate(runs):
+        color, style = f"C{ARMS.index(r['arm'])}", ("-", "--", ":", "-.")[seeds.index(r["seed"]) % 4]
         label = f"{r['arm']}, seed {r['seed']}"
         steps, acc, low, high = zip(*validation_points(r))
-        acc_ax.errorbar([s + 0.4 * r["seed"] for s in steps], [100 * a for a in acc],  # side by side, not on top
+        shift = 0.3 * (i - (len(runs) - 1) / 2)  # the runs' points side by side around each step, not on top
+        acc_ax.errorbar([s + shift for s in steps], [100 * a for a in acc],
                         yerr=[[100 * (a - lo) for a, lo in zip(acc, low)], [100 * (hi - a) for a, hi in zip(acc, high)]],
                         fmt="o", ls=style, ms=3, capsize=2, color=color, label=label)
         calls_ax.plot(range(1, len(r["train_sub_calls"]) + 1), r["train_sub_calls"], ls=style, color=color, label=label)
@@ -254,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the first N questions of eval_worlds (default: all; fewer only to try the command)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="the runs (default runs/real-study)")
     parser.add_argument("--out", type=Path, default=OUT, help="the results (default benchmarks/results/real-study)")
-    parser.add_argument("--report", action="store_true", help="only write README.md from the results already there")
+    parser.add_argument("--report", action="store_true",
+                        help=f"only write {REPORT} and {FIGURE} from the results already there")
     args = parser.parse_args(argv)
     if args.report:
         print(write_report(args.out), end="")
@@ -277,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
                      "move those results away to start the study again")
     else:
         print("warm-up: evaluating on eval_worlds", flush=True)
+        trained = json.loads((adapter.parent / "sft.json").read_text())
         base = {"digest": warm_up_digest, "warm_up": WARM_UP, "model": args.model,
+                "warm_up_seconds": trained["seconds"],
                 **greedy_outcomes(adapter, adapter, questions, run_config("mgrpo", 0, adapter).dtype),
                 "command": command}
         base_file.write_text(json.dumps(base) + "\n")

@@ -235,22 +235,27 @@ def curves(records: list[dict]) -> dict[str, list]:
     return out
 
 
-SHOWN_KEYS = ("shown_questions", "base_episodes", "base_episode_outcomes")
+KEPT_KEYS = ("shown_questions", "base_episodes", "base_episode_outcomes", "against")
+"""What a comparison keeps of an earlier results.json in its --out besides the runs: the
+held-out questions it shows with the base's episodes on them, and an older comparison it is
+read against (``--report DIR --against OLD``)."""
 
 
-def recorded_runs(path: Path) -> tuple[dict[tuple[str, int], dict], dict]:
+def recorded_runs(path: Path) -> tuple[dict[tuple[str, int], tuple[dict, TrainConfig]], dict]:
     """What an earlier comparison's results.json (``path``) holds for a later one: its runs by
-    (arm, seed), and the held-out questions it shows with the base's episodes on them (the
-    ``SHOWN_KEYS`` it has). Both empty if there is no such file; a FileExistsError naming it if
-    it cannot be read as one (it is in the way, and is not overwritten)."""
+    (arm, seed), each with the TrainConfig it was trained under, and the ``KEPT_KEYS`` it has.
+    Both empty if there is no such file; a FileExistsError naming it if it cannot be read as
+    one (it is in the way, and is not overwritten)."""
     if not path.exists():
         return {}, {}
     try:
         earlier_results = json.loads(path.read_text())
-        runs = {(run["variant"], run["seed"]): run for run in earlier_results["runs"]}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise FileExistsError(f"{path}: not a comparison's results ({err!r}); move it away to start afresh") from None
-    return runs, {key: earlier_results[key] for key in SHOWN_KEYS if key in earlier_results}
+        runs = {(run["variant"], run["seed"]): (run, TrainConfig.from_dict(run["config"]))
+                for run in earlier_results["runs"]}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise FileExistsError(f"{path}: not a comparison's results ({one_line(err)}); "
+                              "move it away to start afresh") from None
+    return runs, {key: earlier_results[key] for key in KEPT_KEYS if key in earlier_results}
 
 
 def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds: list[int] = [0, 1, 2, 3, 4],
@@ -282,7 +287,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     plan = [(seed, variant, run_config(PRESETS[preset], variant, seed, list(overrides)))
             for i, seed in enumerate(seeds) for variant in variants
             if i < arm_seeds.get(variant, len(seeds))]  # a seed, an arm of ARMS, its TrainConfig
-    recorded, shown_before = recorded_runs(out / "results.json")
+    recorded, kept = recorded_runs(out / "results.json")
     planned = {(variant, seed) for seed, variant, _ in plan}
     unplanned = [f"{variant} seed {seed}" for variant, seed in recorded if (variant, seed) not in planned]
     if unplanned:  # rewriting the file without them would lose them
@@ -290,15 +295,18 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
                               f"({', '.join(unplanned[:3])}{', ...' if len(unplanned) > 3 else ''}); "
                               "plan them too, or choose another --out")
     for seed, variant, cfg in plan:
-        earlier_run = recorded.get((variant, seed))
-        if earlier_run is not None and TrainConfig.from_dict(earlier_run["config"]) != cfg:
+        if (variant, seed) in recorded and recorded[variant, seed][1] != cfg:
             raise FileExistsError(f"{out / 'results.json'} records {variant} seed {seed} with another config; "
                                   "move it away or choose another --out")
-    results.update(shown_before)
+    results.update(kept)
     # the held-out questions whose episodes are kept: chosen with the first run's base, or recorded
     shown = None
     if "shown_questions" in results:
         by_id = {q.qid: q for q in load_questions(plan[0][2].eval_split)}
+        unknown = [qid for qid in results["shown_questions"] if qid not in by_id]
+        if unknown:
+            raise FileExistsError(f"{out / 'results.json'} shows questions that {plan[0][2].eval_split} does not "
+                                  f"hold ({', '.join(map(str, unknown[:3]))}); move it away or choose another --out")
         shown = [by_id[qid] for qid in results["shown_questions"]]
     for n, (seed, variant, cfg) in enumerate(plan, 1):
         mode = LAYOUTS[cfg.variant].mode
@@ -306,7 +314,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
         if (variant, seed) in recorded:
             print(f"[{time.time() - start:6.0f} s] run {n} of {len(plan)}: {variant} seed {seed}: "
                   f"recorded in {out / 'results.json'}", flush=True)
-            results["runs"].append(recorded[variant, seed])
+            results["runs"].append(recorded[variant, seed][0])
             continue
         print(f"[{time.time() - start:6.0f} s] run {n} of {len(plan)}: {variant} seed {seed} -> {run_dir}", flush=True)
         train_run(cfg, run_dir, progress=progress)

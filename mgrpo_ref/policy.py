@@ -217,9 +217,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def within_project(path: str | Path) -> str:
     """``path`` as a recorded result gives it: relative to the project root when it lies inside
     the project, as it is otherwise. A path through a link in the project (``runs`` may link to
-    a folder elsewhere) is inside: it is read as written first, then with links followed."""
-    written = Path(os.path.abspath(Path(path).expanduser()))
-    for candidate in (written, written.resolve()):
+    a folder elsewhere) is inside: it is read as written first, then with links followed. Read
+    as written, ``..`` drops the name before it, which is right unless that name is a link
+    (``runs/..`` is the parent of where ``runs`` leads): the written reading counts only where
+    it names the same place."""
+    path = Path(path).expanduser()
+    written, real = Path(os.path.abspath(path)), path.resolve()
+    for candidate in ([written] if written.resolve() == real else []) + [real]:
         if candidate.is_relative_to(REPO_ROOT):
             return candidate.relative_to(REPO_ROOT).as_posix()
     return str(path)

@@ -78,6 +78,8 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     kwargs = dict(preset="smoke", variants=["mgrpo", "single_agent", "shared"], seeds=[0, 1], runs_dir=tmp_path / "runs",
                   out=tmp_path / "out", overrides=[f"base={base}", *TINY], progress=False,
                   arm_seeds={"single_agent": 1, "shared": 1})
+    original_trainer, original_train_run = compare.Trainer, compare.train_run
+    original_greedy_episodes = compare.greedy_episodes
     results = run_comparison(**kwargs)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     # seeds outside, arms inside: a comparison stopped part way has every arm at its first seeds;
@@ -131,6 +133,22 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     with pytest.raises(FileExistsError, match=r"does not plan \(mgrpo seed 1\)"):
         run_comparison(**(kwargs | {"seeds": [0]}))
     assert (tmp_path / "out" / "results.json").read_bytes() == before
+    # a comparison stopped part way trains only what results.json lacks, and keeps what it shows
+    # and the older comparison it was read against
+    partial = json.loads(before)
+    partial["runs"] = partial["runs"][:3]  # mgrpo seed 1 not yet recorded
+    partial["against"] = {"results": "elsewhere/results.json", "by": "t", "differences": saved["differences"]}
+    (tmp_path / "out" / "results.json").write_text(json.dumps(partial))
+    trained = []
+    monkeypatch.setattr(compare, "greedy_episodes", original_greedy_episodes)
+    monkeypatch.setattr(compare, "train_run", lambda cfg, run_dir, **kw: trained.append(run_dir.name) or
+                        original_train_run(cfg, run_dir, **kw))
+    monkeypatch.setattr(compare, "Trainer", original_trainer)
+    resumed = run_comparison(**kwargs)
+    assert trained == ["mgrpo-s1"] and resumed["runs"][:3] == saved["runs"][:3]
+    assert resumed["shown_questions"] == saved["shown_questions"] and resumed["base_episodes"] == saved["base_episodes"]
+    kept = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert kept["against"] == partial["against"] and "conclusions" in kept
 
 
 def test_results_that_cannot_be_read_are_refused_and_kept(tmp_path, monkeypatch):
@@ -140,11 +158,17 @@ def test_results_that_cannot_be_read_are_refused_and_kept(tmp_path, monkeypatch)
         raise AssertionError("trained despite unreadable results")
 
     monkeypatch.setattr(compare, "Trainer", no_training)
-    for text in ("{not json", '{"runs": [{"seed": 0}]}', "[1, 2]"):
+    for text in ("{not json", '{"runs": [{"seed": 0}]}', "[1, 2]", '{"runs": [{"variant": "mgrpo", "seed": 0}]}',
+                 '{"runs": [{"variant": "mgrpo", "seed": 0, "config": {"no_such_field": 1}}]}'):
         (tmp_path / "results.json").write_text(text)
         with pytest.raises(FileExistsError, match="not a comparison's results"):
             run_comparison(preset="smoke", variants=["mgrpo"], seeds=[0], runs_dir=tmp_path / "runs", out=tmp_path)
         assert (tmp_path / "results.json").read_text() == text
+    text = '{"runs": [], "shown_questions": ["no-such-question"]}'  # questions the split no longer holds
+    (tmp_path / "results.json").write_text(text)
+    with pytest.raises(FileExistsError, match="shows questions that eval_worlds does not hold"):
+        run_comparison(preset="smoke", variants=["mgrpo"], seeds=[0], runs_dir=tmp_path / "runs", out=tmp_path)
+    assert (tmp_path / "results.json").read_text() == text
     assert not (tmp_path / "runs").exists()
 
 

@@ -355,6 +355,12 @@ def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tabl
     assert rows[len(committed)] == "| measure | main agent | sub-agent |" and len(rows) == len(committed) + 6
 
 
+def test_the_study_s_warm_up_time_in_the_docs_is_the_recorded_one():
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "real-study" / "warm_up.json").read_text())
+    said = f"its warm-up took {recorded['warm_up_seconds'] / 60:.0f} minutes here"
+    assert said in " ".join((ROOT / "docs" / "real-model.md").read_text().split()), f"real-model.md: say '{said}'"
+
+
 # ---------------------------------------------------------------------------
 # Every citation resolves inside the repository (a clone has nothing beside it)
 

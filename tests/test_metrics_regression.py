@@ -46,8 +46,11 @@ def test_a_two_step_run_logs_the_numbers_of_its_fixture(tmp_path, variant):
                 # Float rounding differs between CPUs (the fixtures were written with AVX-512
                 # kernels; an AVX2-only CPU sums in another order). A mean log-prob near 0 (a
                 # sub-agent sure of its tokens) carries an absolute error of float32's epsilon
-                # times the logits' scale, hence the absolute floor; every count stays exact.
-                assert new[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (old["step"], key)
+                # times the logits' scale, hence a floor of 1e-6 for that mean; every other
+                # figure is held to 1e-7 (a loss whose group advantages cancel sits near 0),
+                # every count exact.
+                floor = 1e-6 if key.endswith("sampled_nll") else 1e-7
+                assert new[key] == pytest.approx(value, rel=1e-5, abs=floor), (old["step"], key)
             else:
                 assert new[key] == value, (old["step"], key)
     # The same numbers as when the fixture was written: one seed gives one run. What each

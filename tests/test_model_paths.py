@@ -179,3 +179,5 @@ def test_recorded_paths_are_relative_to_the_project_even_through_a_link(tmp_path
     assert policy.within_project(elsewhere / "real-study") == str(elsewhere / "real-study")
     monkeypatch.chdir(project)
     assert policy.within_project("runs/real-study/../real-study/warm-up") == "runs/real-study/warm-up"
+    # runs/.. is elsewhere's parent, not the project: dropping "runs" by its text would say "data"
+    assert policy.within_project("runs/../data") == "runs/../data"

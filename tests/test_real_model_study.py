@@ -39,7 +39,7 @@ def test_every_piece_of_the_study_is_written(finished):
     out = tmp / "out"
     base = json.loads((out / "warm_up.json").read_text())
     assert base["n"] == 6 and len(base["correct"]) == len(base["questions"]) == len(base["sub_calls"]) == 6
-    assert base["main"] == base["sub"] and len(base["digest"]) == 16
+    assert base["main"] == base["sub"] and len(base["digest"]) == 16 and base["warm_up_seconds"] > 0
     for arm in study.ARMS:
         run = json.loads((out / f"{arm}-s0.json").read_text())
         assert run["config"]["variant"] == arm and run["config"]["steps"] == 2
