@@ -17,8 +17,9 @@ killed training run resumes from its last checkpoint):
        learning curve on the validation split), then its last checkpoint on ``eval_worlds``,
        and for ``mgrpo`` the two swapped teams (trained main with the warm-up's sub, the
        warm-up's main with the trained sub): ``<arm>-s<seed>.json``;
-    4. ``README.md``: each run's lift over the warm-up, M-GRPO against the control, and the
-       swapped teams, every difference with its 95% interval paired by question; and
+    4. ``README.md``: each run's lift over the warm-up, M-GRPO against the control, the same
+       with the seeds together, and the swapped teams, every difference with its 95% interval
+       paired by question; and
        ``learning_curves.png``: each run's validation accuracy over training, every point with
        its 95% interval, beside its sub-agent calls per training rollout.
 
@@ -185,6 +186,7 @@ def report(out: Path) -> str:
         if ("mgrpo", seed) in runs and ("frozen_sub", seed) in runs:
             d = paired_difference(runs[("mgrpo", seed)]["final"]["correct"], runs[("frozen_sub", seed)]["final"]["correct"])
             control.append(f"| {seed} | {points(d)} | {d.verdict('mgrpo higher', 'mgrpo lower')} |")
+    together = seeds_together(runs, base["correct"])
     swap = ["| seed | main | sub | accuracy | against the warm-up (points) |", "|---|---|---|---|---|"]
     for (arm, seed), r in sorted(runs.items()):
         if arm != "mgrpo":
@@ -195,9 +197,39 @@ def report(out: Path) -> str:
             swap.append(f"| {seed} | {m} | {s} | {100 * team['accuracy']:.1f}% | "
                         f"{points(paired_difference(team['correct'], base['correct']))} |")
     return ("\n".join(lines) + "\n\nM-GRPO against the frozen sub-agent, the same seed and budget, paired by question:\n\n"
-            + "\n".join(control) + "\n\nThe swapped teams of each M-GRPO run:\n\n" + "\n".join(swap) + "\n"
+            + "\n".join(control)
+            + ("\n\nThe seeds together: each question's outcome averaged over an arm's seeds, then paired by "
+               "question as above:\n\n" + "\n".join(together) if len(together) > 2 else "")
+            + "\n\nThe swapped teams of each M-GRPO run:\n\n" + "\n".join(swap) + "\n"
             + (f"\nEach run's learning curve on the validation split, and its planner's sub-agent calls:\n\n"
                f"![learning curves]({FIGURE})\n" if runs else ""))
+
+
+def seed_mean(runs: dict, arm: str, seeds: list[int]) -> list[float]:
+    """Each question's final greedy outcome (1 right, 0 not) averaged over ``arm``'s runs of ``seeds``."""
+    outcomes = [runs[arm, seed]["final"]["correct"] for seed in seeds]
+    return [sum(column) / len(seeds) for column in zip(*outcomes)]
+
+
+def seeds_together(runs: dict, warm_up_correct: list[int]) -> list[str]:
+    """The report's table of the seeds together: each arm with two seeds or more against the
+    warm-up, and M-GRPO against the control on the seeds both have, each question's outcome
+    averaged over the seeds and the difference paired by question (its 95% t interval over the
+    questions: how sure the figure is given these seeds, not how far another seed would move it)."""
+    from mgrpo_ref.intervals import paired_difference
+
+    seeds = {arm: sorted(s for a, s in runs if a == arm) for arm in ARMS}
+    rows = ["| difference | seeds | points | verdict |", "|---|---|---|---|"]
+    pairs = [(f"{arm} - warm-up", arm, seeds[arm], None) for arm in ARMS]
+    common = sorted(set(seeds["mgrpo"]) & set(seeds["frozen_sub"]))
+    pairs.append(("mgrpo - frozen_sub", "mgrpo", common, "frozen_sub"))
+    for name, arm, used, other in pairs:
+        if len(used) < 2:
+            continue
+        d = paired_difference(seed_mean(runs, arm, used),
+                              warm_up_correct if other is None else seed_mean(runs, other, used))
+        rows.append(f"| {name} | {', '.join(map(str, used))} | {points(d)} | {d.verdict('higher', 'lower')} |")
+    return rows
 
 
 def validation_points(run: dict) -> list[tuple[int, float, float, float]]:

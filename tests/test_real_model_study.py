@@ -115,3 +115,26 @@ def test_the_learning_curves_carry_each_evaluation_s_wilson_interval(finished):
     assert [line.get_label() for line in calls_axes.get_lines()] == ["mgrpo, seed 0", "frozen_sub, seed 0"]
     assert list(calls_axes.get_lines()[0].get_ydata()) == run["train_sub_calls"]
     assert study.plot_curves(tmp) is None  # no run finished there
+
+
+def test_the_seeds_together_average_each_question_over_the_seeds(finished, tmp_path):
+    import shutil
+
+    from mgrpo_ref.intervals import paired_difference
+
+    tmp, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(tmp / "out", out)
+    assert "The seeds together" not in study.report(out)  # one seed: the rows per seed say it all
+    base = json.loads((out / "warm_up.json").read_text())
+    for arm in study.ARMS:  # a second seed of each arm whose outcomes are the first's, every one flipped
+        run = json.loads((out / f"{arm}-s0.json").read_text())
+        run["seed"], run["final"]["correct"] = 1, [1 - c for c in run["final"]["correct"]]
+        (out / f"{arm}-s1.json").write_text(json.dumps(run))
+    runs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in out.glob("*-s*.json"))}
+    assert study.seed_mean(runs, "mgrpo", [0, 1]) == [0.5] * 6  # right on one seed of two, every question
+    rows = study.seeds_together(runs, base["correct"])
+    lift = paired_difference([0.5] * 6, base["correct"])
+    assert rows[2] == f"| mgrpo - warm-up | 0, 1 | {study.points(lift)} | {lift.verdict('higher', 'lower')} |"
+    assert rows[4].startswith("| mgrpo - frozen_sub | 0, 1 | ") and len(rows) == 5
+    assert "\n".join(rows) in study.report(out)
