@@ -18,9 +18,13 @@ precision, lr 1e-4, turns of 48 tokens) at 8 questions x 8 rollouts, and the arm
     no checkpointing, bf16  the prefix cache and the token budget in bfloat16, without
                     activation checkpointing (it recomputes the forward; bfloat16 halves the
                     activations it was there to bound)
+    cache and budget  the prefix cache and the token budget alone: what the shared prefix
+                    adds to them is "shared prefix" against this arm
     shared prefix   the prefix cache and the token budget, and each group's K rows encoding
                     their common prompt once in the update (share_prefix=32; it does not run
                     under activation checkpointing, so that stays off)
+    shared prefix, lean  the same with a quarter of the cache (512 MiB) and half the token
+                    budget (512): memory bounded without checkpointing
 
 ``--arms`` runs some of them ("today" always, first: the ratios are to it).
 
@@ -51,7 +55,9 @@ ARMS = {"today": [],
         "levers": LEVERS,
         "levers, bf16": [*LEVERS, "dtype=bfloat16"],
         "no checkpointing, bf16": [*CACHE_AND_BUDGET, "dtype=bfloat16"],
-        "shared prefix": [*CACHE_AND_BUDGET, "share_prefix=32"]}
+        "cache and budget": CACHE_AND_BUDGET,
+        "shared prefix": [*CACHE_AND_BUDGET, "share_prefix=32"],
+        "shared prefix, lean": ["prefix_cache_mib=512", "microbatch_tokens=512", "share_prefix=32"]}
 """arm -> config overrides on top of CONFIG."""
 CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
           "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",
