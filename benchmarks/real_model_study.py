@@ -158,12 +158,17 @@ def points(interval) -> str:
     return f"{100 * interval.mean:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
 
 
+def finished_runs(out: Path) -> dict[tuple[str, int], dict]:
+    """The runs finished so far: each ``<arm>-s<seed>.json`` in ``out``, by (arm, seed)."""
+    return {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json")))}
+
+
 def report(out: Path) -> str:
     """README.md from the JSON files in ``out``: the runs finished so far."""
     from mgrpo_ref.intervals import paired_difference
 
     base = json.loads((out / "warm_up.json").read_text())
-    runs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json")))}
+    runs = finished_runs(out)
     hops = sorted(base["accuracy_by_hops"])
     lines = [f"Greedy accuracy on the {base['n']} questions of `eval_worlds`; each difference is paired by "
              "question, with its 95% Student-t interval (`intervals.paired_difference`).", "",
@@ -254,8 +259,8 @@ def plot_curves(out: Path, path: Path | None = None):
     returns the matplotlib Figure (none if no run has finished)."""
     from matplotlib.figure import Figure  # no pyplot: the same in a script and a notebook
 
-    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
-    runs = sorted((r for r in runs if r["validation_curve"]), key=lambda r: (ARMS.index(r["arm"]), r["seed"]))
+    runs = sorted((r for r in finished_runs(out).values() if r["validation_curve"]),
+                  key=lambda r: (ARMS.index(r["arm"]), r["seed"]))
     if not runs:
         return None
     fig = Figure(figsize=(11, 3.6), layout="constrained")

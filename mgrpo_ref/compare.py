@@ -302,10 +302,11 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
     # the held-out questions whose episodes are kept: chosen with the first run's base, or recorded
     shown = None
     if "shown_questions" in results:
-        by_id = {q.qid: q for q in load_questions(plan[0][2].eval_split)}
+        split = plan[0][2].eval_split  # every arm's: the preset's and the overrides'
+        by_id = {q.qid: q for q in load_questions(split)}
         unknown = [qid for qid in results["shown_questions"] if qid not in by_id]
         if unknown:
-            raise FileExistsError(f"{out / 'results.json'} shows questions that {plan[0][2].eval_split} does not "
+            raise FileExistsError(f"{out / 'results.json'} shows questions that {split} does not "
                                   f"hold ({', '.join(map(str, unknown[:3]))}); move it away or choose another --out")
         shown = [by_id[qid] for qid in results["shown_questions"]]
     for n, (seed, variant, cfg) in enumerate(plan, 1):

@@ -131,7 +131,8 @@ def test_the_seeds_together_average_each_question_over_the_seeds(finished, tmp_p
         run = json.loads((out / f"{arm}-s0.json").read_text())
         run["seed"], run["final"]["correct"] = 1, [1 - c for c in run["final"]["correct"]]
         (out / f"{arm}-s1.json").write_text(json.dumps(run))
-    runs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text()) for p in out.glob("*-s*.json"))}
+    runs = study.finished_runs(out)
+    assert set(runs) == {(arm, seed) for arm in study.ARMS for seed in (0, 1)}
     assert study.seed_mean(runs, "mgrpo", [0, 1]) == [0.5] * 6  # right on one seed of two, every question
     rows = study.seeds_together(runs, base["correct"])
     lift = paired_difference([0.5] * 6, base["correct"])
