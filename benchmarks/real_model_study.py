@@ -202,7 +202,7 @@ def report(out: Path) -> str:
             swap.append(f"| {seed} | {m} | {s} | {100 * team['accuracy']:.1f}% | "
                         f"{points(paired_difference(team['correct'], base['correct']))} |")
     return ("\n".join(lines) + "\n\nM-GRPO against the frozen sub-agent, the same seed and budget, paired by question:\n\n"
-            + "\n".join(control)
+            + ("\n".join(control) if len(control) > 2 else "(no seed has both arms yet)")
             + ("\n\nThe seeds together: each question's outcome averaged over an arm's seeds, then paired by "
                "question as above:\n\n" + "\n".join(together) if len(together) > 2 else "")
             + "\n\nThe swapped teams of each M-GRPO run:\n\n" + "\n".join(swap) + "\n"

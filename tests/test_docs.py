@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -359,6 +360,43 @@ def test_the_study_s_warm_up_time_in_the_docs_is_the_recorded_one():
     recorded = json.loads((ROOT / "benchmarks" / "results" / "real-study" / "warm_up.json").read_text())
     said = f"its warm-up took {recorded['warm_up_seconds'] / 60:.0f} minutes here"
     assert said in " ".join((ROOT / "docs" / "real-model.md").read_text().split()), f"real-model.md: say '{said}'"
+
+
+STUDY = ROOT / "benchmarks" / "results" / "real-study"
+
+
+def test_the_study_s_committed_report_is_what_its_files_give():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_model_study as study
+
+    assert (STUDY / study.REPORT).read_text() == study.report(STUDY), \
+        "run: python benchmarks/real_model_study.py --report (it rewrites the study's README.md)"
+
+
+def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
+    """The study's first run, as README.md and real-model.md state it, computed from its JSON."""
+    from statistics import median
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_model_study as study
+    from mgrpo_ref.intervals import paired_difference
+
+    warm = json.loads((STUDY / "warm_up.json").read_text())
+    run = study.finished_runs(STUDY)["mgrpo", 0]
+    lift = paired_difference(run["final"]["correct"], warm["correct"])
+    planner = paired_difference(run["trained_main_warm_up_sub"]["correct"], warm["correct"])
+    said = [f"from the warm-up's {100 * warm['accuracy']:.1f}% to {100 * run['final']['accuracy']:.1f}%",
+            study.points(lift), study.points(planner)]
+    seconds = run["seconds_per_step"]
+    in_docs = [f"a median of {median(seconds):.0f} s", f"a median of {median(seconds[:10]):.0f} s over the first ten",
+               f"{median(seconds[-10:]):.0f} s over the last ten",
+               f"({run['peak_mib']['main']:,.0f} MiB main, {run['peak_mib']['sub']:,.0f} MiB sub)",
+               f"sub-agent calls per question from {warm['mean_sub_calls']:.2f} to {run['final']['mean_sub_calls']:.2f}",
+               f"(one hop: {100 * run['final']['accuracy_by_hops']['1']:.1f}%)"]
+    for path, phrases in ((README, said), (ROOT / "docs" / "real-model.md", said + in_docs)):
+        text = " ".join(path.read_text().split())
+        for phrase in phrases:
+            assert phrase in text, f"{path.name}: say '{phrase}'"
 
 
 # ---------------------------------------------------------------------------
