@@ -59,9 +59,10 @@ RECIPE = ["quantization=none", "steps=60", "questions_per_step=4", "rollouts=8",
 the trial ``mgrpo-w600-hops2-then-all-k8-lr1e-4``, the one that taught the planner when to stop
 on the validation split: B = 4 questions x K = 8 rollouts, lr 1e-4, multi-hop questions only
 for the first 40 of 60 steps; its learning curve on 60 validation questions every 10 steps.
-Two levers of speed that leave the loss as it is (tested): the prefix cache in generation and,
-in the update, each group's prompt encoded once (``share_prefix``): a step at B = 8, K = 8 in
-half the time of the defaults (``real_step_speed.py``, docs/real-model.md section 6)."""
+Three levers of speed that leave the loss as it is (tested): the prefix cache in generation and,
+in the update, a token budget per microbatch and each group's prompt encoded once
+(``share_prefix``): together, a step at B = 8, K = 8 in half the time of the defaults
+(``real_step_speed.py``, docs/real-model.md section 6)."""
 REPORT = "README.md"
 """The report's file name in the results folder."""
 FIGURE = "learning_curves.png"

@@ -392,7 +392,8 @@ def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
                f"{median(seconds[-10:]):.0f} s over the last ten",
                f"({run['peak_mib']['main']:,.0f} MiB main, {run['peak_mib']['sub']:,.0f} MiB sub)",
                f"sub-agent calls per question from {warm['mean_sub_calls']:.2f} to {run['final']['mean_sub_calls']:.2f}",
-               f"(one hop: {100 * run['final']['accuracy_by_hops']['1']:.1f}%)"]
+               f"(one hop: {100 * run['final']['accuracy_by_hops']['1']:.1f}%)",
+               f"ends at {100 * run['validation_curve'][str(run['config']['steps'])]:.1f}% on the validation split"]
     for path, phrases in ((README, said), (ROOT / "docs" / "real-model.md", said + in_docs)):
         text = " ".join(path.read_text().split())
         for phrase in phrases:
