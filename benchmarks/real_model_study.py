@@ -137,6 +137,7 @@ def train_and_evaluate(arm: str, seed: int, adapter: Path, runs: Path, questions
     result = {
         "arm": arm, "seed": seed, "config": json.loads((run_dir / rundir.CONFIG).read_text()),
         "validation_curve": {r["step"]: r["eval/accuracy"] for r in records if "eval/accuracy" in r},
+        "validation_detail": validation_detail(records),
         "train_sub_calls": [r["rollout/mean_sub_calls"] for r in steps],
         "main_reward": [r.get("main/reward_mean") for r in steps],
         "main_equal_reward_frac": [r.get("main/equal_reward_frac") for r in steps],
@@ -148,6 +149,29 @@ def train_and_evaluate(arm: str, seed: int, adapter: Path, runs: Path, questions
         result["trained_main_warm_up_sub"] = greedy_outcomes(main, adapter, questions, cfg.dtype)
         result["warm_up_main_trained_sub"] = greedy_outcomes(adapter, sub, questions, cfg.dtype)
     return result
+
+
+def validation_detail(records: list[dict]) -> dict:
+    """Each validation evaluation of a run's metrics, by step: its accuracy by number of hops
+    and its planner's sub-agent calls per question (what the curve's points are made of)."""
+    return {r["step"]: {"accuracy_by_hops": r["eval/accuracy_by_hops"], "mean_sub_calls": r["eval/mean_sub_calls"]}
+            for r in records if "eval/accuracy" in r}
+
+
+def add_validation_detail(path: Path, runs: Path) -> None:
+    """A result written before ``validation_detail`` was recorded gains it from its run's own
+    metrics, if the run folder is still there; nothing else in the file changes."""
+    from mgrpo_ref.compare import metrics
+
+    result = json.loads(path.read_text())
+    run_dir = runs / path.stem
+    if "validation_detail" in result or not (run_dir / "metrics.jsonl").exists():
+        return
+    detail = validation_detail(metrics(run_dir))
+    if sorted(detail) != sorted(int(s) for s in result["validation_curve"]):
+        sys.exit(f"error: {within_project(run_dir)} is not the run {within_project(path)} was written from")
+    path.write_text(json.dumps({**result, "validation_detail": detail}) + "\n")
+    print(f"{path.stem}: validation detail added from {within_project(run_dir)}")
 
 
 # ---------------------------------------------------------------------------
@@ -330,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             path = args.out / f"{arm}-s{seed}.json"
             if path.exists():
                 print(f"{arm} seed {seed}: done ({within_project(path)})")
+                add_validation_detail(path, args.runs)
                 continue
             print(f"{arm} seed {seed}: training -> {within_project(args.runs / f'{arm}-s{seed}')}", flush=True)
             result = train_and_evaluate(arm, seed, adapter, args.runs, questions)

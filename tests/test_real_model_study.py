@@ -139,3 +139,34 @@ def test_the_seeds_together_average_each_question_over_the_seeds(finished, tmp_p
     assert rows[2] == f"| mgrpo - warm-up | 0, 1 | {study.points(lift)} | {lift.verdict('higher', 'lower')} |"
     assert rows[4].startswith("| mgrpo - frozen_sub | 0, 1 | ") and len(rows) == 5
     assert "\n".join(rows) in study.report(out)
+
+
+def test_each_validation_point_keeps_its_hops_and_calls_and_an_older_result_gains_them(finished, tmp_path):
+    import shutil
+
+    tmp, _ = finished
+    records = [json.loads(line) for line in (tmp / "runs" / "mgrpo-s0" / "metrics.jsonl").read_text().splitlines()]
+    evaluations = {r["step"]: r for r in records if "eval/accuracy" in r}
+    path = tmp / "out" / "mgrpo-s0.json"
+    run = json.loads(path.read_text())
+    assert sorted(int(s) for s in run["validation_detail"]) == [0, 1, 2]
+    for step, detail in run["validation_detail"].items():
+        assert detail["accuracy_by_hops"] == evaluations[int(step)]["eval/accuracy_by_hops"]
+        assert detail["mean_sub_calls"] == evaluations[int(step)]["eval/mean_sub_calls"]
+    # a result written before the detail was kept gains it from its run's metrics, nothing else moves
+    older = tmp_path / "mgrpo-s0.json"
+    older.write_text(json.dumps({k: v for k, v in run.items() if k != "validation_detail"}))
+    study.add_validation_detail(older, tmp / "runs")
+    assert json.loads(older.read_text()) == run
+    study.add_validation_detail(older, tmp / "runs")  # a second time: nothing to add
+    assert json.loads(older.read_text()) == run
+    # ... and not from a run it was not written from (other evaluation steps)
+    other = tmp_path / "runs" / "mgrpo-s0"
+    other.mkdir(parents=True)
+    shutil.copy(tmp / "runs" / "mgrpo-s0" / "metrics.jsonl", other / "metrics.jsonl")
+    with open(other / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({**evaluations[2], "step": 3}) + "\n")
+    older.write_text(json.dumps({k: v for k, v in run.items() if k != "validation_detail"}))
+    with pytest.raises(SystemExit, match="is not the run"):
+        study.add_validation_detail(older, tmp_path / "runs")
+    assert "validation_detail" not in json.loads(older.read_text())  # the file as it was
