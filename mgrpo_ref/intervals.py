@@ -90,8 +90,9 @@ class Interval:
 def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) -> Interval:
     """Mean of a_s - b_s over the pairs and its Student-t interval at ``confidence``.
 
-    ``a`` and ``b`` are aligned by seed. With one pair the interval is unbounded (nothing is
-    known about the spread); with differences all equal it has zero width.
+    ``a`` and ``b`` are aligned pair by pair (by seed, or by question). With one pair the
+    interval is unbounded (nothing is known about the spread); with differences all equal it
+    has zero width.
     """
     if len(a) != len(b) or not a:
         raise ValueError(f"need two equally long, non-empty lists of paired values, got {len(a)} and {len(b)}")
