@@ -161,11 +161,12 @@ def validation_detail(records: list[dict]) -> dict:
 def add_validation_detail(path: Path, runs: Path) -> None:
     """A result written before ``validation_detail`` was recorded gains it from its run's own
     metrics, if the run folder is still there; nothing else in the file changes."""
+    from mgrpo_ref import rundir
     from mgrpo_ref.compare import metrics
 
     result = json.loads(path.read_text())
     run_dir = runs / path.stem
-    if "validation_detail" in result or not (run_dir / "metrics.jsonl").exists():
+    if "validation_detail" in result or not (run_dir / rundir.METRICS).exists():
         return
     detail = validation_detail(metrics(run_dir))
     if sorted(detail) != sorted(int(s) for s in result["validation_curve"]):

@@ -382,10 +382,11 @@ def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
     from mgrpo_ref.intervals import paired_difference
 
     warm = json.loads((STUDY / "warm_up.json").read_text())
-    run = study.finished_runs(STUDY)["mgrpo", 0]
+    runs = study.finished_runs(STUDY)
+    run = runs["mgrpo", 0]
     lift = paired_difference(run["final"]["correct"], warm["correct"])
     planner = paired_difference(run["trained_main_warm_up_sub"]["correct"], warm["correct"])
-    control = study.finished_runs(STUDY)["frozen_sub", 0]["final"]
+    control = runs["frozen_sub", 0]["final"]
     versus = paired_difference(run["final"]["correct"], control["correct"])
     said = [f"from the warm-up's {100 * warm['accuracy']:.1f}% to {100 * run['final']['accuracy']:.1f}%",
             study.points(lift), study.points(planner), f"{study.points(versus)} points, {versus.verdict()}"]
