@@ -3,7 +3,6 @@ base: recording every step leaves the run's numbers as they were."""
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from mgrpo_ref.diagnosis import format_loss_step, gradient_split, heaviest_token
 from helpers import deterministic
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import collapse_diagnosis  # noqa: E402
 

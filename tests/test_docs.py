@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -137,9 +136,6 @@ def section_table_rows(text: str, heading: str) -> list[str]:
 
 
 def test_the_speed_tables_are_what_the_committed_results_give():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from speed_table import render
 
     assert SPEED.read_text() == render(), "run: python benchmarks/speed_table.py"
@@ -159,9 +155,6 @@ REAL_MODEL = ROOT / "benchmarks" / "results" / "real-model-cpu"
 
 
 def test_the_real_model_summary_is_what_its_stages_give():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from real_model_cpu import summary
 
     assert (REAL_MODEL / "summary.md").read_text() == summary(REAL_MODEL), \
@@ -202,10 +195,8 @@ def test_the_bfloat16_figures_in_the_docs_are_the_committed_ones():
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
     """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
     every group of k of the rollouts."""
-    import sys
     from itertools import combinations
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from real_model_cpu import shares_over_subgroups
 
     rewards, correct = [1.0, 0.1, 0.1, 0.0, 1.0, 0.1], [True, False, False, False, True, False]
@@ -239,9 +230,6 @@ def test_every_paired_difference_in_the_docs_comes_from_the_committed_results(pa
 
 def test_the_swap_adapters_tables_in_the_docs_are_what_the_committed_results_give():
     import json
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from swap_adapters import tables
 
     results = ROOT / "benchmarks" / "results" / "swap_adapters.json"
@@ -336,9 +324,6 @@ def test_recorded_commands_and_paths_in_the_results_are_relative_to_the_project(
 
 
 def test_the_real_model_levers_tables_are_what_their_profiles_give():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from real_step_levers import render
 
     assert (REAL_MODEL / "levers.md").read_text() == render(REAL_MODEL / "levers.json"), \
@@ -366,7 +351,6 @@ STUDY = ROOT / "benchmarks" / "results" / "real-study"
 
 
 def test_the_study_s_committed_report_is_what_its_files_give():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import real_model_study as study
 
     assert (STUDY / study.REPORT).read_text() == study.report(STUDY), \
@@ -377,7 +361,6 @@ def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
     """The study's first run, as README.md and real-model.md state it, computed from its JSON."""
     from statistics import median
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import real_model_study as study
     from mgrpo_ref.intervals import paired_difference
 

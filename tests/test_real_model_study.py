@@ -3,13 +3,11 @@ study written, a second call training nothing, the report's differences paired b
 and a warm-up other than the one the results came from refused."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import real_model_study as study  # noqa: E402
 
