@@ -130,11 +130,13 @@ ARMS = {variant: (variant, []) for variant in VARIANTS} | ABLATIONS | {
 
 def run_config(preset: list[str], arm: str, seed: int, extra: list[str]) -> TrainConfig:
     """The config of one run: the preset, the arm's own overrides (an ablation's), then
-    ``extra``; a longer arm's steps are then multiplied by its factor."""
+    ``extra``; a longer arm's steps are then multiplied by its factor, and so is the length of
+    its curriculum (``min_train_hops_steps``): the same schedule, stretched."""
     variant, own = ARMS[arm]
     cfg = TrainConfig().override(preset + own + extra)
     factor = LONGER[arm][1] if arm in LONGER else 1
-    return replace(cfg, variant=variant, seed=seed, steps=cfg.steps * factor)
+    return replace(cfg, variant=variant, seed=seed, steps=cfg.steps * factor,
+                   min_train_hops_steps=cfg.min_train_hops_steps * factor)
 
 
 def sampled_temperature(preset: str, overrides: list[str]) -> float:

@@ -149,11 +149,12 @@ class TrainConfig:
     """Sequences per forward/backward (gradients accumulate to one token-level mean). On a CPU,
     16 rows was faster than 32 for the tiny base (``benchmarks/bench_update.py``)."""
     microbatch_tokens: int = 0
-    """0: every microbatch holds ``microbatch`` rows. Above 0: rows are taken longest first,
-    and a microbatch holds as many of them (at most ``microbatch``) as fit in this many tokens
-    of the padded microbatch (its rows times its longest row; a longer row goes alone), so
-    that long multi-turn trajectories do not share one microbatch's memory. The loss and
-    gradient are the same either way (tested): only the update's memory and time change."""
+    """0: every microbatch holds ``microbatch`` rows. Above 0: a microbatch holds as many rows
+    (at most ``microbatch``) as fit in this many tokens of the padded microbatch (its rows
+    times its longest row; a longer row goes alone), so that long multi-turn trajectories do
+    not share one microbatch's memory. Either way the rows are taken longest first (unless
+    ``share_prefix`` groups them), so that rows of similar length share a microbatch. The loss
+    and gradient are the same either way (tested): only the update's memory and time change."""
     share_prefix: int = 0
     """0: off. Above 0: rows that begin with the same tokens (the K completions of one prompt,
     the rollouts of one question) share a microbatch where that saves work, and a microbatch

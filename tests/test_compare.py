@@ -312,6 +312,10 @@ def test_an_ablation_is_mgrpo_with_its_own_overrides_and_a_run_directory_of_its_
     assert longer.variant == "single_agent" and longer.steps == 3 * common.steps == 180
     assert replace(longer, steps=common.steps) == common
     assert compare.run_config(compare.PRESETS["smoke"], "single_agent_3x", 0, ["steps=4"]).steps == 12
+    # ... and its curriculum stretched with them: multi-hop questions for the same share of the run
+    curriculum = compare.run_config(compare.PRESETS["real-gpu"], "single_agent_3x", 0, [])
+    assert (curriculum.steps, curriculum.min_train_hops_steps) == (540, 360)
+    assert compare.run_config(compare.PRESETS["real-gpu"], "single_agent", 0, []).min_train_hops_steps == 120
     with pytest.raises(SystemExit):
         compare.main(["--variants", "no_such_arm"])
 
