@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+import bench_vs_trl  # benchmarks/bench_vs_trl.py (pytest's pythonpath)
+from mgrpo_ref.chat import ChatFormat
+
 ROOT = Path(__file__).resolve().parents[1]
-
-import bench_vs_trl  # noqa: E402
-
-from mgrpo_ref.chat import ChatFormat  # noqa: E402
 
 CHATML = ChatFormat(before_system="<|im_start|>system\n", system_to_user="<|im_end|>\n<|im_start|>user\n",
                     user_to_assistant="<|im_end|>\n<|im_start|>assistant\n", end_of_turn="<|im_end|>",

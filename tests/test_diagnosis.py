@@ -3,18 +3,14 @@ base: recording every step leaves the run's numbers as they were."""
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from mgrpo_ref.compare import PRESETS, run_config, train_run
 from mgrpo_ref.diagnosis import format_loss_step, gradient_split, heaviest_tokens, steps_before, token_gradient_weights
 
+import collapse_diagnosis  # benchmarks/collapse_diagnosis.py (pytest's pythonpath)
 from helpers import deterministic
-
-ROOT = Path(__file__).resolve().parent.parent
-
-import collapse_diagnosis  # noqa: E402
 
 
 def metrics_with(valid: list[float]) -> list[dict]:

@@ -3,13 +3,10 @@ study written, a second call training nothing, the report's differences paired b
 and a warm-up other than the one the results came from refused."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-import real_model_study as study  # noqa: E402
+import real_model_study as study  # benchmarks/real_model_study.py (pytest's pythonpath)
 
 WARM_UP = dict(study.WARM_UP)  # as the module sets it (the fixture below patches it to a smoke size)
 
