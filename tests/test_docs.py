@@ -358,7 +358,7 @@ def test_the_study_s_committed_report_is_what_its_files_give():
 
 
 def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
-    """The study's finished runs (M-GRPO on both seeds, the control on seed 0), as README.md and
+    """The study's four runs (M-GRPO and the control, each on seeds 0 and 1), as README.md and
     real-model.md state them, computed from their JSON."""
     from statistics import median
 
@@ -404,6 +404,31 @@ def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
                 "(" + ", ".join(f"{100 * detail[step]['accuracy_by_hops']['1']:.1f}% at step {step}" for step in (40, 50, 60)) + ")",
                 f"a median of {median(second['seconds_per_step']):.0f} s",
                 f"({second['peak_mib']['main']:,.0f} MiB main, {second['peak_mib']['sub']:,.0f} MiB sub)"]
+    # the control's second seed: above M-GRPO on it and over both seeds; the two runs the same until step 50
+    control_two = runs["frozen_sub", 1]
+    versus_two = paired_difference(two["correct"], control_two["final"]["correct"])
+    versus_both = paired_difference(study.seed_mean(runs, "mgrpo", [0, 1]), study.seed_mean(runs, "frozen_sub", [0, 1]))
+    control_both = paired_difference(study.seed_mean(runs, "frozen_sub", [0, 1]), warm["correct"])
+    assert versus_two.verdict() == versus_both.verdict() == "lower"  # "behind on the other", "lower"
+    said += [f"reaches {100 * control_two['final']['accuracy']:.1f}%", f"{study.points(versus_two)} points",
+             study.points(versus_both)]
+    in_readme += [f"over both seeds, {study.points(versus_both)}"]
+    validation = {arm: {int(k): d for k, d in runs[arm, 1]["validation_detail"].items()} for arm in study.ARMS}
+    at_50 = [validation[arm][50] for arm in study.ARMS]
+    assert all(d["accuracy_by_hops"] == at_50[0]["accuracy_by_hops"] for d in at_50)  # "went the same way for 50 steps"
+    assert {validation[arm][step]["mean_sub_calls"] for arm in study.ARMS for step in (20, 30, 40, 50)} <= {2.0, 119 / 60}
+    last = validation["frozen_sub"][60]
+    equal = {arm: sum(runs[arm, 1]["main_equal_reward_frac"][50:60]) / 10 for arm in study.ARMS}
+    in_docs += [f"reaches {100 * control_two['final']['accuracy']:.1f}%, "
+                f"{study.points(paired_difference(control_two['final']['correct'], warm['correct']))} points",
+                f"`frozen_sub` gains {study.points(control_both)} points and M-GRPO against it is {study.points(versus_both)}",
+                f"both scored {100 * runs['mgrpo', 1]['validation_curve']['50']:.1f}%, "
+                f"{100 * at_50[0]['accuracy_by_hops']['1']:.1f}% of the one-hop questions",
+                f"(one hop {100 * last['accuracy_by_hops']['1']:.1f}% at step 60 on the validation split, "
+                f"{100 * control_two['final']['accuracy_by_hops']['1']:.1f}% on the reported one, "
+                f"{control_two['final']['mean_sub_calls']:.2f} calls per question)",
+                f"({equal['mgrpo']:.0%} against the control's {equal['frozen_sub']:.0%})"]
+    assert runs["mgrpo", 1]["validation_curve"]["50"] == runs["frozen_sub", 1]["validation_curve"]["50"]
     for path, phrases in ((README, said + in_readme), (ROOT / "docs" / "real-model.md", said + in_docs)):
         text = " ".join(path.read_text().split())
         for phrase in phrases:
