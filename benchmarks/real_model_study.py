@@ -61,7 +61,7 @@ on the validation split: B = 4 questions x K = 8 rollouts, lr 1e-4, multi-hop qu
 for the first 40 of 60 steps; its learning curve on 60 validation questions every 10 steps.
 Three levers of speed that leave the loss as it is (tested): the prefix cache in generation and,
 in the update, a token budget per microbatch and each group's prompt encoded once
-(``share_prefix``): together, a step at B = 8, K = 8 in half the time of the defaults
+(``share_prefix``): together, a step at B = 8, K = 8 in under half the time of the defaults
 (``real_step_speed.py``, docs/real-model.md section 6)."""
 REPORT = "README.md"
 """The report's file name in the results folder."""

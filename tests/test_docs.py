@@ -165,7 +165,24 @@ def test_the_real_step_speed_table_in_the_docs_is_the_committed_one():
     text = (ROOT / "docs" / "real-model.md").read_text()
     assert (REAL_MODEL / "speed.md").read_text().strip() in text
     result = json.loads((REAL_MODEL / "speed.json").read_text())
-    assert set(result["arms"]) == {"today", "levers", "shared prefix"} and result["command"].startswith("python benchmarks/")
+    assert set(result["arms"]) == {"today", "levers", "cache and budget", "shared prefix", "shared prefix, lean"}
+    assert result["command"].startswith("python benchmarks/")
+    arms = result["arms"]
+    ratio = {arm: f["ratio_to_today"]["seconds_per_episode"] for arm, f in arms.items()}
+    lean = arms["shared prefix, lean"]
+    said = [f"(x{ratio['shared prefix']:.2f}; x{ratio['shared prefix, lean']:.2f} in the lean arm)",
+            f"alone give x{ratio['cache and budget']:.2f}",
+            f"({arms['shared prefix']['seconds_per_episode']:.2f} against {arms['cache and budget']['seconds_per_episode']:.2f} s per episode)",
+            f": {lean['peak_mib']['main']:,} and {lean['peak_mib']['sub']:,} MiB",
+            f"in the sub worker ({arms['shared prefix']['peak_mib']['sub']:,} MiB)",
+            f"alone gain little time (x{ratio['levers']:.2f})",
+            "today's step took " + " and ".join(f"{s:.1f}" for s in arms["today"]["step_seconds"]) + " s"]
+    assert max(lean["peak_mib"].values()) < 3 * 1024 and max(arms["levers"]["peak_mib"].values()) < 4 * 1024  # "under 3 GiB", "under 4 GiB"
+    assert arms["shared prefix"]["peak_mib"]["sub"] > 4 * 1024 and ratio["shared prefix, lean"] < 0.5
+    flat = " ".join(text.split())
+    for phrase in said:
+        assert phrase in flat, f"real-model.md: say '{phrase}'"
+    assert f"(x{ratio['shared prefix']:.2f})" in " ".join(README.read_text().split())
 
 
 def test_the_bfloat16_figures_in_the_docs_are_the_committed_ones():
