@@ -129,6 +129,12 @@ def test_the_link_helpers_on_a_hand_made_page(tmp_path):
 SPEED = ROOT / "benchmarks" / "results" / "speed.md"
 
 
+def unsaid(path: Path, phrases: list[str]) -> list[str]:
+    """The phrases that ``path`` does not say, a line break or a run of spaces in either read as one space."""
+    text = " ".join(path.read_text().split())
+    return [phrase for phrase in phrases if " ".join(phrase.split()) not in text]
+
+
 def section_table_rows(text: str, heading: str) -> list[str]:
     """Every table row ("| ...") under a "## heading" up to the next "## "."""
     section = text.split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
@@ -152,6 +158,7 @@ def test_every_speed_row_in_the_docs_comes_from_the_speed_tables(path, heading):
 
 
 REAL_MODEL = ROOT / "benchmarks" / "results" / "real-model-cpu"
+REAL_MODEL_DOC = ROOT / "docs" / "real-model.md"
 
 
 def test_the_real_model_summary_is_what_its_stages_give():
@@ -162,7 +169,7 @@ def test_the_real_model_summary_is_what_its_stages_give():
 
 
 def test_the_real_step_speed_table_in_the_docs_is_the_committed_one():
-    text = (ROOT / "docs" / "real-model.md").read_text()
+    text = REAL_MODEL_DOC.read_text()
     assert (REAL_MODEL / "speed.md").read_text().strip() in text
     result = json.loads((REAL_MODEL / "speed.json").read_text())
     assert set(result["arms"]) == {"today", "levers", "cache and budget", "shared prefix", "shared prefix, lean"}
@@ -179,14 +186,11 @@ def test_the_real_step_speed_table_in_the_docs_is_the_committed_one():
             "today's step took " + " and ".join(f"{s:.1f}" for s in arms["today"]["step_seconds"]) + " s"]
     assert max(lean["peak_mib"].values()) < 3 * 1024 and max(arms["levers"]["peak_mib"].values()) < 4 * 1024  # "under 3 GiB", "under 4 GiB"
     assert arms["shared prefix"]["peak_mib"]["sub"] > 4 * 1024 and ratio["shared prefix, lean"] < 0.5
-    flat = " ".join(text.split())
-    for phrase in said:
-        assert phrase in flat, f"real-model.md: say '{phrase}'"
-    assert f"(x{ratio['shared prefix']:.2f})" in " ".join(README.read_text().split())
+    assert unsaid(REAL_MODEL_DOC, said) == []
+    assert unsaid(README, [f"(x{ratio['shared prefix']:.2f})"]) == []
 
 
 def test_the_bfloat16_figures_in_the_docs_are_the_committed_ones():
-    text = (ROOT / "docs" / "real-model.md").read_text()
     result = json.loads((REAL_MODEL / "bf16_effect.json").read_text())
     lp, ratio, greedy = result["logprobs"], result["ratio_bf16_to_fp32"], result["greedy"]
     expected = [
@@ -203,8 +207,7 @@ def test_the_bfloat16_figures_in_the_docs_are_the_committed_ones():
         f"{100 * greedy['accuracy']['float32']:.1f}% right in each), but generating them took "
         f"x{ratio['greedy_episodes']:.2f} as long",
     ]
-    flat = " ".join(text.split())
-    assert [e for e in expected if " ".join(e.split()) not in flat] == []
+    assert unsaid(REAL_MODEL_DOC, expected) == []
     assert greedy["accuracy"]["float32"] == greedy["accuracy"]["bfloat16"]  # "29.2% right in each"
     assert "amx_bf16" in result["machine"]
 
@@ -225,7 +228,7 @@ def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
 
 
 @pytest.mark.parametrize("path, heading, tables", [(README, "Bring your own model", 1),  # the first table only
-                                                   (ROOT / "docs" / "real-model.md", "5. Measured on this CPU", None)])  # None: every table
+                                                   (REAL_MODEL_DOC, "5. Measured on this CPU", None)])  # None: every table
 def test_every_real_model_row_in_the_docs_comes_from_the_summary(path, heading, tables):
     rows = section_table_rows(path.read_text(), heading)
     blocks = (REAL_MODEL / "summary.md").read_text().strip().split("\n\n")
@@ -349,7 +352,7 @@ def test_the_real_model_levers_tables_are_what_their_profiles_give():
 
 def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tables():
     heading = "6. Where a real step's time and memory go"
-    rows = section_table_rows((ROOT / "docs" / "real-model.md").read_text(), heading)
+    rows = section_table_rows(REAL_MODEL_DOC.read_text(), heading)
     committed = [line for name in ("levers.md", "speed.md")
                  for line in (REAL_MODEL / name).read_text().splitlines() if line.startswith("| ")]
     assert len(rows) >= 8, f"real-model.md: no tables under '## {heading}'"
@@ -361,7 +364,7 @@ def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tabl
 def test_the_study_s_warm_up_time_in_the_docs_is_the_recorded_one():
     recorded = json.loads((ROOT / "benchmarks" / "results" / "real-study" / "warm_up.json").read_text())
     said = f"its warm-up took {recorded['warm_up_seconds'] / 60:.0f} minutes here"
-    assert said in " ".join((ROOT / "docs" / "real-model.md").read_text().split()), f"real-model.md: say '{said}'"
+    assert unsaid(REAL_MODEL_DOC, [said]) == []
 
 
 STUDY = ROOT / "benchmarks" / "results" / "real-study"
@@ -412,13 +415,14 @@ def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
              f"adds {study.points(sub_adds)} points to its trained planner", f": {study.points(together)} points"]
     assert sub_adds.verdict() == "higher" and two["mean_sub_calls"] == 2  # "made up part of it", "twice on every question"
     assert all(two["accuracy_by_hops"][h] == one_sub["accuracy_by_hops"][h] for h in "234")  # "all on one-hop questions"
-    detail = {int(k): d for k, d in second["validation_detail"].items()}
+    validation = {arm: {int(k): d for k, d in runs[arm, 1]["validation_detail"].items()} for arm in study.ARMS}
     in_docs += [f"(two-hop questions {100 * two['accuracy_by_hops']['2']:.1f}% right)",
                 f"({two['mean_sub_calls']:.2f} calls per question)",
                 f"answers {100 * one_sub['accuracy_by_hops']['1']:.1f}% of the one-hop questions and gains "
                 f"{study.points(paired_difference(one_sub['correct'], warm['correct']))}",
                 f"sub-agent trained beside it, {100 * two['accuracy_by_hops']['1']:.1f}%",
-                "(" + ", ".join(f"{100 * detail[step]['accuracy_by_hops']['1']:.1f}% at step {step}" for step in (40, 50, 60)) + ")",
+                "(" + ", ".join(f"{100 * validation['mgrpo'][step]['accuracy_by_hops']['1']:.1f}% at step {step}"
+                               for step in (40, 50, 60)) + ")",
                 f"a median of {median(second['seconds_per_step']):.0f} s",
                 f"({second['peak_mib']['main']:,.0f} MiB main, {second['peak_mib']['sub']:,.0f} MiB sub)"]
     # the control's second seed: above M-GRPO on it and over both seeds; the two runs the same until step 50
@@ -430,7 +434,6 @@ def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
     said += [f"reaches {100 * control_two['final']['accuracy']:.1f}%", f"{study.points(versus_two)} points",
              study.points(versus_both)]
     in_readme += [f"over both seeds, {study.points(versus_both)}"]
-    validation = {arm: {int(k): d for k, d in runs[arm, 1]["validation_detail"].items()} for arm in study.ARMS}
     at_50 = [validation[arm][50] for arm in study.ARMS]
     assert all(d["accuracy_by_hops"] == at_50[0]["accuracy_by_hops"] for d in at_50)  # "went the same way for 50 steps"
     assert {validation[arm][step]["mean_sub_calls"] for arm in study.ARMS for step in (20, 30, 40, 50)} <= {2.0, 119 / 60}
@@ -446,10 +449,8 @@ def test_the_study_s_figures_in_the_readme_and_docs_are_the_committed_ones():
                 f"{control_two['final']['mean_sub_calls']:.2f} calls per question)",
                 f"({equal['mgrpo']:.0%} against the control's {equal['frozen_sub']:.0%})"]
     assert runs["mgrpo", 1]["validation_curve"]["50"] == runs["frozen_sub", 1]["validation_curve"]["50"]
-    for path, phrases in ((README, said + in_readme), (ROOT / "docs" / "real-model.md", said + in_docs)):
-        text = " ".join(path.read_text().split())
-        for phrase in phrases:
-            assert phrase in text, f"{path.name}: say '{phrase}'"
+    assert unsaid(README, said + in_readme) == []
+    assert unsaid(REAL_MODEL_DOC, said + in_docs) == []
 
 
 # ---------------------------------------------------------------------------
@@ -463,12 +464,14 @@ MARKDOWN_FILE = re.compile(r"(?<![\w/.-])((?:\.\./|[\w-]+/)*[\w-]+\.md)\b")  # "
 SIBLING = "../" + "shared"
 """The folder beside the repository that the project's notes live in; built from parts, so that
 this file's own text cites nothing outside the repository."""
+NOTES = "PAPER" + ".md"
+"""The name of the notes file in that folder, built from parts for the same reason."""
 
 
 def outside_references(path: Path, text: str) -> list[str]:
     """What a file cites outside the repository: a ``../`` path that does not lead to a file or
     folder of the repository, and a markdown file name that no file of the repository has
-    (``PAPER.md`` of a sibling folder)."""
+    (``NOTES`` of a sibling folder)."""
     found = []
     for match in re.finditer(r"(?<![\w.])(?:\.\./)+[\w.-]+", text):  # not ".../x", an elision
         target = (path.parent / match.group(0)).resolve()
@@ -498,9 +501,9 @@ def test_every_citation_resolves_inside_the_repository(path):
 
 def test_the_citation_check_can_fail(tmp_path):
     up = "../"  # paths are built from parts: this file's own text cites nothing outside the repository
-    text = f"see PAPER.md section 2, {SIBLING}/PAPER.md, {up}{up}elsewhere/notes and docs/paper.md section 3"
-    assert outside_references(ROOT / "docs" / "glossary.md", text) == [SIBLING, f"{up}{up}elsewhere", "PAPER.md",
-                                                                       f"{SIBLING}/PAPER.md"]
+    text = f"see {NOTES} section 2, {SIBLING}/{NOTES}, {up}{up}elsewhere/notes and docs/paper.md section 3"
+    assert outside_references(ROOT / "docs" / "glossary.md", text) == [SIBLING, f"{up}{up}elsewhere", NOTES,
+                                                                       f"{SIBLING}/{NOTES}"]
     assert outside_references(ROOT / "docs" / "glossary.md", f"[x](paper.md) and {up}README.md") == []
 
 
