@@ -54,6 +54,8 @@ DIR's, fall, reverse, or are new (``compare_tables.conclusions``).
 
 Runs live in ``--runs`` (default runs/compare-<preset>); a finished run is not trained
 again and a killed one is resumed, so the comparison can be stopped and restarted at will.
+After each run it prints the run's final accuracy and the time the rest of the plan would
+take at the pace of the runs trained so far (their evaluations included).
 A run that ``--out``'s results.json already records with the same config is not trained
 again either, nor evaluated: its record is kept as it is. A comparison longer than the
 life of one machine's run directories thus goes on from its committed results.json alone.
@@ -158,6 +160,26 @@ def train_run(cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
         return  # finished, and its final checkpoint is intact (a broken one is redone by the resume)
     with Trainer(cfg, run_dir, resume=(run_dir / rundir.CONFIG).exists(), progress=progress) as trainer:
         trainer.run()
+
+
+def steps_left(run_dir: Path, cfg: TrainConfig) -> int:
+    """The training steps ``cfg``'s run in ``run_dir`` has still to take: all of them unless a
+    checkpoint holds some (a killed run resumes from its latest). Only an estimate's input: a
+    checkpoint whose marker names no step counts as none, and the resume says what is wrong."""
+    done = rundir.latest_checkpoint(run_dir)
+    try:
+        return cfg.steps - (0 if done is None else min(cfg.steps, rundir.checkpoint_step(done)))
+    except rundir.ResumeError:
+        return cfg.steps
+
+
+def time_left(seconds: float, steps_taken: int, steps_to_take: int) -> str:
+    """What remains at this pace: ``steps_to_take`` more training steps at the ``seconds`` per
+    ``steps_taken`` the runs finished so far took (their evaluations included), in words."""
+    if steps_taken <= 0:
+        return "time left: not known until a run has finished"
+    left = seconds / steps_taken * steps_to_take
+    return f"about {left / 3600:.1f} h left at this pace" if left >= 5400 else f"about {left / 60:.0f} min left at this pace"
 
 
 def greedy_episodes(cfg: TrainConfig, adapters: Path | None, questions: list, tools_for) -> list:
@@ -315,6 +337,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
             raise FileExistsError(f"{out / 'results.json'} shows questions that {split} does not "
                                   f"hold ({', '.join(map(str, unknown[:3]))}); move it away or choose another --out")
         shown = [by_id[qid] for qid in results["shown_questions"]]
+    pace = [0.0, 0]  # seconds and training steps of the runs trained (and evaluated) here
     for n, (seed, variant, cfg) in enumerate(plan, 1):
         mode = LAYOUTS[cfg.variant].mode
         run_dir = runs_dir / f"{variant}-s{seed}"
@@ -324,6 +347,7 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
             results["runs"].append(recorded[variant, seed][0])
             continue
         print(f"[{time.time() - start:6.0f} s] run {n} of {len(plan)}: {variant} seed {seed} -> {run_dir}", flush=True)
+        began, steps = time.time(), steps_left(run_dir, cfg)
         train_run(cfg, run_dir, progress=progress)
         records = metrics(run_dir)
         first, last = base_and_final(records, cfg.steps, run_dir)
@@ -345,8 +369,12 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
             "episodes": [transcript(e) for e in final_shown],
             "episode_outcomes": [what_happened(e) for e in final_shown]})
         write_reports(results, out)
-        print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%",
-              flush=True)
+        pace[0] += time.time() - began
+        pace[1] += steps
+        remaining = sum(steps_left(runs_dir / f"{later}-s{later_seed}", later_cfg)
+                        for later_seed, later, later_cfg in plan[n:] if (later, later_seed) not in recorded)
+        print(f"    greedy {100 * last['eval/accuracy']:.1f}%  sampled {100 * last['eval_sampled/accuracy']:.1f}%; "
+              f"{time_left(pace[0], pace[1], remaining) if remaining else 'no run left'}", flush=True)
     results["seconds"] = round(time.time() - start, 1)
     write_reports(results, out)
     plot_figures(results, out)

@@ -2,13 +2,14 @@
 learning curves, and a tiny real run."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
 import pytest
 
-from mgrpo_ref import compare, compare_plots, compare_tables
-from mgrpo_ref.compare import base_and_final, curves, metrics, run_comparison, train_run
+from mgrpo_ref import compare, compare_plots, compare_tables, rundir
+from mgrpo_ref.compare import base_and_final, curves, metrics, run_comparison, steps_left, time_left, train_run
 from mgrpo_ref.compare_tables import table
 from mgrpo_ref.config import TrainConfig
 from mgrpo_ref.evaluate import FAILURE_KINDS
@@ -67,6 +68,22 @@ def test_curves_split_evaluations_from_training_steps(tmp_path):
     assert c["sub_weight_by_calls"] == [{"1": 0.75, "2": 0.25}, None]
 
 
+def test_time_left_is_the_pace_so_far_times_the_steps_to_take():
+    assert time_left(600.0, 60, 120) == "about 20 min left at this pace"
+    assert time_left(3600.0, 60, 120) == "about 2.0 h left at this pace"  # 7,200 s: in hours from 90 min on
+    assert time_left(0.0, 0, 120) == "time left: not known until a run has finished"
+
+
+def test_steps_left_counts_from_the_latest_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=30)
+    assert steps_left(tmp_path / "never-started", cfg) == 30
+    rundir.complete_checkpoint(rundir.new_checkpoint(tmp_path, 10), 10, 0.0, keep=0)
+    rundir.complete_checkpoint(rundir.new_checkpoint(tmp_path, 20), 20, 0.0, keep=0)
+    assert steps_left(tmp_path, cfg) == 10  # resumes after step 20
+    (rundir.latest_checkpoint(tmp_path) / rundir.MARKER).write_text("{}")  # names no step: counted as none
+    assert steps_left(tmp_path, cfg) == 30
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     out = tmp_path_factory.mktemp("base")
@@ -87,7 +104,12 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     assert [(r["variant"], r["seed"]) for r in saved["runs"]] == [("mgrpo", 0), ("single_agent", 0), ("shared", 0),
                                                                   ("mgrpo", 1)]
     assert saved["arm_seeds"] == {"single_agent": 1, "shared": 1}
-    said = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    printed = capsys.readouterr().out.splitlines()
+    said = [line.split("] ", 1)[1] for line in printed if line.startswith("[")]
+    # after each run, its figures and what is left of the plan at the pace of the runs so far
+    outcomes = [line.split("; ", 1)[1] for line in printed if line.startswith("    greedy ")]
+    assert len(outcomes) == 4 and outcomes[-1] == "no run left"
+    assert all(re.fullmatch(r"about \d+ min left at this pace", line) for line in outcomes[:-1]), outcomes
     assert [line.split(" -> ")[0] for line in said] == [
         "run 1 of 4: mgrpo seed 0", "run 2 of 4: single_agent seed 0", "run 3 of 4: shared seed 0", "run 4 of 4: mgrpo seed 1"]
     assert {r["variant"]: r["seeds"] for r in saved["differences"]} == {"single_agent": [0], "shared": [0]}
