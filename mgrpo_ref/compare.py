@@ -35,7 +35,8 @@ evaluation is the base's. Results go to ``--out``:
                    p-value, and what the two together allow one to say (``intervals``);
                    where both ran, it ends with what alignment does to the sub-agent's
                    gradient: its loss weight on trajectories of rollouts with two calls or
-                   more, ``unaligned`` against ``mgrpo`` paired by seed, with both tests
+                   more, ``unaligned`` against ``mgrpo`` paired by seed, with both tests, then
+                   by number of calls d (its share, and the weight one rollout carries)
     stability.md   each arm's best and final held-out accuracy, its collapsed runs (ended
                    more than 20 points below their best), and the change over the last
                    third of training with its interval: whether the curves had flattened
@@ -238,11 +239,12 @@ def curves(records: list[dict]) -> dict[str, list]:
     """Learning-curve data from a run's metrics records. Per training step also the format
     validity of each role's rollouts, the gradient norm (before clipping) of each adapter
     ("grad_norm" is the one adapter of single_agent and shared, and main's otherwise), and
-    the sub-agent's loss weight by its rollouts' number of calls (``sub/weight_by_calls``)."""
+    the sub-agent's loss weight by its rollouts' number of calls (``sub/weight_by_calls``) and
+    how many rollouts made each number of calls (``sub/d_histogram``)."""
     out: dict[str, list] = {"eval_step": [], "eval_accuracy": [], "eval_sampled_accuracy": [],
                             "eval_mean_sub_calls": [], "step": [], "main_reward": [], "sub_reward": [],
                             "train_sub_calls": [], "main_format_valid": [], "sub_format_valid": [],
-                            "grad_norm": [], "sub_grad_norm": [], "sub_weight_by_calls": []}
+                            "grad_norm": [], "sub_grad_norm": [], "sub_weight_by_calls": [], "sub_calls_histogram": []}
     for r in records:
         if "eval/accuracy" in r:
             out["eval_step"].append(r["step"])
@@ -260,6 +262,7 @@ def curves(records: list[dict]) -> dict[str, list]:
                                           if f"{name}/grad_norm" in r), None))
             out["sub_grad_norm"].append(r.get("sub/grad_norm"))
             out["sub_weight_by_calls"].append(r.get("sub/weight_by_calls"))  # d -> share, None without a sub-agent
+            out["sub_calls_histogram"].append(r.get("sub/d_histogram"))  # d -> rollouts, None without a sub-agent
     return out
 
 

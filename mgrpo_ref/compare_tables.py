@@ -13,7 +13,8 @@ count and by world, and the learning curves) and trains nothing; ``python -m mgr
                    and whether its curves had flattened over the last third of training
     alignment_weights  what alignment does to the sub-agent's gradient: its loss weight on
                    trajectories of rollouts with two calls or more, ``unaligned`` against
-                   ``mgrpo`` paired by seed
+                   ``mgrpo`` paired by seed; the same by number of calls d, and the weight
+                   one rollout with d calls carries against the average rollout
     write_reports  results.json, table.md, differences.md and stability.md in one directory
 """
 
@@ -303,15 +304,55 @@ def multi_call_shares(shares: list[dict | None]) -> list[float | None]:
     return [sum(v for d, v in s.items() if int(d) >= 2) if s else None for s in shares]
 
 
-def multi_call_share(shares: list[dict | None]) -> float | None:
-    """The mean over a run's training steps of :func:`multi_call_shares`; None for a run
-    without the shares at any step (no sub-agent, or a run begun by code that did not log
-    them), which then pairs with nothing. A step with no sub trajectory (an empty dict) is
-    left out."""
+def call_shares(shares: list[dict | None]) -> dict[int, float] | None:
+    """Each number of calls d's share of the sub-agent's loss weight, the mean over a run's
+    training steps (a d absent from a step counts 0 there); None for a run without the shares
+    at any step (no sub-agent, or a run begun by code that did not log them), which then pairs
+    with nothing. A step with no sub trajectory (an empty dict) is left out."""
     if not shares or None in shares:
         return None
-    steps = [v for v in multi_call_shares(shares) if v is not None]
-    return statistics.fmean(steps) if steps else None
+    steps = [s for s in shares if s]
+    if not steps:
+        return None
+    calls = sorted({int(d) for s in steps for d in s})
+    return {d: statistics.fmean(s.get(str(d), 0.0) for s in steps) for d in calls}
+
+
+def multi_call_share(shares: list[dict | None]) -> float | None:
+    """The mean over a run's training steps of :func:`multi_call_shares`: the sum of
+    :func:`call_shares` over d >= 2 (None where that is None)."""
+    by_d = call_shares(shares)
+    return None if by_d is None else sum(v for d, v in by_d.items() if d >= 2)
+
+
+def weight_per_rollout(shares: list[dict | None], histograms: list[dict | None]) -> dict[int, float] | None:
+    """How much of the sub-agent's loss weight one rollout with d calls carries, against the
+    average rollout with at least one call, the mean over a run's training steps: a step's
+    share of the weight at d (``sub/weight_by_calls``) divided by its share of the rollouts
+    with d calls among those with one or more (``sub/d_histogram``), over the steps that had
+    such a rollout. 1 at every d is a gradient that weighs each rollout alike; d / (mean calls)
+    one that weighs each trajectory alike. None for a run without both at every step (a run
+    begun by code that did not keep the histogram pairs with nothing)."""
+    if not shares or not histograms or None in shares or None in histograms or len(shares) != len(histograms):
+        return None
+    ratios: dict[int, list[float]] = {}
+    for share, histogram in zip(shares, histograms):
+        rollouts = {int(d): n for d, n in histogram.items() if int(d) >= 1 and n > 0}
+        total = sum(rollouts.values())
+        if not share or not total:
+            continue
+        for d, n in rollouts.items():
+            ratios.setdefault(d, []).append(share.get(str(d), 0.0) / (n / total))
+    return {d: statistics.fmean(v) for d, v in sorted(ratios.items())} or None
+
+
+def paired_row(a: list[float], b: list[float], confidence: float, higher: str, lower: str) -> dict:
+    """The paired difference a - b (seed by seed) with its t interval, the exact sign-flip p
+    and the verdict both agree on (``intervals.paired_verdict``)."""
+    interval = paired_difference(a, b, confidence)
+    p = sign_flip_p([x - y for x, y in zip(a, b)])
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "p_exact": p,
+            "verdict": paired_verdict(interval, p, higher, lower)}
 
 
 def alignment_weights(results: dict, variant: str = "unaligned", reference: str = "mgrpo",
@@ -320,30 +361,49 @@ def alignment_weights(results: dict, variant: str = "unaligned", reference: str 
     the share of its loss weight on multi-call trajectories (:func:`multi_call_share`) and
     the mean number of calls per training rollout, in ``variant`` and ``reference``; the
     paired difference of the share (points, variant minus reference) with its t interval,
-    the exact sign-flip p and the verdict both agree on. None when either arm has no run
+    the exact sign-flip p and the verdict both agree on. Then ``by_calls``, one row per number
+    of calls d: each arm's share of the weight at d (:func:`call_shares`, in %) with the paired
+    difference, and, on the seeds where both arms kept how many rollouts made each number of
+    calls, the weight one rollout with d calls carries against the average rollout
+    (:func:`weight_per_rollout`) with its paired difference. None when either arm has no run
     with the shares."""
     by = {(r["variant"], r["seed"]): r for r in results["runs"] if "curves" in r}
-    share = {key: multi_call_share(r["curves"].get("sub_weight_by_calls", [None])) for key, r in by.items()}
+    share = {key: call_shares(r["curves"].get("sub_weight_by_calls", [None])) for key, r in by.items()}
+    per_rollout = {key: weight_per_rollout(r["curves"].get("sub_weight_by_calls", [None]),
+                                           r["curves"].get("sub_calls_histogram", [None])) for key, r in by.items()}
     seeds = sorted(s for v, s in by if v == variant and (reference, s) in by
                    and share[(variant, s)] is not None and share[(reference, s)] is not None)
     if not seeds:
         return None
     out = {"variant": variant, "reference": reference, "seeds": seeds}
     for arm in (variant, reference):
-        out[arm] = {"multi_call_share": [100 * share[(arm, s)] for s in seeds],
+        out[arm] = {"multi_call_share": [100 * sum(v for d, v in share[(arm, s)].items() if d >= 2) for s in seeds],
                     "mean_calls": [statistics.fmean(by[(arm, s)]["curves"]["train_sub_calls"]) for s in seeds]}
-    a, b = out[variant]["multi_call_share"], out[reference]["multi_call_share"]
-    interval = paired_difference(a, b, confidence)
-    p = sign_flip_p([x - y for x, y in zip(a, b)])
-    out["difference"] = {"mean": interval.mean, "low": interval.low, "high": interval.high, "p_exact": p,
-                         "verdict": paired_verdict(interval, p, f"{variant} higher", f"{variant} lower")}
+    higher, lower = f"{variant} higher", f"{variant} lower"
+    out["difference"] = paired_row(out[variant]["multi_call_share"], out[reference]["multi_call_share"],
+                                   confidence, higher, lower)
+    rollout_seeds = [s for s in seeds if per_rollout[(variant, s)] is not None and per_rollout[(reference, s)] is not None]
+    out["by_calls"] = []
+    for d in sorted({d for s in seeds for arm in (variant, reference) for d in share[(arm, s)]}):
+        a, b = ([100 * share[(arm, s)].get(d, 0.0) for s in seeds] for arm in (variant, reference))
+        row = {"calls": d, "seeds": seeds, "share": {variant: a, reference: b},
+               "share_difference": paired_row(a, b, confidence, higher, lower), "rollout_seeds": [],
+               "per_rollout": None, "per_rollout_difference": None}
+        kept = [s for s in rollout_seeds if d in per_rollout[(variant, s)] and d in per_rollout[(reference, s)]]
+        if kept:
+            a, b = ([per_rollout[(arm, s)][d] for s in kept] for arm in (variant, reference))
+            row.update(rollout_seeds=kept, per_rollout={variant: a, reference: b},
+                       per_rollout_difference=paired_row(a, b, confidence, higher, lower))
+        out["by_calls"].append(row)
     return out
 
 
 def alignment_table(weights: dict) -> str:
     """:func:`alignment_weights` as markdown: each arm's share of the sub-agent's loss weight
     on multi-call trajectories and its calls per training rollout, mean over the paired seeds,
-    and the paired difference of the share with both tests."""
+    and the paired difference of the share with both tests; then the same by number of calls
+    d, with the weight one rollout with d calls carries against the average rollout where the
+    runs kept their calls' histogram."""
     v, ref, d = weights["variant"], weights["reference"], weights["difference"]
     lines = ["| arm | seeds | sub-agent's loss weight on trajectories of rollouts with 2+ calls (%) "
              "| sub-agent calls per training rollout |", "|---|---|---|---|"]
@@ -354,7 +414,33 @@ def alignment_table(weights: dict) -> str:
     lines += ["", "| difference | mean (points) | 95% t interval | exact sign-flip p | verdict |", "|---|---|---|---|---|",
               f"| {v} - {ref} | {d['mean']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] | {d['p_exact']:.3g} "
               f"| {d['verdict']} |"]
+    rows = weights.get("by_calls") or []
+    if rows:
+        lines += ["", "By number of calls d: each arm's share of the sub-agent's loss weight on trajectories of "
+                  "rollouts with d calls (%, mean over steps and seeds), and the paired difference:", "",
+                  f"| calls d | seeds | {ref} (%) | {v} (%) | {v} - {ref} (points) | 95% t interval | exact sign-flip p "
+                  "| verdict |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['calls']} | {len(r['seeds'])} | {statistics.fmean(r['share'][ref]):.1f} "
+                  f"| {statistics.fmean(r['share'][v]):.1f} | {_paired_cells(r['share_difference'], '+.1f')} |"
+                  for r in rows]
+    kept = [r for r in rows if r["per_rollout"] is not None]
+    if kept:
+        lines += ["", "The loss weight one rollout with d calls carries, against the average rollout with one call "
+                  "or more (1 everywhere: each rollout weighs alike; d over the mean number of calls: each "
+                  "trajectory weighs alike), mean over steps and seeds, on the seeds whose runs kept how many "
+                  "rollouts made each number of calls:", "",
+                  f"| calls d | seeds | {ref} | {v} | {v} - {ref} | 95% t interval | exact sign-flip p | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['calls']} | {len(r['rollout_seeds'])} | {statistics.fmean(r['per_rollout'][ref]):.2f} "
+                  f"| {statistics.fmean(r['per_rollout'][v]):.2f} | {_paired_cells(r['per_rollout_difference'], '+.2f')} |"
+                  for r in kept]
     return "\n".join(lines) + "\n"
+
+
+def _paired_cells(row: dict, form: str) -> str:
+    """A :func:`paired_row` as four table cells: mean, interval, exact p, verdict."""
+    return (f"{row['mean']:{form}} | [{row['low']:{form}}, {row['high']:{form}}] | {row['p_exact']:.3g} "
+            f"| {row['verdict']}")
 
 
 def write_reports(results: dict, out: Path) -> None:

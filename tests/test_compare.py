@@ -54,7 +54,7 @@ def test_curves_split_evaluations_from_training_steps(tmp_path):
     rows = [{"step": 0, "eval/accuracy": 0.1, "eval_sampled/accuracy": 0.05, "eval/mean_sub_calls": 2.0},
             {"step": 1, "main/reward_mean": 0.2, "sub/reward_mean": 0.3, "rollout/mean_sub_calls": 1.5,
              "main/grad_norm": 0.1, "sub/grad_norm": 2.5, "sub/format_valid": 0.5,
-             "sub/weight_by_calls": {"1": 0.75, "2": 0.25}},
+             "sub/weight_by_calls": {"1": 0.75, "2": 0.25}, "sub/d_histogram": {"0": 1, "1": 6, "2": 1}},
             {"step": 2, "main/reward_mean": 0.4, "rollout/mean_sub_calls": 0.0, "single/grad_norm": 0.7,
              "eval/accuracy": 0.3, "eval_sampled/accuracy": 0.2, "eval/mean_sub_calls": 1.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -66,6 +66,7 @@ def test_curves_split_evaluations_from_training_steps(tmp_path):
     assert c["grad_norm"] == [0.1, 0.7] and c["sub_grad_norm"] == [2.5, None]  # main's, or the one adapter's
     assert c["sub_format_valid"] == [0.5, None]
     assert c["sub_weight_by_calls"] == [{"1": 0.75, "2": 0.25}, None]
+    assert c["sub_calls_histogram"] == [{"0": 1, "1": 6, "2": 1}, None]
 
 
 def test_time_left_is_the_pace_so_far_times_the_steps_to_take():
@@ -502,6 +503,50 @@ def test_alignment_weights_pair_the_multi_call_share_by_seed():
     # a run without the shares (an older run, or no sub-agent) leaves nothing to pair
     assert compare_tables.multi_call_share([None, None]) is None
     assert compare_tables.alignment_weights({"runs": [run("mgrpo", 0, [None], [1.0])]}) is None
+
+
+def test_alignment_weights_by_number_of_calls():
+    """The same runs as above, by d: mgrpo seed 0 puts (0.8 + 0.6) / 2 = 70% of its weight at
+    d = 1, unaligned seed 0 (0.5 + 0.3) / 2 = 40%; seed 1 70% and 50%. Only seed 0 kept its
+    histogram of calls, so the weight per rollout pairs that seed alone, and only at the d
+    both arms had rollouts of."""
+    def run(variant, seed, shares, calls, histograms=None):
+        curves = {"sub_weight_by_calls": shares, "train_sub_calls": calls}
+        return {"variant": variant, "seed": seed, "curves": curves | ({"sub_calls_histogram": histograms}
+                                                                      if histograms else {})}
+
+    results = {"runs": [
+        run("mgrpo", 0, [{"1": 0.8, "2": 0.2}, {"1": 0.6, "3": 0.4}], [1.0, 2.0], [{"1": 6, "2": 2}, {"1": 4, "3": 4}]),
+        run("mgrpo", 1, [{"1": 0.7, "2": 0.3}, {}, {"1": 0.7, "4": 0.3}], [1.0, 0.0, 1.0]),
+        run("unaligned", 0, [{"1": 0.5, "2": 0.5}, {"1": 0.3, "2": 0.4, "3": 0.3}], [2.0, 3.0],
+            [{"1": 2, "2": 1}, {"1": 3, "2": 2, "3": 1}]),
+        run("unaligned", 1, [{"1": 0.5, "2": 0.5}, {"1": 0.5, "2": 0.5}], [2.0, 2.0])]}
+    rows = {r["calls"]: r for r in compare_tables.alignment_weights(results)["by_calls"]}
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert rows[1]["share"] == {"unaligned": pytest.approx([40.0, 50.0]), "mgrpo": pytest.approx([70.0, 70.0])}
+    assert rows[1]["share_difference"]["mean"] == pytest.approx(-25.0)
+    assert rows[2]["share_difference"]["mean"] == pytest.approx(35.0)  # (45 + 50) / 2 - (10 + 15) / 2
+    assert rows[4]["share"] == {"unaligned": [0.0, 0.0], "mgrpo": pytest.approx([0.0, 15.0])}
+    # per rollout, seed 0: mgrpo d = 1: (0.8 / 0.75 + 0.6 / 0.5) / 2; unaligned (0.5 / (2/3) + 0.3 / 0.5) / 2
+    assert rows[1]["rollout_seeds"] == [0]
+    assert rows[1]["per_rollout"] == {"unaligned": [pytest.approx(0.675)], "mgrpo": [pytest.approx((16 / 15 + 1.2) / 2)]}
+    assert rows[3]["per_rollout"] == {"unaligned": [pytest.approx(1.8)], "mgrpo": [pytest.approx(0.8)]}
+    assert rows[4]["per_rollout"] is None and rows[4]["rollout_seeds"] == []  # mgrpo seed 0 had no d = 4
+    md = compare_tables.alignment_table(compare_tables.alignment_weights(results))
+    assert "| 1 | 2 | 70.0 | 45.0 | -25.0 |" in md and "| 2 | 2 | 12.5 | 47.5 | +35.0 |" in md
+    assert "| 2 | 1 | 0.80 | 1.35 | +0.55 | [-inf, +inf] | 1 | no measurable difference" in md
+
+
+def test_weight_per_rollout_divides_the_weight_share_by_the_rollout_share():
+    """Step 1: 2 of the 4 rollouts with calls made one, and carry 25% of the weight: 0.5 each
+    against the average rollout; the two with two calls 1.5. Step 2 has no sub trajectory;
+    step 3's four rollouts all made one call and carry it all: 1.0."""
+    shares = [{"1": 0.25, "2": 0.75}, {}, {"1": 1.0}]
+    histograms = [{"0": 3, "1": 2, "2": 2}, {"0": 4}, {"1": 4}]
+    assert compare_tables.weight_per_rollout(shares, histograms) == {1: pytest.approx(0.75), 2: pytest.approx(1.5)}
+    assert compare_tables.weight_per_rollout(shares, [None, None, None]) is None  # not kept: nothing to pair
+    assert compare_tables.weight_per_rollout(shares, histograms[:2]) is None
+    assert compare_tables.call_shares(shares) == {1: pytest.approx(0.625), 2: pytest.approx(0.375)}
 
 
 def difference_row(variant: str, low: float, high: float, verdict: str, seeds: int = 5) -> dict:
