@@ -13,6 +13,17 @@ the runs' step 0). Counts go to ``--out`` as JSON, and the mean count per arm ov
 as a markdown table (``.md`` beside it); runs are read, never trained. A run already counted
 in ``--out`` is kept as it is (a finished run's adapters never change), so a second call
 plays only the runs finished since; ``--again`` plays them all.
+
+A comparison records these counts itself, for every team it trains, from the greedy
+evaluation its accuracy is reported from (the trainer logs ``eval/failure_kinds`` and
+``eval/calls_by_hops``). With ``--results`` its results.json is read instead of playing:
+
+    python benchmarks/failure_kinds.py runs/compare-cpu-long \
+        --results benchmarks/results/comparison-cpu-long/results.json \
+        --out benchmarks/results/comparison-cpu-long/failure_kinds.json
+
+and only the runs it records without their counts (recorded before it kept them) are played
+from RUNS_DIR; one whose run directory is gone is named and left out.
 """
 
 from __future__ import annotations
@@ -21,7 +32,6 @@ import argparse
 import json
 import statistics
 import sys
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +41,7 @@ from common import ROOT, within_project  # noqa: E402
 from mgrpo_ref import rundir  # noqa: E402
 from mgrpo_ref.compare import greedy_episodes  # noqa: E402
 from mgrpo_ref.config import TrainConfig  # noqa: E402
-from mgrpo_ref.evaluate import FAILURE_KINDS, failure_counts  # noqa: E402
+from mgrpo_ref.evaluate import FAILURE_KINDS, calls_by_hops, failure_counts  # noqa: E402
 from mgrpo_ref.step import LAYOUTS  # noqa: E402
 from mgrpo_ref.tools import ToolsByWorld  # noqa: E402
 from mgrpo_ref.train import held_out_questions  # noqa: E402
@@ -41,11 +51,20 @@ def counts(episodes: list) -> dict:
     """Failure kinds, and how many subtasks the main agent delegated for each gold chain
     length ("calls_by_hops": hops -> calls -> questions; an overshoot shows as more calls
     than hops)."""
-    calls: dict[str, Counter] = {}
-    for e in episodes:
-        calls.setdefault(str(e.question.n_hops), Counter())[str(len(e.subs))] += 1
-    return {**failure_counts(episodes),
-            "calls_by_hops": {h: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for h, c in sorted(calls.items())}}
+    return {**failure_counts(episodes), "calls_by_hops": calls_by_hops(episodes)}
+
+
+def recorded_counts(path: Path) -> tuple[dict, dict | None, list[tuple[str, int]], str | None]:
+    """From a comparison's results.json: (arm, seed) -> the counts it records for that run
+    (those of the very greedy evaluation its accuracy is reported from), the base's, the
+    teams it records without them (runs recorded before the comparison kept them), and the
+    split they were evaluated on."""
+    data = json.loads(path.read_text())
+    teams = [r for r in data["runs"] if r["mode"] == "multi"]
+    return ({(r["variant"], r["seed"]): r["failure_kinds"] for r in teams if "failure_kinds" in r},
+            data.get("base_failure_kinds", {}).get("multi"),
+            [(r["variant"], r["seed"]) for r in teams if "failure_kinds" not in r],
+            teams[0]["config"]["eval_split"] if teams else None)
 
 
 def finished_runs(runs_dir: Path) -> list[tuple[str, int, Path]]:
@@ -82,6 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", type=Path, nargs="?", default=Path("runs/compare-cpu"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/comparison-cpu/failure_kinds.json"))
+    parser.add_argument("--results", type=Path,
+                        help="a comparison's results.json: the runs it records with their counts are taken from "
+                             "it, and only those recorded without them are played from RUNS")
     parser.add_argument("--again", action="store_true",
                         help="play every run again; by default the runs already counted in --out are kept")
     args = parser.parse_args()
@@ -92,13 +114,29 @@ def main() -> None:
         if (ROOT / results.get("runs", "")).resolve() != args.runs.resolve():
             parser.error(f"{args.out} counts the runs of {results.get('runs')}, not {args.runs}: "
                          "choose another --out, or --again to count these instead")
-    for arm, seed, run in finished_runs(args.runs):
+    if args.results is not None:
+        recorded, base, to_play, split = recorded_counts(args.results)
+        results["results"], results["split"] = within_project(args.results), split
+        for (arm, seed), after in recorded.items():
+            results["arms"].setdefault(arm, {})[str(seed)] = after
+        if base is not None:
+            results["arms"]["base"]["-"] = base
+            results["n"] = sum(base[k] for k in FAILURE_KINDS)
+    finished = {(arm, seed): run for arm, seed, run in finished_runs(args.runs)} if args.runs.is_dir() else {}
+    if args.results is not None:  # only the comparison's runs recorded without their counts
+        for arm, seed in to_play:
+            if (arm, seed) not in finished and str(seed) not in results["arms"].get(arm, {}):
+                print(f"{arm} seed {seed}: recorded without its counts, and not finished in {args.runs}: not counted",
+                      flush=True)
+        finished = {key: run for key, run in finished.items() if key in to_play}
+    for (arm, seed), run in finished.items():
         cfg = TrainConfig.load(run / rundir.CONFIG)
         if LAYOUTS[cfg.variant].mode != "multi" or str(seed) in results["arms"].get(arm, {}):
             continue
         questions = held_out_questions(cfg)
+        results["split"] = cfg.eval_split
         if not results["arms"]["base"]:
-            results["split"], results["n"] = cfg.eval_split, len(questions)
+            results["n"] = len(questions)
             results["arms"]["base"]["-"] = counts(greedy_episodes(cfg, None, questions, tools_for))
         after = counts(greedy_episodes(cfg, rundir.latest_checkpoint(run), questions, tools_for))
         results["arms"].setdefault(arm, {})[str(seed)] = after

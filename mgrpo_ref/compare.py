@@ -27,8 +27,9 @@ evaluation is the base's. Results go to ``--out``:
 
     results.json   every run: config, greedy and sampled accuracy (overall, by hops),
                    learning curves (held-out accuracy, each agent's reward, sub calls),
-                   and, for a few held-out questions the base gets wrong, its episodes
-                   and each run's (greedy, before and after training)
+                   for a few held-out questions the base gets wrong, its episodes
+                   and each run's (greedy, before and after training), and each team's
+                   greedy held-out episodes counted by where they failed, before and after
     table.md       mean and standard deviation across seeds, overall and by hop count
     differences.md each variant against mgrpo, paired by seed: the mean difference in
                    held-out accuracy with its 95% t interval, the exact sign-flip test's
@@ -235,6 +236,12 @@ def base_and_final(records: list[dict], steps: int, run_dir: Path) -> tuple[dict
     return by_step[0], by_step[steps]
 
 
+def failure_counts_of(record: dict) -> dict:
+    """A team's greedy evaluation in a metrics record as ``benchmarks/failure_kinds.py`` counts
+    it: its episodes by failure kind, and ``calls_by_hops``."""
+    return {**record["eval/failure_kinds"], "calls_by_hops": record["eval/calls_by_hops"]}
+
+
 def curves(records: list[dict]) -> dict[str, list]:
     """Learning-curve data from a run's metrics records. Per training step also the format
     validity of each role's rollouts, the gradient norm (before clipping) of each adapter
@@ -371,6 +378,9 @@ def run_comparison(preset: str = "cpu", variants: list[str] = list(ARMS), seeds:
             "train_seconds": round(sum(r.get("time/step_s", 0.0) for r in records), 1),
             "episodes": [transcript(e) for e in final_shown],
             "episode_outcomes": [what_happened(e) for e in final_shown]})
+        if "eval/failure_kinds" in last:  # a team: where its reported greedy episodes failed
+            results["runs"][-1]["failure_kinds"] = failure_counts_of(last)
+            results.setdefault("base_failure_kinds", {}).setdefault(mode, failure_counts_of(first))
         write_reports(results, out)
         pace[0] += time.time() - began
         pace[1] += steps

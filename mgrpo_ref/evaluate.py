@@ -163,6 +163,15 @@ def failure_counts(episodes: list[Episode]) -> dict[str, int]:
     return {kind: kinds.get(kind, 0) for kind in FAILURE_KINDS}
 
 
+def calls_by_hops(episodes: list[Episode]) -> dict[str, dict[str, int]]:
+    """How many subtasks the main agent delegated, for each gold chain length: hops -> calls ->
+    episodes (JSON keys). An overshoot shows as more calls than hops, stopping early as fewer."""
+    calls: dict[str, Counter] = {}
+    for e in episodes:
+        calls.setdefault(str(e.question.n_hops), Counter())[str(len(e.subs))] += 1
+    return {h: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for h, c in sorted(calls.items(), key=lambda kv: int(kv[0]))}
+
+
 def evaluate(questions: list[Question], agents: dict[str, Agent], mode: str = "multi",
              limits: Limits = Limits(), data_dir: Path = DATA_DIR,
              batch_size: int = 64, progress: bool = True,

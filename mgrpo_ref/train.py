@@ -39,7 +39,7 @@ from . import rundir
 from .cli import existing_dir, one_line, output_dir
 from .config import TrainConfig
 from .episode import run_episodes
-from .evaluate import evaluate
+from .evaluate import calls_by_hops, evaluate, failure_counts
 from .policy import check_lora_targets, model_location
 from .seeding import SALT_EVALUATION, SALT_QUESTIONS, rollout_salt, step_seed
 from .step import LAYOUTS
@@ -143,10 +143,14 @@ class Trainer:
 
     def _evaluate_at(self, step: int, temperature: float, prefix: str) -> dict:
         self.reseed(step, [SALT_EVALUATION] * len(self.workers))
-        report, _ = evaluate(self.eval_questions, self.agents(temperature), self.layout.mode, self.cfg.limits,
-                             batch_size=len(self.eval_questions), progress=False, tools_for=self.tools_for)
+        report, episodes = evaluate(self.eval_questions, self.agents(temperature), self.layout.mode, self.cfg.limits,
+                                    batch_size=len(self.eval_questions), progress=False, tools_for=self.tools_for)
         report["accuracy_by_hops"] = {str(h): a for h, a in report["accuracy_by_hops"].items()}  # JSON keys
-        return {f"{prefix}/{key}": report[key] for key in EVAL_KEYS}
+        record = {f"{prefix}/{key}": report[key] for key in EVAL_KEYS}
+        if self.layout.mode == "multi":  # where each failed episode of a team left the gold chain
+            record[f"{prefix}/failure_kinds"] = failure_counts(episodes)
+            record[f"{prefix}/calls_by_hops"] = calls_by_hops(episodes)
+        return record
 
     # -- one step ------------------------------------------------------------------------
 

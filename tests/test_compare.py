@@ -4,8 +4,10 @@ learning curves, and a tiny real run."""
 import json
 import re
 import shutil
+import sys
 from dataclasses import replace
 
+import failure_kinds  # benchmarks/failure_kinds.py (pytest's pythonpath)
 import pytest
 
 from mgrpo_ref import compare, compare_plots, compare_tables, rundir
@@ -127,6 +129,15 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
                  (tmp_path / "runs" / f"{r['variant']}-s{r['seed']}" / "metrics.jsonl").read_text().splitlines()]
         assert r["base_greedy"]["accuracy"] == evals[0]["eval/accuracy"]
         assert r["sampled"]["accuracy"] == evals[-1]["eval_sampled/accuracy"]
+    # each team's reported greedy episodes counted by where they failed, base and final
+    for r in saved["runs"]:
+        if r["mode"] != "multi":
+            assert "failure_kinds" not in r  # a single agent delegates nothing
+            continue
+        for counted, report in ((r["failure_kinds"], r["greedy"]), (saved["base_failure_kinds"]["multi"], r["base_greedy"])):
+            n = sum(counted[k] for k in FAILURE_KINDS)
+            assert n == sum(sum(by_calls.values()) for by_calls in counted["calls_by_hops"].values()) > 0
+            assert counted["correct"] / n == pytest.approx(report["accuracy"])
     single = saved["runs"][1]
     assert single["curves"]["sub_reward"] == [None, None]  # no sub-agent in single-agent mode
     assert ROLE_INSTRUCTIONS["main"] in saved["base_episodes"]["multi"][0]
@@ -139,6 +150,25 @@ def test_tiny_comparison_trains_evaluates_and_skips_finished_runs(base, tmp_path
     monkeypatch.setattr(compare, "Trainer", no_training)
     again = run_comparison(**kwargs)
     assert [r["greedy"] for r in again["runs"]] == [r["greedy"] for r in saved["runs"]]
+    # benchmarks/failure_kinds.py takes the counts a results.json records, and plays only a run
+    # recorded without them (here mgrpo seed 1) from its directory; one whose directory is gone
+    # (shared seed 0) is named and left out
+    older = json.loads((tmp_path / "out" / "results.json").read_text())
+    for r in older["runs"]:
+        if (r["variant"], r["seed"]) in {("mgrpo", 1), ("shared", 0)}:
+            del r["failure_kinds"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    shutil.rmtree(tmp_path / "runs" / "shared-s0")
+    monkeypatch.setattr(sys, "argv", ["failure_kinds.py", str(tmp_path / "runs"), "--results", str(tmp_path / "older.json"),
+                                      "--out", str(tmp_path / "kinds" / "failure_kinds.json")])
+    capsys.readouterr()
+    failure_kinds.main()
+    counted = json.loads((tmp_path / "kinds" / "failure_kinds.json").read_text())
+    assert counted["arms"]["base"] == {"-": saved["base_failure_kinds"]["multi"]}
+    assert counted["arms"]["mgrpo"]["0"] == saved["runs"][0]["failure_kinds"]  # from the record, not played
+    assert sum(counted["arms"]["mgrpo"]["1"][k] for k in FAILURE_KINDS) == counted["n"]  # played
+    assert "shared" not in counted["arms"] and counted["split"] == saved["runs"][0]["config"]["eval_split"]
+    assert "shared seed 0: recorded without its counts, and not finished in" in capsys.readouterr().out
     # nor does one without the run directories: results.json's records are kept as they are,
     # and nothing is evaluated again
     shutil.rmtree(tmp_path / "runs")
