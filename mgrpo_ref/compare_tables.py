@@ -111,12 +111,9 @@ def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.9
         for decoding in ("greedy", "sampled"):
             a = [100 * by[(variant, s)][decoding]["accuracy"] for s in seeds]
             b = [100 * by[(reference, s)][decoding]["accuracy"] for s in seeds]
-            interval = paired_difference(a, b, confidence)
-            p = sign_flip_p([x - y for x, y in zip(a, b)])
             rows.append({"variant": variant, "reference": reference, "decoding": decoding, "seeds": seeds,
-                         "mean": interval.mean, "low": interval.low, "high": interval.high,
-                         "confidence": confidence, "p_exact": p,
-                         "verdict": paired_verdict(interval, p, f"{variant} higher", f"{variant} lower")})
+                         "confidence": confidence,
+                         **paired_row(a, b, confidence, f"{variant} higher", f"{variant} lower")})
     return rows
 
 
@@ -322,7 +319,12 @@ def multi_call_share(shares: list[dict | None]) -> float | None:
     """The mean over a run's training steps of :func:`multi_call_shares`: the sum of
     :func:`call_shares` over d >= 2 (None where that is None)."""
     by_d = call_shares(shares)
-    return None if by_d is None else sum(v for d, v in by_d.items() if d >= 2)
+    return None if by_d is None else _at_two_calls_or_more(by_d)
+
+
+def _at_two_calls_or_more(by_d: dict[int, float]) -> float:
+    """The part of :func:`call_shares` on rollouts with two calls or more."""
+    return sum(v for d, v in by_d.items() if d >= 2)
 
 
 def weight_per_rollout(shares: list[dict | None], histograms: list[dict | None]) -> dict[int, float] | None:
@@ -377,7 +379,7 @@ def alignment_weights(results: dict, variant: str = "unaligned", reference: str 
         return None
     out = {"variant": variant, "reference": reference, "seeds": seeds}
     for arm in (variant, reference):
-        out[arm] = {"multi_call_share": [100 * sum(v for d, v in share[(arm, s)].items() if d >= 2) for s in seeds],
+        out[arm] = {"multi_call_share": [100 * _at_two_calls_or_more(share[(arm, s)]) for s in seeds],
                     "mean_calls": [statistics.fmean(by[(arm, s)]["curves"]["train_sub_calls"]) for s in seeds]}
     higher, lower = f"{variant} higher", f"{variant} lower"
     out["difference"] = paired_row(out[variant]["multi_call_share"], out[reference]["multi_call_share"],
@@ -412,8 +414,7 @@ def alignment_table(weights: dict) -> str:
         lines.append(f"| {arm} | {len(weights['seeds'])} | {statistics.fmean(row['multi_call_share']):.1f} "
                      f"| {statistics.fmean(row['mean_calls']):.2f} |")
     lines += ["", "| difference | mean (points) | 95% t interval | exact sign-flip p | verdict |", "|---|---|---|---|---|",
-              f"| {v} - {ref} | {d['mean']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] | {d['p_exact']:.3g} "
-              f"| {d['verdict']} |"]
+              f"| {v} - {ref} | {_paired_cells(d, '+.1f')} |"]
     rows = weights.get("by_calls") or []
     if rows:
         lines += ["", "By number of calls d: each arm's share of the sub-agent's loss weight on trajectories of "
