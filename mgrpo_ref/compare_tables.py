@@ -9,6 +9,7 @@ count and by world, and the learning curves) and trains nothing; ``python -m mgr
     differences    each arm against mgrpo, paired by seed: its 95% t interval, the exact
                    sign-flip test's p-value, and what the two together allow one to say
                    (a difference is called only where both agree; ``intervals``)
+    differences_by_size  the same, greedy, on the default-size and on the large worlds
     stability      each arm's best and final accuracy, its collapsed runs (``COLLAPSE_DROP``),
                    and whether its curves had flattened over the last third of training
     alignment_weights  what alignment does to the sub-agent's gradient: its loss weight on
@@ -58,7 +59,7 @@ def table(results: dict) -> str:
     """Markdown: one row per variant (and the base), mean ± std across seeds, in percent; with
     held-out worlds of two sizes, greedy accuracy on each size and the range over the worlds."""
     hops = sorted({h for r in results["runs"] for h in r["base_greedy"]["accuracy_by_hops"]}, key=int)
-    sized = all(by_size(r["greedy"]) for r in results["runs"])
+    sized = all(by_size(r["greedy"]) and by_size(r["base_greedy"]) for r in results["runs"])
     head = (["variant", "runs", "greedy", f"sampled (T={results['sampled_temperature']:g})"]
             + (["greedy, default worlds", "greedy, large worlds", "greedy, range over worlds"] if sized else [])
             + [f"greedy, {h} hop{'s' * (h != '1')}" for h in hops])
@@ -115,6 +116,40 @@ def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.9
                          "confidence": confidence,
                          **paired_row(a, b, confidence, f"{variant} higher", f"{variant} lower")})
     return rows
+
+
+def differences_by_size(results: dict, reference: str = "mgrpo", confidence: float = 0.95) -> list[dict]:
+    """Each variant against ``reference`` on each size of held-out world, greedy, paired by
+    seed like :func:`differences`: both arms' accuracy on the default-size and on the large
+    worlds (:func:`by_size`, in %), the difference in points with its t interval, the exact
+    sign-flip p and the verdict both agree on. Empty when any run lacks per-world figures."""
+    if not all(by_size(r["greedy"]) for r in results["runs"]):
+        return []
+    by = {(r["variant"], r["seed"]): r for r in results["runs"]}
+    rows = []
+    for variant in results["variants"]:
+        seeds = sorted(s for v, s in by if v == variant and (reference, s) in by)
+        if variant == reference or not seeds:
+            continue
+        for size in ("default", "large"):
+            a = [100 * by_size(by[(variant, s)]["greedy"])[size] for s in seeds]
+            b = [100 * by_size(by[(reference, s)]["greedy"])[size] for s in seeds]
+            rows.append({"variant": variant, "reference": reference, "worlds": size, "seeds": seeds,
+                         "confidence": confidence, "variant_accuracy": statistics.fmean(a),
+                         "reference_accuracy": statistics.fmean(b),
+                         **paired_row(a, b, confidence, f"{variant} higher", f"{variant} lower")})
+    return rows
+
+
+def differences_by_size_table(rows: list[dict]) -> str:
+    """Markdown: :func:`differences_by_size`, one row per (variant, world size)."""
+    lines = ["| variant - reference | worlds | seeds | variant (%) | reference (%) | difference (points) | 95% interval "
+             "| exact p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} - {r['reference']} | {r['worlds']} | {len(r['seeds'])} | "
+                     f"{r['variant_accuracy']:.1f} | {r['reference_accuracy']:.1f} | {r['mean']:+.1f} | "
+                     f"[{r['low']:+.1f}, {r['high']:+.1f}] | {r['p_exact']:.4f} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 def differences_table(rows: list[dict]) -> str:
@@ -446,11 +481,13 @@ def _paired_cells(row: dict, form: str) -> str:
 
 def write_reports(results: dict, out: Path) -> None:
     """results.json, table.md, differences.md and stability.md in ``out``; differences.md
-    ends with :func:`alignment_table` where both ``mgrpo`` and ``unaligned`` have runs with
+    holds :func:`differences_table`, then :func:`differences_by_size_table` where the runs
+    have per-world figures, and ends with :func:`alignment_table` where both ``mgrpo`` and ``unaligned`` have runs with
     the sub-agent's weights by calls, and, where ``results["against"]`` holds an older
     comparison's differences (``compare --report DIR --against OLD``), with
     :func:`conclusions_table`: which of them stand (kept in results.json as ``conclusions``)."""
     results["differences"] = differences(results)
+    results["differences_by_size"] = differences_by_size(results)
     results["stability"] = stability(results)
     results["alignment_weights"] = alignment_weights(results)
     against = results.get("against")
@@ -460,6 +497,9 @@ def write_reports(results: dict, out: Path) -> None:
     (out / "table.md").write_text(table(results))
     aligned = results["alignment_weights"]
     text = differences_table(results["differences"])
+    if results["differences_by_size"]:
+        text += ("\n## Greedy accuracy by size of world\n\nEach arm against `mgrpo` on the default-size and on "
+                 "the large held-out worlds, paired by seed:\n\n" + differences_by_size_table(results["differences_by_size"]))
     if aligned is not None:
         text += "\n## What alignment does to the sub-agent's gradient\n\n" + alignment_table(aligned)
     if against is not None:

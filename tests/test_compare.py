@@ -342,6 +342,14 @@ def test_the_report_option_rewrites_the_tables_without_training(tmp_path):
     assert "| shared - mgrpo | greedy | 2 | +5.0 |" in (tmp_path / "differences.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["differences"][0]["variant"] == "shared"
     assert (tmp_path / "differences.png").stat().st_size > 0
+    assert "by size of world" not in (tmp_path / "differences.md").read_text()  # no per-world figures
+    for r in results["runs"]:  # with them, differences.md adds the table by size of world
+        r["greedy"]["accuracy_by_world"] = {"1001": 0.5, "1004": 0.2 + (r["variant"] == "shared") * 0.1}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    compare.main(["--report", str(tmp_path)])
+    text = (tmp_path / "differences.md").read_text()
+    assert "## Greedy accuracy by size of world" in text and "| shared - mgrpo | large | 2 | 30.0 | 20.0 | +10.0 |" in text
+    assert len(json.loads((tmp_path / "results.json").read_text())["differences_by_size"]) == 2
 
 
 def test_the_report_option_on_a_missing_file_is_one_line(tmp_path, capsys):
@@ -409,6 +417,35 @@ def test_accuracy_by_world_size_and_the_range_over_worlds():
     assert compare_tables.world_range([report, other]) == pytest.approx((0.5, 0.5))  # each world averaged first
     assert compare_tables.world_range([report]) == pytest.approx((0.1, 0.7))
     assert compare_tables.world_range([report, {"accuracy": 0.3}]) is None
+
+
+def test_differences_by_size_pair_each_size_of_world_by_seed():
+    """frozen_sub against mgrpo on three seeds: level on the default-size worlds, 40, 45 and 50
+    points lower on the large ones -> mean -45, sd 5, half-width 4.303 * 5 / sqrt(3)."""
+    base = ((0.1, {"1": 0.2}), (0.1, {"1": 0.2}))
+
+    def sized(variant, seed, default, large):
+        r = run(variant, seed, "multi", base, ((0.5, {"1": 0.5}), (0.5, {"1": 0.5})))
+        r["greedy"]["accuracy_by_world"] = {"1001": default, "1002": default, "1003": default,
+                                            "1004": large, "1005": large, "1006": large}
+        return r
+
+    runs = [sized("mgrpo", s, 0.9, 0.8) for s in range(3)]
+    runs += [sized("frozen_sub", s, 0.9, 0.8 - drop) for s, drop in enumerate((0.40, 0.45, 0.50))]
+    rows = {r["worlds"]: r for r in compare_tables.differences_by_size({"variants": ["mgrpo", "frozen_sub"], "runs": runs})}
+    default, large = rows["default"], rows["large"]
+    assert default["mean"] == pytest.approx(0.0) and default["p_exact"] == 1.0
+    assert default["verdict"] == "no measurable difference"
+    half = 4.302653 * 5 / 3 ** 0.5
+    assert large["seeds"] == [0, 1, 2] and large["mean"] == pytest.approx(-45.0)
+    assert (large["low"], large["high"]) == pytest.approx((-45 - half, -45 + half), abs=1e-3)
+    assert (large["variant_accuracy"], large["reference_accuracy"]) == pytest.approx((35.0, 80.0))
+    assert large["p_exact"] == 0.25 and large["verdict"] == "no measurable difference (the t interval alone)"
+    text = compare_tables.differences_by_size_table(list(rows.values()))
+    assert ("| frozen_sub - mgrpo | large | 3 | 35.0 | 80.0 | -45.0 | [-57.4, -32.6] | 0.2500 | "
+            "no measurable difference (the t interval alone) |") in text
+    del runs[0]["greedy"]["accuracy_by_world"]  # a run without per-world figures: no table by size
+    assert compare_tables.differences_by_size({"variants": ["mgrpo", "frozen_sub"], "runs": runs}) == []
 
 
 def curve_run(variant, seed, greedy, sampled, steps=(0, 20, 40, 60)):

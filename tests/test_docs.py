@@ -18,7 +18,9 @@ from helpers import MODULES, resolves
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-TABLE = ROOT / "benchmarks" / "results" / "comparison-cpu" / "table.md"
+COMPARISON = ROOT / "benchmarks" / "results" / "comparison-cpu"
+"""The comparison the README and docs/results.md report."""
+TABLE = COMPARISON / "table.md"
 PACKAGE = ROOT / "mgrpo_ref"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
@@ -241,11 +243,41 @@ def test_every_real_model_row_in_the_docs_comes_from_the_summary(path, heading, 
 
 @pytest.mark.parametrize("path", [README, ROOT / "docs" / "results.md"], ids=lambda p: p.name)
 def test_every_paired_difference_in_the_docs_comes_from_the_committed_results(path):
-    committed = set((ROOT / "benchmarks" / "results" / "comparison-cpu" / "differences.md").read_text().splitlines())
+    committed = set((COMPARISON / "differences.md").read_text().splitlines())
     rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and " - mgrpo |" in line]
     assert len(rows) >= 3, f"{path.name}: the paired differences are missing"
     typed = [row for row in rows if row not in committed]
     assert not typed, f"{path.name}: rows not in differences.md: {typed}"
+
+
+QUOTED = re.compile(r"([+-]?\d+\.\d)(?: points)? \[([+-]?\d+\.\d), ([+-]?\d+\.\d)\]")
+"""An interval as prose quotes it: "-45.2 [-55.7, -34.7]" or "-45.2 points [-55.7, -34.7]"."""
+REPORTED = re.compile(r"([+-]?\d+\.\d)(?: \| | )\[([+-]?\d+\.\d), ([+-]?\d+\.\d)\]")
+"""An interval as a report writes it, in a table's cells ("| -45.2 | [-55.7, -34.7]") or in one cell."""
+
+
+def unreported_intervals(prose: str, reports: str) -> list[str]:
+    """The intervals quoted in ``prose`` (its lines outside tables) that no report states."""
+    stated = {tuple(map(float, m.groups())) for m in REPORTED.finditer(reports)}
+    lines = "\n".join(line for line in prose.splitlines() if not line.startswith("|"))
+    return [m.group(0) for m in QUOTED.finditer(lines) if tuple(map(float, m.groups())) not in stated]
+
+
+@pytest.mark.parametrize("path, heading", [(README, "### M-GRPO against its baselines"),
+                                           (ROOT / "docs" / "results.md", "## M-GRPO against its baselines")],
+                         ids=["README.md", "results.md"])
+def test_every_interval_the_comparison_s_prose_quotes_is_in_its_reports(path, heading):
+    section = path.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    reports = "\n".join((COMPARISON / name).read_text() for name in ("differences.md", "stability.md"))
+    assert QUOTED.search(section), f"{path.name}: the comparison's prose quotes no interval"
+    typed = unreported_intervals(section, reports)
+    assert not typed, f"{path.name}: intervals in the prose that no report of {COMPARISON.name} states: {typed}"
+
+
+def test_the_interval_check_can_fail():
+    reports = "| a - mgrpo | large | 5 | -45.2 | [-55.7, -34.7] | 0.0625 |\n+1.5 [-1.2, +4.1] from step 80"
+    prose = "lower: -45.2 points [-55.7, -34.7], flat: +1.5 [-1.2, +4.1], typed: -3.0 [-5.0, -1.0]\n| -9.9 [-9.9, -9.9] |"
+    assert unreported_intervals(prose, reports) == ["-3.0 [-5.0, -1.0]"]
 
 
 def test_the_swap_adapters_tables_in_the_docs_are_what_the_committed_results_give():
