@@ -28,6 +28,10 @@ C and its new tokens at column C + S, so one key-value tensor per layer holds ev
 prefix, and the attention mask hides the padding. Positions count the unmasked tokens only,
 so each token sits at the position it has in its own context.
 
+Each decode pass writes its token's keys and values into tensors that already have room for
+the turn (:func:`with_room`), where transformers' own cache would copy every layer's keys and
+values so far to append them.
+
 Shapes: M contexts of one call; C the longest cached prefix reused and S the most new tokens
 among them; T tokens of a conversation; J key-value heads of one layer and E the size of one.
 """
@@ -163,6 +167,63 @@ def from_model_cache(cache) -> KeysValues:
     return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]  # 4.x
 
 
+def with_room(cache, room: int, rows: torch.Tensor | None = None):
+    """The model's cache with ``room`` more positions already allocated in every layer, each
+    row taken from ``rows`` of it (all rows in order when None): a decode loop that writes one
+    token a pass then writes it in place, where transformers' own cache concatenates, copying
+    every layer's keys and values so far at every pass. Holds the same numbers. A cache with a
+    layer of any other kind than a plain ``DynamicLayer`` (a sliding window, say), or from
+    transformers 4.x, is only indexed by ``rows``."""
+    from transformers import DynamicCache
+
+    layers = getattr(cache, "layers", None)
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # transformers 4.x: no layer objects
+        DynamicLayer = None
+    kv = from_model_cache(cache)
+    if rows is not None:
+        kv = [(k[rows], v[rows]) for k, v in kv]
+    if DynamicLayer is None or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return cache if rows is None else as_model_cache(kv)
+    roomy = DynamicCache()
+    roomy.layers.extend(_roomy_layer(DynamicLayer)(k, v, room) for k, v in kv)
+    return roomy
+
+
+def _roomy_layer(DynamicLayer):
+    """A ``DynamicLayer`` that keeps its keys and values as the front of larger tensors
+    (built here so that transformers is imported only when a cache is)."""
+
+    class RoomyLayer(DynamicLayer):
+        """One layer's keys and values, (M, J, T, E) each, as views of (M, J, T + room, E)
+        tensors; ``update`` writes the new positions after them, and allocates anew (twice
+        the size) only when the room runs out."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+            super().__init__()
+            self.lazy_initialization(keys, values)
+            self._store(keys, values, room)
+
+        def _store(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+            n = keys.shape[-2]
+            self._k = keys.new_empty(*keys.shape[:-2], n + room, keys.shape[-1])
+            self._v = values.new_empty(*values.shape[:-2], n + room, values.shape[-1])
+            self._k[..., :n, :], self._v[..., :n, :] = keys, values
+            self.keys, self.values = self._k[..., :n, :], self._v[..., :n, :]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            n, s = self.keys.shape[-2], key_states.shape[-2]
+            if self.keys.data_ptr() != self._k.data_ptr() or n + s > self._k.shape[-2]:
+                # out of room, or the keys were replaced (cropped, rows selected): copy them once more
+                self._store(self.keys, self.values, max(n + s, 2 * n) - n)
+            self._k[..., n:n + s, :], self._v[..., n:n + s, :] = key_states, value_states
+            self.keys, self.values = self._k[..., :n + s, :], self._v[..., :n + s, :]
+            return self.keys, self.values
+
+    return RoomyLayer
+
+
 def forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
             names: tuple[str, str | None] | None = None):
     """One pass over new tokens ``ids`` (M, S) after what the model's ``cache`` holds (C
@@ -254,10 +315,10 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
     mask = mask.to(device)
     names = _forward_names(model)
     logits, past = forward(model, new[first].to(device), mask[first], position[first, c:].to(device), past, names)
-    if len(first) < len(ids):
-        to = kind.to(device)
+    to = kind.to(device) if len(first) < len(ids) else None
+    if to is not None:
         logits = logits[to]  # (M, V)
-        past = as_model_cache([(k[to], v[to]) for k, v in from_model_cache(past)])
+    past = with_room(past, max_new_tokens, to)  # every row of the batch; the turns' tokens are written in place
     position = position[:, -1:]  # (M, 1): the last token's
     written = torch.full((len(ids), max_new_tokens), pad_id, dtype=torch.long)  # (M, T): the turns' tokens
     lengths = torch.zeros(len(ids), dtype=torch.long)  # tokens written per row, its stop included

@@ -8,7 +8,7 @@ import torch
 from mgrpo_ref.episode import run_episodes
 from mgrpo_ref.policy import SamplingSettings, load_policy
 from mgrpo_ref.prefix_cache import (Entry, PrefixCache, as_model_cache, from_model_cache, batch_layout, forward,
-                                    positions_of, stack_prefixes)
+                                    positions_of, stack_prefixes, with_room)
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
 
@@ -109,6 +109,49 @@ def test_keys_and_values_taken_from_the_cache_give_the_logits_of_the_whole_conte
         torch.testing.assert_close(logits[row], whole[row], rtol=1e-4, atol=1e-4)
 
 
+def test_a_cache_with_room_decodes_what_the_model_s_own_cache_does_writing_in_place(model):
+    """Six greedy tokens after a 9-token context, two rows, one of them taken twice: the model's
+    own cache (it concatenates every pass) against ``with_room`` with room for four, so that
+    the last passes also show it growing. Same logits; within its room a layer's keys stay in
+    one tensor."""
+    torch.manual_seed(0)
+    ids = torch.randint(10, 200, (2, 9))
+    rows = torch.tensor([0, 1, 1])
+    outs = {}
+    for roomy in (False, True):
+        mask, logits, seen = torch.ones(3, 9, dtype=torch.long), [], []
+        with torch.no_grad():
+            first, past = forward(model, ids, mask[:2], torch.arange(9).expand(2, 9), None)
+            past = with_room(past, 4, rows) if roomy else as_model_cache([(k[rows], v[rows]) for k, v in from_model_cache(past)])
+            last, position = first[rows], torch.full((3, 1), 8)
+            for _ in range(6):
+                token = last.argmax(-1)
+                mask, position = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1), position + 1
+                last, past = forward(model, token[:, None], mask, position, past)
+                logits.append(last)
+                seen.append(from_model_cache(past)[0][0].data_ptr())
+        outs[roomy] = torch.stack(logits), from_model_cache(past), seen
+    (plain, plain_kv, _), (roomy, roomy_kv, ptrs) = outs[False], outs[True]
+    torch.testing.assert_close(roomy, plain, rtol=0, atol=0)
+    for (k, v), (k0, v0) in zip(roomy_kv, plain_kv):
+        assert k.shape == k0.shape == (3, k0.shape[1], 15, k0.shape[3])
+        torch.testing.assert_close((k, v), (k0, v0), rtol=0, atol=0)
+    assert len(set(ptrs[:4])) == 1 and ptrs[4] != ptrs[3]  # room for four: the fifth token grows the tensors
+
+
+def test_a_cache_of_another_kind_is_left_as_it_is():
+    class Layer:  # a layer that is not a plain DynamicLayer (a sliding window, say)
+        keys, values = torch.zeros(2, 1, 3, 4), torch.ones(2, 1, 3, 4)
+
+    class Cache:
+        layers = [Layer()]
+
+    cache = Cache()
+    assert with_room(cache, 8) is cache
+    (k, v), = from_model_cache(with_room(cache, 8, torch.tensor([1, 1, 0])))
+    assert k.shape == (3, 1, 3, 4) and torch.equal(v, torch.ones(3, 1, 3, 4))
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_episodes_with_a_prefix_cache_are_the_episodes_without_one(temperature):
     questions = load_questions("validation")[:6]
@@ -139,3 +182,19 @@ def test_a_small_budget_keeps_the_cache_within_it_and_changes_no_turn():
     assert cache.evicted > 0 and cache.reused_tokens > 0  # it had to drop entries, and still reused some
     assert cache.nbytes <= budget * 2**20
     assert turns[budget] == turns[0]
+
+
+def test_the_decode_cache_benchmark_times_both_arms_on_equal_work(tmp_path):
+    import json
+
+    import bench_decode_cache  # benchmarks/bench_decode_cache.py (pytest's pythonpath)
+
+    out = tmp_path / "decode.json"
+    bench_decode_cache.main(["--base", BASE, "--rows", "3", "--context", "12", "--new-tokens", "5", "--repeats", "2",
+                             "--out", str(out)])
+    (shape,) = json.loads(out.read_text())["shapes"]
+    assert (shape["rows"], shape["context_tokens"], shape["same_tokens"]) == (3, 12, True)
+    assert all(len(shape["seconds"][arm]) == 2 for arm in ("on", "off"))
+    assert shape["ratio_on_over_off"] == shape["median_s"]["on"] / shape["median_s"]["off"]
+    with pytest.raises(SystemExit, match="no model at"):
+        bench_decode_cache.main(["--base", str(tmp_path / "nowhere"), "--out", str(out)])
