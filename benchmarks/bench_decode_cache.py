@@ -14,7 +14,8 @@ same contexts (random token ids, an empty prefix cache, greedy, no stop: exactly
 tokens; "off" swaps ``with_room`` for the concatenating cache. Per shape: the median seconds
 of a call in each arm over ``--repeats`` and their ratio.
 
-Prints a table and writes benchmarks/results/decode_cache.json.
+Prints a table and writes benchmarks/results/real-model-cpu/decode_cache.json (docs/real-model.md
+section 6 shows it: ``table``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,18 @@ def one_call(model, contexts, new_tokens, pad_id):
     return time.perf_counter() - start, turns
 
 
+def table(result: dict) -> str:
+    """Markdown: per shape, each arm's median seconds per call and their ratio."""
+    lines = ["| rows x context tokens | concatenating (s) | with room (s) | with room / concatenating |",
+             "|---|---|---|---|"]
+    for s in result["shapes"]:
+        lines.append(f"| {s['rows']} x {s['context_tokens']} | {s['median_s']['off']:.1f} | {s['median_s']['on']:.1f} "
+                     f"| x{s['ratio_on_over_off']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
-    options = parser("decode_cache", __doc__, repeats=3, base=False)
+    options = parser("real-model-cpu/decode_cache", __doc__, repeats=3, base=False)
     options.add_argument("--base", default=str(ROOT / "models" / "SmolLM2-135M-Instruct"),
                          help="the model (default: models/SmolLM2-135M-Instruct; `make smollm2` makes it)")
     options.add_argument("--rows", type=int, nargs="+", default=[8, 16], help="contexts per call")
@@ -91,9 +102,11 @@ def main(argv: list[str] | None = None) -> None:
                            "ratio_on_over_off": median["on"] / median["off"], "same_tokens": True})
             print(f"{rows:>4} rows x {length:>5} tokens: concatenating {median['off']:.2f} s, "
                   f"with room {median['on']:.2f} s (x{median['on'] / median['off']:.2f})", flush=True)
-    write_result(args.out, {"command": command_line("benchmarks/bench_decode_cache.py", sys.argv[1:] if argv is None else argv),
-                            "machine": machine(), "base": within_project(args.base), "new_tokens": args.new_tokens,
-                            "repeats": args.repeats, "shapes": shapes})
+    result = {"command": command_line("benchmarks/bench_decode_cache.py", sys.argv[1:] if argv is None else argv),
+              "machine": machine(), "base": within_project(args.base), "new_tokens": args.new_tokens,
+              "repeats": args.repeats, "shapes": shapes}
+    print(table(result), end="")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

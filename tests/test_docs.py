@@ -214,6 +214,17 @@ def test_the_bfloat16_figures_in_the_docs_are_the_committed_ones():
     assert "amx_bf16" in result["machine"]
 
 
+def test_the_decode_cache_table_in_the_docs_is_the_committed_one():
+    import bench_decode_cache  # benchmarks/bench_decode_cache.py (pytest's pythonpath)
+
+    result = json.loads((REAL_MODEL / "decode_cache.json").read_text())
+    assert all(shape["same_tokens"] for shape in result["shapes"])
+    assert unsaid(REAL_MODEL_DOC, bench_decode_cache.table(result).splitlines()) == []
+    seconds = [x for shape in result["shapes"] if shape["rows"] == 16 and shape["context_tokens"] == 800
+               for arm in ("on", "off") for x in shape["seconds"][arm]]
+    assert f"({min(seconds):.0f} to {max(seconds):.0f} s over its six calls)" in REAL_MODEL_DOC.read_text()
+
+
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
     """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
     every group of k of the rollouts."""
@@ -389,8 +400,11 @@ def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tabl
                  for line in (REAL_MODEL / name).read_text().splitlines() if line.startswith("| ")]
     assert len(rows) >= 8, f"real-model.md: no tables under '## {heading}'"
     assert rows[:len(committed)] == committed, "real-model.md: the tables must be levers.md's, then speed.md's, whole"
-    # then the bfloat16 table alone, whose figures test_the_bfloat16_figures_in_the_docs_are_the_committed_ones checks
-    assert rows[len(committed)] == "| measure | main agent | sub-agent |" and len(rows) == len(committed) + 6
+    # then the decode cache's table (test_the_decode_cache_table_in_the_docs_is_the_committed_one), and the
+    # bfloat16 table alone, whose figures test_the_bfloat16_figures_in_the_docs_are_the_committed_ones checks
+    rest = rows[len(committed):]
+    bf16 = next(i for i, row in enumerate(rest) if row.startswith("| measure |"))
+    assert rest[0].startswith("| rows x context tokens |") and len(rest) == bf16 + 6
 
 
 def test_the_study_s_warm_up_time_in_the_docs_is_the_recorded_one():
