@@ -38,6 +38,7 @@ among them; T tokens of a conversation; J key-value heads of one layer and E the
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -168,37 +169,48 @@ def from_model_cache(cache) -> KeysValues:
 
 
 def with_room(cache, room: int, rows: torch.Tensor | None = None):
-    """The model's cache with ``room`` more positions already allocated in every layer, each
-    row taken from ``rows`` of it (all rows in order when None): a decode loop that writes one
-    token a pass then writes it in place, where transformers' own cache concatenates, copying
-    every layer's keys and values so far at every pass. Holds the same numbers. A cache with a
-    layer of any other kind than a plain ``DynamicLayer`` (a sliding window, say), or from
-    transformers 4.x, is only indexed by ``rows``."""
+    """The model's cache with its batch taken from ``rows`` of it (all rows in order when
+    None) and, where every layer is a plain ``DynamicLayer`` of transformers 5, ``room`` more
+    positions already allocated in each: a decode loop that writes one token a pass then
+    writes it in place, where transformers' own layer concatenates, copying all of its keys
+    and values so far at every pass. Holds the same numbers. Any other cache (a layer with a
+    sliding window, say, or transformers 4.x) keeps its own layers, only its rows selected."""
     from transformers import DynamicCache
 
     layers = getattr(cache, "layers", None)
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # transformers 4.x: no layer objects
-        DynamicLayer = None
+    if hasattr(DynamicCache, "from_legacy_cache") or not layers or any(type(layer) is not _dynamic_layer()
+                                                                        for layer in layers):
+        if rows is not None:
+            if hasattr(cache, "batch_select_indices"):
+                cache.batch_select_indices(rows)  # each layer keeps its own kind and counters
+            else:
+                cache = as_model_cache([(k[rows], v[rows]) for k, v in from_model_cache(cache)])
+        return cache
     kv = from_model_cache(cache)
     if rows is not None:
         kv = [(k[rows], v[rows]) for k, v in kv]
-    if DynamicLayer is None or not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return cache if rows is None else as_model_cache(kv)
     roomy = DynamicCache()
-    roomy.layers.extend(_roomy_layer(DynamicLayer)(k, v, room) for k, v in kv)
+    roomy.layers.extend(_roomy_layer()(k, v, room) for k, v in kv)
     return roomy
 
 
-def _roomy_layer(DynamicLayer):
-    """A ``DynamicLayer`` that keeps its keys and values as the front of larger tensors
-    (built here so that transformers is imported only when a cache is)."""
+def _dynamic_layer():
+    from transformers.cache_utils import DynamicLayer
 
-    class RoomyLayer(DynamicLayer):
+    return DynamicLayer
+
+
+@functools.cache
+def _roomy_layer():
+    """A ``DynamicLayer`` that keeps its keys and values as the front of larger tensors
+    (made on first use, so that transformers is imported only when a cache is)."""
+
+    class RoomyLayer(_dynamic_layer()):
         """One layer's keys and values, (M, J, T, E) each, as views of (M, J, T + room, E)
         tensors; ``update`` writes the new positions after them, and allocates anew (twice
-        the size) only when the room runs out."""
+        the size) only when the room runs out. After anything that replaced the keys (rows
+        selected or reordered, moved to another device) it copies them into new room once;
+        new states of another dtype, or an emptied layer, take ``DynamicLayer``'s own way."""
 
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
             super().__init__()
@@ -212,14 +224,29 @@ def _roomy_layer(DynamicLayer):
             self._k[..., :n, :], self._v[..., :n, :] = keys, values
             self.keys, self.values = self._k[..., :n, :], self._v[..., :n, :]
 
+        def _holds(self) -> bool:
+            """Whether the keys and values are still views of the front of the room."""
+            return (self._k is not None and self.keys._base is self._k and self.values._base is self._v
+                    and self.keys.shape[:-2] == self._k.shape[:-2])
+
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized or self.keys.dtype != key_states.dtype:
+                self._k = self._v = None
+                return super().update(key_states, value_states, *args, **kwargs)
             n, s = self.keys.shape[-2], key_states.shape[-2]
-            if self.keys.data_ptr() != self._k.data_ptr() or n + s > self._k.shape[-2]:
-                # out of room, or the keys were replaced (cropped, rows selected): copy them once more
+            if not self._holds() or n + s > self._k.shape[-2]:
                 self._store(self.keys, self.values, max(n + s, 2 * n) - n)
             self._k[..., n:n + s, :], self._v[..., n:n + s, :] = key_states, value_states
             self.keys, self.values = self._k[..., :n + s, :], self._v[..., :n + s, :]
             return self.keys, self.values
+
+        def offload(self):
+            super().offload()
+            self._k = self._v = None  # the room stays on the device otherwise
+
+        def reset(self) -> None:
+            self._k = self._v = None
+            super().reset()
 
     return RoomyLayer
 

@@ -50,6 +50,13 @@ def test_table_gives_mean_and_sample_std_across_seeds_per_variant():
     # mean of 20 and 40 is 30; the sample standard deviation of (20, 40) is 14.1
     assert mgrpo == "| mgrpo | 2 | 30.0 ± 14.1 | 20.0 ± 14.1 | 50.0 ± 14.1 | 10.0 ± 14.1 |"
     assert frozen == "| frozen_sub | 1 | 30.0 | 20.0 | 50.0 | 10.0 |"
+    # per-world figures on the final adapters only (the base evaluated without them): no columns by size
+    for r in results["runs"]:
+        r["greedy"]["accuracy_by_world"] = {"1001": 0.5, "1004": 0.2}
+    assert table(results).splitlines()[0] == lines[0]
+    for r in results["runs"]:  # on both: the columns by size
+        r["base_greedy"]["accuracy_by_world"] = {"1001": 0.3, "1004": 0.1}
+    assert "| greedy, default worlds | greedy, large worlds |" in table(results).splitlines()[0]
 
 
 def test_curves_split_evaluations_from_training_steps(tmp_path):

@@ -139,17 +139,47 @@ def test_a_cache_with_room_decodes_what_the_model_s_own_cache_does_writing_in_pl
     assert len(set(ptrs[:4])) == 1 and ptrs[4] != ptrs[3]  # room for four: the fifth token grows the tensors
 
 
-def test_a_cache_of_another_kind_is_left_as_it_is():
-    class Layer:  # a layer that is not a plain DynamicLayer (a sliding window, say)
-        keys, values = torch.zeros(2, 1, 3, 4), torch.ones(2, 1, 3, 4)
+def test_a_cache_with_a_sliding_window_keeps_its_layers_and_only_selects_rows():
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicSlidingWindowLayer
 
-    class Cache:
-        layers = [Layer()]
+    cache = DynamicCache()
+    cache.layers.append(DynamicSlidingWindowLayer(sliding_window=4))
+    keys = torch.arange(2 * 6, dtype=torch.float32).reshape(2, 1, 6, 1)
+    cache.layers[0].update(keys, -keys)
+    before = (cache.layers[0].get_seq_length(), cache.layers[0].get_mask_sizes(1))
+    out = with_room(cache, 8, torch.tensor([1, 1, 0]))
+    layer = out.layers[0]
+    assert type(layer) is DynamicSlidingWindowLayer and (layer.get_seq_length(), layer.get_mask_sizes(1)) == before
+    assert torch.equal(layer.keys[:, 0, :, 0], keys[[1, 1, 0], 0, -3:, 0])  # the window's last tokens, rows selected
 
-    cache = Cache()
-    assert with_room(cache, 8) is cache
-    (k, v), = from_model_cache(with_room(cache, 8, torch.tensor([1, 1, 0])))
-    assert k.shape == (3, 1, 3, 4) and torch.equal(v, torch.ones(3, 1, 3, 4))
+
+def test_a_roomy_layer_after_rows_are_selected_cropped_or_reset_stays_right():
+    """Whatever replaced or cut a layer's keys, the next update appends to what the layer
+    holds then, as transformers' own layer would."""
+    from transformers.cache_utils import DynamicLayer
+
+    from mgrpo_ref.prefix_cache import _roomy_layer
+
+    keys = torch.arange(3 * 5, dtype=torch.float32).reshape(3, 1, 5, 1)
+    for change, rows in (("select", 2), ("slice", 2), ("crop", 3), ("reset", 3), ("dtype", 2)):
+        roomy, plain = _roomy_layer()(keys, -keys, 4), DynamicLayer()
+        plain.update(keys, -keys)
+        for layer in (roomy, plain):
+            if change == "select":
+                layer.batch_select_indices(torch.tensor([2, 0]))
+            elif change == "slice":
+                layer.batch_select_indices(slice(1, 3))
+            elif change == "crop":  # the keys stay a view of the room, two positions shorter
+                layer.crop(-2)
+            elif change == "reset":
+                layer.reset()
+            else:
+                layer.batch_select_indices(torch.tensor([0, 1]))
+        states = torch.full((rows, 1, 1, 1), 99.0, dtype=torch.float64 if change == "dtype" else torch.float32)
+        got, expected = roomy.update(states, -states), plain.update(states, -states)
+        assert got[0].dtype == expected[0].dtype and torch.equal(got[0], expected[0]), change
+        assert torch.equal(got[1], expected[1]) and roomy.get_seq_length() == plain.get_seq_length(), change
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
