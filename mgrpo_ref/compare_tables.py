@@ -106,7 +106,7 @@ def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.9
     for variant in results["variants"]:
         if variant == reference:
             continue
-        seeds = sorted(s for v, s in by if v == variant and (reference, s) in by)
+        seeds = _common_seeds(by, variant, reference)
         if not seeds:
             continue
         for decoding in ("greedy", "sampled"):
@@ -116,6 +116,11 @@ def differences(results: dict, reference: str = "mgrpo", confidence: float = 0.9
                          "confidence": confidence,
                          **paired_row(a, b, confidence, f"{variant} higher", f"{variant} lower")})
     return rows
+
+
+def _common_seeds(by: dict, variant: str, reference: str) -> list[int]:
+    """The seeds on which both ``variant`` and ``reference`` have a run (``by``: (variant, seed) -> run)."""
+    return sorted(s for v, s in by if v == variant and (reference, s) in by)
 
 
 def differences_by_size(results: dict, reference: str = "mgrpo", confidence: float = 0.95) -> list[dict]:
@@ -128,7 +133,7 @@ def differences_by_size(results: dict, reference: str = "mgrpo", confidence: flo
     by = {(r["variant"], r["seed"]): r for r in results["runs"]}
     rows = []
     for variant in results["variants"]:
-        seeds = sorted(s for v, s in by if v == variant and (reference, s) in by)
+        seeds = _common_seeds(by, variant, reference)
         if variant == reference or not seeds:
             continue
         for size in ("default", "large"):
@@ -482,8 +487,8 @@ def _paired_cells(row: dict, form: str) -> str:
 def write_reports(results: dict, out: Path) -> None:
     """results.json, table.md, differences.md and stability.md in ``out``; differences.md
     holds :func:`differences_table`, then :func:`differences_by_size_table` where the runs
-    have per-world figures, and ends with :func:`alignment_table` where both ``mgrpo`` and ``unaligned`` have runs with
-    the sub-agent's weights by calls, and, where ``results["against"]`` holds an older
+    have per-world figures, and ends with :func:`alignment_table` where both ``mgrpo`` and
+    ``unaligned`` have runs with the sub-agent's weights by calls, and, where ``results["against"]`` holds an older
     comparison's differences (``compare --report DIR --against OLD``), with
     :func:`conclusions_table`: which of them stand (kept in results.json as ``conclusions``)."""
     results["differences"] = differences(results)
