@@ -87,6 +87,16 @@ def test_every_row_of_the_headline_table_comes_from_the_committed_results():
     assert not typed, f"rows not in {TABLE.relative_to(ROOT)}: {typed}"
 
 
+def test_the_history_s_comparison_tables_are_the_committed_60_step_comparison_s():
+    section = (ROOT / "docs" / "history.md").read_text().split("\n## The comparison on the fourth base\n", 1)[1]
+    rows = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("| ")]
+    sixty = ROOT / "benchmarks" / "results" / "comparison-cpu"
+    committed = set((sixty / "table.md").read_text().splitlines()) | set((sixty / "differences.md").read_text().splitlines())
+    assert len(rows) >= 2 + 11 + 8, "the history's 60-step tables are missing"
+    typed = [row for row in rows if row not in committed]
+    assert not typed, f"docs/history.md: rows not in {sixty.relative_to(ROOT)}: {typed}"
+
+
 def test_the_readme_says_where_to_start_reading():
     assert "mgrpo_ref/step.py" in README.read_text()
 
