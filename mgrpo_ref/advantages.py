@@ -1,8 +1,8 @@
 """Group-relative advantages for each agent (docs/paper.md section 3).
 
-GRPO has no value network. Its baseline for a sample is the mean reward of the
-other samples drawn for the same question, and the spread of those rewards sets the
-scale:
+GRPO has no value network. Its baseline for a sample is the mean reward of all the
+samples drawn for the same question (the sample itself included), and the spread of those
+rewards sets the scale:
 
     A_i = (R_i - mean_{j in g} R_j) / (std_{j in g} R_j + eps)
 

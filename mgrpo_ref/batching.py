@@ -154,8 +154,8 @@ def aligned_sub_batch(
         loss_mask: (B*K*D, T) float; all zeros on masked rows.
         slot_weight: (B*K*D,) float, 1 for a real slot, 0 for a masked one.
         source: (B*K*D,) long, the trajectory index in each row, -1 if masked
-            (gather per-trajectory values such as advantages with
-            alignment.gather_slots(values, alignment).reshape(-1)).
+            (gather per-trajectory values such as advantages with the module
+            function ``mgrpo_ref.alignment.gather_slots(values, alignment).reshape(-1)``).
         T is the longest sequence that reaches a slot (1 if none does).
     """
     if len(sub_sequences) != alignment.n_distinct:

@@ -134,7 +134,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     """Adam betas, as in the release."""
     epochs: int = 1
-    """Optimisation passes over each rollout batch (1: on-policy, ratio exactly 1)."""
+    """Optimisation passes over each rollout batch (1 on a fresh batch: on-policy, ratio exactly 1;
+    a stale sub batch, ``sub_staleness=1``, has its ratio move even at 1)."""
     clip_eps_low: float = 0.2
     """Lower clip of the ratio, 1 - eps_low (release: 0.2)."""
     clip_eps_high: float = 0.28

@@ -137,11 +137,11 @@ class SubHalf:
 
 def main_half(episodes: list[Episode], cfg: TrainConfig, policy) -> MainHalf:
     """The main (or single) agent: R_M, A_M over each question's K rollouts, its batch."""
-    b, k = cfg.questions_per_step, cfg.rollouts
+    B, K = cfg.questions_per_step, cfg.rollouts  # the paper's B and K
     check_episodes(episodes, cfg, with_main=True)
     r_main = [rollout_main_reward(e, cfg.reward) for e in episodes]  # B*K  Eq. (R1)
-    rewards = torch.tensor(r_main).view(b, k)  # (B, K)
-    correct = torch.tensor([e.correct for e in episodes]).view(b, k)  # (B, K) bool
+    rewards = torch.tensor(r_main).view(B, K)  # (B, K)
+    correct = torch.tensor([e.correct for e in episodes]).view(B, K)  # (B, K) bool
     advantages = main_advantages(rewards, cfg.adv_eps)  # (B, K)  Eq. (1)
     sequences = [encode_trajectory(policy.render(e.main), policy.encode) for e in episodes]  # B*K (ids, loss mask)
     batch = trajectory_batch(sequences, advantages.flatten(), policy.pad_id)  # (B*K, T)
@@ -162,20 +162,20 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
     ``main_correct`` (B, K) is correct(M) as the main agent's half found it; the episodes'
     main trajectories are not read (in the pipeline the sub-agent's learner never gets them).
     """
-    b, k = cfg.questions_per_step, cfg.rollouts
+    B, K = cfg.questions_per_step, cfg.rollouts  # the paper's B and K
     check_episodes(episodes, cfg, with_main=False)
-    if tuple(main_correct.shape) != (b, k):
-        raise ValueError(f"main_correct must be (B, K) = {(b, k)}, got {tuple(main_correct.shape)}")
+    if tuple(main_correct.shape) != (B, K):
+        raise ValueError(f"main_correct must be (B, K) = {(B, K)}, got {tuple(main_correct.shape)}")
     r_sub, groups, verified = [], [], []
     for i, e in enumerate(episodes):
         r, ok = rollout_sub_rewards(e.question, e.subs, bool(main_correct.view(-1)[i]), cfg.reward)  # Eq. (R2)
         r_sub += r
         verified += ok
-        groups += [i // k] * len(r)  # the group is the question
+        groups += [i // K] * len(r)  # the group is the question
     rewards = torch.tensor(r_sub, dtype=torch.float)  # (N,)
     groups = torch.tensor(groups, dtype=torch.long)  # (N,)
     advantages = sub_advantages(rewards, groups, cfg.adv_eps)  # (N,)  Eq. (2), before any copy
-    counts = [[len(e.subs) for e in episodes[q * k:(q + 1) * k]] for q in range(b)]  # (B, K) d per rollout
+    counts = [[len(e.subs) for e in episodes[q * K:(q + 1) * K]] for q in range(B)]  # (B, K) d per rollout
     alignment = align_sub_trajectories(counts, cfg.d_max, step_seed(cfg.seed, step, SALT_ALIGNMENT))
     sequences = [encode_trajectory(policy.render(s), policy.encode) for e in episodes for s in e.subs]  # N
     if cfg.alignment == "none":  # the ablation: no slots, every trajectory once at weight 1
@@ -203,12 +203,12 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
 
 def check_episodes(episodes: list[Episode], cfg: TrainConfig, with_main: bool) -> None:
     """B*K episodes in (question, rollout) order, the K of a question on the same question."""
-    b, k = cfg.questions_per_step, cfg.rollouts
-    if len(episodes) != b * k:
-        raise ValueError(f"a step needs B*K = {b}*{k} = {b * k} episodes, got {len(episodes)}")
+    B, K = cfg.questions_per_step, cfg.rollouts  # the paper's B and K
+    if len(episodes) != B * K:
+        raise ValueError(f"a step needs B*K = {B}*{K} = {B * K} episodes, got {len(episodes)}")
     for i, e in enumerate(episodes):
-        if e.rollout != i % k or e.question.qid != episodes[i - i % k].question.qid:
-            raise ValueError(f"episode {i} must be rollout {i % k} of question {i // k} "
+        if e.rollout != i % K or e.question.qid != episodes[i - i % K].question.qid:
+            raise ValueError(f"episode {i} must be rollout {i % K} of question {i // K} "
                              f"(got rollout {e.rollout} of {e.question.qid})")
         if with_main and e.main is None:
             raise ValueError(f"episode {i} has no main trajectory")
@@ -231,7 +231,10 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     the batch. ``train=False`` computes the same statistics without changing the adapter
     (a frozen learner).
 
-    pi_old is the policy that sampled the batch. A batch trained a step after it was sampled
+    pi_old is the policy that sampled the batch, as ``Policy.token_logprobs`` scores it: the
+    model's own distribution, which is the sampler's at temperature 1 and top-p 1 (the
+    defaults); at another temperature or top-p the tokens were drawn from a warped
+    distribution that pi_old does not include. A batch trained a step after it was sampled
     (``sub_staleness=1``) brings pi_old's log-probs along (``old_logprobs``): the adapter has
     moved since, so the ratio is not 1 and the clip acts. Otherwise, with more than one epoch
     pi_old needs a pass of its own before the first optimiser step; with one pass the adapter
