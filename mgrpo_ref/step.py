@@ -430,7 +430,8 @@ def learner_update(name: str, learner: Learner, halves: list[MainHalf | SubHalf]
       (pi_old), so each step's rollouts come from weights that have not yet learned from the
       step before. At step 1 nothing is kept yet: the statistics are those of step 1's half,
       with no optimiser step (``trained`` false); the last step's half is never trained on,
-      as when such a pipeline stops;
+      as when such a pipeline stops. The step's record then joins this step's rollout
+      statistics (rewards, alignment) with the update statistics of the step before's half;
     * its statistics, as ``<name>/...``.
     """
     layout = LAYOUTS[cfg.variant]
