@@ -70,7 +70,8 @@ class FormatError:
     reason: str  # a key of FORMAT_ERRORS
 
     def __post_init__(self):
-        assert self.reason in FORMAT_ERRORS, self.reason
+        if self.reason not in FORMAT_ERRORS:
+            raise ValueError(f"unknown format error {self.reason!r}; one of {sorted(FORMAT_ERRORS)}")
 
 
 def open_tag(tag: str) -> str:

@@ -384,8 +384,9 @@ def test_an_ablation_is_mgrpo_with_its_own_overrides_and_a_run_directory_of_its_
     curriculum = compare.run_config(compare.PRESETS["real-gpu"], "single_agent_3x", 0, [])
     assert (curriculum.steps, curriculum.min_train_hops_steps) == (540, 360)
     assert compare.run_config(compare.PRESETS["real-gpu"], "single_agent", 0, []).min_train_hops_steps == 120
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         compare.main(["--variants", "no_such_arm"])
+    assert exit_.value.code == 2
 
 
 @pytest.mark.parametrize("preset", sorted(compare.PRESETS))

@@ -130,7 +130,7 @@ def test_rollouts_batching_and_bad_arguments():
         run_episodes(questions, TOOLS, {"main": teacher}, mode="multi")
     with pytest.raises(ValueError, match="mode"):
         run_episodes(questions, TOOLS, {"main": teacher}, mode="solo")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no episodes to summarize"):
         summarize([])
 
 

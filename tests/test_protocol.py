@@ -50,7 +50,7 @@ def test_every_format_error_is_covered_by_the_table():
 def test_unknown_role_and_reason():
     with pytest.raises(ValueError, match="unknown role"):
         parse_action("critic", "<answer>x</answer>")
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="bad_reason"):
         FormatError("bad_reason")
 
 

@@ -41,10 +41,13 @@ def test_the_cli_refuses_bad_values_in_one_line(tmp_path, capsys):
         sft.main(["--base", "data/base", "--out", str(tmp_path / "o"), "--steps", "0", "--quiet"])
     assert exit_.value.code == 2
     assert "steps=0 is invalid" in capsys.readouterr().err.strip().splitlines()[-1]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         sft.main(["--base", "data/nowhere", "--out", str(tmp_path / "o"), "--quiet"])
-    with pytest.raises(SystemExit):
+    assert exit_.value.code == 2
+    assert "data/nowhere" in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as exit_:
         sft.main(["--base", "data/base", "--out", str(tmp_path / "o"), "--demo-hasty", "1.5", "--quiet"])
+    assert exit_.value.code == 2
     assert "demo_hasty=1.5 is invalid" in capsys.readouterr().err.strip().splitlines()[-1]
 
 

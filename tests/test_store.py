@@ -355,13 +355,16 @@ def test_two_processes_write_and_read_at_once(tmp_path):
     """)
     procs = [subprocess.Popen([sys.executable, "-c", writer.format(learner=a)]) for a in ("main", "sub")]
     reader = Store(path, readonly=True)
-    seen_partial = False
+    seen_partial, seen_during = False, set()
     while any(p.poll() is None for p in procs):
         for step in range(100):
             n = len(reader.rollouts(step))
             seen_partial |= n not in (0, 8)  # a reader never sees half a step's records
+            if n == 8 and any(p.poll() is None for p in procs):
+                seen_during.add(step)
     assert all(p.wait() == 0 for p in procs)
     assert not seen_partial
+    assert seen_during, "the reader never read a step while the writers were writing"
     assert all(len(reader.rollouts(s)) == 8 for s in range(100))
     assert len(reader.learner_stats("main")) == 100 and len(reader.learner_stats("sub")) == 100
 
