@@ -3,7 +3,8 @@ and every notebook carries exercises whose solutions the suite runs (nbval execu
 code cell, the collapsed solutions included; here we check that they are there and check
 something).
 
-Fast: reads the notebooks' JSON and the glossary, imports the package, loads no model.
+Fast: reads the notebooks' JSON and the glossary, imports the package, loads no model; runs
+notebook 06 whole on the committed comparison, which it only reads.
 """
 
 from __future__ import annotations
@@ -277,3 +278,19 @@ def test_every_cell_that_shows_the_package_code_has_its_output_checked(path):
     unchecked = [i for i, c in enumerate(cells(path)) if c["cell_type"] == "code" and "show_code(" in source(c)
                  and "# NBVAL_CHECK_OUTPUT" not in source(c)]
     assert not unchecked, f"{path.name}: cells {unchecked} print package code without NBVAL_CHECK_OUTPUT"
+
+
+def test_notebook_06_s_statements_hold_on_the_committed_comparison(monkeypatch):
+    """The suite runs notebook 06 at smoke size (nbval, MGRPO_SMOKE=1), where its statements
+    about the committed comparison (the cells under ``if not SMOKE``) are skipped; here it runs
+    whole on the committed results, which it only reads (no training: seconds)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("MGRPO_SMOKE", raising=False)  # the kernel inherits this process's environment
+    path = ROOT / "notebooks" / "06_full_training_run.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on a failed cell
+    outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "mgrpo minus its base, greedy" in outputs  # the statements' cell ran its checks
