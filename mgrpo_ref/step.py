@@ -42,7 +42,7 @@ from typing import Protocol
 import torch
 
 from .advantages import equal_reward_fraction, main_advantages, sub_advantages
-from .alignment import align_sub_trajectories, weight_by_calls
+from .alignment import Alignment, align_sub_trajectories, weight_by_calls
 from .batching import (PolicyBatch, concat_batches, distinct_batch, encode_trajectory, slot_batch,
                        trajectory_batch)
 from .config import TrainConfig, learning_rate
@@ -184,21 +184,31 @@ def sub_half(episodes: list[Episode], main_correct: torch.Tensor, cfg: TrainConf
         batch = slot_batch(sequences, advantages, alignment, policy.pad_id)  # (B*K*D, T)
     else:  # the same loss and gradient from each distinct trajectory once, weighted by its copies
         batch = distinct_batch(sequences, advantages, alignment, policy.pad_id)  # (M, T), M <= min(N, B*K*D)
+    copies = torch.ones(len(r_sub), dtype=torch.long) if cfg.alignment == "none" else alignment.copies  # (N,)
+    stats = sub_statistics(episodes, rewards, groups, verified, alignment, copies, sequences)
+    return SubHalf(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub, advantages, copies)
+
+
+def sub_statistics(episodes: list[Episode], rewards: torch.Tensor, groups: torch.Tensor, verified: list[bool],
+                   alignment: Alignment, copies: torch.Tensor, sequences: list) -> dict:
+    """What the sub-agent's half logs (``sub/...``): its rewards, format and verifier, its
+    silent groups, what alignment did to the step's trajectories (also with ``alignment="none"``:
+    what it would have done), and each number of calls d's share of the loss weight
+    (``alignment.weight_by_calls``), each trajectory weighing its ``copies`` times its trained
+    tokens."""
     n = len(rewards)
-    stats = {"reward_mean": rewards.mean().item() if n else 0.0,
-             "verified": torch.tensor(verified).float().mean().item() if n else 0.0,
-             "format_valid": sum(s.format_valid for e in episodes for s in e.subs) / max(n, 1),
-             "n_trajectories": n,
-             "equal_reward_frac": equal_reward_fraction(rewards, groups) if n else 0.0,
-             "align_duplicated_frac": alignment.duplicated_fraction,
-             "align_dropped_frac": alignment.dropped_fraction,
-             "align_masked_frac": alignment.masked_fraction,
-             "d_histogram": {str(d): count for d, count in alignment.d_histogram.items()}}
-    copies = torch.ones(n, dtype=torch.long) if cfg.alignment == "none" else alignment.copies  # (N,)
     calls = [len(e.subs) for e in episodes for _ in e.subs]  # (N,) d of each trajectory's rollout
     weights = [int(c) * sum(mask) for c, (_, mask) in zip(copies.tolist(), sequences)]  # copies x trained tokens
-    stats["weight_by_calls"] = {str(d): share for d, share in weight_by_calls(calls, weights).items()}
-    return SubHalf(batch, {f"sub/{key}": v for key, v in stats.items()}, r_sub, advantages, copies)
+    return {"reward_mean": rewards.mean().item() if n else 0.0,
+            "verified": torch.tensor(verified).float().mean().item() if n else 0.0,
+            "format_valid": sum(s.format_valid for e in episodes for s in e.subs) / max(n, 1),
+            "n_trajectories": n,
+            "equal_reward_frac": equal_reward_fraction(rewards, groups) if n else 0.0,
+            "align_duplicated_frac": alignment.duplicated_fraction,
+            "align_dropped_frac": alignment.dropped_fraction,
+            "align_masked_frac": alignment.masked_fraction,
+            "d_histogram": {str(d): count for d, count in alignment.d_histogram.items()},
+            "weight_by_calls": {str(d): share for d, share in weight_by_calls(calls, weights).items()}}
 
 
 def check_episodes(episodes: list[Episode], cfg: TrainConfig, with_main: bool) -> None:
