@@ -29,10 +29,10 @@ from common import ROOT, command_line, machine, parser, within_project, write_re
 
 
 def concatenating(cache, room, rows=None):
-    """``with_room`` switched off: the model's own cache, its rows taken as ``generate`` did."""
-    from mgrpo_ref.prefix_cache import as_model_cache, from_model_cache
+    """``with_room`` switched off: the model's own cache, only its rows taken."""
+    from mgrpo_ref.prefix_cache import select_rows
 
-    return cache if rows is None else as_model_cache([(k[rows], v[rows]) for k, v in from_model_cache(cache)])
+    return cache if rows is None else select_rows(cache, rows)
 
 
 def one_call(model, contexts, new_tokens, pad_id):

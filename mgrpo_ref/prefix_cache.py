@@ -168,6 +168,16 @@ def from_model_cache(cache) -> KeysValues:
     return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]  # 4.x
 
 
+def select_rows(cache, rows: torch.Tensor):
+    """The model's cache with its batch taken from ``rows`` of it, each layer of its own kind
+    (in place where the cache can select its rows itself): what :func:`with_room` hands on for
+    a cache it cannot give room to, and the model's own concatenating cache it replaces."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(rows)  # each layer keeps its own kind and counters
+        return cache
+    return as_model_cache([(k[rows], v[rows]) for k, v in from_model_cache(cache)])
+
+
 def with_room(cache, room: int, rows: torch.Tensor | None = None):
     """The model's cache with its batch taken from ``rows`` of it (all rows in order when
     None) and, where every layer is a plain ``DynamicLayer`` of transformers 5, ``room`` more
@@ -180,12 +190,7 @@ def with_room(cache, room: int, rows: torch.Tensor | None = None):
     layers = getattr(cache, "layers", None)
     if hasattr(DynamicCache, "from_legacy_cache") or not layers or any(type(layer) is not _dynamic_layer()
                                                                         for layer in layers):
-        if rows is not None:
-            if hasattr(cache, "batch_select_indices"):
-                cache.batch_select_indices(rows)  # each layer keeps its own kind and counters
-            else:
-                cache = as_model_cache([(k[rows], v[rows]) for k, v in from_model_cache(cache)])
-        return cache
+        return cache if rows is None else select_rows(cache, rows)
     kv = from_model_cache(cache)
     if rows is not None:
         kv = [(k[rows], v[rows]) for k, v in kv]

@@ -8,7 +8,7 @@ import torch
 from mgrpo_ref.episode import run_episodes
 from mgrpo_ref.policy import SamplingSettings, load_policy
 from mgrpo_ref.prefix_cache import (Entry, PrefixCache, as_model_cache, from_model_cache, batch_layout, forward,
-                                    positions_of, stack_prefixes, with_room)
+                                    positions_of, select_rows, stack_prefixes, with_room)
 from mgrpo_ref.tools import ToolsByWorld
 from mgrpo_ref.world import load_questions
 
@@ -122,7 +122,7 @@ def test_a_cache_with_room_decodes_what_the_model_s_own_cache_does_writing_in_pl
         mask, logits, seen = torch.ones(3, 9, dtype=torch.long), [], []
         with torch.no_grad():
             first, past = forward(model, ids, mask[:2], torch.arange(9).expand(2, 9), None)
-            past = with_room(past, 4, rows) if roomy else as_model_cache([(k[rows], v[rows]) for k, v in from_model_cache(past)])
+            past = with_room(past, 4, rows) if roomy else select_rows(past, rows)
             last, position = first[rows], torch.full((3, 1), 8)
             for _ in range(6):
                 token = last.argmax(-1)
