@@ -26,6 +26,7 @@ import statistics
 from pathlib import Path
 
 from .intervals import paired_difference, paired_verdict, sign_flip_floor, sign_flip_p
+from .rundir import write_atomically
 from .world import WORLD_SCALES
 
 
@@ -498,7 +499,7 @@ def write_reports(results: dict, out: Path) -> None:
     against = results.get("against")
     if against is not None:
         results["conclusions"] = conclusions(against["differences"], results["differences"], against["by"])
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_atomically(out / "results.json", json.dumps(results, indent=1) + "\n")  # a kill mid-write keeps the old file
     (out / "table.md").write_text(table(results))
     aligned = results["alignment_weights"]
     text = differences_table(results["differences"])

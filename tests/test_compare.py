@@ -6,6 +6,7 @@ import re
 import shutil
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import failure_kinds  # benchmarks/failure_kinds.py (pytest's pythonpath)
 import pytest
@@ -357,6 +358,28 @@ def test_the_report_option_rewrites_the_tables_without_training(tmp_path):
     text = (tmp_path / "differences.md").read_text()
     assert "## Greedy accuracy by size of world" in text and "| shared - mgrpo | large | 2 | 30.0 | 20.0 | +10.0 |" in text
     assert len(json.loads((tmp_path / "results.json").read_text())["differences_by_size"]) == 2
+
+
+def test_a_comparison_killed_while_it_writes_its_results_keeps_the_old_file(tmp_path, monkeypatch):
+    """results.json holds every finished run of a comparison that may take days: a kill while a
+    new one is written (here, the write stops half way) must leave the old file whole."""
+    base = ((0.1, {"1": 0.2}), (0.1, {"1": 0.2}))
+    results = {"variants": ["mgrpo", "shared"], "sampled_temperature": 1.0, "runs": [
+        run(v, s, "multi", base, ((0.5, {"1": 0.5}), (0.5, {"1": 0.5}))) for v in ("mgrpo", "shared") for s in (0, 1)]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    before = (tmp_path / "results.json").read_bytes()
+    written = Path.write_text
+
+    def killed_half_way(self, text, *args, **kwargs):
+        if self.name.startswith("results.json"):
+            written(self, text[: len(text) // 2])
+            raise KeyboardInterrupt
+        return written(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        compare_tables.write_reports(json.loads(before), tmp_path)
+    assert (tmp_path / "results.json").read_bytes() == before
 
 
 def test_the_report_option_on_a_missing_file_is_one_line(tmp_path, capsys):
