@@ -261,6 +261,20 @@ def late_step(steps: list[int], total: int) -> int | None:
     return min(earlier, key=lambda s: (abs(s - LATE * total), -s)) if earlier else None
 
 
+def late_change(steps: list[int], values: list[float], start: int) -> float:
+    """How much a curve moved over its last part, from ``start`` to its last step: the rise of
+    the least-squares line through its evaluations there, over that span (in the units of
+    ``values``). Every evaluation of the last part counts, so one noisy final evaluation moves
+    it less than it moves the difference of the two ends; with two evaluations it is that
+    difference."""
+    points = [(s, v) for s, v in zip(steps, values) if s >= start]
+    mean_s = statistics.fmean(s for s, _ in points)
+    mean_v = statistics.fmean(v for _, v in points)
+    slope = (sum((s - mean_s) * (v - mean_v) for s, v in points)
+             / sum((s - mean_s) ** 2 for s, _ in points))
+    return slope * (points[-1][0] - start)
+
+
 def collapsed(best: float, final: float) -> bool:
     """Whether a run ended more than ``COLLAPSE_DROP`` points below its best (accuracies as fractions;
     the drop is rounded to a millionth of a point, so 0.8 -> 0.6 and 0.7 -> 0.5 are judged alike)."""
@@ -284,8 +298,8 @@ def stability(results: dict, confidence: float = 0.95) -> list[dict]:
     """Per arm: how its runs ended against how they went. For each run, the best held-out
     greedy accuracy of any evaluation, whether the run collapsed (ended more than
     ``COLLAPSE_DROP`` points below that best), and the change over the last third of training
-    (final minus the evaluation at ``late_step``), greedy and sampled, with its interval
-    across seeds. An interval above 0 says the curve was still rising when the budget ran
+    (:func:`late_change` from the evaluation at ``late_step`` on), greedy and sampled, with
+    its interval across seeds. An interval above 0 says the curve was still rising when the budget ran
     out, below 0 that it was falling; one inside [-FLAT_WITHIN, +FLAT_WITHIN] that it had
     flattened; any other interval that covers 0 allows no verdict ("no measurable change")."""
     rows = []
@@ -305,9 +319,8 @@ def stability(results: dict, confidence: float = 0.95) -> list[dict]:
             if None in late:
                 row[f"late_change_{decoding}"] = None  # a run evaluated only at its start and end
                 continue
-            interval = paired_difference(
-                [100 * curve[key][-1] for curve in c],
-                [100 * curve[key][curve["eval_step"].index(s)] for curve, s in zip(c, late)], confidence)
+            changes = [late_change(curve["eval_step"], [100 * v for v in curve[key]], s) for curve, s in zip(c, late)]
+            interval = paired_difference(changes, [0.0] * len(changes), confidence)
             row[f"late_change_{decoding}"] = {"mean": interval.mean, "low": interval.low, "high": interval.high,
                                               "verdict": change_verdict(interval)}
         rows.append(row)

@@ -489,6 +489,17 @@ def curve_run(variant, seed, greedy, sampled, steps=(0, 20, 40, 60)):
     return r
 
 
+def test_the_late_change_is_read_off_a_line_through_every_late_evaluation():
+    """Over steps 80-120 the curve 70, 75, 80, 85, 80 ends 10 above where it starts, but its
+    least-squares line rises 0.3 a step (sum of (s - 100)(v - 78) = 300 over sum of (s - 100)^2 =
+    1000): 12 over the 40 steps. Evaluations before the start do not count; two evaluations
+    give the difference of the ends."""
+    steps = [0, 40, 80, 90, 100, 110, 120]
+    assert compare_tables.late_change(steps, [20, 99, 70, 75, 80, 85, 80], 80) == pytest.approx(12.0)
+    assert compare_tables.late_change([0, 40, 60], [20, 70, 73], 40) == pytest.approx(3.0)
+    assert compare_tables.late_change(steps, [20, 50, 80, 80, 80, 80, 80], 80) == pytest.approx(0.0)
+
+
 def test_stability_counts_collapsed_runs_and_tests_whether_the_curves_flattened(tmp_path):
     """mgrpo: from step 40 to 60 the greedy curves gain +3, +4, +5 points (still rising, the
     interval 4 +- 4.303 * 1 / sqrt(3) excludes 0) and the sampled ones -1, +1, 0 (flat).
