@@ -1,8 +1,8 @@
 """Where each arm of the comparison fails, before and after training.
 
-    python benchmarks/failure_kinds.py [RUNS_DIR] [--out benchmarks/results/comparison-cpu/failure_kinds.json]
+    python benchmarks/failure_kinds.py [RUNS_DIR] [--results RESULTS_JSON] [--out OUT_JSON]
 
-RUNS_DIR holds the comparison's run directories (``<arm>-s<seed>``, default runs/compare-cpu).
+RUNS_DIR holds the comparison's run directories (``<arm>-s<seed>``, default runs/compare-cpu-long).
 For every finished multi-agent run (single-agent episodes have no delegations to follow), the
 final adapters play the held-out questions of the run's ``eval_split`` greedily. Each failed
 episode is named by where it first left the gold chain (``evaluate.failure_kind``: the main
@@ -99,8 +99,8 @@ def write(results: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", type=Path, nargs="?", default=Path("runs/compare-cpu"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/comparison-cpu/failure_kinds.json"))
+    parser.add_argument("runs", type=Path, nargs="?", default=Path("runs/compare-cpu-long"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/comparison-cpu-long/failure_kinds.json"))
     parser.add_argument("--results", type=Path,
                         help="a comparison's results.json: the runs it records with their counts are taken from "
                              "it, and only those recorded without them are played from RUNS")

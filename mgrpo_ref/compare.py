@@ -1,12 +1,13 @@
 """M-GRPO against its baselines: every variant, several seeds, one budget (docs/paper.md section 7).
 
-    python -m mgrpo_ref.compare                         # the committed CPU comparison
+    python -m mgrpo_ref.compare                         # the 60-step CPU comparison, 5 seeds
     python benchmarks/compare_variants.py               # the same (the benchmark entry point)
     python -m mgrpo_ref.compare --preset gpu            # the GPU-scale configuration
     python -m mgrpo_ref.compare --preset real-gpu       # a warmed-up instruct model on one GPU
     python -m mgrpo_ref.compare --preset smoke --seeds 0 --out /tmp/cmp   # about a minute (CI)
     python -m mgrpo_ref.compare --preset cpu-long --seeds 0 1 2 3 4 5 6 7 \
         --seeds-for no_shared_fate=6 shared_fate_only=6 stale_sub=6 single_agent_3x=6
+                                                        # the committed CPU comparison: 120 steps
 
 Every arm trains with the same budget: the same config (questions per step, rollouts,
 steps, learning rate, seeds, hence the same training questions in the same order). The
@@ -89,10 +90,11 @@ from .train import EVAL_KEYS, Trainer
 from .world import load_questions
 
 PRESETS = {
-    # The CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: the make train curve of
-    # the time was level from about step 40 (docs/results.md, "Which split each choice was made on").
+    # The first CPU comparison: every arm x 5 seeds on 2 cores. 60 steps: the make train curve of
+    # the time was level from about step 40 (docs/history.md, "The comparison on the fourth base").
     "cpu": ["steps=60", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
-    # The same on twice the steps (docs/results.md, "Over three times the horizon").
+    # The committed CPU comparison: the same on twice the steps, a recipe and horizon chosen on
+    # the validation split (docs/results.md, "Over three times the horizon").
     "cpu-long": ["steps=120", "questions_per_step=8", "rollouts=8", "eval_every=10", "checkpoint_every=10"],
     # A larger base, batch and step count for one GPU of 24 GB or less (docs/gpu.md).
     "gpu": ["base=runs/base-gpu", "quantization=nf4", "steps=200", "questions_per_step=32", "rollouts=8",

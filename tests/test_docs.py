@@ -18,7 +18,7 @@ from helpers import MODULES, resolves
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-COMPARISON = ROOT / "benchmarks" / "results" / "comparison-cpu"
+COMPARISON = ROOT / "benchmarks" / "results" / "comparison-cpu-long"
 """The comparison the README and docs/results.md report."""
 TABLE = COMPARISON / "table.md"
 PACKAGE = ROOT / "mgrpo_ref"
