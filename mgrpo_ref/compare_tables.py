@@ -267,12 +267,9 @@ def late_change(steps: list[int], values: list[float], start: int) -> float:
     ``values``). Every evaluation of the last part counts, so one noisy final evaluation moves
     it less than it moves the difference of the two ends; with two evaluations it is that
     difference."""
-    points = [(s, v) for s, v in zip(steps, values) if s >= start]
-    mean_s = statistics.fmean(s for s, _ in points)
-    mean_v = statistics.fmean(v for _, v in points)
-    slope = (sum((s - mean_s) * (v - mean_v) for s, v in points)
-             / sum((s - mean_s) ** 2 for s, _ in points))
-    return slope * (points[-1][0] - start)
+    late = [(s, v) for s, v in zip(steps, values) if s >= start]
+    line = statistics.linear_regression([s for s, _ in late], [v for _, v in late])
+    return line.slope * (late[-1][0] - start)
 
 
 def collapsed(best: float, final: float) -> bool:
