@@ -19,6 +19,14 @@ the steps, the one arm off the common budget, reported beside it):
 
     python -m mgrpo_ref.compare --variants mgrpo frozen_sub --seeds 0 1 2
 
+``RECIPES`` are M-GRPO under other recipes (another learning rate, a warm-up and decay, a KL
+term, a tighter gradient clip, a per-role learning rate), trained only when ``--variants``
+names them: the candidates tried on the validation split beside ``mgrpo``:
+
+    python -m mgrpo_ref.compare --preset cpu-long --variants mgrpo lr_3e-4 lr_3e-3 warmup_decay \
+        kl_0.04 clip_0.3 sub_lr_3e-4 --seeds 0 1 2 --runs runs/recipes --out benchmarks/results/recipes-cpu \
+        eval_split=validation eval_every=20 checkpoint_every=20
+
 ``--seeds-for ARM=N`` gives an arm only the first N of ``--seeds`` (the arms a write-up leads
 with get more seeds than the rest); arms are paired on the seeds they share.
 
@@ -131,14 +139,26 @@ LONGER = {"single_agent_3x": ("single_agent", 3)}
 learns slowly here; this shows where it gets to on three times the common budget."""
 ARMS = {variant: (variant, []) for variant in VARIANTS} | ABLATIONS | {
     name: (variant, []) for name, (variant, _) in LONGER.items()}
-"""What the comparison can train: the four variants, the ablations and the longer arms (``--variants``)."""
+"""The comparison's arms: the four variants, the ablations and the longer arms (all by default)."""
+RECIPES = {
+    "lr_3e-4": ("mgrpo", ["lr=3e-4"]),  # a smaller learning rate
+    "lr_3e-3": ("mgrpo", ["lr=3e-3"]),  # a larger one
+    "warmup_decay": ("mgrpo", ["warmup_ratio=0.1", "lr_schedule=linear"]),  # up over a tenth of the steps, then down
+    "kl_0.04": ("mgrpo", ["kl_coef=0.04"]),  # a k3 KL term to the reference, DeepSeekMath's weight
+    "clip_0.3": ("mgrpo", ["max_grad_norm=0.3"]),  # a tighter clip of each adapter's gradient norm
+    "sub_lr_3e-4": ("mgrpo", ["sub_lr=3e-4"]),  # a per-role learning rate: the sub-agent's lower
+}
+"""M-GRPO under another recipe than the comparison's (lr 1e-3, constant, no KL term, the
+gradient norm clipped at 1): the candidates tried on the validation split against ``mgrpo``,
+paired by seed (docs/results.md, "Other recipes"). Trained only where ``--variants`` names them."""
+TRAINABLE = ARMS | RECIPES
 
 
 def run_config(preset: list[str], arm: str, seed: int, extra: list[str]) -> TrainConfig:
     """The config of one run: the preset, the arm's own overrides (an ablation's), then
     ``extra``; a longer arm's steps are then multiplied by its factor, and so is the length of
     its curriculum (``min_train_hops_steps``): the same schedule, stretched."""
-    variant, own = ARMS[arm]
+    variant, own = TRAINABLE[arm]
     cfg = TrainConfig().override(preset + own + extra)
     factor = LONGER[arm][1] if arm in LONGER else 1
     return replace(cfg, variant=variant, seed=seed, steps=cfg.steps * factor,
@@ -433,11 +453,12 @@ def main(argv: list[str] | None = None) -> dict:
     line and exit status 2, before anything is trained or written."""
     parser = argparse.ArgumentParser(prog="python -m mgrpo_ref.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--variants", nargs="+", choices=list(ARMS), default=list(ARMS),
-                        help="arms to train (default: all); ablations: "
+    parser.add_argument("--variants", nargs="+", choices=list(TRAINABLE), default=list(ARMS),
+                        help="arms to train (default: the comparison's, all but the recipes); ablations: "
                              + ", ".join(f"{name} ({' '.join(o)})" for name, (_, o) in ABLATIONS.items())
                              + "; longer: " + ", ".join(f"{name} ({variant}, {factor}x the steps)"
-                                                         for name, (variant, factor) in LONGER.items()))
+                                                         for name, (variant, factor) in LONGER.items())
+                             + "; recipes: " + ", ".join(f"{name} ({' '.join(o)})" for name, (_, o) in RECIPES.items()))
     parser.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--seeds-for", nargs="+", action="extend", default=[], metavar="ARM=N",
                         help="give ARM only the first N of --seeds")

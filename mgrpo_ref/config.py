@@ -8,6 +8,7 @@ command line as ``key=value``, nested ones as ``reward.b2=0.6``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -55,20 +56,24 @@ class LoraSettings:
                               'must be "all-linear" or a tuple of module names')
 
 
-def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
+def learning_rate(lr: float, schedule: str, step: int, steps: int, warmup: int = 0) -> float:
     """The adapters' learning rate at training step ``step`` (1 .. steps).
 
     constant: ``lr`` at every step. linear: lr * (steps - step + 1) / steps, so step 1 uses
-    ``lr`` and the last step lr / steps. It depends on the step alone, so a resumed run
-    needs no scheduler state to continue exactly.
+    ``lr`` and the last step lr / steps. A warm-up of ``warmup`` steps then scales the first
+    of them by step / warmup: from lr / warmup at step 1 up to the schedule's own rate at step
+    ``warmup``. It depends on the step alone, so a resumed run needs no scheduler state to
+    continue exactly.
     """
     if not 1 <= step <= steps:
         raise ValueError(f"step must be in 1..{steps}, got {step}")
     if schedule == "constant":
-        return lr
-    if schedule == "linear":
-        return lr * (steps - step + 1) / steps
-    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
+        rate = lr
+    elif schedule == "linear":
+        rate = lr * (steps - step + 1) / steps
+    else:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
+    return rate * min(1.0, step / warmup) if warmup > 0 else rate
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,13 @@ class TrainConfig:
     lr_schedule: str = "constant"
     """"constant", or "linear": decays from ``lr`` at step 1 towards 0 after the last step
     (see ``learning_rate``)."""
+    warmup_ratio: float = 0.0
+    """0: none. Above 0: the learning rate rises linearly over this share of the steps, the
+    first ``warmup_steps`` (rounded up), to the schedule's (``learning_rate``)."""
+    sub_lr: float = 0.0
+    """0: the sub-agent's learner uses ``lr`` too. Above 0: its own learning rate, under the
+    same schedule and warm-up, where the sub-agent has an adapter of its own (variant mgrpo): a
+    per-role learning rate, one of the candidates tried on the validation split."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.98)
@@ -233,7 +245,7 @@ class TrainConfig:
         check_int("rollouts", self.rollouts, minimum=2)
         for name in ("lr", "max_grad_norm"):
             check_number(name, getattr(self, name), low=0, low_open=True)
-        for name in ("weight_decay", "clip_eps_high", "kl_coef", "adv_eps", "temperature",
+        for name in ("weight_decay", "clip_eps_high", "kl_coef", "adv_eps", "temperature", "sub_lr",
                      "eval_temperature", "eval_sampled_temperature"):
             check_number(name, getattr(self, name), low=0)
         check_number("clip_eps_low", self.clip_eps_low, low=0, high=1, high_open=True)  # 1 - eps > 0
@@ -244,6 +256,7 @@ class TrainConfig:
         check_choice("sub_batch", self.sub_batch, SUB_BATCHES)
         check_int("sub_staleness", self.sub_staleness, minimum=0, maximum=1)
         check_int("keep_checkpoints", self.keep_checkpoints, minimum=0)
+        check_number("warmup_ratio", self.warmup_ratio, low=0, high=1, high_open=True)
         check_int("microbatch_tokens", self.microbatch_tokens, minimum=0)
         check_int("share_prefix", self.share_prefix, minimum=0)
         check_int("prefix_cache_mib", self.prefix_cache_mib, minimum=0)
@@ -269,6 +282,9 @@ class TrainConfig:
         if self.sub_staleness and self.variant != "mgrpo":
             raise ConfigError("sub_staleness", self.sub_staleness,
                               "needs a sub-agent that trains its own adapter: variant=mgrpo only")
+        if self.sub_lr and self.variant != "mgrpo":
+            raise ConfigError("sub_lr", self.sub_lr,
+                              "needs a sub-agent that trains its own adapter: variant=mgrpo only")
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise ConfigError("betas", self.betas, "must be two numbers in [0, 1), e.g. betas=0.9,0.98")
         for beta in self.betas:
@@ -277,6 +293,11 @@ class TrainConfig:
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(name, getattr(self, name),
                                   f"is a section: set its fields one by one ({name}.<field>=value)")
+
+    @property
+    def warmup_steps(self) -> int:
+        """How many of the first steps warm the learning rate up (``warmup_ratio``)."""
+        return math.ceil(self.warmup_ratio * self.steps)
 
     # -- (de)serialisation ---------------------------------------------------------------
 

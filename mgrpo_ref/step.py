@@ -430,7 +430,8 @@ def learner_update(name: str, learner: Learner, halves: list[MainHalf | SubHalf]
                    step: int) -> dict:
     """A learner's update at ``step``: what the learner adds to ``clipped_update`` of one batch.
 
-    * its learning rate at this step (``config.learning_rate``);
+    * its learning rate at this step (``config.learning_rate``): ``cfg.sub_lr`` for a sub-agent
+      with its own adapter where set, else ``cfg.lr``;
     * its halves' rows joined into one batch (two halves: the shared adapter, one token mean);
     * a frozen learner (``Layout.frozen``) computes the statistics without an optimiser step;
     * with ``cfg.sub_staleness=1``, the sub-agent's learner trains on the half it kept a step
@@ -454,7 +455,8 @@ def learner_update(name: str, learner: Learner, halves: list[MainHalf | SubHalf]
             train = False
         else:
             halves, old_logprobs = [previous.half], previous.old_logprobs
-    lr = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
+    own_lr = cfg.sub_lr if cfg.sub_lr and name == layout.sub_learner != layout.main_learner else cfg.lr
+    lr = learning_rate(own_lr, cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps)
     for group in learner.optimizer.param_groups:
         group["lr"] = lr
     batches = [h.batch for h in halves]

@@ -412,11 +412,28 @@ def test_an_ablation_is_mgrpo_with_its_own_overrides_and_a_run_directory_of_its_
     assert exit_.value.code == 2
 
 
+def test_a_recipe_is_mgrpo_with_its_own_overrides_and_not_an_arm_of_the_comparison():
+    assert not set(compare.RECIPES) & set(compare.ARMS)
+    mgrpo = compare.run_config(compare.PRESETS["cpu-long"], "mgrpo", 2, [])
+    changed = {}
+    for recipe, (variant, overrides) in compare.RECIPES.items():
+        cfg = compare.run_config(compare.PRESETS["cpu-long"], recipe, 2, [])
+        assert variant == cfg.variant == "mgrpo" and cfg.seed == 2 and cfg.steps == 120
+        # the same run as mgrpo's but for the fields the recipe names
+        fields = {o.partition("=")[0] for o in overrides}
+        assert cfg == replace(mgrpo, **{f: getattr(cfg, f) for f in fields}) != mgrpo
+        changed[recipe] = fields
+    assert changed["sub_lr_3e-4"] == {"sub_lr"} and changed["warmup_decay"] == {"warmup_ratio", "lr_schedule"}
+    # a warm-up over a tenth of the steps, whatever the preset's length
+    assert [compare.run_config(compare.PRESETS[p], "warmup_decay", 0, []).warmup_steps
+            for p in ("cpu-long", "cpu", "smoke")] == [12, 6, 1]
+
+
 @pytest.mark.parametrize("preset", sorted(compare.PRESETS))
 def test_every_preset_gives_every_arm_a_valid_config(preset):
-    for arm in compare.ARMS:
+    for arm in compare.TRAINABLE:
         cfg = compare.run_config(compare.PRESETS[preset], arm, 0, [])
-        assert cfg.variant == compare.ARMS[arm][0] and cfg.seed == 0
+        assert cfg.variant == compare.TRAINABLE[arm][0] and cfg.seed == 0
         if preset == "real-gpu":  # the warmed-up real model, in 4-bit
             assert cfg.quantization == "nf4" and cfg.base.endswith("/adapter")
 

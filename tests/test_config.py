@@ -91,6 +91,9 @@ def test_every_value_is_accepted_or_refused_as_its_rule_says(field, raw):
     ("alignment=slots", "alignment='slots' is invalid"),
     ("eval_split=train", "eval_split='train' is invalid"),
     ("lr_schedule=cosine", "lr_schedule='cosine' is invalid"),
+    ("warmup_ratio=1", "warmup_ratio=1.0 is invalid: must be a finite number in [0, 1)"),  # no step at the full rate
+    ("sub_lr=-1e-4", "sub_lr=-0.0001 is invalid: must be a finite number >= 0"),
+    ("variant=shared sub_lr=1e-4", "sub_lr=0.0001 is invalid: needs a sub-agent that trains its own adapter"),
     ("base=", "base='' is invalid: must be a non-empty string"),
     ("lora.target_modules=", "target_modules"),
     ("nosuch=1", "unknown config field 'nosuch'"),
@@ -102,7 +105,7 @@ def test_every_value_is_accepted_or_refused_as_its_rule_says(field, raw):
 ])
 def test_named_bad_overrides_are_refused_in_one_line(override, says):
     with pytest.raises(ValueError) as err:
-        TrainConfig().override([override])
+        TrainConfig().override(override.split())
     assert says in str(err.value) and "\n" not in str(err.value)
 
 

@@ -200,6 +200,15 @@ def test_resume_without_a_checkpoint_restarts_cleanly(base, tmp_path):
     assert [s["main/lr"] for s in stats] == pytest.approx([1e-3, 5e-4])
 
 
+def test_the_sub_agent_can_have_its_own_learning_rate_and_both_warm_up(base, tmp_path):
+    run = tmp_path / "per-role"
+    assert train_main(["--quiet", "--run-dir", str(run), f"base={base}", "steps=2", "sub_lr=2e-4",
+                       "warmup_ratio=0.75", *SMALL]) == 0
+    store = Store(run / "store.sqlite", readonly=True)
+    assert [s["main/lr"] for s in store.learner_stats("main")] == pytest.approx([5e-4, 1e-3])
+    assert [s["sub/lr"] for s in store.learner_stats("sub")] == pytest.approx([1e-4, 2e-4])
+
+
 def test_update_threads_follow_the_two_batches_sizes():
     from mgrpo_ref.worker import update_threads
 
@@ -221,6 +230,10 @@ def test_learning_rate_schedules():
         learning_rate(1e-3, "linear", 5, 4)
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         learning_rate(1e-3, "cosine", 1, 4)
+    # a warm-up of 2 steps scales the first of them by step / 2, then leaves the schedule as it is
+    assert [learning_rate(1e-3, "constant", s, 4, warmup=2) for s in range(1, 5)] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
+    assert [learning_rate(1e-3, "linear", s, 4, warmup=2) for s in range(1, 5)] == pytest.approx(
+        [5e-4, 7.5e-4, 5e-4, 2.5e-4])
 
 
 def test_the_held_out_questions_come_from_the_chosen_split():
