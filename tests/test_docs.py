@@ -20,6 +20,8 @@ README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 COMPARISON = ROOT / "benchmarks" / "results" / "comparison-cpu-long"
 """The comparison the README and docs/results.md report."""
+RECIPES = ROOT / "benchmarks" / "results" / "recipes-cpu"
+"""The recipes tried against the comparison's on the validation split (docs/results.md)."""
 TABLE = COMPARISON / "table.md"
 PACKAGE = ROOT / "mgrpo_ref"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -288,15 +290,17 @@ def unreported_intervals(prose: str, reports: str) -> list[str]:
     return [m.group(0) for m in QUOTED.finditer(lines) if tuple(map(float, m.groups())) not in stated]
 
 
-@pytest.mark.parametrize("path, heading", [(README, "### M-GRPO against its baselines"),
-                                           (ROOT / "docs" / "results.md", "## M-GRPO against its baselines")],
-                         ids=["README.md", "results.md"])
-def test_every_interval_the_comparison_s_prose_quotes_is_in_its_reports(path, heading):
+@pytest.mark.parametrize("path, heading, results", [
+    (README, "### M-GRPO against its baselines", COMPARISON),
+    (ROOT / "docs" / "results.md", "## M-GRPO against its baselines", COMPARISON),
+    (ROOT / "docs" / "results.md", "## Other recipes, on the validation split", RECIPES)],
+    ids=["README.md", "results.md", "results.md-recipes"])
+def test_every_interval_the_comparison_s_prose_quotes_is_in_its_reports(path, heading, results):
     section = path.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
-    reports = "\n".join((COMPARISON / name).read_text() for name in ("differences.md", "stability.md"))
+    reports = "\n".join((results / name).read_text() for name in ("differences.md", "stability.md"))
     assert QUOTED.search(section), f"{path.name}: the comparison's prose quotes no interval"
     typed = unreported_intervals(section, reports)
-    assert not typed, f"{path.name}: intervals in the prose that no report of {COMPARISON.name} states: {typed}"
+    assert not typed, f"{path.name}: intervals in the prose that no report of {results.name} states: {typed}"
 
 
 def test_the_interval_check_can_fail():
@@ -626,7 +630,7 @@ def test_the_narration_check_can_fail():
     assert narration((ROOT / "docs" / "history.md").read_text()), "the history tells history"
 
 
-@pytest.mark.parametrize("results", sorted(ROOT.glob("benchmarks/results/comparison-*/results.json")),
+@pytest.mark.parametrize("results", sorted(ROOT.glob("benchmarks/results/comparison-*/results.json")) + [RECIPES / "results.json"],
                          ids=lambda p: p.parent.name)
 def test_every_field_of_a_comparison_s_results_is_documented(results):
     """docs/results.md's field-by-field section names every key a committed results.json
