@@ -279,12 +279,10 @@ class TrainConfig:
             raise ConfigError("record_steps", self.record_steps, "must be steps, e.g. record_steps=1,30,60")
         for step in self.record_steps:  # a step the run never reaches would record nothing, silently
             check_int("record_steps", step, minimum=1, maximum=self.steps)
-        if self.sub_staleness and self.variant != "mgrpo":
-            raise ConfigError("sub_staleness", self.sub_staleness,
-                              "needs a sub-agent that trains its own adapter: variant=mgrpo only")
-        if self.sub_lr and self.variant != "mgrpo":
-            raise ConfigError("sub_lr", self.sub_lr,
-                              "needs a sub-agent that trains its own adapter: variant=mgrpo only")
+        for name in ("sub_staleness", "sub_lr"):  # settings of a sub-agent's own learner
+            if getattr(self, name) and self.variant != "mgrpo":
+                raise ConfigError(name, getattr(self, name),
+                                  "needs a sub-agent that trains its own adapter: variant=mgrpo only")
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise ConfigError("betas", self.betas, "must be two numbers in [0, 1), e.g. betas=0.9,0.98")
         for beta in self.betas:

@@ -455,7 +455,7 @@ def learner_update(name: str, learner: Learner, halves: list[MainHalf | SubHalf]
             train = False
         else:
             halves, old_logprobs = [previous.half], previous.old_logprobs
-    own_lr = cfg.sub_lr if cfg.sub_lr and name == layout.sub_learner != layout.main_learner else cfg.lr
+    own_lr = cfg.sub_lr if cfg.sub_lr and name == layout.sub_learner else cfg.lr  # sub_lr: mgrpo only (config.py)
     lr = learning_rate(own_lr, cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps)
     for group in learner.optimizer.param_groups:
         group["lr"] = lr
