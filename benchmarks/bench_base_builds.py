@@ -3,11 +3,11 @@
     python benchmarks/bench_base_builds.py data/base runs/base-noise0.5 ... [--out FILE]
 
 Each DIR is a base made by ``python -m mgrpo_ref.pretrain`` (its ``pretrain.json`` says how).
-For each, on the held-out questions of ``--split`` (default: the six worlds of both sizes):
+For each, on the held-out questions of ``--split`` (default: ``validation``, six worlds of both sizes):
 base main + base sub and the base single agent, greedy and sampled at T = 1 (the same code
 as ``python -m mgrpo_ref.evaluate``, 4-bit, seed 0), and the sub-agent's <visit> and <return>
 turns after the oracle's context (``bench_reading.py``) on one default-size and one large
-held-out world; "visit long" is the share of three-digit document ids opened right. This is
+world of the same split; "visit long" is the share of three-digit document ids opened right. This is
 the measurement behind ``PretrainConfig.demo_noise``, ``.demo_hasty`` and ``.large_worlds``.
 Rows measured before the sixth session's worlds of two sizes are on ``--split eval`` and have
 no "visit long".
@@ -27,11 +27,16 @@ from bench_reading import oracle_sub_contexts, turn_accuracy  # noqa: E402
 
 from mgrpo_ref.evaluate import evaluate, make_agent  # noqa: E402
 from mgrpo_ref.policy import SamplingSettings  # noqa: E402
-from mgrpo_ref.world import EVAL_WORLD_SEEDS, LARGE_SCALE, WORLD_SCALES, load_questions  # noqa: E402
+from mgrpo_ref.world import LARGE_SCALE, SPLITS, WORLD_SCALES, load_questions  # noqa: E402
 
-READING_WORLDS = (min(s for s in EVAL_WORLD_SEEDS if s not in WORLD_SCALES),
-                  min(s for s in EVAL_WORLD_SEEDS if WORLD_SCALES.get(s) == LARGE_SCALE))
-"""One held-out world of each size for the reading turns."""
+def reading_worlds(split: str) -> tuple[int, ...]:
+    """One world of each size in ``split`` for the reading turns: the reading is measured on
+    the same split as the end-to-end accuracy, so a build chosen on ``validation`` never reads
+    ``eval_worlds``."""
+    seeds = SPLITS[split][0]
+    default = [s for s in seeds if s not in WORLD_SCALES]
+    large = [s for s in seeds if WORLD_SCALES.get(s) == LARGE_SCALE]
+    return tuple(min(group) for group in (default, large) if group)
 
 
 def measure(base: str, questions, subs: list[str], split: str) -> dict:
@@ -85,13 +90,14 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bases", nargs="+", help="base model directories")
-    parser.add_argument("--split", default="eval_worlds", help="held-out split (default: eval_worlds)")
+    parser.add_argument("--split", default="validation", choices=[s for s in SPLITS if s != "train"],
+                        help="held-out split (default: validation, the split builds are chosen on)")
     parser.add_argument("--questions", type=int, default=None, help="the first N held-out questions (default: all)")
     parser.add_argument("--subs", type=int, default=150, help="oracle sub-tasks per reading world")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     questions = load_questions(args.split)[: args.questions]
-    subs = [c for seed in READING_WORLDS for c in oracle_sub_contexts(seed, args.subs)]
+    subs = [c for seed in reading_worlds(args.split) for c in oracle_sub_contexts(seed, args.subs)]
     rows = []
     for base in args.bases:
         rows.append(measure(base, questions, subs, args.split))
