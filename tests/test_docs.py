@@ -303,6 +303,20 @@ def test_every_interval_the_comparison_s_prose_quotes_is_in_its_reports(path, he
     assert not typed, f"{path.name}: intervals in the prose that no report of {results.name} states: {typed}"
 
 
+def test_the_recipes_table_is_what_the_stability_report_gives():
+    """Each recipe's best, final and collapse cells in docs/results.md are its row of the
+    committed stability.md, and every recipe tried has a row."""
+    from mgrpo_ref.compare import RECIPES as TRIED
+
+    report = {row.split("|")[1].strip(): [c.strip() for c in row.split("|")[3:6]]
+              for row in (RECIPES / "stability.md").read_text().splitlines()[2:]}
+    rows = section_table_rows((ROOT / "docs" / "results.md").read_text(), "Other recipes, on the validation split")
+    typed = {row.split("|")[1].strip().split()[0].strip("`"): [c.strip() for c in row.split("|")[2:5]]
+             for row in rows[1:]}
+    assert set(typed) == {"mgrpo", *TRIED} == set(report)
+    assert typed == report
+
+
 def test_the_interval_check_can_fail():
     reports = "| a - mgrpo | large | 5 | -45.2 | [-55.7, -34.7] | 0.0625 |\n+1.5 [-1.2, +4.1] from step 80"
     prose = ("lower: -45.2 points [-55.7, -34.7], flat: +1.5 [-1.2, +4.1], typed: -3.0 [-5.0, -1.0]\n"
