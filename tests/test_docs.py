@@ -317,6 +317,26 @@ def test_the_recipes_table_is_what_the_stability_report_gives():
     assert typed == report
 
 
+def test_the_base_builds_on_validation_in_the_docs_are_the_committed_rows():
+    """docs/base-model.md's table of builds on ``validation`` is base_builds.json's rows of that
+    split, in order, every cell computed from them."""
+    import json
+
+    rows = [r for r in json.loads((ROOT / "benchmarks" / "results" / "base_builds.json").read_text())
+            if r["split"] == "validation"]
+    text = (ROOT / "docs" / "base-model.md").read_text()
+    table = [line for line in text.split("\n### On the validation split\n", 1)[1].split("\n## ", 1)[0].splitlines()
+             if line.startswith("| `--")]
+    typed = [[c.strip().replace("*", "").rstrip("%") for c in line.split("|")[2:7]] for line in table]
+    expected = [[f"{100 * r['multi_greedy']['accuracy']:.1f} / {100 * r['multi_T1']['accuracy']:.1f}",
+                 f"{100 * r['single_greedy']['accuracy']:.1f} / {100 * r['single_T1']['accuracy']:.1f}",
+                 *(f"{100 * r[k + '_greedy']:.1f} / {100 * r[k + '_T1']:.1f}" for k in ("visit", "visit_long", "return"))]
+                for r in rows]
+    assert len(rows) == 3 and typed == expected
+    assert [f"{r['config']['large_worlds']:g}" for r in rows] == [line.split("`--large-worlds ")[1].split("`")[0]
+                                                                   for line in table]
+
+
 def test_the_interval_check_can_fail():
     reports = "| a - mgrpo | large | 5 | -45.2 | [-55.7, -34.7] | 0.0625 |\n+1.5 [-1.2, +4.1] from step 80"
     prose = ("lower: -45.2 points [-55.7, -34.7], flat: +1.5 [-1.2, +4.1], typed: -3.0 [-5.0, -1.0]\n"
