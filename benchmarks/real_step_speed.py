@@ -25,6 +25,9 @@ precision, lr 1e-4, turns of 48 tokens) at 8 questions x 8 rollouts, and the arm
                     under activation checkpointing, so that stays off)
     shared prefix, lean  the same with a quarter of the cache (512 MiB) and half the token
                     budget (512): memory bounded without checkpointing
+    shared prefix, lean, bf16  the same with the base in bfloat16: the fastest arm in float32
+                    with bfloat16's matrix products on top (it does not compute the same
+                    numbers: ``benchmarks/bf16_effect.py`` measures what it changes)
 
 ``--arms`` runs some of them ("today" always, first: the ratios are to it).
 
@@ -57,7 +60,9 @@ ARMS = {"today": [],
         "no checkpointing, bf16": [*CACHE_AND_BUDGET, "dtype=bfloat16"],
         "cache and budget": CACHE_AND_BUDGET,
         "shared prefix": [*CACHE_AND_BUDGET, "share_prefix=32"],
-        "shared prefix, lean": ["prefix_cache_mib=512", "microbatch_tokens=512", "share_prefix=32"]}
+        "shared prefix, lean": ["prefix_cache_mib=512", "microbatch_tokens=512", "share_prefix=32"],
+        "shared prefix, lean, bf16": ["prefix_cache_mib=512", "microbatch_tokens=512", "share_prefix=32",
+                                      "dtype=bfloat16"]}
 """arm -> config overrides on top of CONFIG."""
 CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
           "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",

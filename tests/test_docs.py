@@ -204,6 +204,22 @@ def test_the_real_step_speed_table_in_the_docs_is_the_committed_one():
     assert unsaid(README, [f"(x{ratio['shared prefix']:.2f})"]) == []
 
 
+def test_the_bfloat16_step_speed_in_the_docs_is_the_committed_run():
+    """docs/real-model.md's bfloat16 step table is speed-bf16.md, and its prose quotes that run."""
+    text = REAL_MODEL_DOC.read_text()
+    assert (REAL_MODEL / "speed-bf16.md").read_text().strip() in text
+    result = json.loads((REAL_MODEL / "speed-bf16.json").read_text())
+    arms = result["arms"]
+    assert set(arms) == {"today", "shared prefix, lean", "shared prefix, lean, bf16"}
+    assert "avx512_bf16" in result["machine"] and result["command"].startswith("python benchmarks/")
+    lean, bf16 = arms["shared prefix, lean"], arms["shared prefix, lean, bf16"]
+    said = [f"(x{bf16['ratio_to_today']['seconds_per_episode']:.2f} against x{lean['ratio_to_today']['seconds_per_episode']:.2f}",
+            " and ".join(f"{s:.1f}" for s in bf16["step_seconds"]) + " s against "
+            + " and ".join(f"{s:.1f}" for s in lean["step_seconds"]) + " s",
+            f"({lean['peak_mib']['main']:,} and {lean['peak_mib']['sub']:,} MiB)"]
+    assert unsaid(REAL_MODEL_DOC, said) == []
+
+
 def test_the_bfloat16_figures_in_the_docs_are_the_committed_ones():
     result = json.loads((REAL_MODEL / "bf16_effect.json").read_text())
     lp, ratio, greedy = result["logprobs"], result["ratio_bf16_to_fp32"], result["greedy"]
@@ -449,10 +465,11 @@ def test_the_real_model_levers_tables_are_what_their_profiles_give():
 def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tables():
     heading = "6. Where a real step's time and memory go"
     rows = section_table_rows(REAL_MODEL_DOC.read_text(), heading)
-    committed = [line for name in ("levers.md", "speed.md")
+    committed = [line for name in ("levers.md", "speed.md", "speed-bf16.md")
                  for line in (REAL_MODEL / name).read_text().splitlines() if line.startswith("| ")]
     assert len(rows) >= 8, f"real-model.md: no tables under '## {heading}'"
-    assert rows[:len(committed)] == committed, "real-model.md: the tables must be levers.md's, then speed.md's, whole"
+    assert rows[:len(committed)] == committed, \
+        "real-model.md: the tables must be levers.md's, speed.md's, then speed-bf16.md's, whole"
     # then the decode cache's table (test_the_decode_cache_table_in_the_docs_is_the_committed_one), and the
     # bfloat16 table alone, whose figures test_the_bfloat16_figures_in_the_docs_are_the_committed_ones checks
     rest = rows[len(committed):]
