@@ -37,7 +37,8 @@ metrics.jsonl: seconds per trained episode (a step's ``time/step_s`` over its B*
 the median over the steps), and each worker's peak resident memory over its whole run
 (``memory/<learner>_host_peak_mib`` of the last step), and their ratios to "today". The arms
 run one after the other in one invocation, so the ratios come from one run of this machine.
-Writes benchmarks/results/real-model-cpu/speed.json, and its table speed.md (docs/real-model.md).
+Writes benchmarks/results/real-model-cpu/speed.json (or ``--out``), and its table beside it
+(speed.md; docs/real-model.md).
 """
 
 from __future__ import annotations
@@ -54,15 +55,15 @@ from common import ROOT, RESULTS, command_line, machine, parser, within_project,
 
 CACHE_AND_BUDGET = ["prefix_cache_mib=2048", "microbatch_tokens=1024"]
 LEVERS = [*CACHE_AND_BUDGET, "activation_checkpointing=true"]
+LEAN = ["prefix_cache_mib=512", "microbatch_tokens=512", "share_prefix=32"]
 ARMS = {"today": [],
         "levers": LEVERS,
         "levers, bf16": [*LEVERS, "dtype=bfloat16"],
         "no checkpointing, bf16": [*CACHE_AND_BUDGET, "dtype=bfloat16"],
         "cache and budget": CACHE_AND_BUDGET,
         "shared prefix": [*CACHE_AND_BUDGET, "share_prefix=32"],
-        "shared prefix, lean": ["prefix_cache_mib=512", "microbatch_tokens=512", "share_prefix=32"],
-        "shared prefix, lean, bf16": ["prefix_cache_mib=512", "microbatch_tokens=512", "share_prefix=32",
-                                      "dtype=bfloat16"]}
+        "shared prefix, lean": LEAN,
+        "shared prefix, lean, bf16": [*LEAN, "dtype=bfloat16"]}
 """arm -> config overrides on top of CONFIG."""
 CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
           "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",
