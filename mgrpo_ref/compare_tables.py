@@ -16,6 +16,9 @@ count and by world, and the learning curves) and trains nothing; ``python -m mgr
                    trajectories of rollouts with two calls or more, ``unaligned`` against
                    ``mgrpo`` paired by seed; the same by number of calls d, and the weight
                    one rollout with d calls carries against the average rollout
+    collapse_timelines  each collapsed run's own curves: when its held-out accuracy fell, and
+                   for each role the first update past the gradient clip and the first step
+                   its format validity fell below 80% (``diagnosis.collapse_timeline``)
     write_reports  results.json, table.md, differences.md and stability.md in one directory
 """
 
@@ -25,6 +28,7 @@ import json
 import statistics
 from pathlib import Path
 
+from .diagnosis import FORMAT_THRESHOLD, collapse_timeline
 from .intervals import paired_difference, paired_verdict, sign_flip_floor, sign_flip_p
 from .rundir import write_atomically
 from .world import WORLD_SCALES
@@ -342,6 +346,36 @@ def stability_table(rows: list[dict]) -> str:
                      f"{100 * statistics.fmean(r['final_greedy']):.1f} | {len(r['collapsed'])} ({collapsed}) | "
                      f"{change(r['late_change_greedy'], r['late_step'])} | "
                      f"{change(r['late_change_sampled'], r['late_step'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def collapse_timelines(results: dict) -> list[dict]:
+    """One row per collapsed run (``stability``), in the order of ``results["runs"]``: its
+    ``variant``, ``seed`` and ``diagnosis.collapse_timeline`` at its own ``max_grad_norm``."""
+    down = {(row["variant"], seed) for row in stability(results) for seed in row["collapsed"]}
+    return [{"variant": r["variant"], "seed": r["seed"], "clip": r["config"]["max_grad_norm"],
+             **collapse_timeline(r["curves"], r["config"]["max_grad_norm"], drop=COLLAPSE_DROP / 100)}
+            for r in results["runs"] if (r["variant"], r["seed"]) in down]
+
+
+def collapse_timelines_table(rows: list[dict]) -> str:
+    """Markdown: one row per collapsed run, from ``collapse_timelines``; steps counted from the
+    run's best evaluation (a role without rollouts, the single agent's sub, is blank)."""
+    lines = ["| run | best greedy (step) | first 20+ points below it (step) | main: first update past the clip "
+             f"| main: format below {FORMAT_THRESHOLD:.0%} | sub: first update past the clip "
+             f"| sub: format below {FORMAT_THRESHOLD:.0%} | which came first |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def at(point: tuple | None, fmt: str) -> str:
+        return "never" if point is None else f"step {point[0]} ({format(point[1], fmt)})"
+
+    for r in rows:
+        cells = [f"`{r['variant']}` s{r['seed']}", f"{100 * r['best'][1]:.1f} ({r['best'][0]})",
+                 f"{100 * r['fell'][1]:.1f} ({r['fell'][0]})" if r["fell"] else "none"]
+        for role in ("main", "sub"):
+            t = r["roles"].get(role)
+            cells += [at(t["past_clip"], ".2f"), at(t["format_lost"], ".0%")] if t else ["", ""]
+        lines.append("| " + " | ".join(cells + [r["order"]]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,16 @@ answers three questions a reader of docs/results.md asks:
   (``sampled_nll``; at temperature 1 an estimate of the policy's entropy per token), the
   format validity and the mean reward. With one epoch on fresh rollouts the ratio is exactly
   1 and the clip never acts (step.clipped_update), so the gradient clip is the only brake.
+* **When did the held-out accuracy fall, and what came first?** ``collapse_eval``: the first
+  evaluation more than a drop below the best one before it; ``collapse_timeline``: from a
+  comparison run's per-step curves alone (``compare.curves``), that evaluation, and for each
+  role the first update past the gradient clip and the first step its format validity fell
+  below the threshold, so the order of the two can be read in every collapsed run.
+* **Did the ratio move?** ``ratio_range``: the extremes over a run of each role's mean
+  importance ratio and the share of its tokens the PPO clip cut (``clip_frac``), as logged.
+* **How did a whole trial's runs move?** ``step_series`` keeps a run's per-step records small
+  enough to commit for every run of a trial; ``window_means`` averages them over windows of
+  steps (the sampled tokens' NLL rising over a window is the first sign of a role drifting).
 * **Which tokens carry a step's gradient?** ``token_gradient_weights``: the loss gives token t
   of a trajectory the weight w A / N (w its slot count, A its advantage), and the gradient of
   log p(x_t) at the logits is (e_x - p), whose norm lies between 1 - p(x_t) and
@@ -27,7 +37,11 @@ import math
 from collections import defaultdict
 
 
-def format_loss_step(metrics: list[dict], role: str, threshold: float = 0.8) -> int | None:
+FORMAT_THRESHOLD = 0.8
+"""Format validity below which a role's training rollouts count as having lost their format."""
+
+
+def format_loss_step(metrics: list[dict], role: str, threshold: float = FORMAT_THRESHOLD) -> int | None:
     """The first training step from which ``role``'s format validity stays below
     ``threshold`` to the last step logged, or None if it ends at or above it."""
     steps = [(m["step"], m[f"{role}/format_valid"]) for m in metrics
@@ -41,8 +55,106 @@ def format_loss_step(metrics: list[dict], role: str, threshold: float = 0.8) -> 
     return lost
 
 
+def collapse_eval(evals: dict[int, float], drop: float) -> tuple[int, int] | None:
+    """(the step of the best evaluation so far, the step of the first evaluation that lies more
+    than ``drop`` below it), accuracies and ``drop`` in one unit; None if none fell that far."""
+    best = None
+    for step in sorted(evals):
+        if best is not None and round(evals[best] - evals[step], 9) > drop:
+            return best, step
+        if best is None or evals[step] > evals[best]:
+            best = step
+    return None
+
+
+def _first(steps: list[int], values: list, passes, after: int = 0) -> tuple[int, float] | None:
+    """The first (step, value) after step ``after`` whose value passes the test."""
+    return next(((s, v) for s, v in zip(steps, values) if s > after and v is not None and passes(v)), None)
+
+
+def collapse_timeline(curves: dict, clip: float, threshold: float = FORMAT_THRESHOLD, drop: float = 0.2) -> dict:
+    """What a run's per-step curves (``compare.curves``) say about when it fell: ``best`` and
+    ``fell`` (step, held-out greedy accuracy) from ``collapse_eval``, or ``fell`` None; and for
+    each role that has rollouts (``main``, and ``sub`` in a team), over the training steps after
+    the best evaluation (an evaluation at step s reads the adapters after update s):
+    ``past_clip``, the first step the gradient norm of the adapter playing it went past
+    ``clip``, with that norm, and ``format_lost``, the first step its format validity fell
+    below ``threshold``, with that validity (each None if it never did). One adapter plays
+    both roles in ``single_agent`` and ``shared`` (``sub_grad_norm`` is None there)."""
+    evals = dict(zip(curves["eval_step"], curves["eval_accuracy"]))
+    point = collapse_eval(evals, drop)
+    best = point[0] if point else max(evals, key=evals.get)
+    roles = {}
+    for role in ("main", "sub"):
+        valid = curves[f"{role}_format_valid"]
+        if all(v is None for v in valid):
+            continue
+        own = role == "sub" and any(n is not None for n in curves["sub_grad_norm"])
+        norms = curves["sub_grad_norm"] if own else curves["grad_norm"]
+        roles[role] = {"past_clip": _first(curves["step"], norms, lambda n: n > clip, best),
+                       "format_lost": _first(curves["step"], valid, lambda v: v < threshold, best)}
+    return {"best": (best, evals[best]), "fell": (point[1], evals[point[1]]) if point else None, "roles": roles,
+            "order": _order(roles)}
+
+
+def _order(roles: dict) -> str:
+    """Which came first in the role that lost its format first: the update past the clip, or
+    the loss of format (``clip first``, ``same step``, ``format first``, ``format lost, no
+    update past the clip``), or ``format kept`` if no role lost it."""
+    lost = [(r["format_lost"][0], role) for role, r in roles.items() if r["format_lost"]]
+    if not lost:
+        return "format kept"
+    step, role = min(lost)
+    clipped = roles[role]["past_clip"]
+    if clipped is None:
+        return "format lost, no update past the clip"
+    return "clip first" if clipped[0] < step else "same step" if clipped[0] == step else "format first"
+
+
+def ratio_range(metrics: list[dict], role: str) -> dict | None:
+    """Over a run's logged training steps, the lowest and highest mean importance ratio of
+    ``role``'s tokens and the highest share of them the PPO clip cut; None if not logged."""
+    rows = [m for m in metrics if m.get(f"{role}/mean_ratio") is not None]
+    if not rows:
+        return None
+    ratios = [m[f"{role}/mean_ratio"] for m in rows]
+    return {"steps": len(rows), "min_ratio": min(ratios), "max_ratio": max(ratios),
+            "max_clip_frac": max(m.get(f"{role}/clip_frac", 0.0) for m in rows)}
+
+
 STEP_KEYS = ("grad_norm", "sampled_nll", "format_valid", "reward_mean")
 """The per-role metrics ``steps_before`` collects."""
+
+
+SERIES_KEYS = STEP_KEYS + ("mean_ratio", "clip_frac")
+"""The per-role metrics ``step_series`` keeps: ``STEP_KEYS``, the mean importance ratio and the
+share of tokens the PPO clip cut."""
+
+
+def step_series(metrics: list[dict], roles: tuple[str, ...], digits: int = 4) -> dict[str, list]:
+    """A run's records as series: ``step`` (each logged training step), per role each of
+    ``SERIES_KEYS`` at those steps (``<role>/<key>``, None where not logged), and its held-out
+    ``eval_step`` and greedy ``eval_accuracy``; values rounded to ``digits`` decimals, so that a
+    whole trial's runs fit in one small file."""
+    trained = [m for m in metrics if m.get("step", 0) >= 1 and "time/step_s" in m]
+    evals = [m for m in metrics if "eval/accuracy" in m]
+
+    def rounded(value):
+        return None if value is None else round(value, digits)
+
+    return {"step": [m["step"] for m in trained],
+            **{f"{role}/{key}": [rounded(m.get(f"{role}/{key}")) for m in trained] for role in roles for key in SERIES_KEYS},
+            "eval_step": [m["step"] for m in evals], "eval_accuracy": [rounded(m["eval/accuracy"]) for m in evals]}
+
+
+def window_means(steps: list[int], values: list, width: int) -> dict[int, float]:
+    """The mean of ``values`` over consecutive windows of ``width`` steps (1..width,
+    width+1..2 width, ...), keyed by each window's first step; None values are left out."""
+    sums: dict[int, list[float]] = {}
+    for step, value in zip(steps, values):
+        if value is not None:
+            sums.setdefault((step - 1) // width * width + 1, []).append(value)
+    return {first: sum(v) / len(v) for first, v in sorted(sums.items())}
 
 
 def steps_before(metrics: list[dict], step: int, roles: tuple[str, ...], window: int = 8,

@@ -289,6 +289,9 @@ def test_every_paired_difference_in_the_docs_comes_from_the_committed_results(pa
     assert len(rows) >= 3, f"{path.name}: the paired differences are missing"
     typed = [row for row in rows if row not in committed]
     assert not typed, f"{path.name}: rows not in differences.md: {typed}"
+    overall = (COMPARISON / "differences.md").read_text().split("\n\n")[0].splitlines()[2:]  # both decodings
+    missing = [row for row in overall if row not in rows]
+    assert not missing, f"{path.name}: rows of differences.md's first table missing: {missing}"
 
 
 QUOTED = re.compile(r"([+-]?\d+\.\d)(?:\s+points)?\s+\[([+-]?\d+\.\d),\s+([+-]?\d+\.\d)\]")
@@ -330,6 +333,21 @@ def test_the_recipes_table_is_what_the_stability_report_gives():
              for row in rows[1:]}
     assert set(typed) == {"mgrpo", *TRIED} == set(report)
     assert typed == report
+
+
+def test_the_collapse_timelines_in_the_docs_are_what_the_runs_own_curves_give():
+    """docs/results.md's table of collapsed runs is ``collapse_timelines`` of the 60-step
+    comparison's and the recipes trial's committed results, and the runs reported on have none."""
+    from mgrpo_ref.compare_tables import collapse_timelines, collapse_timelines_table
+
+    results = {name: json.loads((ROOT / "benchmarks" / "results" / name / "results.json").read_text())
+               for name in ("comparison-cpu", "recipes-cpu", "comparison-cpu-long", "stability-cpu")}
+    rows = collapse_timelines(results["comparison-cpu"]) + collapse_timelines(results["recipes-cpu"])
+    expected = [line for line in collapse_timelines_table(rows).splitlines() if line.startswith("| `")]
+    section = (ROOT / "docs" / "results.md").read_text().split("\n### What moves before a collapse\n", 1)[1]
+    typed = [line for line in section.split("\n### ", 1)[0].splitlines() if line.startswith("| `")]
+    assert typed == expected and len(expected) == 10
+    assert not collapse_timelines(results["comparison-cpu-long"]) and not collapse_timelines(results["stability-cpu"])
 
 
 def test_the_base_builds_on_validation_in_the_docs_are_the_committed_rows():
