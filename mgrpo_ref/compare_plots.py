@@ -68,6 +68,7 @@ def plot_runs(results: dict, path: Path | None = None, columns: int = 3):
     from matplotlib.lines import Line2D
 
     arms = [v for v in results["variants"] if any(r["variant"] == v for r in results["runs"])]
+    columns = max(1, min(columns, len(arms)))  # no empty column beside fewer arms than columns
     rows = -(-len(arms) // columns)
     fig = Figure(figsize=(3.6 * columns, 2.6 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()

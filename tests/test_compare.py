@@ -561,6 +561,8 @@ def test_stability_counts_collapsed_runs_and_tests_whether_the_curves_flattened(
     assert len(fig.axes[0].lines) == 3 + 1  # three seeds and the base's level
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["seed 0", "seed 1", "seed 2"]
     assert (tmp_path / "runs.png").stat().st_size > 0
+    assert len(fig.axes) == 2  # two arms: two panels, no empty third column
+    assert len(compare_plots.plot_runs(longer).axes) == 1
 
 
 def test_a_finished_run_is_skipped_only_when_its_final_checkpoint_is_intact(tmp_path, monkeypatch):

@@ -350,6 +350,32 @@ def test_the_collapse_timelines_in_the_docs_are_what_the_runs_own_curves_give():
     assert not collapse_timelines(results["comparison-cpu-long"]) and not collapse_timelines(results["stability-cpu"])
 
 
+def test_the_stability_trials_in_the_docs_are_their_reports_and_results():
+    """The tables under "Over three times the horizon" are the rows of stability-cpu's and
+    stability-single-cpu's stability.md, and the single agent's figures in the prose are its
+    results': the largest fall, the largest gradient norm, the lowest format validity, the
+    share of two-hop questions answered and the training time."""
+    results = ROOT / "benchmarks" / "results"
+    text = (ROOT / "docs" / "results.md").read_text()
+    section = text.split("\n### Over three times the horizon\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "from step" in line]
+    reported = [line for name in ("stability-cpu", "stability-single-cpu")
+                for line in (results / name / "stability.md").read_text().splitlines()[2:]]
+    assert rows == reported
+    single = json.loads((results / "stability-single-cpu" / "results.json").read_text())
+    runs = single["runs"]
+    falls = {r["seed"]: 100 * (max(r["curves"]["eval_accuracy"]) - r["greedy"]["accuracy"]) for r in runs}
+    worst = max(falls, key=falls.get)
+    norm = max(n for r in runs for n in r["curves"]["grad_norm"] if n is not None)
+    valid = min(v for r in runs for v in r["curves"]["main_format_valid"] if v is not None)
+    hops = [100 * r["greedy"]["accuracy_by_hops"]["2"] for r in runs]
+    minutes = sum(r["train_seconds"] for r in runs) / 60
+    said = [f"{falls[worst]:.1f} points (seed {worst})", f"(at most {norm:.2f})", f"was {100 * valid:.0f}%",
+            f"({min(hops):.0f}-{max(hops):.0f}% of the two-hop", f"took {minutes:.0f} minutes together"]
+    assert not unsaid(ROOT / "docs" / "results.md", said), unsaid(ROOT / "docs" / "results.md", said)
+    assert norm < 1.0 and not [row for row in single["stability"] if row["collapsed"]]
+
+
 def test_the_base_builds_on_validation_in_the_docs_are_the_committed_rows():
     """docs/base-model.md's table of builds on ``validation`` is base_builds.json's rows of that
     split, in order, every cell computed from them."""
