@@ -1,20 +1,27 @@
-"""What moved before a comparison run collapsed: one run of the comparison again, every step
+"""What moved before a run collapsed: one run of a comparison or trial again, every step
 recorded, and what its own files say (``mgrpo_ref.diagnosis``).
 
     python benchmarks/collapse_diagnosis.py --arm unaligned --seed 0
     python benchmarks/collapse_diagnosis.py --arm mgrpo --seed 4 --preset cpu
+    python benchmarks/collapse_diagnosis.py --arm lr_3e-3 --seed 1 --preset cpu-long \
+        --same-as runs/recipes/lr_3e-3-s1 eval_split=validation eval_every=20 checkpoint_every=20
     python benchmarks/collapse_diagnosis.py --report      # README.md again from the JSON files
     python benchmarks/collapse_diagnosis.py --steps runs/recipes --name recipes-cpu   # a trial's own records
 
-The run is the comparison's (``compare.run_config``: the preset, the arm's overrides, the
-seed), with ``record_steps`` at every step, in runs/collapse/<arm>-s<seed> (resumed if
-killed); recording reads the policy without drawing from any generator, so the run is the
-one the comparison trained (tests/test_diagnosis.py checks a short run logs the same numbers
-with and without it). From its metrics and records: its held-out curve, the step from which
-each role's format validity stays below 80% (``diagnosis.format_loss_step``), the steps
-before that step, and for a few recorded steps up to it the tokens that carry most of the
-gradient (``diagnosis.heaviest_tokens``, ``diagnosis.gradient_split``). Writes
-benchmarks/results/collapse/<arm>-s<seed>.json and the README.md beside it.
+The run is the one ``compare`` trains for that arm (any of ``compare.TRAINABLE``, a recipe
+too) and seed (``compare.run_config``: the preset, the arm's overrides, the seed, then the
+extra overrides given), with ``record_steps`` at every step, in runs/collapse/<arm>-s<seed>
+(resumed if killed); recording reads the policy without drawing from any generator, so the
+run is the one the comparison trained (tests/test_diagnosis.py checks a short run logs the
+same numbers with and without it), and ``--same-as RUN`` counts the numbers it logged that
+differ from those of the run first trained. From its metrics and records: its held-out
+curve, the step from which each role's format validity stays below 80%
+(``diagnosis.format_loss_step``), or, in a run that kept its format, the first evaluation
+more than 20 points below the best before it; the steps before that one; the range of each
+learner's ratio and clip fraction (``diagnosis.ratio_range``); and for a few recorded steps up
+to it the tokens that carry most of the gradient (``diagnosis.heaviest_tokens``,
+``diagnosis.gradient_split``). Writes benchmarks/results/collapse/<arm>-s<seed>.json and the
+README.md beside it.
 
 ``--steps DIR`` trains nothing: it reads the metrics of every run directory in DIR (a
 comparison's or a trial's ``--runs``) and keeps each run's per-step records, rounded
@@ -32,22 +39,22 @@ import sys
 from pathlib import Path
 
 from common import ROOT, command_line, within_project
+from mgrpo_ref.diagnosis import FORMAT_THRESHOLD as THRESHOLD  # below it, a role has lost its format
 
 OUT = ROOT / "benchmarks" / "results" / "collapse"
-THRESHOLD = 0.8
-"""Format validity below which a role counts as having lost its format."""
 WINDOW = 20
 """Steps per window of the per-step summaries (``diagnosis.window_means``)."""
 SHOWN_STEPS = 4
 """Recorded steps whose heaviest tokens are kept: the last ones up to the loss of format."""
 
 
-def diagnose(run_dir: Path, roles: tuple[str, ...], steps: int) -> dict:
+def diagnose(run_dir: Path, roles: dict[str, str], steps: int) -> dict:
     """The diagnosis of a finished (or stopped) run from its metrics and records. The steps
     shown end at the first step from which a role stays below the format threshold; in a run
     that kept its format, at the first held-out evaluation more than ``COLLAPSE_DROP`` points
     below the best before it (the steps shown then span the evaluation interval before it);
-    in a run that did neither, at its last step."""
+    in a run that did neither, at its last step. ``roles``: role -> learner
+    (``diagnosis.logged_roles``)."""
     from mgrpo_ref.compare_tables import COLLAPSE_DROP
     from mgrpo_ref.diagnosis import (collapse_eval, format_loss_step, gradient_split, heaviest_tokens,
                                      ratio_range, steps_before)
@@ -77,14 +84,14 @@ def diagnose(run_dir: Path, roles: tuple[str, ...], steps: int) -> dict:
     return {"held_out": evals, "best": max(evals.values()), "final": evals[max(evals)],
             "format_lost_at": lost, "fell_at": fell[1] if fell else None,
             "steps_before": steps_before(metrics, anchor, roles, window=window),
-            "ratios": {role: ratio_range(metrics, role) for role in roles}, "tokens": tokens}
+            "ratios": {role: ratio_range(metrics, learner) for role, learner in roles.items()}, "tokens": tokens}
 
 
 def render(results: dict) -> str:
     """README.md: one section per diagnosed run."""
-    parts = ["# Collapses, diagnosed\n\nWritten by `python benchmarks/collapse_diagnosis.py`; each run "
-             "is one of a comparison's or a trial's, trained again from its seed with every step recorded "
-             "(see the script's docstring).\n"]
+    parts = ["# Collapses, diagnosed\n\nWritten by `python benchmarks/collapse_diagnosis.py`: each "
+             "section on one run is that run of a comparison or a trial trained again from its seed with every "
+             "step recorded; a section on a trial's own records trains nothing (see the script's docstring).\n"]
     for name, r in sorted(results.items()):
         d = r["diagnosis"]
         curve = ", ".join(f"{100 * a:.1f} ({s})" for s, a in sorted(d["held_out"].items(), key=lambda kv: int(kv[0])))
@@ -123,8 +130,9 @@ def render(results: dict) -> str:
 
 
 def same_numbers(run_dir: Path, original: Path) -> dict:
-    """How many of the numbers a run logged (wall-clock times and memory peaks aside) differ from
-    those another run directory logged at the same step: whether the re-run retraced it."""
+    """Whether a re-run retraced a run: how many numbers either logged (wall-clock times and
+    memory peaks aside) the other did not log alike, at the same step and key; ``values`` counts
+    the keys the two logged together."""
     from mgrpo_ref.rundir import METRICS, read_jsonl
 
     def numbers(path: Path) -> dict:
@@ -133,24 +141,23 @@ def same_numbers(run_dir: Path, original: Path) -> dict:
                 and not k.endswith(("update_s", "store_s"))}
 
     ours, theirs = numbers(run_dir), numbers(original)
-    return {"run": within_project(original), "values": len(ours),
-            "differ": sum(1 for k, v in ours.items() if theirs.get(k) != v)}
+    return {"run": within_project(original), "values": len(ours.keys() | theirs.keys()),
+            "differ": sum(1 for k in ours.keys() | theirs.keys() if ours.get(k, "absent") != theirs.get(k, "absent"))}
 
 
 def collect_steps(runs: Path) -> dict:
-    """Every run directory under ``runs`` (those with a config.json): its arm's variant and its
-    ``diagnosis.step_series``, by directory name."""
+    """Every run directory under ``runs`` (those with a config.json): its variant, seed,
+    learning rate and ``diagnosis.step_series``, by directory name."""
     from mgrpo_ref.config import TrainConfig
-    from mgrpo_ref.diagnosis import step_series
+    from mgrpo_ref.diagnosis import logged_roles, step_series
     from mgrpo_ref.rundir import CONFIG, METRICS, read_jsonl
     from mgrpo_ref.step import LAYOUTS
 
     out = {}
     for run_dir in sorted(p for p in runs.iterdir() if (p / CONFIG).exists()):
         cfg = TrainConfig.load(run_dir / CONFIG)
-        roles = tuple(dict.fromkeys(LAYOUTS[cfg.variant].learners))
         out[run_dir.name] = {"variant": cfg.variant, "seed": cfg.seed, "lr": cfg.lr,
-                             "series": step_series(read_jsonl(run_dir / METRICS), roles)}
+                             "series": step_series(read_jsonl(run_dir / METRICS), logged_roles(LAYOUTS[cfg.variant]))}
     if not out:
         raise SystemExit(f"{runs}: no run directory (none holds a {CONFIG})")
     return out
@@ -161,7 +168,8 @@ def render_steps(name: str, steps: dict) -> str:
     over windows of ``WINDOW`` steps, and the range of its mean ratio and clip fraction."""
     from mgrpo_ref.diagnosis import window_means
 
-    lines = [f"## {name}: every run's own records\n\n`{steps['command']}`\n\nPer run: held-out greedy "
+    lines = [f"## {name}: every run's own records\n\n`{steps['command']}` (trains nothing; it reads "
+             f"each run's metrics)\n\nPer run: held-out greedy "
              f"accuracy at each evaluation (%), each role's sampled-token NLL (nats, mean over steps "
              f"1-{WINDOW}, {WINDOW + 1}-{2 * WINDOW}, ...), and over every step the lowest and highest mean "
              f"importance ratio and the largest clip fraction.\n",
@@ -187,6 +195,7 @@ def _cell(value) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from mgrpo_ref.compare import PRESETS, TRAINABLE, run_config, train_run
+    from mgrpo_ref.diagnosis import logged_roles
     from mgrpo_ref.step import LAYOUTS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                          list(args.overrides) + [f"record_steps={every}", "tensorboard=false"])
         run_dir = args.runs / f"{args.arm}-s{args.seed}"
         train_run(cfg, run_dir, progress=True)
-        roles = tuple(dict.fromkeys(LAYOUTS[cfg.variant].learners))
+        roles = logged_roles(LAYOUTS[cfg.variant])
         result = {"arm": args.arm, "seed": args.seed, "run": within_project(run_dir),
                   "command": command_line("benchmarks/collapse_diagnosis.py", sys.argv[1:] if argv is None else argv),
                   "diagnosis": diagnose(run_dir, roles, cfg.steps)}

@@ -17,8 +17,9 @@ count and by world, and the learning curves) and trains nothing; ``python -m mgr
                    ``mgrpo`` paired by seed; the same by number of calls d, and the weight
                    one rollout with d calls carries against the average rollout
     collapse_timelines  each collapsed run's own curves: when its held-out accuracy fell, and
-                   for each role the first update past the gradient clip and the first step
-                   its format validity fell below 80% (``diagnosis.collapse_timeline``)
+                   for each role, after the best evaluation, the first update past the
+                   gradient clip and the first step its format validity dipped below 80%
+                   (``diagnosis.collapse_timeline``)
     write_reports  results.json, table.md, differences.md and stability.md in one directory
 """
 
@@ -359,11 +360,14 @@ def collapse_timelines(results: dict) -> list[dict]:
 
 
 def collapse_timelines_table(rows: list[dict]) -> str:
-    """Markdown: one row per collapsed run, from ``collapse_timelines``; steps counted from the
-    run's best evaluation (a role without rollouts, the single agent's sub, is blank)."""
+    """Markdown: one row per collapsed run, from ``collapse_timelines``: its best evaluation and
+    the first far below it, then per role the first update past the clip and the first step
+    its format validity dipped below the threshold, both searched over the training steps after
+    the best evaluation and given as step numbers (a role without rollouts, the single agent's
+    sub, is blank)."""
     lines = ["| run | best greedy (step) | first 20+ points below it (step) | main: first update past the clip "
-             f"| main: format below {FORMAT_THRESHOLD:.0%} | sub: first update past the clip "
-             f"| sub: format below {FORMAT_THRESHOLD:.0%} | which came first |",
+             f"| main: first step below {FORMAT_THRESHOLD:.0%} valid | sub: first update past the clip "
+             f"| sub: first step below {FORMAT_THRESHOLD:.0%} valid | which came first |",
              "|---|---|---|---|---|---|---|---|"]
 
     def at(point: tuple | None, fmt: str) -> str:
@@ -374,7 +378,7 @@ def collapse_timelines_table(rows: list[dict]) -> str:
                  f"{100 * r['fell'][1]:.1f} ({r['fell'][0]})" if r["fell"] else "none"]
         for role in ("main", "sub"):
             t = r["roles"].get(role)
-            cells += [at(t["past_clip"], ".2f"), at(t["format_lost"], ".0%")] if t else ["", ""]
+            cells += [at(t["past_clip"], ".2f"), at(t["format_below"], ".0%")] if t else ["", ""]
         lines.append("| " + " | ".join(cells + [r["order"]]) + " |")
     return "\n".join(lines) + "\n"
 

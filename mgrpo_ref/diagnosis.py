@@ -1,9 +1,9 @@
 """What moves before a run collapses, read from the run's own files.
 
 A collapsed run ends far below its own best held-out accuracy (compare_tables.COLLAPSE_DROP). In
-the comparison every collapse was one role losing its output format. This module reads a
+the 60-step comparison every collapse was one role losing its output format. This module reads a
 run's ``metrics.jsonl`` and its recorded steps (``record_steps``, written by viewer.py) and
-answers three questions a reader of docs/results.md asks:
+answers the questions a reader of docs/results.md asks:
 
 * **When did a role lose its format?** ``format_loss_step``: the first step from which the
   role's format validity on its training rollouts stays below a threshold to the run's end.
@@ -15,13 +15,14 @@ answers three questions a reader of docs/results.md asks:
 * **When did the held-out accuracy fall, and what came first?** ``collapse_eval``: the first
   evaluation more than a drop below the best one before it; ``collapse_timeline``: from a
   comparison run's per-step curves alone (``compare.curves``), that evaluation, and for each
-  role the first update past the gradient clip and the first step its format validity fell
-  below the threshold, so the order of the two can be read in every collapsed run.
-* **Did the ratio move?** ``ratio_range``: the extremes over a run of each role's mean
+  role, over the training steps after the best evaluation, the first update past the gradient
+  clip and the first step its format validity dipped below the threshold (one step is enough:
+  a dip, not a loss), so the order of the two can be read in every collapsed run.
+* **Did the ratio move?** ``ratio_range``: the extremes over a run of a learner's mean
   importance ratio and the share of its tokens the PPO clip cut (``clip_frac``), as logged.
 * **How did a whole trial's runs move?** ``step_series`` keeps a run's per-step records small
   enough to commit for every run of a trial; ``window_means`` averages them over windows of
-  steps (the sampled tokens' NLL rising over a window is the first sign of a role drifting).
+  steps.
 * **Which tokens carry a step's gradient?** ``token_gradient_weights``: the loss gives token t
   of a trajectory the weight w A / N (w its slot count, A its advantage), and the gradient of
   log p(x_t) at the logits is (e_x - p), whose norm lies between 1 - p(x_t) and
@@ -29,6 +30,11 @@ answers three questions a reader of docs/results.md asks:
   a factor sqrt(2): a confident token (p near 1) carries almost nothing, whatever its
   advantage; a surprising one carries |w A|. ``heaviest_tokens`` sums it by token text over a
   recorded step.
+
+A run logs what concerns a role's rollouts under the role (``main/format_valid``, and the
+single agent's under ``main`` too) and what concerns an update under its learner
+(``shared/grad_norm`` when one adapter plays both roles, ``single/grad_norm``): ``logged_roles``
+maps one onto the other, and the functions below report both under the role.
 """
 
 from __future__ import annotations
@@ -39,6 +45,22 @@ from collections import defaultdict
 
 FORMAT_THRESHOLD = 0.8
 """Format validity below which a role's training rollouts count as having lost their format."""
+
+ROLE_KEYS = ("format_valid", "reward_mean")
+"""What a run logs per role (``<role>/<key>``)."""
+LEARNER_KEYS = ("grad_norm", "sampled_nll", "mean_ratio", "clip_frac")
+"""What a run logs per learner (``<learner>/<key>``)."""
+
+
+def logged_roles(layout) -> dict[str, str]:
+    """A variant's ``step.Layout`` as its metrics name it: role -> learner, the single agent's
+    role logged as ``main`` (``{"main": "single"}``; ``shared``: both roles -> ``shared``)."""
+    return {("main" if role == "single" else role): learner for role, learner in layout.learners.items()}
+
+
+def _logged(m: dict, role: str, learner: str, key: str):
+    """One metric of one logged step, under the role or its learner as the run logs it."""
+    return m.get(f"{learner if key in LEARNER_KEYS else role}/{key}")
 
 
 def format_loss_step(metrics: list[dict], role: str, threshold: float = FORMAT_THRESHOLD) -> int | None:
@@ -76,11 +98,12 @@ def collapse_timeline(curves: dict, clip: float, threshold: float = FORMAT_THRES
     """What a run's per-step curves (``compare.curves``) say about when it fell: ``best`` and
     ``fell`` (step, held-out greedy accuracy) from ``collapse_eval``, or ``fell`` None; and for
     each role that has rollouts (``main``, and ``sub`` in a team), over the training steps after
-    the best evaluation (an evaluation at step s reads the adapters after update s):
-    ``past_clip``, the first step the gradient norm of the adapter playing it went past
-    ``clip``, with that norm, and ``format_lost``, the first step its format validity fell
-    below ``threshold``, with that validity (each None if it never did). One adapter plays
-    both roles in ``single_agent`` and ``shared`` (``sub_grad_norm`` is None there)."""
+    the best evaluation only (an evaluation at step s reads the adapters after update s; what
+    happened before the best did not stop the run from reaching it): ``past_clip``, the first
+    step the gradient norm of the adapter playing the role went past ``clip``, with that norm,
+    and ``format_below``, the first step its format validity dipped below ``threshold``, with
+    that validity (each None if it never did). One adapter plays both roles in
+    ``single_agent`` and ``shared`` (``sub_grad_norm`` is None there)."""
     evals = dict(zip(curves["eval_step"], curves["eval_accuracy"]))
     point = collapse_eval(evals, drop)
     best = point[0] if point else max(evals, key=evals.get)
@@ -92,50 +115,52 @@ def collapse_timeline(curves: dict, clip: float, threshold: float = FORMAT_THRES
         own = role == "sub" and any(n is not None for n in curves["sub_grad_norm"])
         norms = curves["sub_grad_norm"] if own else curves["grad_norm"]
         roles[role] = {"past_clip": _first(curves["step"], norms, lambda n: n > clip, best),
-                       "format_lost": _first(curves["step"], valid, lambda v: v < threshold, best)}
+                       "format_below": _first(curves["step"], valid, lambda v: v < threshold, best)}
     return {"best": (best, evals[best]), "fell": (point[1], evals[point[1]]) if point else None, "roles": roles,
             "order": _order(roles)}
 
 
 def _order(roles: dict) -> str:
-    """Which came first in the role that lost its format first: the update past the clip, or
-    the loss of format (``clip first``, ``same step``, ``format first``, ``format lost, no
-    update past the clip``), or ``format kept`` if no role lost it."""
-    lost = [(r["format_lost"][0], role) for role, r in roles.items() if r["format_lost"]]
-    if not lost:
+    """Which came first in the role whose format dipped first (``main`` on a tie): the update
+    past the clip or the dip (``clip first``, ``same step``, ``format dipped first``, ``format
+    dipped, no update past the clip``), or ``format kept`` if no role's dipped."""
+    dipped = [(r["format_below"][0], role) for role, r in roles.items() if r["format_below"]]
+    if not dipped:
         return "format kept"
-    step, role = min(lost)
+    step, role = min(dipped)
     clipped = roles[role]["past_clip"]
     if clipped is None:
-        return "format lost, no update past the clip"
-    return "clip first" if clipped[0] < step else "same step" if clipped[0] == step else "format first"
+        return "format dipped, no update past the clip"
+    return "clip first" if clipped[0] < step else "same step" if clipped[0] == step else "format dipped first"
 
 
-def ratio_range(metrics: list[dict], role: str) -> dict | None:
+def ratio_range(metrics: list[dict], learner: str) -> dict | None:
     """Over a run's logged training steps, the lowest and highest mean importance ratio of
-    ``role``'s tokens and the highest share of them the PPO clip cut; None if not logged."""
-    rows = [m for m in metrics if m.get(f"{role}/mean_ratio") is not None]
+    ``learner``'s tokens and the highest share of them the PPO clip cut (steps that logged no
+    clip fraction count 0); None if the run logged no ratio for it."""
+    rows = [m for m in metrics if m.get(f"{learner}/mean_ratio") is not None]
     if not rows:
         return None
-    ratios = [m[f"{role}/mean_ratio"] for m in rows]
+    ratios = [m[f"{learner}/mean_ratio"] for m in rows]
     return {"steps": len(rows), "min_ratio": min(ratios), "max_ratio": max(ratios),
-            "max_clip_frac": max(m.get(f"{role}/clip_frac", 0.0) for m in rows)}
+            "max_clip_frac": max(m.get(f"{learner}/clip_frac") or 0.0 for m in rows)}
 
 
 STEP_KEYS = ("grad_norm", "sampled_nll", "format_valid", "reward_mean")
-"""The per-role metrics ``steps_before`` collects."""
+"""The metrics ``steps_before`` collects per role."""
 
 
 SERIES_KEYS = STEP_KEYS + ("mean_ratio", "clip_frac")
-"""The per-role metrics ``step_series`` keeps: ``STEP_KEYS``, the mean importance ratio and the
+"""The metrics ``step_series`` keeps per role: ``STEP_KEYS``, the mean importance ratio and the
 share of tokens the PPO clip cut."""
 
 
-def step_series(metrics: list[dict], roles: tuple[str, ...], digits: int = 4) -> dict[str, list]:
-    """A run's records as series: ``step`` (each logged training step), per role each of
-    ``SERIES_KEYS`` at those steps (``<role>/<key>``, None where not logged), and its held-out
-    ``eval_step`` and greedy ``eval_accuracy``; values rounded to ``digits`` decimals, so that a
-    whole trial's runs fit in one small file."""
+def step_series(metrics: list[dict], roles: dict[str, str], digits: int = 4) -> dict[str, list]:
+    """A run's records as series: ``step`` (each logged training step), per role of ``roles``
+    (role -> learner, ``logged_roles``) each of ``SERIES_KEYS`` at those steps
+    (``<role>/<key>``, read under the role or its learner; None where not logged), and its
+    held-out ``eval_step`` and greedy ``eval_accuracy``; values rounded to ``digits``
+    decimals, so that a whole trial's runs fit in one small file."""
     trained = [m for m in metrics if m.get("step", 0) >= 1 and "time/step_s" in m]
     evals = [m for m in metrics if "eval/accuracy" in m]
 
@@ -143,13 +168,15 @@ def step_series(metrics: list[dict], roles: tuple[str, ...], digits: int = 4) ->
         return None if value is None else round(value, digits)
 
     return {"step": [m["step"] for m in trained],
-            **{f"{role}/{key}": [rounded(m.get(f"{role}/{key}")) for m in trained] for role in roles for key in SERIES_KEYS},
+            **{f"{role}/{key}": [rounded(_logged(m, role, learner, key)) for m in trained]
+               for role, learner in roles.items() for key in SERIES_KEYS},
             "eval_step": [m["step"] for m in evals], "eval_accuracy": [rounded(m["eval/accuracy"]) for m in evals]}
 
 
 def window_means(steps: list[int], values: list, width: int) -> dict[int, float]:
     """The mean of ``values`` over consecutive windows of ``width`` steps (1..width,
-    width+1..2 width, ...), keyed by each window's first step; None values are left out."""
+    width+1..2 width, ...), keyed by each window's first step; None values are left out, and
+    a last window the run did not fill is the mean of the steps it has."""
     sums: dict[int, list[float]] = {}
     for step, value in zip(steps, values):
         if value is not None:
@@ -157,15 +184,16 @@ def window_means(steps: list[int], values: list, width: int) -> dict[int, float]
     return {first: sum(v) / len(v) for first, v in sorted(sums.items())}
 
 
-def steps_before(metrics: list[dict], step: int, roles: tuple[str, ...], window: int = 8,
+def steps_before(metrics: list[dict], step: int, roles: dict[str, str], window: int = 8,
                  after: int = 2) -> list[dict]:
-    """Each logged training step from ``step - window`` to ``step + after``: per role its
-    ``STEP_KEYS`` (None where the run did not log one)."""
+    """Each logged training step from ``step - window`` to ``step + after``: per role of
+    ``roles`` (role -> learner, ``logged_roles``) its ``STEP_KEYS`` (None where the run did not
+    log one)."""
     rows = []
     for m in metrics:
         if m.get("step", 0) >= 1 and step - window <= m["step"] <= step + after and "time/step_s" in m:
-            rows.append({"step": m["step"], **{f"{role}/{key}": m.get(f"{role}/{key}") for role in roles
-                                               for key in STEP_KEYS}})
+            rows.append({"step": m["step"], **{f"{role}/{key}": _logged(m, role, learner, key)
+                                               for role, learner in roles.items() for key in STEP_KEYS}})
     return rows
 
 

@@ -9,7 +9,8 @@ import pytest
 from mgrpo_ref.compare import PRESETS, run_config, train_run
 from mgrpo_ref.compare_tables import collapse_timelines, collapse_timelines_table
 from mgrpo_ref.diagnosis import (collapse_eval, collapse_timeline, format_loss_step, gradient_split, heaviest_tokens,
-                                 ratio_range, step_series, steps_before, token_gradient_weights, window_means)
+                                 logged_roles, ratio_range, step_series, steps_before, token_gradient_weights,
+                                 window_means)
 
 import collapse_diagnosis  # benchmarks/collapse_diagnosis.py (pytest's pythonpath)
 from helpers import deterministic
@@ -24,7 +25,7 @@ def test_the_format_is_lost_from_the_first_step_that_stays_below_the_threshold()
     assert format_loss_step(metrics_with([0.5, 0.5, 0.5]), "sub") == 1
     assert format_loss_step(metrics_with([0.9, 0.7, 0.85]), "sub") is None  # it came back
     assert format_loss_step(metrics_with([0.9, 0.9]), "main") is None  # a role the run did not log
-    rows = steps_before(metrics_with([0.9] * 20), 12, ("sub",), window=3, after=1)
+    rows = steps_before(metrics_with([0.9] * 20), 12, {"sub": "sub"}, window=3, after=1)
     assert [r["step"] for r in rows] == [9, 10, 11, 12, 13] and rows[0]["sub/grad_norm"] is None
 
 
@@ -47,12 +48,14 @@ def test_a_timeline_reads_from_the_best_evaluation_on_which_came_first():
     t = collapse_timeline(team, clip=1.0)
     assert t["best"] == (2, 0.8) and t["fell"] == (6, 0.3)
     # the format dip and the norm at step 2 are not counted: they come at the best evaluation's step, not after it
-    assert t["roles"]["sub"] == {"past_clip": (4, 1.5), "format_lost": (5, 0.7)}
-    assert t["roles"]["main"] == {"past_clip": None, "format_lost": None} and t["order"] == "clip first"
+    assert t["roles"]["sub"] == {"past_clip": (4, 1.5), "format_below": (5, 0.7)}
+    assert t["roles"]["main"] == {"past_clip": None, "format_below": None} and t["order"] == "clip first"
     team["sub_grad_norm"][3] = 0.5
-    assert collapse_timeline(team, clip=1.0)["order"] == "format lost, no update past the clip"
-    team["grad_norm"][4] = 2.0  # main's adapter, not the sub's: the order is read in the role that lost its format
-    assert collapse_timeline(team, clip=1.0)["order"] == "format lost, no update past the clip"
+    assert collapse_timeline(team, clip=1.0)["order"] == "format dipped, no update past the clip"
+    team["grad_norm"][4] = 2.0  # main's adapter, not the sub's: the order is read in the role whose format dipped
+    assert collapse_timeline(team, clip=1.0)["order"] == "format dipped, no update past the clip"
+    team["sub_grad_norm"][5] = 2.0
+    assert collapse_timeline(team, clip=1.0)["order"] == "format dipped first"
     single = curves({0: 0.3, 3: 0.05}, [1.0, 0.9, 0.5], [None] * 3, [0.2, 0.1, 1.2], [None] * 3)
     t = collapse_timeline(single, clip=1.0)
     assert list(t["roles"]) == ["main"] and t["roles"]["main"]["past_clip"] == (3, 1.2)
@@ -73,7 +76,7 @@ def test_the_collapsed_runs_of_a_results_file_and_their_table():
         r["curves"]["eval_sampled_accuracy"] = r["curves"]["eval_accuracy"]
     rows = collapse_timelines(results)
     assert [(r["variant"], r["seed"], r["clip"]) for r in rows] == [("mgrpo", 0, 0.8)]  # seed 1 did not collapse
-    assert rows[0]["roles"]["sub"] == {"past_clip": (4, 0.9), "format_lost": (4, 0.6)} and rows[0]["order"] == "same step"
+    assert rows[0]["roles"]["sub"] == {"past_clip": (4, 0.9), "format_below": (4, 0.6)} and rows[0]["order"] == "same step"
     text = collapse_timelines_table(rows)
     assert "| `mgrpo` s0 | 80.0 (2) | 30.0 (6) | never | never | step 4 (0.90) | step 4 (60%) | same step |" in text
 
@@ -82,7 +85,7 @@ def test_a_runs_series_and_their_window_means():
     metrics = [{"step": 0, "eval/accuracy": 0.25}, {"step": 1, "time/step_s": 1, "sub/sampled_nll": 0.123456},
                {"step": 2, "time/step_s": 1, "sub/sampled_nll": 0.3, "sub/mean_ratio": 1.0},
                {"step": 2, "eval/accuracy": 0.5}, {"step": 3, "time/step_s": 1}]
-    x = step_series(metrics, ("sub",))
+    x = step_series(metrics, {"sub": "sub"})
     assert x["step"] == [1, 2, 3] and x["sub/sampled_nll"] == [0.1235, 0.3, None]
     assert x["sub/mean_ratio"] == [None, 1.0, None] and x["eval_step"] == [0, 2] and x["eval_accuracy"] == [0.25, 0.5]
     assert window_means([1, 2, 3, 4, 5], [1.0, 3.0, None, 5.0, 7.0], 2) == {1: 2.0, 3: 5.0, 5: 7.0}
@@ -93,6 +96,23 @@ def test_the_ratio_range_of_a_run():
                {"step": 2, "sub/mean_ratio": 1.2, "sub/clip_frac": 0.25}, {"step": 3, "sub/mean_ratio": 0.9}]
     assert ratio_range(metrics, "sub") == {"steps": 3, "min_ratio": 0.9, "max_ratio": 1.2, "max_clip_frac": 0.25}
     assert ratio_range(metrics, "main") is None
+    metrics.append({"step": 4, "sub/mean_ratio": 1.0, "sub/clip_frac": None})  # a step that logged no clip fraction
+    assert ratio_range(metrics, "sub")["max_clip_frac"] == 0.25
+
+
+def test_what_a_role_logs_is_read_under_the_role_or_its_learner():
+    from mgrpo_ref.step import LAYOUTS
+
+    assert logged_roles(LAYOUTS["mgrpo"]) == {"main": "main", "sub": "sub"}
+    assert logged_roles(LAYOUTS["shared"]) == {"main": "shared", "sub": "shared"}
+    assert logged_roles(LAYOUTS["single_agent"]) == {"main": "single"}
+    step = {"step": 1, "time/step_s": 1, "main/format_valid": 0.9, "main/reward_mean": 0.5,
+            "single/grad_norm": 0.3, "single/sampled_nll": 0.2, "single/mean_ratio": 1.0, "single/clip_frac": 0.0}
+    (row,) = steps_before([step], 1, {"main": "single"})
+    assert row == {"step": 1, "main/grad_norm": 0.3, "main/sampled_nll": 0.2, "main/format_valid": 0.9,
+                   "main/reward_mean": 0.5}
+    x = step_series([step], {"main": "single"})
+    assert x["main/mean_ratio"] == [1.0] and x["main/format_valid"] == [0.9] and x["main/grad_norm"] == [0.3]
 
 
 def trajectory(advantage, copies, probs, mask, tokens=None):
@@ -149,6 +169,11 @@ def test_recording_every_step_leaves_the_run_as_it_was_and_the_report_reads_it(t
     same = json.loads((out / "mgrpo-s0.json").read_text())["same_as"]
     assert same["values"] > 20 and same["differ"] == 0
     assert collapse_diagnosis.same_numbers(tmp_path / "plain", tmp_path / "runs" / "mgrpo-s0")["differ"] == 0
+    short = tmp_path / "short"
+    short.mkdir()
+    logged = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+    (short / "metrics.jsonl").write_text("\n".join(logged[:-1]) + "\n")  # a re-run that stopped a line early
+    assert collapse_diagnosis.same_numbers(short, tmp_path / "plain")["differ"] > 0  # what it never logged counts
 
     # a trial's own records: every run directory's series, and a README section on them
     collapse_diagnosis.main(["--steps", str(tmp_path), "--name", "both", "--out", str(out)])
