@@ -350,6 +350,36 @@ def test_the_collapse_timelines_in_the_docs_are_what_the_runs_own_curves_give():
     assert not collapse_timelines(results["comparison-cpu-long"]) and not collapse_timelines(results["stability-cpu"])
 
 
+def test_the_lr_3e_3_collapse_figures_in_the_docs_are_its_records():
+    """The sampled-token NLL windows, the gradient norms before the first update past the clip
+    and the lead times of the 60-step collapses that results.md quotes, computed from the
+    committed per-step records and results."""
+    from mgrpo_ref.compare_tables import collapse_timelines
+    from mgrpo_ref.diagnosis import window_means
+
+    results = ROOT / "benchmarks" / "results"
+    runs = json.loads((results / "collapse" / "steps-recipes-cpu.json").read_text())["runs"]
+    nll = {run: window_means(r["series"]["step"], r["series"]["main/sampled_nll"], 20) for run, r in runs.items()}
+    fast = runs["lr_3e-3-s1"]["series"]
+    others = [w for run, w in nll.items() if not run.startswith("lr_3e-3")]
+    siblings = [v for run in ("lr_3e-3-s0", "lr_3e-3-s2") for v in nll[run].values()]
+    before = {role: max(n for s, n in zip(fast["step"], fast[f"{role}/grad_norm"]) if s < 72) for role in ("main", "sub")}
+    leads = {}
+    for r in collapse_timelines(json.loads((results / "comparison-cpu" / "results.json").read_text())):
+        dip = min(t["format_below"][0] for t in r["roles"].values() if t["format_below"])
+        leads.setdefault(r["variant"] == "single_agent_3x", []).append(dip - min(
+            t["past_clip"][0] for t in r["roles"].values() if t["past_clip"]))
+    said = [", ".join(f"{v:.2f}" for v in list(nll["lr_3e-3-s1"].values())[:3]) + f" and {nll['lr_3e-3-s1'][61]:.2f}",
+            f"at most {max(w[61] for w in others):.3f} over steps 61-80",
+            f"between {min(siblings):.3f} and {max(siblings):.2f}",
+            f"(the others at most {max(w[1] for w in others):.2f})",
+            f"at most {before['main']:.2f} for the main learner and {before['sub']:.2f} for the sub",
+            f"{min(leads[False])} to {max(leads[False])} steps before in the team arms",
+            f"{min(leads[True])} to {max(leads[True])} in `single_agent_3x`"]
+    assert len(others) == 18
+    assert not unsaid(ROOT / "docs" / "results.md", said), unsaid(ROOT / "docs" / "results.md", said)
+
+
 def test_the_stability_trials_in_the_docs_are_their_reports_and_results():
     """The tables under "Over three times the horizon" are the rows of stability-cpu's and
     stability-single-cpu's stability.md, and the single agent's figures in the prose are its
