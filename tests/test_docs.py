@@ -419,9 +419,11 @@ def test_the_base_builds_on_validation_in_the_docs_are_the_committed_rows():
                  f"{100 * r['single_greedy']['accuracy']:.1f} / {100 * r['single_T1']['accuracy']:.1f}",
                  *(f"{100 * r[k + '_greedy']:.1f} / {100 * r[k + '_T1']:.1f}" for k in ("visit", "visit_long", "return"))]
                 for r in rows]
-    assert len(rows) == 3 and typed == expected
-    assert [f"{r['config']['large_worlds']:g}" for r in rows] == [line.split("`--large-worlds ")[1].split("`")[0]
-                                                                   for line in table]
+    assert len(rows) == 5 and typed == expected
+    flags = {"--large-worlds": "large_worlds", "--demo-noise": "demo_noise", "--demo-hasty": "demo_hasty"}
+    for line, r in zip(table, rows):  # each row's build command names values its config holds
+        words = line.split("`")[1].split()
+        assert all(f"{r['config'][flags[flag]]:g}" == value for flag, value in zip(words[::2], words[1::2])), line
 
 
 def test_the_interval_check_can_fail():
