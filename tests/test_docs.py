@@ -253,6 +253,15 @@ def test_the_decode_cache_table_in_the_docs_is_the_committed_one():
     assert max(big["on"]) > min(big["off"])  # "the calls of the two arms overlap"
     seconds = big["on"] + big["off"]
     assert unsaid(REAL_MODEL_DOC, [f"({min(seconds):.0f} to {max(seconds):.0f} s over its six calls)"]) == []
+    wide = json.loads((REAL_MODEL / "decode_cache-64.json").read_text())
+    (s,) = wide["shapes"]
+    assert s["same_tokens"] and s["rows"] == 64 and max(s["seconds"]["on"]) < min(s["seconds"]["off"])  # "both ... shorter"
+    gap = s["median_s"]["off"] - s["median_s"]["on"]
+    said = bench_decode_cache.table(wide).splitlines() + [
+        f"Both calls with room ({' and '.join(f'{x:.1f}' for x in sorted(s['seconds']['on']))} s)",
+        f"both without ({' and '.join(f'{x:.1f}' for x in sorted(s['seconds']['off']))} s)",
+        f"medians differ by {gap:.1f} s, {gap / wide['new_tokens']:.2f} s for each of the {wide['new_tokens']} new tokens"]
+    assert unsaid(REAL_MODEL_DOC, said) == []
 
 
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
