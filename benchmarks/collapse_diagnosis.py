@@ -133,16 +133,16 @@ def same_numbers(run_dir: Path, original: Path) -> dict:
     """Whether a re-run retraced a run: how many numbers either logged (wall-clock times and
     memory peaks aside) the other did not log alike, at the same step and key; ``values`` counts
     the keys the two logged together."""
-    from mgrpo_ref.rundir import METRICS, read_jsonl
+    from mgrpo_ref.rundir import METRICS, deterministic, read_jsonl
 
     def numbers(path: Path) -> dict:
-        return {(m["step"], "eval/accuracy" in m, k): v for m in read_jsonl(path / METRICS) for k, v in m.items()
-                if isinstance(v, (int, float)) and not k.startswith(("time/", "memory/"))
-                and not k.endswith(("update_s", "store_s"))}
+        return {(m["step"], "eval/accuracy" in m, k): v for m in read_jsonl(path / METRICS)
+                for k, v in deterministic(m).items() if isinstance(v, (int, float))}
 
     ours, theirs = numbers(run_dir), numbers(original)
-    return {"run": within_project(original), "values": len(ours.keys() | theirs.keys()),
-            "differ": sum(1 for k in ours.keys() | theirs.keys() if ours.get(k, "absent") != theirs.get(k, "absent"))}
+    keys = ours.keys() | theirs.keys()
+    return {"run": within_project(original), "values": len(keys),
+            "differ": sum(1 for k in keys if ours.get(k, "absent") != theirs.get(k, "absent"))}
 
 
 def collect_steps(runs: Path) -> dict:

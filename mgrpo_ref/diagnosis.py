@@ -46,10 +46,8 @@ from collections import defaultdict
 FORMAT_THRESHOLD = 0.8
 """Format validity below which a role's training rollouts count as having lost their format."""
 
-ROLE_KEYS = ("format_valid", "reward_mean")
-"""What a run logs per role (``<role>/<key>``)."""
 LEARNER_KEYS = ("grad_norm", "sampled_nll", "mean_ratio", "clip_frac")
-"""What a run logs per learner (``<learner>/<key>``)."""
+"""What a run logs per learner (``<learner>/<key>``); the rest (format validity, reward) per role."""
 
 
 def logged_roles(layout) -> dict[str, str]:
@@ -94,6 +92,15 @@ def _first(steps: list[int], values: list, passes, after: int = 0) -> tuple[int,
     return next(((s, v) for s, v in zip(steps, values) if s > after and v is not None and passes(v)), None)
 
 
+def adapter_norms(curves: dict, role: str) -> list:
+    """Per training step, the gradient norm (before clipping) of the adapter that plays ``role``
+    in a run's curves (``compare.curves``): the sub learner's own for ``sub`` in a team with two
+    adapters, else ``grad_norm``, the one adapter of ``single_agent`` and ``shared`` (whose
+    ``sub_grad_norm`` is all None) or the main learner's."""
+    own = role == "sub" and any(n is not None for n in curves["sub_grad_norm"])
+    return curves["sub_grad_norm"] if own else curves["grad_norm"]
+
+
 def collapse_timeline(curves: dict, clip: float, threshold: float = FORMAT_THRESHOLD, drop: float = 0.2) -> dict:
     """What a run's per-step curves (``compare.curves``) say about when it fell: ``best`` and
     ``fell`` (step, held-out greedy accuracy) from ``collapse_eval``, or ``fell`` None; and for
@@ -102,8 +109,7 @@ def collapse_timeline(curves: dict, clip: float, threshold: float = FORMAT_THRES
     happened before the best did not stop the run from reaching it): ``past_clip``, the first
     step the gradient norm of the adapter playing the role went past ``clip``, with that norm,
     and ``format_below``, the first step its format validity dipped below ``threshold``, with
-    that validity (each None if it never did). One adapter plays both roles in
-    ``single_agent`` and ``shared`` (``sub_grad_norm`` is None there)."""
+    that validity (each None if it never did); the norms are ``adapter_norms``."""
     evals = dict(zip(curves["eval_step"], curves["eval_accuracy"]))
     point = collapse_eval(evals, drop)
     best = point[0] if point else max(evals, key=evals.get)
@@ -112,9 +118,7 @@ def collapse_timeline(curves: dict, clip: float, threshold: float = FORMAT_THRES
         valid = curves[f"{role}_format_valid"]
         if all(v is None for v in valid):
             continue
-        own = role == "sub" and any(n is not None for n in curves["sub_grad_norm"])
-        norms = curves["sub_grad_norm"] if own else curves["grad_norm"]
-        roles[role] = {"past_clip": _first(curves["step"], norms, lambda n: n > clip, best),
+        roles[role] = {"past_clip": _first(curves["step"], adapter_norms(curves, role), lambda n: n > clip, best),
                        "format_below": _first(curves["step"], valid, lambda v: v < threshold, best)}
     return {"best": (best, evals[best]), "fell": (point[1], evals[point[1]]) if point else None, "roles": roles,
             "order": _order(roles)}

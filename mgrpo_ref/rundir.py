@@ -282,6 +282,13 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def deterministic(record: dict) -> dict:
+    """A metrics line without what a seed does not decide: wall-clock timings and memory peaks
+    (what two runs of one config on one machine must log alike)."""
+    return {k: v for k, v in record.items()
+            if not k.startswith(("time/", "memory/")) and not k.endswith(("update_s", "store_s"))}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSONL file; a line that does not parse (one cut by a crash) is skipped."""
     records = []

@@ -28,12 +28,6 @@ def one_question(hops):
     return next(q for q in load_questions("eval") if q.n_hops == hops)
 
 
-def deterministic(record: dict) -> dict:
-    """A metrics line without what a seed does not decide: wall-clock timings and memory peaks."""
-    return {k: v for k, v in record.items()
-            if not k.startswith(("time/", "memory/")) and not k.endswith(("update_s", "store_s"))}
-
-
 def resolves(name: str) -> bool:
     """Whether a glossary name is in the package: a config field (``d_max``, ``reward.b2``),
     ``module.attr[.attr]`` or ``Class.attr`` of any module's class; a call's arguments are ignored."""

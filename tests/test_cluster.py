@@ -25,10 +25,10 @@ import pytest
 import torch
 
 from mgrpo_ref import rundir, train
+from mgrpo_ref.rundir import deterministic
 from mgrpo_ref.store import open_store
 
 import helpers
-from helpers import deterministic
 
 SMALL = ["questions_per_step=2", "rollouts=2", "d_max=2", "eval_questions=4", "eval_every=2", "checkpoint_every=1",
          "keep_checkpoints=0", "max_new_tokens=12", "microbatch=8", "tensorboard=false"]

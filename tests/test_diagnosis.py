@@ -11,9 +11,9 @@ from mgrpo_ref.compare_tables import collapse_timelines, collapse_timelines_tabl
 from mgrpo_ref.diagnosis import (collapse_eval, collapse_timeline, format_loss_step, gradient_split, heaviest_tokens,
                                  logged_roles, ratio_range, step_series, steps_before, token_gradient_weights,
                                  window_means)
+from mgrpo_ref.rundir import deterministic
 
 import collapse_diagnosis  # benchmarks/collapse_diagnosis.py (pytest's pythonpath)
-from helpers import deterministic
 
 
 def metrics_with(valid: list[float]) -> list[dict]:

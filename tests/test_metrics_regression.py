@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from mgrpo_ref.rundir import deterministic
 from mgrpo_ref.store import Store
-
-from helpers import deterministic
 
 DATA = Path(__file__).parent / "data"
 CONFIG = ["steps=2", "questions_per_step=3", "rollouts=4", "d_max=2", "eval_questions=8", "eval_every=2",
