@@ -28,13 +28,17 @@ precision, lr 1e-4, turns of 48 tokens) at 8 questions x 8 rollouts, and the arm
     shared prefix, lean, bf16  the same with the base in bfloat16: the fastest arm in float32
                     with bfloat16's matrix products on top (it does not compute the same
                     numbers: ``benchmarks/bf16_effect.py`` measures what it changes)
+    shared prefix, lean, skip  the lean arm whose updates leave the rows of advantage 0 out
+                    of the backward pass (skip_zero_advantage=true): the same gradient
 
 ``--arms`` runs some of them ("today" always, first: the ratios are to it).
 
 Evaluations shrink to 6 held-out questions (before the first step and after the last) and
 checkpoints to the last step, so the steps are what is measured. From each run's
 metrics.jsonl: seconds per trained episode (a step's ``time/step_s`` over its B*K episodes;
-the median over the steps), and each worker's peak resident memory over its whole run
+the median over the steps; beside it each step's rollouts and its updates, ``time/rollout_s`` and
+``time/update_wall_s``, and each learner's update, ``<learner>/update_s``; the two learners
+update at once, one core each), and each worker's peak resident memory over its whole run
 (``memory/<learner>_host_peak_mib`` of the last step), and their ratios to "today". The arms
 run one after the other in one invocation, so the ratios come from one run of this machine.
 Writes benchmarks/results/real-model-cpu/speed.json (or ``--out``), and its table beside it
@@ -63,7 +67,8 @@ ARMS = {"today": [],
         "cache and budget": CACHE_AND_BUDGET,
         "shared prefix": [*CACHE_AND_BUDGET, "share_prefix=32"],
         "shared prefix, lean": LEAN,
-        "shared prefix, lean, bf16": [*LEAN, "dtype=bfloat16"]}
+        "shared prefix, lean, bf16": [*LEAN, "dtype=bfloat16"],
+        "shared prefix, lean, skip": [*LEAN, "skip_zero_advantage=true"]}
 """arm -> config overrides on top of CONFIG."""
 CONFIG = ["quantization=none", "questions_per_step=8", "rollouts=8", "lr=1e-4", "max_new_tokens=48",
           "eval_questions=6", "eval_every=1000", "eval_sampled_temperature=0", "checkpoint_every=1000",
@@ -76,6 +81,10 @@ def figures(run: Path, episodes_per_step: int) -> dict:
     steps = [m for m in read_jsonl(run / "metrics.jsonl") if "time/step_s" in m]
     seconds = [m["time/step_s"] for m in steps]
     return {"step_seconds": [round(s, 1) for s in seconds],
+            "rollout_seconds": [round(m["time/rollout_s"], 1) for m in steps],
+            "update_seconds": [round(m["time/update_wall_s"], 1) for m in steps],
+            "update_seconds_by_learner": {learner: [round(m[f"{learner}/update_s"], 1) for m in steps]
+                                          for learner in ("main", "sub")},
             "seconds_per_episode": round(median(seconds) / episodes_per_step, 3),
             "peak_mib": {learner: round(steps[-1][f"memory/{learner}_host_peak_mib"]) for learner in ("main", "sub")}}
 
@@ -124,16 +133,21 @@ def main() -> None:
 
 def table(result: dict) -> str:
     """The arms side by side, each figure with its ratio to "today" (docs/real-model.md section 6)."""
-    lines = ["| arm | overrides | step seconds | seconds per trained episode | main worker's peak (MiB) "
-             "| sub worker's peak (MiB) |", "|---|---|---|---|---|---|"]
+    phases = all("rollout_seconds" in f for f in result["arms"].values() if "failed" not in f)  # not in older runs
+    lines = ["| arm | overrides | step seconds " + ("| rollouts + updates (s) " if phases else "")
+             + "| seconds per trained episode | main worker's peak (MiB) | sub worker's peak (MiB) |",
+             "|---|---|---|" + ("---|" if phases else "") + "---|---|---|"]
     for arm, f in result["arms"].items():
         if "failed" in f:
-            lines.append(f"| {arm} | {' '.join(f['overrides']) or 'the defaults'} | failed: {f['failed']} | | | |")
+            lines.append(f"| {arm} | {' '.join(f['overrides']) or 'the defaults'} | failed: {f['failed']} | | | |"
+                         + (" |" if phases else ""))
             continue
         ratio = f.get("ratio_to_today", {"seconds_per_episode": float("nan"), "main_peak_mib": float("nan"),
                                          "sub_peak_mib": float("nan")})
         lines.append(f"| {arm} | {' '.join(f['overrides']) or 'the defaults'} | "
                      f"{', '.join(f'{s:.1f}' for s in f['step_seconds'])} | "
+                     + (f"{', '.join(f'{r:.1f} + {u:.1f}' for r, u in zip(f['rollout_seconds'], f['update_seconds']))} | "
+                        if phases else "") +
                      f"{f['seconds_per_episode']:.2f} (x{ratio['seconds_per_episode']:.2f}) | "
                      f"{f['peak_mib']['main']:,} (x{ratio['main_peak_mib']:.2f}) | "
                      f"{f['peak_mib']['sub']:,} (x{ratio['sub_peak_mib']:.2f}) |")

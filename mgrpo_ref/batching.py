@@ -252,6 +252,12 @@ def distinct_batch(sub_sequences: Sequence[Encoded], advantages: torch.Tensor, a
     return PolicyBatch(batch["input_ids"], batch["attention_mask"], weights, advantages[kept])
 
 
+def batch_rows(batch: PolicyBatch, rows: torch.Tensor) -> PolicyBatch:
+    """The batch's ``rows`` (indices, or a bool mask over its rows), in that order."""
+    return PolicyBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.token_weights[rows],
+                       batch.advantages[rows])
+
+
 def concat_batches(batches: Sequence[PolicyBatch], pad_id: int) -> PolicyBatch:
     """Stack batches of different T, right-padding to the longest (one adapter trained on
     both roles' rows: the ``shared`` variant)."""

@@ -175,6 +175,13 @@ class TrainConfig:
     forward pass over the prefix, its keys and values handed to every row for the rest. The
     same loss and gradient (tested); only the update's time and memory change. Not combined
     with ``activation_checkpointing`` (a cache is not kept under it): the usual pass then."""
+    skip_zero_advantage: bool = False
+    """False: every row of a batch takes part in the backward pass. True: rows whose advantage
+    is 0 (every rollout of their group had one reward) run their forward pass without one. With
+    no KL term (``kl_coef=0``) and a ratio of 1 (one epoch, a batch trained the step it was
+    sampled) such a row's loss is 0 for any weights, so its gradient is 0: the same gradient up
+    to float rounding, and the same statistics (the forward pass still gives their
+    ``sampled_nll``; tested). Otherwise it does nothing. Only the update's time changes."""
     activation_checkpointing: bool = False
     """Keep only each decoder layer's input in the update's forward pass and recompute the
     layer during the backward pass: much less memory for long rows, at the cost of a second
@@ -273,8 +280,9 @@ class TrainConfig:
         if self.store and urlsplit(self.store).password:
             raise ConfigError("store", "postgresql://...", "holds a password, which config.json would keep: "
                               "give it in PGPASSWORD or ~/.pgpass instead")
-        if not isinstance(self.activation_checkpointing, bool):
-            raise ConfigError("activation_checkpointing", self.activation_checkpointing, "must be true or false")
+        for name in ("activation_checkpointing", "skip_zero_advantage"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, getattr(self, name), "must be true or false")
         if not isinstance(self.record_steps, tuple):
             raise ConfigError("record_steps", self.record_steps, "must be steps, e.g. record_steps=1,30,60")
         for step in self.record_steps:  # a step the run never reaches would record nothing, silently

@@ -30,7 +30,9 @@ so each token sits at the position it has in its own context.
 
 Each decode pass writes its token's keys and values into tensors that already have room for
 the turn (:func:`with_room`), where transformers' own cache would copy every layer's keys and
-values so far to append them.
+values so far to append them. Rows that stopped leave the batch once they are half of it (their
+entries kept first), so that the passes to come compute only the rows still writing; every row
+still draws its token at every pass, so its draws do not depend on when the others stopped.
 
 Shapes: M contexts of one call; C the longest cached prefix reused and S the most new tokens
 among them; T tokens of a conversation; J key-value heads of one layer and E the size of one.
@@ -180,7 +182,8 @@ def select_rows(cache, rows: torch.Tensor):
 
 def with_room(cache, room: int, rows: torch.Tensor | None = None):
     """The model's cache with its batch taken from ``rows`` of it (all rows in order when
-    None) and, where every layer is a plain ``DynamicLayer`` of transformers 5, ``room`` more
+    None) and, where every layer is a plain ``DynamicLayer`` of transformers 5 (or one this
+    function made), ``room`` more
     positions already allocated in each: a decode loop that writes one token a pass then
     writes it in place, where transformers' own layer concatenates, copying all of its keys
     and values so far at every pass. Holds the same numbers. Any other cache (a layer with a
@@ -188,8 +191,8 @@ def with_room(cache, room: int, rows: torch.Tensor | None = None):
     from transformers import DynamicCache
 
     layers = getattr(cache, "layers", None)
-    if hasattr(DynamicCache, "from_legacy_cache") or not layers or any(type(layer) is not _dynamic_layer()
-                                                                        for layer in layers):
+    plain = (_dynamic_layer(), _roomy_layer())  # transformers' own layer, or one of ours (rows selected again)
+    if hasattr(DynamicCache, "from_legacy_cache") or not layers or any(type(layer) not in plain for layer in layers):
         return cache if rows is None else select_rows(cache, rows)
     kv = from_model_cache(cache)
     if rows is not None:
@@ -309,6 +312,14 @@ def row_of(kv: KeysValues, row: int, columns: torch.Tensor) -> KeysValues:
     return [(k[row][:, columns].clone(), v[row][:, columns].clone()) for k, v in kv]
 
 
+def let_go(stopped: torch.Tensor) -> bool:
+    """Whether the rows that stopped leave the batch now, given which of the rows it holds have
+    stopped (H,): once they are half of them. Until then each pass feeds them padding; once
+    they leave, every pass to come is cheaper, and copying the rows that go on into a smaller
+    cache costs about one pass."""
+    return bool(stopped.any()) and 2 * int(stopped.sum()) >= len(stopped)
+
+
 def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callable[[torch.Tensor], torch.Tensor],
              stopped: Callable[[torch.Tensor, int], torch.Tensor], max_new_tokens: int,
              pad_id: int) -> list[list[int]]:
@@ -355,26 +366,44 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
     written = torch.full((len(ids), max_new_tokens), pad_id, dtype=torch.long)  # (M, T): the turns' tokens
     lengths = torch.zeros(len(ids), dtype=torch.long)  # tokens written per row, its stop included
     done = torch.zeros(len(ids), dtype=torch.bool)
+    held = torch.arange(len(ids))  # (H,): the rows the batch cache still holds, in its order
+    entries: list[Entry | None] = [None] * len(ids)
+
+    def keep_rows(kv: KeysValues, rows: list[int]) -> None:
+        """The entries of ``rows`` (rows of the call) from ``kv``, the batch cache holding ``held``:
+        each row's context and turn, with the keys and values of all their tokens but the last,
+        which was never fed back. Their columns: its reused prefix, its new tokens, its turn."""
+        slot = {row: h for h, row in enumerate(held.tolist())}
+        for row in rows:
+            i, r, n = ids[row], reused[row], int(lengths[row])
+            columns = torch.cat([torch.arange(c - r, c), torch.arange(c + s - (len(i) - r), c + s),
+                                 torch.arange(c + s, c + s + n - 1)]).to(device)
+            entries[row] = Entry(torch.cat([i, written[row, :n - 1]]), len(i), row_of(kv, slot[row], columns))
+
     for t in range(max_new_tokens):
-        token = pick(logits).cpu()  # (M,)
+        token = pick(logits).cpu()  # (M,): every row draws, so a row's draws do not depend on the others' stops
         token[done] = pad_id
         written[:, t] = token
         lengths += (~done).long()
         done |= stopped(written[:, :t + 1], t)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
+        finished = done[held]
+        if let_go(finished):  # keep the stopped rows' entries, and compute only the others from here on
+            keep_rows(from_model_cache(past), held[finished].tolist())
+            stay = (~finished).nonzero().squeeze(1)
+            past = with_room(past, max_new_tokens - t, stay.to(device))
+            held = held[stay]
         mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype, device=device)], dim=1)
         position = position + 1
-        logits, past = forward(model, token[:, None].to(device), mask, position.to(device), past, names)
-    kv = from_model_cache(past)
-    turns, entries = [], []
-    for row, (i, r) in enumerate(zip(ids, reused)):
-        n = int(lengths[row])
-        turns.append(written[row, :n].tolist())
-        # The row's columns in the batch cache: its reused prefix, its new tokens, and the
-        # tokens it wrote but the last (which was never fed back).
-        columns = torch.cat([torch.arange(c - r, c), torch.arange(c + s - (len(i) - r), c + s),
-                             torch.arange(c + s, c + s + n - 1)]).to(device)
-        entries.append(Entry(torch.cat([i, written[row, :n - 1]]), len(i), row_of(kv, row, columns)))
+        rows = held.to(device)
+        out, past = forward(model, token[held][:, None].to(device), mask[rows], position[held].to(device), past, names)
+        if len(held) < len(ids):  # a stopped row's token is padding whatever its logits: zeros
+            logits = out.new_zeros(len(ids), out.shape[-1])
+            logits[rows] = out
+        else:
+            logits = out
+    keep_rows(from_model_cache(past), held.tolist())
+    turns = [written[row, :int(lengths[row])].tolist() for row in range(len(ids))]
     cache.keep(entries, found)
     return turns

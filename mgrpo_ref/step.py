@@ -43,7 +43,7 @@ import torch
 
 from .advantages import equal_reward_fraction, main_advantages, sub_advantages
 from .alignment import Alignment, align_sub_trajectories, weight_by_calls
-from .batching import (PolicyBatch, concat_batches, distinct_batch, encode_trajectory, slot_batch,
+from .batching import (PolicyBatch, batch_rows, concat_batches, distinct_batch, encode_trajectory, slot_batch,
                        trajectory_batch)
 from .config import TrainConfig, learning_rate
 from .episode import Episode, Trajectory
@@ -234,7 +234,9 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     steps, each on the gradient of every microbatch (``_microbatches``: ``cfg.microbatch``
     rows, or fewer within ``cfg.microbatch_tokens``), clipped to ``cfg.max_grad_norm``, at the
     learning rate the optimiser holds. With ``cfg.activation_checkpointing`` each decoder
-    layer is recomputed in the backward pass instead of kept (``Policy.checkpointing``).
+    layer is recomputed in the backward pass instead of kept (``Policy.checkpointing``). With
+    ``cfg.skip_zero_advantage`` rows whose advantage is 0 run forward only, where their loss is
+    0 whatever the weights (see below): the same gradient and statistics.
 
     The loss of each microbatch is its token mean times its share of the batch's tokens, so
     the accumulated gradient is that of one token-level mean over every weighted token of
@@ -260,7 +262,18 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     if old is None and passes > 1:
         old = sampling_logprobs(policy, batch, cfg)
     prefix = cfg.share_prefix
-    parts = list(_microbatches(batch, cfg.microbatch, cfg.microbatch_tokens, share_prefix=prefix))  # each (ids, mask, weights, A)
+    # Rows whose advantage is 0 carry no gradient when their loss is 0 for any weights: no KL
+    # term, and a ratio of exactly 1 (pi_old is the current policy, detached, see above).
+    # With skip_zero_advantage they get microbatches of their own that skip the backward pass.
+    still = (batch.advantages == 0 if train and cfg.skip_zero_advantage and kl_coef == 0 and old is None
+             else torch.zeros(len(batch), dtype=torch.bool))  # (M,)
+    parts, backward = [], []  # each part (ids, mask, weights, A); whether it runs a backward pass
+    for rows, moving in ((~still, True), (still, False)):
+        if rows.any():
+            mine = list(_microbatches(batch_rows(batch, rows), cfg.microbatch, cfg.microbatch_tokens,
+                                      share_prefix=prefix))
+            parts += mine
+            backward += [moving] * len(mine)
     with torch.no_grad():
         ref = ([policy.token_logprobs(ids, att, reference=True, where=w != 0, share_prefix=prefix)
                 for ids, att, w, _ in parts] if kl_coef > 0 else None)
@@ -272,18 +285,21 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
             optimizer.zero_grad(set_to_none=True)
             for i, (ids, att, weights, adv) in enumerate(parts):
                 share = weights.sum().item() / max(n_tokens, 1.0)
-                with torch.set_grad_enabled(train):
+                with torch.set_grad_enabled(train and backward[i]):
                     logp = policy.token_logprobs(ids, att, where=weights != 0, share_prefix=prefix)  # (m, t), 0 where unweighted
                     logp_old = old[i].to(logp.device) if old is not None else logp.detach()  # pi_old, see above
                     loss, diag = clipped_surrogate_loss(logp, logp_old, adv, weights, cfg.clip_eps_low,
                                                         cfg.clip_eps_high, kl_coef,
                                                         ref[i] if ref is not None else None)  # Eq. (3)-(6)
-                    if train:
+                    if train and backward[i]:
                         (loss * share).backward()
                 totals["loss"] += loss.item() * share
                 for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref", "sampled_nll"):
                     totals[key] += diag[key] * share
             if train:
+                for p in policy.trainable_parameters():  # no backward ran at all (every row still): a zero
+                    if p.grad is None:                     # gradient, as the backward would have given, so
+                        p.grad = torch.zeros_like(p)       # that the optimiser still takes its step
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm))
                 optimizer.step()
     stats = {key: v / passes for key, v in totals.items()}

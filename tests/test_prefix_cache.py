@@ -139,6 +139,39 @@ def test_a_cache_with_room_decodes_what_the_model_s_own_cache_does_writing_in_pl
     assert len(set(ptrs[:4])) == 1 and ptrs[4] != ptrs[3]  # room for four: the fifth token grows the tensors
 
 
+def test_rows_that_stopped_leave_the_batch_and_the_others_write_what_they_would_have(model, monkeypatch):
+    """Six contexts, row i stopping after ``stop_after[i]`` tokens. Once half the rows the batch
+    holds have stopped, they leave it (their entries kept first): the passes shrink from 6 rows
+    to 2, then 1. Every row's turn and kept keys and values are those of the same call in which
+    no row stops, cut at the row's stop."""
+    from mgrpo_ref import prefix_cache as module
+
+    torch.manual_seed(0)
+    contexts = torch.randint(10, 200, (6, 9)).tolist()
+    stop_after = torch.tensor([1, 2, 3, 3, 5, 12])
+    rows_per_pass, one_pass = [], module.forward
+    monkeypatch.setattr(module, "forward", lambda m, ids, *a: rows_per_pass.append(len(ids)) or one_pass(m, ids, *a))
+
+    def greedy(logits):
+        return logits.argmax(-1)
+
+    calls = {}
+    for name, stops in (("stopping", lambda written, t: stop_after <= t + 1),
+                        ("never", lambda written, t: torch.zeros(len(written), dtype=torch.bool))):
+        rows_per_pass.clear()
+        cache = PrefixCache(64)
+        with torch.no_grad():
+            turns = module.generate(model, cache, contexts, greedy, stops, 12, pad_id=0)
+        calls[name] = turns, cache.entries, list(rows_per_pass)
+    (turns, entries, passes), (whole, whole_entries, whole_passes) = calls["stopping"], calls["never"]
+    assert passes == [6, 6, 6, 2, 2, 1, 1, 1, 1, 1, 1, 1] and whole_passes == [6] * 12
+    assert turns == [w[:n] for w, n in zip(whole, stop_after.tolist())]
+    for e, w, n in zip(entries, whole_entries, stop_after.tolist()):
+        assert e.context_tokens == w.context_tokens == 9 and torch.equal(e.ids, w.ids[:9 + n - 1])
+        for (k, v), (k0, v0) in zip(e.kv, w.kv):
+            torch.testing.assert_close((k, v), (k0[:, :9 + n - 1], v0[:, :9 + n - 1]), rtol=1e-5, atol=1e-5)
+
+
 def test_a_cache_with_a_sliding_window_keeps_its_layers_and_only_selects_rows():
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicSlidingWindowLayer
@@ -228,3 +261,11 @@ def test_the_decode_cache_benchmark_times_both_arms_on_equal_work(tmp_path):
     assert shape["ratio_on_over_off"] == shape["median_s"]["on"] / shape["median_s"]["off"]
     with pytest.raises(SystemExit, match="no model at"):
         bench_decode_cache.main(["--base", str(tmp_path / "nowhere"), "--out", str(out)])
+    # The other lever: rows that stopped leaving the batch, on and off, the same tokens.
+    bench_decode_cache.main(["--base", BASE, "--lever", "leave", "--rows", "6", "--context", "12", "--new-tokens", "9",
+                             "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    (shape,) = result["shapes"]
+    assert result["lever"] == "leave" and shape["same_tokens"] and len(shape["stop_after"]) == 6
+    assert all(1 <= n <= 9 for n in shape["stop_after"]) and len(set(shape["stop_after"])) > 1
+    assert "stopped rows leave (s)" in bench_decode_cache.table(result)

@@ -13,7 +13,7 @@ from mgrpo_ref.objective import clipped_surrogate_loss
 from mgrpo_ref.policy import load_policy
 from mgrpo_ref.rewards import episode_rewards
 from mgrpo_ref.scripted import ScriptedAgent, TeacherNoise
-from mgrpo_ref.step import LAYOUTS, check_episodes, clipped_update, main_half, sub_half
+from mgrpo_ref.step import LAYOUTS, check_episodes, clipped_update, main_half, sampling_logprobs, sub_half
 from mgrpo_ref.store import correct_from_rows, rollout_rows
 from mgrpo_ref.config import VARIANTS
 from mgrpo_ref.tools import ToolsByWorld
@@ -417,6 +417,85 @@ def test_the_update_s_memory_savings_give_the_same_loss_and_gradient(episodes, p
     # the prefix is shared only where asked, and never under checkpointing (no cache is kept there)
     assert bool(shared_passes) == ("share_prefix" in change and "activation_checkpointing" not in change)
     assert all(p >= 8 for p in shared_passes)
+
+
+def _record_passes(policy, monkeypatch) -> list[tuple[int, bool]]:
+    """Each scoring pass of ``policy`` as it runs: (rows, whether it keeps a graph for a backward pass)."""
+    passes, score = [], policy.token_logprobs
+    monkeypatch.setattr(policy, "token_logprobs",
+                        lambda ids, *a, **k: passes.append((len(ids), torch.is_grad_enabled())) or score(ids, *a, **k))
+    return passes
+
+
+@pytest.mark.parametrize("role", ["main", "sub"])
+def test_rows_with_no_advantage_skip_the_backward_pass_and_change_nothing(episodes, policy, role, monkeypatch):
+    """skip_zero_advantage: a row whose advantage is 0 has a loss of 0 for any weights (no KL
+    term, a ratio of 1), so it runs forward only. The loss, the statistics (its sampled_nll
+    included) and the gradient stay as they were; only the other rows go through a backward pass."""
+    main = main_half(episodes, CFG, policy)
+    batch = main.batch if role == "main" else sub_half(episodes, main.correct, CFG, policy, step=1).batch
+    advantages = batch.advantages.clone()
+    advantages[::3] = 0.0  # as if a third of the rows' groups had one reward each
+    batch = replace(batch, advantages=advantages)
+    still = int((advantages == 0).sum())
+    assert 0 < still < len(batch) and (advantages != 0).any()
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    passes = _record_passes(policy, monkeypatch)
+
+    def run(cfg):
+        passes.clear()
+        stats = clipped_update(policy, torch.optim.SGD(params, lr=0.0), batch, replace(cfg, max_grad_norm=1e9))
+        return stats, [p.grad.detach().clone() for p in params], list(passes)
+
+    cfg = replace(CFG, microbatch=5, share_prefix=8)
+    before, before_grads, every = run(cfg)
+    after, after_grads, skipped = run(replace(cfg, skip_zero_advantage=True))
+    assert all(grad for _, grad in every) and sum(rows for rows, _ in every) == len(batch)
+    assert sum(rows for rows, grad in skipped if grad) == len(batch) - still  # backward: the moving rows only
+    assert sum(rows for rows, grad in skipped if not grad) == still  # the others: forward only, once each
+    for key in ("loss", "clip_frac", "mean_ratio", "approx_kl", "sampled_nll", "n_tokens", "n_rows"):
+        assert after[key] == pytest.approx(before[key], rel=1e-5, abs=1e-7), key
+    assert any(g.abs().sum() > 0 for g in before_grads)
+    for a, b in zip(after_grads, before_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # Where a row's loss may move (a KL term; a stale pi_old, whose ratio is not 1), every row goes backward.
+    stale = sampling_logprobs(policy, batch, cfg)
+    for other, old in ((dict(kl_coef=0.1), None), ({}, stale)):
+        passes.clear()
+        clipped_update(policy, torch.optim.SGD(params, lr=0.0), batch, replace(cfg, skip_zero_advantage=True, **other),
+                       old_logprobs=old)
+        assert sum(rows for rows, grad in passes if grad) == len(batch), other
+
+
+def test_a_batch_with_no_advantage_at_all_still_takes_the_optimiser_s_step(episodes, policy):
+    """Every row still: no backward pass runs, and the gradient is 0 as the backward pass would
+    have made it, so AdamW still takes its step on the momentum of the steps before."""
+    import copy
+
+    main = main_half(episodes, CFG, policy)
+    batch = main.batch
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    signal = replace(batch, advantages=torch.linspace(-1, 1, len(batch)))
+    none = replace(batch, advantages=torch.zeros(len(batch)))
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    clipped_update(policy, optimizer, signal, CFG)  # momentum to carry
+    state = copy.deepcopy(optimizer.state_dict()), [p.detach().clone() for p in params]
+    landed = {}
+    for skip in (False, True):
+        optimizer.load_state_dict(copy.deepcopy(state[0]))
+        with torch.no_grad():
+            for p, value in zip(params, state[1]):
+                p.copy_(value)
+        stats = clipped_update(policy, optimizer, none, replace(CFG, skip_zero_advantage=skip))
+        assert stats["grad_norm"] == 0.0
+        landed[skip] = [p.detach().clone() for p in params]
+    assert any(not torch.equal(a, b) for a, b in zip(landed[False], state[1]))  # the momentum moved it
+    for a, b in zip(landed[True], landed[False]):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        for p, value in zip(params, start):
+            p.copy_(value)
 
 
 def test_rows_that_begin_alike_share_a_microbatch_and_every_row_is_taken_once(episodes, policy):
