@@ -264,6 +264,44 @@ def test_the_decode_cache_table_in_the_docs_is_the_committed_one():
     assert unsaid(REAL_MODEL_DOC, said) == []
 
 
+def test_the_two_levers_that_leave_the_numbers_are_said_as_measured():
+    """docs/real-model.md on stopped rows leaving the decode batch and on skip_zero_advantage:
+    its figures are decode_leave-64.json's and speed-rows.json's."""
+    import bench_decode_cache  # benchmarks/bench_decode_cache.py (pytest's pythonpath)
+    from real_step_speed import table
+
+    leave = json.loads((REAL_MODEL / "decode_leave-64.json").read_text())
+    (shape,) = leave["shapes"]
+    decoding = shape["decode_seconds"]
+    assert leave["lever"] == "leave" and shape["same_tokens"] and shape["rows"] == 64
+    assert max(decoding["on"]) < min(decoding["off"])  # "every call in which the stopped rows left took less time"
+    run = json.loads((REAL_MODEL / "speed-rows.json").read_text())
+    assert (REAL_MODEL / "speed-rows.md").read_text() == table(run)
+    assert run["command"].startswith("python benchmarks/real_step_speed.py")
+    lean, skip = run["arms"]["shared prefix, lean"], run["arms"]["shared prefix, lean, skip"]
+    assert skip["overrides"] == lean["overrides"] + ["skip_zero_advantage=true"]
+
+    def both(seconds):
+        return " and ".join(f"{s:.1f}" for s in seconds)
+
+    by = {arm: f["update_seconds_by_learner"] for arm, f in (("lean", lean), ("skip", skip))}
+    assert max(by["skip"]["main"]) < min(by["lean"]["main"])  # "shortens the main learner's update"
+    saved = [a - b for a, b in zip(lean["update_seconds"], skip["update_seconds"])]
+    noise = abs(lean["rollout_seconds"][0] - skip["rollout_seconds"][0])  # the same episodes in both arms
+    assert noise > 4 * max(saved)  # "far larger than the lever's whole effect"
+    fastest = min(f["ratio_to_today"]["seconds_per_episode"] for f in run["arms"].values())
+    assert fastest > 0.25  # "a quarter ... is still not reached"
+    said = bench_decode_cache.table(leave).splitlines() + [
+        f"({min(decoding['on']):.1f} to {max(decoding['on']):.1f} s against "
+        f"{min(decoding['off']):.1f} to {max(decoding['off']):.1f} s)",
+        f"The main learner's update took {both(by['skip']['main'])} s against {both(by['lean']['main'])} s",
+        f"{both(by['skip']['sub'])} s against {both(by['lean']['sub'])} s",
+        f"{both(skip['update_seconds'])} s against {both(lean['update_seconds'])} s, {both(saved)} s less",
+        f"took {lean['rollout_seconds'][0]:.1f} s in one\n  arm and {skip['rollout_seconds'][0]:.1f} s in the other",
+        f"is at x{fastest:.2f}"]
+    assert unsaid(REAL_MODEL_DOC, said) == []
+
+
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
     """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
     every group of k of the rollouts."""
@@ -556,7 +594,14 @@ def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tabl
     # bfloat16 table alone, whose figures test_the_bfloat16_figures_in_the_docs_are_the_committed_ones checks
     rest = rows[len(committed):]
     bf16 = next(i for i, row in enumerate(rest) if row.startswith("| measure |"))
-    assert rest[0].startswith("| rows x context tokens |") and len(rest) == bf16 + 6
+    assert rest[0].startswith("| rows x context tokens |")
+    # after it, the stopped rows' decode table and the step with both levers, whole
+    # (test_the_two_levers_that_leave_the_numbers_are_said_as_measured)
+    import bench_decode_cache  # benchmarks/bench_decode_cache.py (pytest's pythonpath)
+
+    leave = bench_decode_cache.table(json.loads((REAL_MODEL / "decode_leave-64.json").read_text())).splitlines()
+    both = (REAL_MODEL / "speed-rows.md").read_text().splitlines()
+    assert rest[bf16 + 6:] == [row for row in leave + both if not row.startswith("|---")]
 
 
 def test_the_study_s_warm_up_time_in_the_docs_is_the_recorded_one():
