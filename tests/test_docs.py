@@ -302,6 +302,28 @@ def test_the_two_levers_that_leave_the_numbers_are_said_as_measured():
     assert unsaid(REAL_MODEL_DOC, said) == []
 
 
+def test_the_rollout_calls_are_said_as_recorded():
+    """docs/real-model.md on where the rollouts' time goes: rollout_calls.json's figures."""
+    from rollout_calls import SMALL, tables
+
+    result = json.loads((REAL_MODEL / "rollout_calls.json").read_text())
+    assert (REAL_MODEL / "rollout_calls.md").read_text() == tables(result)
+    assert result["command"].startswith("python benchmarks/rollout_calls.py")
+    calls = result["calls"]
+    big, small = [c for c in calls if c["rows"] > SMALL], [c for c in calls if c["rows"] <= SMALL]
+    assert calls[:len(big)] == big  # the big calls come first, then the tail
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
+    small_s, rollout_s = sum(c["seconds"] for c in small), result["rollout_seconds"]
+    assert 0.4 < small_s / rollout_s < 0.6  # "half of the rollouts' time"
+    ms = {p["rows"]: 1000 * p["median_s"] for p in result["decode_pass"]}
+    assert 0.15 < ms[1] / ms[64] < 0.35  # "about a quarter of a pass over all 64 rows"
+    said = [f"The first {words[len(big) - 1]} calls hold every episode and take {sum(c['seconds'] for c in big):.1f} s",
+            f"make {len(small)} calls of at most {words[max(c['rows'] for c in small) - 1]} rows, which take "
+            f"{small_s:.1f} s of the {rollout_s:.1f} s",
+            f"({ms[1]:.0f} ms for one row, {ms[16]:.0f} ms for 16, {ms[64]:.0f} ms for 64)"]
+    assert unsaid(REAL_MODEL_DOC, said) == []
+
+
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
     """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
     every group of k of the rollouts."""
@@ -601,7 +623,8 @@ def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tabl
 
     leave = bench_decode_cache.table(json.loads((REAL_MODEL / "decode_leave-64.json").read_text())).splitlines()
     both = (REAL_MODEL / "speed-rows.md").read_text().splitlines()
-    assert rest[bf16 + 6:] == [row for row in leave + both if not row.startswith("|---")]
+    calls = (REAL_MODEL / "rollout_calls.md").read_text().splitlines()
+    assert rest[bf16 + 6:] == [row for row in leave + both + calls if row.startswith("| ")]
 
 
 def test_the_study_s_warm_up_time_in_the_docs_is_the_recorded_one():

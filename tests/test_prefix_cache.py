@@ -269,3 +269,24 @@ def test_the_decode_cache_benchmark_times_both_arms_on_equal_work(tmp_path):
     assert result["lever"] == "leave" and shape["same_tokens"] and len(shape["stop_after"]) == 6
     assert all(1 <= n <= 9 for n in shape["stop_after"]) and len(set(shape["stop_after"])) > 1
     assert "stopped rows leave (s)" in bench_decode_cache.table(result)
+
+
+def test_the_rollout_calls_benchmark_records_every_call_of_one_step(tmp_path):
+    import json
+
+    import rollout_calls  # benchmarks/rollout_calls.py (pytest's pythonpath)
+
+    out = tmp_path / "calls.json"
+    rollout_calls.main(["--base", BASE, "--pass-rows", "1", "3", "--pass-context", "8", "--repeats", "2",
+                        "--out", str(out), "questions_per_step=2", "rollouts=3"])
+    result = json.loads(out.read_text())
+    calls, s = result["calls"], result["summary"]
+    assert result["episodes"] == 6 and calls[0]["role"] == "main" and calls[0]["rows"] == 6
+    assert s["main"]["calls"] + s["sub"]["calls"] == len(calls) and all(c["passes"] >= 1 for c in calls)
+    assert sum(c["seconds"] for c in calls) <= result["rollout_seconds"] + 0.01
+    assert s["small"]["calls"] == sum(c["rows"] <= rollout_calls.SMALL for c in calls)
+    assert calls[0]["reused_tokens"] == 0 and any(c["reused_tokens"] > 0 for c in calls[1:])  # later turns reuse
+    assert [p["rows"] for p in result["decode_pass"]] == [1, 3]
+    assert out.with_suffix(".md").read_text() == rollout_calls.tables(result)
+    with pytest.raises(SystemExit, match="no model at"):
+        rollout_calls.main(["--base", str(tmp_path / "nowhere"), "--out", str(out)])
