@@ -8,8 +8,8 @@ as the pipeline samples them (the same questions, each role's generator seeded a
 seeds its worker), with the lean arm's prefix cache (512 MiB; ``real_step_speed.py``), both
 roles' policies in this one process, one call at a time on every core as in the pipeline. For
 each call of ``Policy.act``: its role, its rows, the context tokens it encoded and those it
-took from the prefix cache, its passes (the longest turn it wrote, in tokens: one decode pass
-per token) and its seconds. Then one decode pass of the base, timed alone at each of
+took from the prefix cache, its passes (the longest turn it wrote, in tokens: one forward
+pass per token, the first of them the one that encodes the contexts) and its seconds. Then one decode pass of the base, timed alone at each of
 ``--pass-rows`` rows after a context of ``--pass-context`` tokens (random ids, the adapter on
 as in generation; the median of ``--repeats`` passes).
 
@@ -27,8 +27,8 @@ from pathlib import Path
 from common import ROOT, command_line, machine, parser, within_project, write_result
 
 SMALL = 8
-"""A call of at most this many rows is "small" in the summary: its passes cost about what one
-row's do."""
+"""A call of at most this many rows is "small" in the summary: a few episodes' turns, whose
+passes cost far more per row than a full call's (``decode_pass`` in the result)."""
 
 
 class TimedAgent:

@@ -31,8 +31,10 @@ so each token sits at the position it has in its own context.
 Each decode pass writes its token's keys and values into tensors that already have room for
 the turn (:func:`with_room`), where transformers' own cache would copy every layer's keys and
 values so far to append them. Rows that stopped leave the batch once they are half of it (their
-entries kept first), so that the passes to come compute only the rows still writing; every row
-still draws its token at every pass, so its draws do not depend on when the others stopped.
+entries kept first), so that the passes to come compute only the rows that had not stopped by
+then; every row still draws its token at every pass, so its draws do not depend on when the
+others stopped. The rows that go on are then computed in a smaller batch: the same turns up to
+float rounding (tested).
 
 Shapes: M contexts of one call; C the longest cached prefix reused and S the most new tokens
 among them; T tokens of a conversation; J key-value heads of one layer and E the size of one.
@@ -327,10 +329,11 @@ def generate(model, cache: PrefixCache, contexts: list[list[int]], pick: Callabl
 
     ``pick`` turns the last position's logits (M, V) into every row's next token (greedy or
     sampled: ``Policy.act`` decides); ``stopped(written, t)`` says which rows end their turn
-    with the tokens written so far, ``written`` (M, t + 1). A row that stopped is fed padding
-    until every row has stopped, as transformers' ``generate`` does. Returns each row's new
-    tokens, its stop included, and keeps in the cache each row's context and turn with the
-    keys and values of all their tokens but the last.
+    with the tokens written so far, ``written`` (M, t + 1). A row that stopped is fed padding,
+    as in transformers' ``generate``, until the rows that stopped are half of those the batch
+    holds (:func:`let_go`); then they leave it. Returns each row's new tokens, its stop
+    included, and keeps in the cache each row's context and turn with the keys and values of
+    all their tokens but the last.
     """
     device = next(model.parameters()).device
     cache.check_weights(model)

@@ -297,9 +297,9 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
                 for key in ("clip_frac", "approx_kl", "mean_ratio", "kl_ref", "sampled_nll"):
                     totals[key] += diag[key] * share
             if train:
-                for p in policy.trainable_parameters():  # no backward ran at all (every row still): a zero
-                    if p.grad is None:                     # gradient, as the backward would have given, so
-                        p.grad = torch.zeros_like(p)       # that the optimiser still takes its step
+                if not any(backward):  # every row still: a zero gradient, as a backward pass would have
+                    for p in policy.trainable_parameters():  # given, so that the optimiser still takes its step
+                        p.grad = torch.zeros_like(p)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm))
                 optimizer.step()
     stats = {key: v / passes for key, v in totals.items()}

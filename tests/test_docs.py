@@ -284,6 +284,8 @@ def test_the_two_levers_that_leave_the_numbers_are_said_as_measured():
     def both(seconds):
         return " and ".join(f"{s:.1f}" for s in seconds)
 
+    before = json.loads((REAL_MODEL / "speed-bf16.json").read_text())["arms"]["shared prefix, lean"]  # rows stayed
+    assert before["overrides"] == lean["overrides"]
     by = {arm: f["update_seconds_by_learner"] for arm, f in (("lean", lean), ("skip", skip))}
     assert max(by["skip"]["main"]) < min(by["lean"]["main"])  # "shortens the main learner's update"
     saved = [a - b for a, b in zip(lean["update_seconds"], skip["update_seconds"])]
@@ -298,7 +300,9 @@ def test_the_two_levers_that_leave_the_numbers_are_said_as_measured():
         f"{both(by['skip']['sub'])} s against {both(by['lean']['sub'])} s",
         f"{both(skip['update_seconds'])} s against {both(lean['update_seconds'])} s, {both(saved)} s less",
         f"took {lean['rollout_seconds'][0]:.1f} s in one\n  arm and {skip['rollout_seconds'][0]:.1f} s in the other",
-        f"is at x{fastest:.2f}"]
+        f"is at x{fastest:.2f}",
+        f"at {before['seconds_per_episode']:.2f} s per trained episode (its steps {both(before['step_seconds'])} s) "
+        f"against {lean['seconds_per_episode']:.2f} here ({both(lean['step_seconds'])} s)"]
     assert unsaid(REAL_MODEL_DOC, said) == []
 
 

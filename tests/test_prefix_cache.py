@@ -172,6 +172,50 @@ def test_rows_that_stopped_leave_the_batch_and_the_others_write_what_they_would_
             torch.testing.assert_close((k, v), (k0[:, :9 + n - 1], v0[:, :9 + n - 1]), rtol=1e-5, atol=1e-5)
 
 
+def test_rows_that_leave_write_what_rows_that_stay_write_greedy_and_sampled_on_a_kept_cache(model, monkeypatch):
+    """``let_go`` on, and off (every row stays to the end of the call): two calls on one cache,
+    the second continuing the first's conversations, so that it reuses their prefixes (of
+    different lengths, left-padded), greedy and then sampled from one seeded generator. The
+    same turns in both, and the same entries up to float rounding; only the passes shrink."""
+    from mgrpo_ref import prefix_cache as module
+    from mgrpo_ref.policy import sample_by_inverse_cdf
+
+    gen = torch.Generator().manual_seed(1)
+    contexts = [torch.randint(10, 200, (n,), generator=gen).tolist() for n in (5, 9, 7, 12, 6, 8)]
+    observations = torch.randint(10, 200, (6, 3), generator=gen).tolist()  # what each conversation gets next
+    stop_after = torch.tensor([2, 7, 1, 3, 9, 4])
+    rows_per_pass, one_pass, let_go = [], module.forward, module.let_go
+    monkeypatch.setattr(module, "forward", lambda m, ids, *a: rows_per_pass.append(len(ids)) or one_pass(m, ids, *a))
+
+    def stops(written, t):
+        return stop_after <= t + 1
+
+    runs = {}
+    for arm in ("leave", "stay"):
+        monkeypatch.setattr(module, "let_go", let_go if arm == "leave" else lambda stopped: False)
+        cache, draws, passes = PrefixCache(64), torch.Generator().manual_seed(5), []
+        with torch.no_grad():
+            rows_per_pass.clear()
+            first = module.generate(model, cache, contexts, lambda logits: logits.argmax(-1), stops, 10, pad_id=0)
+            passes.append(list(rows_per_pass))
+            later = [c + turn + o for c, turn, o in zip(contexts, first, observations)]
+            rows_per_pass.clear()
+            second = module.generate(model, cache, later, lambda logits: sample_by_inverse_cdf(logits, draws), stops, 10,
+                                     pad_id=0)
+            passes.append(list(rows_per_pass))
+        runs[arm] = first, second, cache, passes
+    (first, second, cache, passes), (first0, second0, cache0, passes0) = runs["leave"], runs["stay"]
+    assert first == first0 and second == second0
+    assert [len(t) for t in first] == stop_after.tolist() == [len(t) for t in second]
+    assert cache.reused_tokens == cache0.reused_tokens > sum(len(c) for c in contexts)  # the second call reused them
+    assert all(min(p) < 6 for p in passes) and all(set(p) == {6} for p in passes0)
+    assert len(cache.entries) == len(cache0.entries)
+    for e, e0 in zip(cache.entries, cache0.entries):
+        assert torch.equal(e.ids, e0.ids) and e.context_tokens == e0.context_tokens
+        for (k, v), (k0, v0) in zip(e.kv, e0.kv):
+            torch.testing.assert_close((k, v), (k0, v0), rtol=1e-5, atol=1e-5)
+
+
 def test_a_cache_with_a_sliding_window_keeps_its_layers_and_only_selects_rows():
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicSlidingWindowLayer

@@ -467,35 +467,38 @@ def test_rows_with_no_advantage_skip_the_backward_pass_and_change_nothing(episod
         assert sum(rows for rows, grad in passes if grad) == len(batch), other
 
 
-def test_a_batch_with_no_advantage_at_all_still_takes_the_optimiser_s_step(episodes, policy):
+def test_a_batch_with_no_advantage_at_all_still_takes_the_optimiser_s_step(episodes, policy, monkeypatch):
     """Every row still: no backward pass runs, and the gradient is 0 as the backward pass would
     have made it, so AdamW still takes its step on the momentum of the steps before."""
     import copy
 
-    main = main_half(episodes, CFG, policy)
-    batch = main.batch
+    batch = main_half(episodes, CFG, policy).batch
     params = [p for p in policy.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     signal = replace(batch, advantages=torch.linspace(-1, 1, len(batch)))
     none = replace(batch, advantages=torch.zeros(len(batch)))
     optimizer = torch.optim.AdamW(params, lr=1e-3)
-    clipped_update(policy, optimizer, signal, CFG)  # momentum to carry
-    state = copy.deepcopy(optimizer.state_dict()), [p.detach().clone() for p in params]
-    landed = {}
-    for skip in (False, True):
-        optimizer.load_state_dict(copy.deepcopy(state[0]))
+    passes = _record_passes(policy, monkeypatch)
+    try:
+        clipped_update(policy, optimizer, signal, CFG)  # momentum to carry
+        state = copy.deepcopy(optimizer.state_dict()), [p.detach().clone() for p in params]
+        landed = {}
+        for skip in (False, True):
+            optimizer.load_state_dict(copy.deepcopy(state[0]))
+            with torch.no_grad():
+                for p, value in zip(params, state[1]):
+                    p.copy_(value)
+            passes.clear()
+            stats = clipped_update(policy, optimizer, none, replace(CFG, skip_zero_advantage=skip))
+            assert stats["grad_norm"] == 0.0 and any(grad for _, grad in passes) == (not skip)  # skipped: no backward
+            landed[skip] = [p.detach().clone() for p in params]
+        assert any(not torch.equal(a, b) for a, b in zip(landed[False], state[1]))  # the momentum moved it
+        for a, b in zip(landed[True], landed[False]):
+            assert torch.equal(a, b)
+    finally:  # the module's policy is shared: leave its adapter as it was
         with torch.no_grad():
-            for p, value in zip(params, state[1]):
+            for p, value in zip(params, start):
                 p.copy_(value)
-        stats = clipped_update(policy, optimizer, none, replace(CFG, skip_zero_advantage=skip))
-        assert stats["grad_norm"] == 0.0
-        landed[skip] = [p.detach().clone() for p in params]
-    assert any(not torch.equal(a, b) for a, b in zip(landed[False], state[1]))  # the momentum moved it
-    for a, b in zip(landed[True], landed[False]):
-        assert torch.equal(a, b)
-    with torch.no_grad():
-        for p, value in zip(params, start):
-            p.copy_(value)
 
 
 def test_rows_that_begin_alike_share_a_microbatch_and_every_row_is_taken_once(episodes, policy):
