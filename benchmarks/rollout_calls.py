@@ -5,7 +5,8 @@ decode pass costs by the rows it computes.
 
 The rollouts of step 1 of a run at B = 8 questions x K = 8 rollouts, sampled at temperature 1
 as the pipeline samples them (the same questions, each role's generator seeded as the trainer
-seeds its worker), with the lean arm's prefix cache (512 MiB; ``real_step_speed.py``), both
+seeds its worker), with the lean arm's prefix cache (512 MiB; ``real_step_speed.py``), empty at the start (in a
+run it may also hold what the evaluation before step 1 kept, so it encodes less), both
 roles' policies in this one process, one call at a time on every core as in the pipeline. For
 each call of ``Policy.act``: its role, its rows, the context tokens it encoded and those it
 took from the prefix cache, its passes (the longest turn it wrote, in tokens: one forward

@@ -143,7 +143,17 @@ class LearnerWorker:
         return policy.act(role, contexts)
 
     def reseed(self, step: int, salt: int) -> None:
+        """Seed the step's sampling; the step's rollouts begin (``Trainer.step``)."""
         self.learner.policy.generator.manual_seed(step_seed(self.cfg.seed, step, salt))
+        self.cache_at_rollouts = self.cache_counts()
+
+    def cache_counts(self) -> dict[str, int]:
+        """The prefix cache's running counts (prefix_cache.PrefixCache), {} without a cache."""
+        cache = self.learner.policy.prefix_cache
+        if cache is None:
+            return {}
+        return {"encoded_tokens": cache.encoded_tokens, "reused_tokens": cache.reused_tokens,
+                "shared_rows": cache.shared_rows, "evicted_entries": cache.evicted}
 
     def train(self, step: int, episodes: list) -> dict:
         """This learner's share of ``step`` (``step.learner_step``), the store its channel."""
@@ -154,6 +164,8 @@ class LearnerWorker:
         self.store.write_learner_stats(step, self.name, stats)
         stats[f"{self.name}/store_s"] = channel.seconds + time.perf_counter() - start
         stats.update({f"memory/{self.name}_{key}": v for key, v in peak_memory_mib().items()})
+        before = getattr(self, "cache_at_rollouts", {})  # the counts when the step's rollouts began
+        stats.update({f"rollout/{self.name}_{key}": n - before.get(key, 0) for key, n in self.cache_counts().items()})
         return stats
 
     def save(self, directory: Path) -> None:

@@ -66,7 +66,8 @@ def committed_keys() -> set[str]:
 def worker_keys(tmp_path_factory) -> set[str]:
     """The keys the workers of each learner layout return for one step, run in this process
     on the committed base (the sub-agent stale, with a KL term; frozen_sub's keys are
-    mgrpo's): what a worker writes, without the two-process pipeline's start-up."""
+    mgrpo's; single_agent with a prefix cache): what a worker writes, without the two-process
+    pipeline's start-up."""
     from mgrpo_ref import rundir
     from mgrpo_ref.config import TrainConfig
     from mgrpo_ref.episode import run_episodes
@@ -78,7 +79,8 @@ def worker_keys(tmp_path_factory) -> set[str]:
 
     threads = torch.get_num_threads()  # a worker sets its own; leave the test process as it was
     keys: set[str] = set()
-    settings = [("mgrpo", {"sub_staleness": 1, "kl_coef": 0.1}), ("single_agent", {}), ("shared", {})]
+    settings = [("mgrpo", {"sub_staleness": 1, "kl_coef": 0.1}), ("single_agent", {"prefix_cache_mib": 16}),
+                ("shared", {})]
     try:
         for variant, extra in settings:
             cfg = TrainConfig(variant=variant, questions_per_step=2, rollouts=2, d_max=2, max_new_tokens=16,

@@ -345,3 +345,31 @@ def test_a_worker_starts_with_what_it_loads_a_policy_with_already_imported():
         assert pool.map(helpers.imported, ["mgrpo_ref.worker_imports", "peft", "transformers.modeling_utils"]) == [
             True, True, True]
         assert not pool.apply(helpers.imported, ("no_such_module",))
+
+
+def test_a_run_with_a_prefix_cache_logs_what_each_step_s_rollouts_encoded_and_reused(base, tmp_path):
+    """rollout/<learner>_encoded_tokens and the rest count the step's rollouts alone: step 1's
+    add up to the context tokens of the same rollouts played in one process on empty caches
+    (benchmarks/rollout_calls.py, seeded as the trainer seeds its workers), not to those and the
+    base's evaluation before them, which used the same caches: the run's rollouts found some of
+    what that evaluation kept (every conversation of a role begins with its instruction), so
+    they encoded less."""
+    import rollout_calls  # benchmarks/rollout_calls.py (pytest's pythonpath)
+
+    from mgrpo_ref.rundir import read_jsonl
+    from mgrpo_ref.train import Trainer
+
+    cfg = TrainConfig(base=str(base), steps=2, prefix_cache_mib=16).override(SMALL + ["eval_every=1"])
+    with Trainer(cfg, tmp_path / "run", progress=False) as trainer:
+        trainer.run()
+    first, second = read_jsonl(tmp_path / "run" / "metrics.jsonl")[1:]
+    calls, _, _ = rollout_calls.step_rollouts(cfg)
+    contexts_of = {}
+    for learner in ("main", "sub"):  # (this barely trained base may not delegate: the sub's counts may be 0)
+        mine = [c for c in calls if c["role"] == learner]
+        contexts = contexts_of[learner] = sum(c["encoded_tokens"] + c["reused_tokens"] for c in mine)
+        assert first[f"rollout/{learner}_encoded_tokens"] + first[f"rollout/{learner}_reused_tokens"] == contexts
+        assert first[f"rollout/{learner}_encoded_tokens"] <= sum(c["encoded_tokens"] for c in mine)
+        assert first[f"rollout/{learner}_evicted_entries"] == 0
+    assert 0 < first["rollout/main_encoded_tokens"] < contexts_of["main"] and second["rollout/main_encoded_tokens"] > 0
+    assert first["rollout/main_shared_rows"] > 0  # the K rollouts' first turns
