@@ -30,10 +30,12 @@ decode_leave.json for ``leave`` (docs/real-model.md section 6 shows them: ``tabl
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 from common import ROOT, command_line, machine, parser, within_project, write_result
 
@@ -77,14 +79,9 @@ def one_call(model, contexts, new_tokens, pad_id, stop_after=None):
             return torch.zeros(written.shape[0], dtype=torch.bool)
         return stop_after <= t + 1
 
-    prefix_cache.forward = timed
     start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            turns = generate(model, PrefixCache(64), contexts, lambda logits: logits.argmax(-1), stopped, new_tokens,
-                             pad_id)
-    finally:
-        prefix_cache.forward = one_pass
+    with mock.patch.object(prefix_cache, "forward", timed), torch.no_grad():
+        turns = generate(model, PrefixCache(64), contexts, lambda logits: logits.argmax(-1), stopped, new_tokens, pad_id)
     return time.perf_counter() - start, passes[0], turns
 
 
@@ -141,14 +138,10 @@ def main(argv: list[str] | None = None) -> None:
             turns = {}
             for _ in range(args.repeats):
                 for arm in ("off", "on"):
-                    kept = {name: getattr(prefix_cache, name) for name in ARMS[args.lever][arm]}
-                    for name, function in ARMS[args.lever][arm].items():
-                        setattr(prefix_cache, name, function)
-                    try:
+                    with contextlib.ExitStack() as replaced:
+                        for name, function in ARMS[args.lever][arm].items():
+                            replaced.enter_context(mock.patch.object(prefix_cache, name, function))
                         s, first, turns[arm] = one_call(model, contexts, args.new_tokens, pad, stop_after)
-                    finally:
-                        for name, function in kept.items():
-                            setattr(prefix_cache, name, function)
                     seconds[arm].append(s)
                     encoding[arm].append(first)
             if turns["on"] != turns["off"]:

@@ -43,12 +43,13 @@ class TimedAgent:
         import torch
 
         cache = self.policy.prefix_cache
-        encoded, reused = cache.encoded_tokens, cache.reused_tokens
+        before = cache.counts()
         start = time.perf_counter()
         with torch.no_grad():
             turns = self.policy.act(role, contexts)
-        self.calls.append({"role": role, "rows": len(contexts), "seconds": round(time.perf_counter() - start, 3),
-                           "encoded_tokens": cache.encoded_tokens - encoded, "reused_tokens": cache.reused_tokens - reused,
+        seconds, after = time.perf_counter() - start, cache.counts()
+        self.calls.append({"role": role, "rows": len(contexts), "seconds": round(seconds, 3),
+                           **{key: after[key] - before[key] for key in ("encoded_tokens", "reused_tokens")},
                            "passes": max(len(turn.ids if turn.ids is not None else self.policy.encode(turn.text))
                                          for turn in turns)})
         return turns

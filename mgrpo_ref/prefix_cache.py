@@ -88,6 +88,12 @@ class PrefixCache:
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries)
 
+    def counts(self) -> dict[str, int]:
+        """The running counts, by name: what a step's metrics report (worker.py) as the change
+        over its rollouts."""
+        return {"encoded_tokens": self.encoded_tokens, "reused_tokens": self.reused_tokens,
+                "shared_rows": self.shared_rows, "evicted_entries": self.evicted}
+
     def check_weights(self, model: torch.nn.Module) -> None:
         """Empty the cache if any parameter changed since the last call. torch counts every
         in-place change of a tensor in its ``_version`` (an optimiser step, ``copy_`` and

@@ -267,11 +267,12 @@ def clipped_update(policy, optimizer, batch: PolicyBatch, cfg: TrainConfig, *, t
     # With skip_zero_advantage they get microbatches of their own that skip the backward pass.
     still = (batch.advantages == 0 if train and cfg.skip_zero_advantage and kl_coef == 0 and old is None
              else torch.zeros(len(batch), dtype=torch.bool))  # (M,)
+    row_sets = ([(batch, True)] if not still.any()
+                else [(batch_rows(batch, ~still), True), (batch_rows(batch, still), False)])
     parts, backward = [], []  # each part (ids, mask, weights, A); whether it runs a backward pass
-    for rows, moving in ((~still, True), (still, False)):
-        if rows.any():
-            mine = list(_microbatches(batch_rows(batch, rows), cfg.microbatch, cfg.microbatch_tokens,
-                                      share_prefix=prefix))
+    for rows, moving in row_sets:
+        if len(rows):
+            mine = list(_microbatches(rows, cfg.microbatch, cfg.microbatch_tokens, share_prefix=prefix))
             parts += mine
             backward += [moving] * len(mine)
     with torch.no_grad():

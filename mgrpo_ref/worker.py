@@ -133,6 +133,7 @@ class LearnerWorker:
             self.learner.held_back = state.get("held_back")  # a stale sub-agent's next batch
         self.store = open_run_store(run_dir, cfg)
         self.run_dir = Path(run_dir)
+        self.cache_at_rollouts: dict[str, int] = {}  # the prefix cache's counts when the step's rollouts began
 
     # -- messages ----------------------------------------------------------------------
 
@@ -148,12 +149,9 @@ class LearnerWorker:
         self.cache_at_rollouts = self.cache_counts()
 
     def cache_counts(self) -> dict[str, int]:
-        """The prefix cache's running counts (prefix_cache.PrefixCache), {} without a cache."""
+        """The prefix cache's running counts (``PrefixCache.counts``), {} without a cache."""
         cache = self.learner.policy.prefix_cache
-        if cache is None:
-            return {}
-        return {"encoded_tokens": cache.encoded_tokens, "reused_tokens": cache.reused_tokens,
-                "shared_rows": cache.shared_rows, "evicted_entries": cache.evicted}
+        return {} if cache is None else cache.counts()
 
     def train(self, step: int, episodes: list) -> dict:
         """This learner's share of ``step`` (``step.learner_step``), the store its channel."""
@@ -164,7 +162,7 @@ class LearnerWorker:
         self.store.write_learner_stats(step, self.name, stats)
         stats[f"{self.name}/store_s"] = channel.seconds + time.perf_counter() - start
         stats.update({f"memory/{self.name}_{key}": v for key, v in peak_memory_mib().items()})
-        before = getattr(self, "cache_at_rollouts", {})  # the counts when the step's rollouts began
+        before = self.cache_at_rollouts
         stats.update({f"rollout/{self.name}_{key}": n - before.get(key, 0) for key, n in self.cache_counts().items()})
         return stats
 
