@@ -42,21 +42,24 @@ class TimedAgent:
     def act(self, role: str, contexts: list) -> list:
         import torch
 
-        cache = self.policy.prefix_cache
-        before = cache.counts()
+        cache = self.policy.prefix_cache  # None without one: no tokens counted
+        before = {} if cache is None else cache.counts()
         start = time.perf_counter()
         with torch.no_grad():
             turns = self.policy.act(role, contexts)
-        seconds, after = time.perf_counter() - start, cache.counts()
+        seconds, after = time.perf_counter() - start, {} if cache is None else cache.counts()
         self.calls.append({"role": role, "rows": len(contexts), "seconds": round(seconds, 3),
-                           **{key: after[key] - before[key] for key in ("encoded_tokens", "reused_tokens")},
+                           **{key: after[key] - before[key] for key in ("encoded_tokens", "reused_tokens") if after},
                            "passes": max(len(turn.ids if turn.ids is not None else self.policy.encode(turn.text))
                                          for turn in turns)})
         return turns
 
 
-def step_rollouts(cfg) -> tuple[list[dict], float, list]:
-    """Step 1's rollouts under ``cfg``, each call recorded: (calls, seconds in all, episodes)."""
+def step_rollouts(cfg, policies: dict | None = None) -> tuple[list[dict], float, list]:
+    """Step 1's rollouts under ``cfg``, each call recorded: (calls, seconds in all, episodes).
+
+    ``policies`` maps each role ("main", "sub") to the policy that plays it (a learner's, to
+    train on the episodes after); by default each role gets one loaded from ``cfg.base``."""
     from mgrpo_ref.episode import run_episodes
     from mgrpo_ref.policy import SamplingSettings, load_policy
     from mgrpo_ref.seeding import rollout_salt, step_seed
@@ -66,9 +69,10 @@ def step_rollouts(cfg) -> tuple[list[dict], float, list]:
     calls: list[dict] = []
     agents = {}
     for position, role in enumerate(("main", "sub")):
-        policy = load_policy(cfg.base, quantization=cfg.quantization, lora=cfg.lora, seed=cfg.seed,
-                             sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens),
-                             prefix_cache_mib=cfg.prefix_cache_mib, dtype=cfg.dtype, trainable=False)
+        policy = (policies or {}).get(role) or load_policy(
+            cfg.base, quantization=cfg.quantization, lora=cfg.lora, seed=cfg.seed,
+            sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens),
+            prefix_cache_mib=cfg.prefix_cache_mib, dtype=cfg.dtype, trainable=False)
         policy.generator.manual_seed(step_seed(cfg.seed, 1, rollout_salt(position)))  # as Trainer.reseed at step 1
         agents[role] = TimedAgent(policy, calls)
     questions = sample_questions(training_pool(cfg, min_hops_at(cfg, 1)), cfg.questions_per_step, cfg.seed, 1)

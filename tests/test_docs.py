@@ -328,6 +328,53 @@ def test_the_rollout_calls_are_said_as_recorded():
     assert unsaid(REAL_MODEL_DOC, said) == []
 
 
+def test_the_step_s_floor_is_said_as_recorded():
+    """docs/real-model.md on the least time two cores could take: step_floor.json's figures, and
+    the study's four hours from its results' recorded seconds."""
+    from step_floor import table
+
+    result = json.loads((REAL_MODEL / "step_floor.json").read_text())
+    assert (REAL_MODEL / "step_floor.md").read_text() == table(result)
+    assert result["command"].startswith("python benchmarks/step_floor.py")
+    today, lean = result["arms"]["today"], result["arms"]["shared prefix, lean, skip"]
+    b, s = lean["bounds"], lean["seconds"]
+    ratio = b["floor_per_episode_s"] / today["bounds"]["pipeline_per_episode_s"]
+    assert 0.25 < ratio and max(b["speedup"].values()) < 2 < today["bounds"]["speedup"]["main_update"]
+    for name in ("main_update", "sub_update"):  # the same batch in both arms and on both thread counts
+        values = [arm["sampled_nll"][name][n] for arm in (today, lean) for n in ("1", "2")]
+        assert max(values) - min(values) < 1e-7
+    same = ("calls", "passes", "sub_calls_per_episode")  # both arms' rollouts, on each thread count
+    assert len({tuple(arm["rollouts"][n][key] for key in same) for arm in (today, lean) for n in ("1", "2")}) == 1
+    study = ROOT / "benchmarks" / "results" / "real-study"
+    warm = json.loads((study / "warm_up.json").read_text())
+    runs = [json.loads(f.read_text()) for f in sorted(study.glob("*-s*.json"))]
+    evaluations = [warm["seconds"]] + [r[k]["seconds"] for r in runs
+                                       for k in ("final", "trained_main_warm_up_sub", "warm_up_main_trained_sub") if k in r]
+    left = 4 * 3600 - warm["warm_up_seconds"] - sum(evaluations)
+    steps = sum(r["config"]["steps"] for r in runs)
+    per_step = 32 * b["floor_per_episode_s"], 32 * b["pipeline_per_episode_s"]
+    finals = [r["final"]["mean_sub_calls"] for r in runs]
+    calls = lean["rollouts"]["1"]["sub_calls_per_episode"]
+    assert len(evaluations) == 9 and steps == 240 and per_step[0] < left / steps < per_step[1] and calls < min(finals)
+    said = [f"gain x{b['speedup']['rollouts']:.2f} (rollouts), x{b['speedup']['main_update']:.2f} and "
+            f"x{b['speedup']['sub_update']:.2f} (the\n  updates)",
+            f"its floor holds: {b['floor_s']:.1f} s for the step, {b['floor_per_episode_s']:.2f} s per trained\n  episode, "
+            f"x{ratio:.2f} of today's step",
+            f"ran x{today['bounds']['speedup']['main_update']:.2f} faster",
+            f"at most x{b['floor_s'] / b['pipeline_s']:.2f} of the step",
+            f"takes {b['pipeline_s']:.1f} s where the floor is {b['floor_s']:.1f} s",
+            f"take {s['rollouts']['2']:.1f} s on two threads against {s['rollouts']['1'] / 2:.1f} s",
+            f"waiting {s['sub_update']['1'] - s['main_update']['1']:.1f} s for the sub learner",
+            f"the same {lean['rollouts']['1']['calls']} calls and {lean['rollouts']['1']['passes']} passes",
+            f"warm-up took {warm['warm_up_seconds']:,.0f} s and its nine evaluations on the\n240 questions "
+            f"{sum(evaluations):,.0f} s",
+            f"leaves {left:,.0f} s of\nfour hours for its {steps} steps",
+            f"{left / steps:.1f} s a step of 4 x 8 = 32",
+            f"take {per_step[0]:.1f} s a step, in the pipeline's\nschedule {per_step[1]:.1f} s",
+            f"({calls:.2f} calls per episode here; {min(finals):.2f} to {max(finals):.2f} per question"]
+    assert unsaid(REAL_MODEL_DOC, said) == []
+
+
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
     """The signal stage's exact shares (real_model_cpu.shares_over_subgroups), against listing
     every group of k of the rollouts."""
@@ -628,7 +675,8 @@ def test_every_row_of_the_real_step_section_comes_from_the_levers_and_speed_tabl
     leave = bench_decode_cache.table(json.loads((REAL_MODEL / "decode_leave-64.json").read_text())).splitlines()
     both = (REAL_MODEL / "speed-rows.md").read_text().splitlines()
     calls = (REAL_MODEL / "rollout_calls.md").read_text().splitlines()
-    assert rest[bf16 + 6:] == [row for row in leave + both + calls if row.startswith("| ")]
+    floor = (REAL_MODEL / "step_floor.md").read_text().splitlines()
+    assert rest[bf16 + 6:] == [row for row in leave + both + calls + floor if row.startswith("| ")]
 
 
 def test_the_study_s_warm_up_time_in_the_docs_is_the_recorded_one():

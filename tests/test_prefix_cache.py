@@ -334,3 +334,28 @@ def test_the_rollout_calls_benchmark_records_every_call_of_one_step(tmp_path):
     assert out.with_suffix(".md").read_text() == rollout_calls.tables(result)
     with pytest.raises(SystemExit, match="no model at"):
         rollout_calls.main(["--base", str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def test_the_step_floor_benchmark_times_each_phase_of_one_step_on_one_thread_and_on_two(tmp_path):
+    import json
+
+    import step_floor  # benchmarks/step_floor.py (pytest's pythonpath)
+
+    out = tmp_path / "floor.json"
+    step_floor.main(["--base", BASE, "--arms", "today", "shared prefix, lean, skip", "--out", str(out),
+                     "questions_per_step=2", "rollouts=3", "max_new_tokens=8"])
+    result = json.loads(out.read_text())
+    assert list(result["arms"]) == ["today", "shared prefix, lean, skip"]
+    for arm in result["arms"].values():
+        s, b = arm["seconds"], arm["bounds"]
+        assert arm["episodes"] == 6 and all(s[phase]["1"] > 0 and s[phase]["2"] > 0 for phase in step_floor.PHASES)
+        assert b["work_core_s"] == pytest.approx(sum(s[phase]["1"] for phase in step_floor.PHASES), abs=0.011)
+        assert b["floor_s"] == pytest.approx(b["work_core_s"] / 2, abs=0.011)
+        assert b["pipeline_s"] == pytest.approx(s["rollouts"]["2"] + max(s["main_update"]["1"], s["sub_update"]["1"]),
+                                                abs=0.011)
+        assert all(r["passes"] >= r["calls"] >= 1 for r in arm["rollouts"].values())
+        for update in ("main_update", "sub_update"):  # the same batch from the same adapter on each count
+            assert arm["sampled_nll"][update]["1"] == pytest.approx(arm["sampled_nll"][update]["2"], rel=1e-4, abs=1e-6)
+    assert out.with_suffix(".md").read_text() == step_floor.table(result)
+    with pytest.raises(SystemExit, match="no model at"):
+        step_floor.main(["--base", str(tmp_path / "nowhere"), "--out", str(out)])

@@ -1,0 +1,144 @@
+"""The shortest step two cores could make of a real step's work, whatever the schedule.
+
+    python benchmarks/step_floor.py [--base runs/speed-warm-up-300/adapter] [--arms today "shared prefix, lean, skip"]
+
+For each arm (its overrides from ``real_step_speed.py``, on the same CPU configuration at
+B = 8 questions x K = 8 rollouts), in this one process:
+
+1. step 1's rollouts (``rollout_calls.step_rollouts``: the trainer's questions and seeds, both
+   roles' policies here, each with an empty prefix cache), on one thread and then again, by
+   fresh policies, on two;
+2. each learner's share of the step (``step.learner_step``, main agent first) on the one-thread
+   rollouts' episodes, on one thread and on two, each time from the same adapter (the update's
+   ``sampled_nll`` on each count shows the same batch).
+
+A phase's seconds on one thread are its work in core-seconds. Two cores cannot do that work in
+less than half of it, however the phases are laid out (rollouts beside updates, one learner's
+update during the other's generation): ``floor_s`` = (rollouts + main update + sub update, each
+on one thread) / 2, as long as no phase runs more than twice as fast on two threads as on one
+(its ``speedup``, also recorded, says whether it does). Beside it, ``pipeline_s``: the schedule
+the pipeline runs, rollouts on both threads then the two updates at once on one thread each
+(rollouts on two threads + the longer of the two one-thread updates; no store, no pickling).
+Each per trained episode (over B*K), and as ratios to the first arm's ``pipeline_s``.
+
+What it answers: whether any schedule of an arm's work reaches a given time per episode on this
+machine (issue 26's target, a quarter of today's), or only less work can.
+
+Writes benchmarks/results/real-model-cpu/step_floor.json and, beside it, step_floor.md (its
+table; docs/real-model.md section 6).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, command_line, machine, parser, timed_shares, within_project, write_result
+from real_step_speed import ARMS, CONFIG
+from rollout_calls import SMALL, step_rollouts
+
+PHASES = ("rollouts", "main_update", "sub_update")
+
+
+def learners_on(cfg) -> dict:
+    """A main and a sub learner from ``cfg.base``, as the two workers load them."""
+    from mgrpo_ref.step import make_learner
+
+    return {name: make_learner(cfg.base, cfg) for name in ("main", "sub")}
+
+
+def arm_phases(cfg, threads: list[int]) -> dict:
+    """Each phase's seconds at each count of ``threads`` (the first count's episodes train)."""
+    import torch
+
+    cores = torch.get_num_threads()
+    seconds: dict = {phase: {} for phase in PHASES}
+    sampled_nll: dict = {f"{name}_update": {} for name in ("main", "sub")}  # the same batch on each count
+    rollouts: dict = {}
+    trained = episodes = None
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            learners = learners_on(cfg)  # fresh policies: every count's rollouts start from empty caches
+            calls, rollout_s, played = step_rollouts(cfg, {role: learners[role].policy for role in ("main", "sub")})
+            seconds["rollouts"][n] = round(rollout_s, 2)
+            rollouts[n] = {"calls": len(calls), "passes": sum(c["passes"] for c in calls),
+                           "small_calls_s": round(sum(c["seconds"] for c in calls if c["rows"] <= SMALL), 2),
+                           "sub_calls_per_episode": sum(len(e.subs) for e in played) / len(played)}
+            if trained is None:
+                trained, episodes = learners, played
+        for n in threads:
+            torch.set_num_threads(n)
+            shares = timed_shares(trained, episodes, cfg, step=1)
+            for name, share in shares.items():
+                seconds[f"{name}_update"][n] = round(share.update_s[0], 2)
+                sampled_nll[f"{name}_update"][n] = share.stats[f"{name}/sampled_nll"]
+    finally:
+        torch.set_num_threads(cores)
+    return {"seconds": seconds, "rollouts": rollouts, "episodes": len(episodes), "sampled_nll": sampled_nll}
+
+
+def bounds(phases: dict, one: int = 1, two: int = 2) -> dict:
+    """The floor and the pipeline's schedule from the phases' seconds on ``one`` and ``two`` threads."""
+    s = phases["seconds"]
+    work = sum(s[phase][one] for phase in PHASES)
+    episodes = phases["episodes"]
+    floor_s = work / 2
+    pipeline_s = s["rollouts"][two] + max(s["main_update"][one], s["sub_update"][one])
+    return {"work_core_s": round(work, 2), "floor_s": round(floor_s, 2), "pipeline_s": round(pipeline_s, 2),
+            "floor_per_episode_s": round(floor_s / episodes, 3),
+            "pipeline_per_episode_s": round(pipeline_s / episodes, 3),
+            "speedup": {phase: round(s[phase][one] / s[phase][two], 2) for phase in PHASES}}
+
+
+def table(result: dict) -> str:
+    """Markdown: each arm's phases on one and two threads, its floor and its pipeline step."""
+    lines = ["| arm | rollouts, 1 / 2 threads (s) | main update, 1 / 2 (s) | sub update, 1 / 2 (s) "
+             "| work (core-s) | floor per episode (s) | pipeline's schedule per episode (s) |",
+             "|---|---|---|---|---|---|---|"]
+    first = None
+    for arm, a in result["arms"].items():
+        s, b = a["seconds"], a["bounds"]
+        first = first or b["pipeline_per_episode_s"]
+        cells = [f"{s[phase]['1']:.1f} / {s[phase]['2']:.1f}" for phase in PHASES]
+        lines.append(f"| {arm} | {' | '.join(cells)} | {b['work_core_s']:.0f} "
+                     f"| {b['floor_per_episode_s']:.2f} (x{b['floor_per_episode_s'] / first:.2f}) "
+                     f"| {b['pipeline_per_episode_s']:.2f} (x{b['pipeline_per_episode_s'] / first:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parser("real-model-cpu/step_floor", __doc__, base=False)
+    options.add_argument("--base", default=str(ROOT / "runs" / "speed-warm-up-300" / "adapter"),
+                         help="a warm-up adapter of SmolLM2 (default: runs/speed-warm-up-300/adapter, docs/real-model.md)")
+    options.add_argument("--arms", nargs="+", choices=list(ARMS), default=["today", "shared prefix, lean, skip"],
+                         help="arms of real_step_speed.py; the ratios are to the first")
+    options.add_argument("overrides", nargs="*", help="config overrides on top of every arm's (key=value)")
+    args = options.parse_args(argv)
+
+    from mgrpo_ref.config import TrainConfig
+
+    if not Path(args.base).exists():
+        sys.exit(f"step_floor: no model at {args.base} (see docs/real-model.md, section 6)")
+    arms = {}
+    for arm in args.arms:
+        cfg = TrainConfig().override([f"base={args.base}", *CONFIG, *ARMS[arm], *args.overrides])
+        start = time.perf_counter()
+        phases = arm_phases(cfg, [1, 2])
+        phases["seconds"] = {phase: {str(n): v for n, v in by.items()} for phase, by in phases["seconds"].items()}
+        phases["rollouts"] = {str(n): v for n, v in phases["rollouts"].items()}
+        phases["sampled_nll"] = {phase: {str(n): v for n, v in by.items()} for phase, by in phases["sampled_nll"].items()}
+        arms[arm] = {"overrides": ARMS[arm], **phases, "bounds": bounds(phases, "1", "2"),
+                     "wall_s": round(time.perf_counter() - start, 1)}
+        print(f"{arm}: {arms[arm]['bounds']}", flush=True)
+    result = {"command": command_line("benchmarks/step_floor.py", sys.argv[1:] if argv is None else argv),
+              "machine": machine(), "base": within_project(args.base), "config": CONFIG,
+              "overrides": args.overrides, "arms": arms}
+    print(table(result), end="")
+    write_result(args.out, result)
+    args.out.with_suffix(".md").write_text(table(result))
+
+
+if __name__ == "__main__":
+    main()
