@@ -69,10 +69,11 @@ def step_rollouts(cfg, policies: dict | None = None) -> tuple[list[dict], float,
     calls: list[dict] = []
     agents = {}
     for position, role in enumerate(("main", "sub")):
-        policy = (policies or {}).get(role) or load_policy(
-            cfg.base, quantization=cfg.quantization, lora=cfg.lora, seed=cfg.seed,
-            sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens),
-            prefix_cache_mib=cfg.prefix_cache_mib, dtype=cfg.dtype, trainable=False)
+        policy = (policies or {}).get(role)
+        if policy is None:
+            policy = load_policy(cfg.base, quantization=cfg.quantization, lora=cfg.lora, seed=cfg.seed,
+                                 sampling=SamplingSettings(cfg.temperature, cfg.top_p, cfg.max_new_tokens),
+                                 prefix_cache_mib=cfg.prefix_cache_mib, dtype=cfg.dtype, trainable=False)
         policy.generator.manual_seed(step_seed(cfg.seed, 1, rollout_salt(position)))  # as Trainer.reseed at step 1
         agents[role] = TimedAgent(policy, calls)
     questions = sample_questions(training_pool(cfg, min_hops_at(cfg, 1)), cfg.questions_per_step, cfg.seed, 1)

@@ -349,13 +349,30 @@ def test_the_step_floor_benchmark_times_each_phase_of_one_step_on_one_thread_and
     for arm in result["arms"].values():
         s, b = arm["seconds"], arm["bounds"]
         assert arm["episodes"] == 6 and all(s[phase]["1"] > 0 and s[phase]["2"] > 0 for phase in step_floor.PHASES)
-        assert b["work_core_s"] == pytest.approx(sum(s[phase]["1"] for phase in step_floor.PHASES), abs=0.011)
-        assert b["floor_s"] == pytest.approx(b["work_core_s"] / 2, abs=0.011)
+        assert b["work_core_s"] == pytest.approx(sum(s[phase]["1"] for phase in step_floor.PHASES), abs=1e-3)
+        assert b["floor_s"] == pytest.approx(b["work_core_s"] / 2, abs=1e-3)
         assert b["pipeline_s"] == pytest.approx(s["rollouts"]["2"] + max(s["main_update"]["1"], s["sub_update"]["1"]),
-                                                abs=0.011)
+                                                abs=1e-3)
+        assert b["floor_holds"] == all(s[phase]["1"] <= 2 * s[phase]["2"] for phase in step_floor.PHASES)
         assert all(r["passes"] >= r["calls"] >= 1 for r in arm["rollouts"].values())
         for update in ("main_update", "sub_update"):  # the same batch from the same adapter on each count
             assert arm["sampled_nll"][update]["1"] == pytest.approx(arm["sampled_nll"][update]["2"], rel=1e-4, abs=1e-6)
     assert out.with_suffix(".md").read_text() == step_floor.table(result)
     with pytest.raises(SystemExit, match="no model at"):
         step_floor.main(["--base", str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def test_the_step_floor_is_no_bound_where_a_phase_runs_more_than_twice_as_fast_on_two_threads():
+    import step_floor  # benchmarks/step_floor.py (pytest's pythonpath)
+
+    def arm(rollouts, main, sub):
+        phases = {"episodes": 4, "seconds": {"rollouts": dict(zip("12", rollouts)), "main_update": dict(zip("12", main)),
+                                             "sub_update": dict(zip("12", sub))}}
+        return {**phases, "bounds": step_floor.bounds(phases)}
+
+    held, broken = arm((8.0, 6.0), (4.0, 3.0), (6.0, 4.0)), arm((8.0, 6.0), (4.0, 1.5), (6.0, 4.0))
+    assert held["bounds"]["floor_holds"] and not broken["bounds"]["floor_holds"]
+    assert held["bounds"]["floor_s"] == 9.0 and held["bounds"]["pipeline_s"] == 12.0  # (8 + 4 + 6) / 2; 6 + 6
+    rows = step_floor.table({"arms": {"first": held, "second": broken}}).splitlines()
+    assert rows[2].endswith("| 18 | 2.25 (x0.75) | 3.00 (x1.00) |")
+    assert "| no bound (a phase x2.67 on two threads) |" in rows[3]
