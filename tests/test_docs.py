@@ -393,6 +393,9 @@ def test_the_step_s_floor_is_said_as_recorded():
             f"called the sub-agent {min(calls):.2f} to {max(calls):.2f} times an episode",
             f"against {lean['rollouts']['1']['sub_calls_per_episode']:.2f} here"]
     assert unsaid(REAL_MODEL_DOC, said) == []
+    skip = json.loads((REAL_MODEL / "speed-rows.json").read_text())["arms"]["shared prefix, lean, skip"]
+    assert unsaid(README, [f"a step takes x{skip['ratio_to_today']['seconds_per_episode']:.2f} of the\ndefaults' time",
+                           f"a floor of x{ratio:.2f} of the defaults' step"]) == []
 
 
 def test_the_shares_of_groups_with_a_signal_count_every_group_of_k():
