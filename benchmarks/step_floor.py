@@ -18,12 +18,13 @@ less than half of it, however the phases are laid out (rollouts beside updates, 
 update during the other's generation): ``floor_s`` = (rollouts + main update + sub update, each
 on one thread) / 2, as long as no phase runs more than twice as fast on two threads as on one
 (its ``speedup``, also recorded, says whether it does; ``floor_holds`` is false where one
-does). Beside it, ``pipeline_s``: the schedule the pipeline runs, rollouts on both threads then the two updates at once on one thread each
-(rollouts on two threads + the longer of the two one-thread updates; no store, no pickling).
-Each per trained episode (over B*K), and as ratios to the first arm's ``pipeline_s``.
+does). Beside it, ``pipeline_s``: the schedule the pipeline runs, rollouts on both threads,
+then the two updates at once on one thread each (rollouts on two threads + the longer of the
+two one-thread updates; no store, no pickling). Each per trained episode (over B*K), and as
+ratios to the first arm's ``pipeline_s``.
 
 What it answers: whether any schedule of an arm's work reaches a given time per episode on this
-machine (issue 26's target, a quarter of today's), or only less work can.
+machine (a quarter of today's defaults', say), or only less work can.
 
 Writes benchmarks/results/real-model-cpu/step_floor.json and, beside it, step_floor.md (its
 table; docs/real-model.md section 6).
@@ -64,7 +65,8 @@ def warm_up(cfg) -> None:
 
 
 def arm_phases(cfg, threads: list[int]) -> dict:
-    """Each phase's seconds at each count of ``threads`` (the first count's episodes train)."""
+    """Each phase's seconds at each count of ``threads`` (the first count's episodes train),
+    keyed by the count as a string, as the result's JSON keeps it."""
     import torch
 
     cores = torch.get_num_threads()
@@ -77,8 +79,8 @@ def arm_phases(cfg, threads: list[int]) -> dict:
             torch.set_num_threads(n)
             learners = learners_on(cfg)  # fresh policies: no count's rollouts find the last count's cache
             calls, rollout_s, played = step_rollouts(cfg, {role: learners[role].policy for role in ("main", "sub")})
-            seconds["rollouts"][n] = rollout_s
-            rollouts[n] = {"calls": len(calls), "passes": sum(c["passes"] for c in calls),
+            seconds["rollouts"][str(n)] = rollout_s
+            rollouts[str(n)] = {"calls": len(calls), "passes": sum(c["passes"] for c in calls),
                            "small_calls_s": sum(c["seconds"] for c in calls if c["rows"] <= SMALL),
                            "sub_calls_per_episode": sum(len(e.subs) for e in played) / len(played)}
             if trained is None:
@@ -87,8 +89,8 @@ def arm_phases(cfg, threads: list[int]) -> dict:
             torch.set_num_threads(n)
             shares = timed_shares(trained, episodes, cfg, step=1, repeats=REPEATS)
             for name, share in shares.items():
-                seconds[f"{name}_update"][n] = min(share.update_s)
-                sampled_nll[f"{name}_update"][n] = share.stats[f"{name}/sampled_nll"]
+                seconds[f"{name}_update"][str(n)] = min(share.update_s)
+                sampled_nll[f"{name}_update"][str(n)] = share.stats[f"{name}/sampled_nll"]
     finally:
         torch.set_num_threads(cores)
     return {"seconds": seconds, "rollouts": rollouts, "episodes": len(episodes), "sampled_nll": sampled_nll}
@@ -144,15 +146,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if not Path(args.base).exists():
         sys.exit(f"step_floor: no model at {args.base} (see docs/real-model.md, section 6)")
+    def config_of(arm: str):
+        return TrainConfig().override([f"base={args.base}", *CONFIG, *ARMS[arm], *args.overrides])
+
     arms = {}
-    warm_up(TrainConfig().override([f"base={args.base}", *CONFIG, *ARMS[args.arms[0]], *args.overrides]))
+    warm_up(config_of(args.arms[0]))
     for arm in args.arms:
-        cfg = TrainConfig().override([f"base={args.base}", *CONFIG, *ARMS[arm], *args.overrides])
         start = time.perf_counter()
-        phases = arm_phases(cfg, [1, 2])
-        phases["seconds"] = {phase: {str(n): v for n, v in by.items()} for phase, by in phases["seconds"].items()}
-        phases["rollouts"] = {str(n): v for n, v in phases["rollouts"].items()}
-        phases["sampled_nll"] = {phase: {str(n): v for n, v in by.items()} for phase, by in phases["sampled_nll"].items()}
+        phases = arm_phases(config_of(arm), [1, 2])
         arms[arm] = {"overrides": ARMS[arm], **phases, "bounds": bounds(phases),
                      "wall_s": round(time.perf_counter() - start, 1)}
         print(f"{arm}: {arms[arm]['bounds']}", flush=True)
